@@ -1,0 +1,84 @@
+"""The engine's public surface: what goes in (a Snapshot of configuration, a manifest, `now`)
+and what comes out (a Decision). Every front door (webhook, operator, CLI) speaks only these types.
+
+Nothing here does I/O or reads a clock: callers pass `now` and the state of the world in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Enforcement = Literal["Enforce", "Warn", "Audit"]
+RuleFamily = Literal["labels", "gpu", "expiry", "budget"]
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One thing wrong with a workload, and how to fix it."""
+
+    policy: str
+    """Name of the FinOpsPolicy (or GPUBudget, for rule `budget`) that was violated."""
+    rule: RuleFamily
+    message: str
+    """What is wrong, naming the allowed values or pattern."""
+    fix: str
+    """A snippet to paste (YAML), or for budgets what would fit in what remains."""
+    enforcement: Enforcement = "Enforce"
+    key: str = ""
+    """The label, resource or field the violation is about (for metrics and grouping)."""
+
+
+@dataclass
+class Decision:
+    """The verdict on one workload. Mutation comes first, validation judges the mutated object."""
+
+    resource: str
+    """`Kind/namespace/name` (namespace empty for cluster-scoped or unknown)."""
+    allowed: bool
+    violations: list[Violation] = field(default_factory=list)
+    """Violations of Enforce policies and budgets: any of these denies."""
+    warnings: list[Violation] = field(default_factory=list)
+    """Violations of Warn policies and budgets: admitted, shown to the user."""
+    audit: list[Violation] = field(default_factory=list)
+    """Violations of Audit policies and budgets: admitted, reported only."""
+    patch: list[dict[str, Any]] = field(default_factory=list)
+    """RFC 6902 JSON Patch the mutating webhook returns (empty when nothing to add)."""
+    team: str = ""
+    """The workload's `team` label after mutation, if any (for metrics)."""
+
+    @property
+    def all_violations(self) -> list[Violation]:
+        return [*self.violations, *self.warnings, *self.audit]
+
+
+@dataclass(frozen=True)
+class BudgetState:
+    """What the engine needs to know of a GPUBudget's status (the operator's metering)."""
+
+    used_gpu_hours: float = 0.0
+    period_end: str | None = None
+    """RFC 3339 end of the current period, if known."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything the engine decides with, besides the manifest and `now`.
+
+    Built by the caller: from files (CLI), from the webhook's watch cache, or from the operator's
+    listings. Policies, budgets and exceptions are already validated models (see `models`).
+    """
+
+    policies: tuple[Any, ...] = ()
+    """controller.engine.models.FinOpsPolicy, each with `.name` and `.spec`."""
+    budgets: tuple[Any, ...] = ()
+    """controller.engine.models.GPUBudget, each with `.name`, `.spec` and `.state` (BudgetState)."""
+    exceptions: tuple[Any, ...] = ()
+    """controller.engine.models.FinOpsException, each with `.name`, `.namespace`, `.spec`."""
+    namespace_labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    """Labels of each known Namespace, for namespaceSelector and inheritFromNamespace."""
+    kinds: Any = None
+    """controller.engine.workloads.KindRegistry; None means the built-in kinds (SPEC 3.4)."""
+    excluded_namespaces: frozenset[str] = frozenset({"kube-system"})
+    """Namespaces no policy ever matches (kube-system and Comptroller's own)."""
