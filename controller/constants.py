@@ -28,3 +28,11 @@ REASON_BUDGET_THRESHOLD = "BudgetThreshold"
 
 # Namespaces never matched by any policy, whatever it says.
 ALWAYS_EXCLUDED_NAMESPACES = frozenset({"kube-system"})
+
+# Lifecycle bookkeeping on workloads (operator: expiry, idle, wake).
+EXPIRING_SOON_NOTIFIED_ANNOTATION = f"{GROUP}/expiring-soon-notified"
+"""The expires_at an ExpiringSoon Event was sent for (a later expires_at gets a fresh notice)."""
+SCALED_TO_ZERO_ANNOTATION = f"{GROUP}/scaled-to-zero-at"
+"""When the idle loop scaled the workload to zero."""
+HPA_ANNOTATION = f"{GROUP}/hpa"
+"""`name:minReplicas` of the HPA targeting a workload we scaled to zero (wake restores at least that)."""
