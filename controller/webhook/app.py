@@ -1,0 +1,224 @@
+"""The admission webhook's HTTP surface: AdmissionReview in, the engine's verdict out.
+
+`/mutate` returns the engine's JSON Patch and never denies; `/validate` judges the already
+mutated object and denies with every violation in one message. Both answer every request with an
+AdmissionReview or an explicit HTTP error: a malformed request gets 400, an oversized one 413, and
+an internal error is answered per the configured failure mode, never with a 500.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from fastapi import FastAPI, Request, Response
+
+from controller.webhook.metrics import CONTENT_TYPE, WebhookMetrics
+from controller.webhook.review import AdmissionRequest, MalformedReview, parse_review, response_body
+from controller.webhook.settings import WebhookSettings
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+FAILURE_WARNING = "comptroller: internal error, admitted by failure mode"
+_SKIPPED_OPERATIONS = frozenset({"DELETE", "CONNECT"})
+
+
+class PolicyView(Protocol):
+    """What the app needs of the policy view: a consistent snapshot, and whether it is synced."""
+
+    def snapshot(self) -> Any: ...
+
+    def ready(self) -> bool: ...
+
+
+class NotReady(RuntimeError):
+    """The policy view has not completed its first sync: answered per the failure mode."""
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def create_app(
+    *,
+    view: PolicyView,
+    settings: WebhookSettings,
+    evaluate: Callable[..., Any] | None = None,
+    clock: Callable[[], datetime] | None = None,
+) -> FastAPI:
+    """Build the webhook app. `evaluate` defaults to the engine's; tests inject a failing one."""
+    from controller.engine import evaluate as engine_evaluate
+    from controller.engine.messages import render_denial, render_warning
+
+    evaluate = evaluate or engine_evaluate
+    clock = clock or (lambda: datetime.now(UTC))
+    metrics = WebhookMetrics()
+    excluded = settings.excluded_namespaces
+
+    app = FastAPI(title="comptroller admission webhook", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.metrics = metrics
+    app.state.settings = settings
+
+    def passes_untouched(request: AdmissionRequest) -> bool:
+        if request.operation in _SKIPPED_OPERATIONS or request.object is None:
+            return True
+        if request.namespace in excluded:
+            return True
+        # An object on its way out (finalizers being removed) must never be blocked from leaving.
+        metadata = request.object.get("metadata")
+        return isinstance(metadata, dict) and bool(metadata.get("deletionTimestamp"))
+
+    def judge(request: AdmissionRequest, *, mutate: bool, manifest: dict | None = None) -> Any:
+        if not view.ready():
+            raise NotReady("policy view not synced with the API server yet")
+        return evaluate(
+            request.object if manifest is None else manifest,
+            snapshot=view.snapshot(),
+            now=clock(),
+            mutate=mutate,
+            operation=request.operation,
+            namespace=request.namespace or None,
+        )
+
+    def validate_review(request: AdmissionRequest) -> tuple[bytes, str]:
+        if passes_untouched(request):
+            return response_body(request.uid, allowed=True), "skipped"
+        decision = judge(request, mutate=False)
+        if not decision.allowed and request.operation == "UPDATE" and request.old_object:
+            decision = grandfather(decision, judge(request, mutate=False, manifest=request.old_object))
+        metrics.count_violations(decision.all_violations, team=decision.team)
+        warnings = [line for v in decision.warnings for line in _header_safe(render_warning(v))]
+        if not decision.allowed:
+            body = response_body(
+                request.uid, allowed=False, message=render_denial(decision), warnings=warnings
+            )
+            return body, "denied"
+        label = "warned" if decision.warnings else "audited" if decision.audit else "allowed"
+        return response_body(request.uid, allowed=True, warnings=warnings), label
+
+    def mutate_review(request: AdmissionRequest) -> tuple[bytes, str]:
+        if passes_untouched(request) or _owned_controller(request):
+            return response_body(request.uid, allowed=True), "skipped"
+        decision = judge(request, mutate=True)
+        patch = decision.patch
+        return response_body(request.uid, allowed=True, patch=patch), "mutated" if patch else "unchanged"
+
+    def failure_review(request: AdmissionRequest, error: Exception) -> bytes:
+        if settings.failure_mode == "deny":
+            return response_body(
+                request.uid, allowed=False, code=500, message=f"comptroller: internal error: {error}"
+            )
+        return response_body(request.uid, allowed=True, warnings=[FAILURE_WARNING])
+
+    async def answer(
+        request: Request, webhook: str, review: Callable[[AdmissionRequest], tuple[bytes, str]]
+    ) -> Response:
+        started = time.perf_counter()
+        try:
+            body = await _read_body(request, limit=settings.max_body_bytes)
+            admission = parse_review(body).request
+        except BodyTooLarge:
+            return _error(413, f"request body larger than {settings.max_body_bytes} bytes")
+        except MalformedReview as error:
+            return _error(400, str(error))
+        try:
+            content, decision = review(admission)
+        except Exception as error:  # the catch-all: an admission answer, never a 500
+            if isinstance(error, NotReady):
+                log.warning("%s %s: %s", webhook, admission.uid, error)
+            else:
+                log.exception("internal error judging %s %s", admission.kind.kind, admission.uid)
+            content, decision = failure_review(admission, error), "error"
+        metrics.requests.labels(admission.operation, admission.kind.kind, decision).inc()
+        metrics.duration.labels(webhook).observe(time.perf_counter() - started)
+        return Response(content, media_type=JSON)
+
+    @app.post("/validate")
+    async def validate(request: Request) -> Response:
+        return await answer(request, "validate", validate_review)
+
+    @app.post("/mutate")
+    async def mutate(request: Request) -> Response:
+        return await answer(request, "mutate", mutate_review)
+
+    @app.post("/noop")
+    async def noop(request: Request) -> Response:
+        """The benchmark's ceiling: the same server, TLS and body read, a constant allowed review."""
+        try:
+            uid = json.loads(await _read_body(request, limit=settings.max_body_bytes))["request"]["uid"]
+        except (BodyTooLarge, ValueError, KeyError, TypeError):
+            return _error(400, "malformed AdmissionReview")
+        return Response(response_body(uid, allowed=True), media_type=JSON)
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return Response(b"ok\n", media_type="text/plain")
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        if view.ready():
+            return Response(b"ok\n", media_type="text/plain")
+        return Response(b"policy view not synced yet\n", status_code=503, media_type="text/plain")
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
+
+    return app
+
+
+async def _read_body(request: Request, *, limit: int) -> bytes:
+    """Read the body, refusing early by Content-Length and again while streaming (chunked bodies)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _error(status: int, message: str) -> Response:
+    return Response(json.dumps({"message": message}).encode(), status_code=status, media_type=JSON)
+
+
+def grandfather(decision: Any, old: Any) -> Any:
+    """On UPDATE, deny only what the update introduces; what the old object already violated is
+    warned about, so a workload admitted before a policy existed can still be updated (as Kyverno
+    does for pre-existing violations)."""
+    preexisting = {(v.policy, v.rule, v.key) for v in old.violations}
+    carried = [v for v in decision.violations if (v.policy, v.rule, v.key) in preexisting]
+    if not carried:
+        return decision
+    introduced = [v for v in decision.violations if (v.policy, v.rule, v.key) not in preexisting]
+    return dataclasses.replace(
+        decision, allowed=not introduced, violations=introduced, warnings=[*decision.warnings, *carried]
+    )
+
+
+def _owned_controller(request: AdmissionRequest) -> bool:
+    """A controller object made by another controller (a Deployment's ReplicaSet, a JobSet's Job).
+
+    Its parent was mutated already; patching the child's template would make the parent see a
+    template that differs from its own and roll out a new child, again and again. Pods are still
+    mutated: nothing compares a pod with its template.
+    """
+    if request.kind.kind == "Pod":
+        return False
+    owners = (request.object.get("metadata") or {}).get("ownerReferences") or ()
+    return any(isinstance(o, dict) and o.get("controller") for o in owners)
+
+
+def _header_safe(text: str) -> list[str]:
+    """Admission warnings travel as HTTP Warning headers: one line each, no control characters."""
+    return [line.strip() for line in text.splitlines() if line.strip()]

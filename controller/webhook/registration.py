@@ -1,0 +1,123 @@
+"""The Validating and Mutating WebhookConfigurations that point the API server at the webhook.
+
+Rendered here once, used by `make up` (URL to 127.0.0.1) and mirrored by the chart (Service).
+Both configurations match pods and every supported workload kind (SPEC 3.4) on CREATE and UPDATE,
+exclude kube-system and the webhook's own namespace by `kubernetes.io/metadata.name`, and declare
+`sideEffects: None` so `kubectl apply --dry-run=server` is judged the same.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from controller.webhook.settings import DEFAULT_NAMESPACE
+
+VALIDATING_NAME = "validate.finops.comptroller.dev"
+MUTATING_NAME = "mutate.finops.comptroller.dev"
+
+# apiGroup -> resources: pods, the built-in pod controllers and the ML kinds of SPEC 3.4.
+WORKLOAD_RESOURCES: Mapping[str, tuple[str, ...]] = {
+    "": ("pods",),
+    "apps": ("deployments", "statefulsets", "replicasets", "daemonsets"),
+    "batch": ("jobs", "cronjobs"),
+    "kubeflow.org": ("pytorchjobs", "tfjobs", "mpijobs"),
+    "ray.io": ("rayjobs", "rayclusters", "rayservices"),
+    "jobset.x-k8s.io": ("jobsets",),
+    "leaderworkerset.x-k8s.io": ("leaderworkersets",),
+}
+
+
+def webhook_rules(resources: Mapping[str, Iterable[str]] = WORKLOAD_RESOURCES) -> list[dict[str, Any]]:
+    return [
+        {
+            "apiGroups": [group],
+            "apiVersions": ["*"],
+            "operations": ["CREATE", "UPDATE"],
+            # The main resource only: status and scale subresources are never judged.
+            "resources": sorted(resources_),
+            "scope": "*",
+        }
+        for group, resources_ in resources.items()
+    ]
+
+
+def webhook_configurations(
+    *,
+    url: str | None = None,
+    service: Mapping[str, Any] | None = None,
+    ca_bundle: bytes,
+    failure_policy: str = "Ignore",
+    timeout_seconds: int = 3,
+    exclude_namespaces: Iterable[str] = ("kube-system", DEFAULT_NAMESPACE),
+    name: str = "comptroller",
+    labels: Mapping[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """[ValidatingWebhookConfiguration, MutatingWebhookConfiguration] as dicts for the API server.
+
+    `url` is a base such as `https://127.0.0.1:8443`; `service` is `{"namespace", "name", "port"}`.
+    `ca_bundle` is the PEM of the CA that signed the serving certificate.
+    """
+    if (url is None) == (service is None):
+        raise ValueError("give exactly one of url or service")
+    if failure_policy not in ("Ignore", "Fail"):
+        raise ValueError(f"failure_policy must be Ignore or Fail, not {failure_policy!r}")
+    if not 1 <= timeout_seconds <= 30:
+        raise ValueError("timeout_seconds must be within 1..30 (the API server's limit)")
+
+    def client_config(path: str) -> dict[str, Any]:
+        config: dict[str, Any] = {"caBundle": base64.b64encode(ca_bundle).decode()}
+        if url is not None:
+            config["url"] = url.rstrip("/") + path
+        else:
+            config["service"] = {
+                "namespace": service["namespace"],
+                "name": service["name"],
+                "port": int(service.get("port", 443)),
+                "path": path,
+            }
+        return config
+
+    common = {
+        "admissionReviewVersions": ["v1"],
+        "sideEffects": "None",
+        "failurePolicy": failure_policy,
+        "timeoutSeconds": timeout_seconds,
+        "matchPolicy": "Equivalent",
+        "namespaceSelector": {
+            "matchExpressions": [
+                {
+                    "key": "kubernetes.io/metadata.name",
+                    "operator": "NotIn",
+                    "values": sorted(set(exclude_namespaces)),
+                }
+            ]
+        },
+        "rules": webhook_rules(),
+    }
+
+    def metadata() -> dict[str, Any]:
+        return {"name": name, "labels": {"app.kubernetes.io/name": "comptroller", **(labels or {})}}
+
+    validating = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": metadata(),
+        "webhooks": [{"name": VALIDATING_NAME, "clientConfig": client_config("/validate"), **common}],
+    }
+    mutating = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": metadata(),
+        "webhooks": [
+            {
+                "name": MUTATING_NAME,
+                "clientConfig": client_config("/mutate"),
+                # Another webhook may add a container or labels after us: look again.
+                "reinvocationPolicy": "IfNeeded",
+                **common,
+            }
+        ],
+    }
+    return [validating, mutating]

@@ -1,0 +1,32 @@
+"""Settings of the webhook app: built once by `comptroller webhook` (or a test) and passed down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from controller.constants import ALWAYS_EXCLUDED_NAMESPACES
+
+FailureMode = Literal["ignore", "deny"]
+
+DEFAULT_NAMESPACE = "comptroller-system"
+DEFAULT_MAX_BODY_BYTES = 3 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    namespace: str = DEFAULT_NAMESPACE
+    """The webhook's own namespace: never matched, so a broken policy cannot lock Comptroller out."""
+
+    failure_mode: FailureMode = "ignore"
+    """What an internal error answers: `ignore` admits with a warning, `deny` denies with the error."""
+
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    """Larger request bodies get HTTP 413 (the API server's own object limit is 3 MiB)."""
+
+    extra_excluded_namespaces: frozenset[str] = field(default_factory=frozenset)
+    """Namespaces excluded besides kube-system and `namespace`."""
+
+    @property
+    def excluded_namespaces(self) -> frozenset[str]:
+        return ALWAYS_EXCLUDED_NAMESPACES | {self.namespace} | self.extra_excluded_namespaces
