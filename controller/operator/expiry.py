@@ -1,0 +1,389 @@
+"""Expiry: workloads whose `expires_at` has passed are terminated at their top-level owner
+(SPEC 3.1 `spec.expiry`, section 4), with an `ExpiringSoon` Event `notifyBefore` ahead.
+
+Only workloads that a policy with an `expiry` section matches are touched, never in an excluded
+namespace (kube-system, Comptroller's own), never one a FinOpsException exempts from `expiry`.
+When several policies match, the earliest `expires_at` they read wins (each policy may name its
+own key). A Pod owned by a ReplicaSet owned by a Deployment is acted on at the Deployment: deleting
+the Pod would only make the ReplicaSet start another. A controller of a kind we do not manage (an
+operator's CR) is left alone with a log line: whatever we did below it would be undone.
+
+Deciding is pure (`expiry_terms`, `top_level_owner`, `expiry_step`); `ExpirySweeper.sweep` lists
+the cluster a page at a time, asks, and has the effector act, oldest expiry first, within the
+brake's rate. Work the brake holds back stays due and is picked up by the next sweep.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from controller import constants
+from controller.engine.expiry import expires_at_of, format_annotation
+from controller.engine.matching import namespace_labels_of, policy_matches
+from controller.engine.workloads import BUILTIN_KINDS, KindRegistry, effective_labels, workload_gpus
+from controller.k8s.workloads import ApiError, Workloads, object_ref
+from controller.operator.brake import Brake
+from controller.operator.effector import Effector, Outcome, current_replicas, termination_of
+
+log = logging.getLogger(__name__)
+
+Step = Literal["notify", "terminate"]
+
+
+@dataclass(frozen=True)
+class ExpiryTerms:
+    """When a workload expires and under which policy."""
+
+    expires_at: datetime
+    notify_before: timedelta
+    policy: str
+
+
+# -- pure decisions --------------------------------------------------------------------------------
+
+
+def exempted(
+    exceptions: Iterable[Any], *, policy: str, namespace: str, labels: Mapping[str, str], now: datetime
+) -> bool:
+    """Whether a live FinOpsException in the workload's namespace exempts it from `policy`'s expiry."""
+    for exception in exceptions:
+        spec = exception.spec
+        if exception.namespace != namespace or spec.expires_at <= now:
+            continue
+        if spec.covers(policy, "expiry") and spec.selector.compiled.matches(labels):
+            return True
+    return False
+
+
+def expiry_terms(
+    manifest: Mapping[str, Any],
+    policies: Iterable[Any],
+    *,
+    now: datetime,
+    namespace_labels: Mapping[str, Mapping[str, str]] | None = None,
+    excluded_namespaces: frozenset[str] = constants.ALWAYS_EXCLUDED_NAMESPACES,
+    exceptions: Sequence[Any] = (),
+    kinds: KindRegistry | None = None,
+) -> ExpiryTerms | None:
+    """The earliest expiry that a matching policy's `expiry` section gives this workload (or None).
+
+    An unparseable `expires_at` is no expiry at all here: terminating on a guess is worse than
+    not terminating; the admission webhook and the audit report the bad value instead.
+    """
+    metadata = manifest.get("metadata") or {}
+    namespace = metadata.get("namespace") or ""
+    if namespace in excluded_namespaces:
+        return None
+    kinds = kinds or BUILTIN_KINDS
+    labels: dict[str, str] | None = None
+    gpus: int | None = None
+    best: ExpiryTerms | None = None
+    for policy in policies:
+        expiry = policy.spec.expiry
+        if expiry is None:
+            continue
+        expires_at, _error = expires_at_of(manifest, key=expiry.key, kinds=kinds)
+        if expires_at is None:
+            continue
+        if labels is None:
+            labels = effective_labels(manifest, kinds)
+        if gpus is None:
+            gpus = workload_gpus(manifest, kinds) if policy.spec.match.gpu_only else 0
+        ns_labels = namespace_labels_of(namespace, namespace_labels or {})
+        if not policy_matches(
+            policy,
+            kind=manifest.get("kind", ""),
+            namespace=namespace,
+            namespace_labels=ns_labels,
+            labels=labels,
+            gpus=gpus,
+        ):
+            continue
+        if exempted(exceptions, policy=policy.name, namespace=namespace, labels=labels, now=now):
+            continue
+        if best is None or expires_at < best.expires_at:
+            best = ExpiryTerms(expires_at, expiry.notify_before, policy.name)
+    return best
+
+
+def controller_of(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The ownerReference with `controller: true`, if any."""
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or ():
+        if ref.get("controller"):
+            return ref
+    return None
+
+
+def top_level_owner(
+    obj: Mapping[str, Any], owners: Mapping[str, Mapping[str, Any]]
+) -> tuple[Mapping[str, Any] | None, str]:
+    """Walk controller references up through `owners` (uid -> object of a kind we manage).
+
+    Returns `(top, "")`, or `(None, why)` when the chain ends at a controller we do not manage.
+    """
+    seen: set[str] = set()
+    current = obj
+    while (ref := controller_of(current)) is not None:
+        uid = ref.get("uid", "")
+        if uid in seen:  # a cycle cannot happen in a sane cluster; do not loop if it does
+            break
+        seen.add(uid)
+        owner = owners.get(uid)
+        if owner is None:
+            return (
+                None,
+                f"controlled by {ref.get('kind')}/{ref.get('name')}, which Comptroller does not manage",
+            )
+        current = owner
+    return current, ""
+
+
+def _stamp_of(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
+    except ValueError:
+        return None
+
+
+def already_terminated(obj: Mapping[str, Any]) -> bool:
+    """Whether the expired workload already costs nothing (by us or by hand)."""
+    metadata = obj.get("metadata") or {}
+    if metadata.get("deletionTimestamp"):
+        return True
+    how = termination_of(obj.get("kind", ""))
+    spec = obj.get("spec") or {}
+    if how == "scale":
+        return current_replicas(obj) == 0
+    if how == "suspend":
+        return bool(spec.get("suspend"))
+    if how == "park":
+        node_selector = ((spec.get("template") or {}).get("spec") or {}).get("nodeSelector") or {}
+        return constants.EXPIRED_ANNOTATION in node_selector
+    return False
+
+
+def expiry_step(
+    owner: Mapping[str, Any], terms: ExpiryTerms, *, now: datetime, grace_period: timedelta
+) -> Step | None:
+    """What is due for a top-level workload now: notify, terminate, or nothing."""
+    annotations = (owner.get("metadata") or {}).get("annotations") or {}
+    if now >= terms.expires_at:
+        if already_terminated(owner):
+            return None
+        woken_at = _stamp_of(annotations.get(constants.WOKEN_AT_ANNOTATION))
+        # Woken by hand after expiring: honour the grace period before terminating it again.
+        if woken_at is not None and woken_at >= terms.expires_at and now < woken_at + grace_period:
+            return None
+        return "terminate"
+    if now >= terms.expires_at - terms.notify_before:
+        if annotations.get(constants.EXPIRING_SOON_NOTIFIED_ANNOTATION) != format_annotation(
+            terms.expires_at
+        ):
+            return "notify"
+    return None
+
+
+@dataclass(frozen=True)
+class Due:
+    """One action the sweep wants taken on a top-level workload."""
+
+    step: Step
+    target: Mapping[str, Any]
+    terms: ExpiryTerms
+
+
+def plan_expiry(
+    objects: Iterable[Mapping[str, Any]],
+    policies: Sequence[Any],
+    *,
+    owners: Mapping[str, Mapping[str, Any]],
+    now: datetime,
+    grace_period: timedelta,
+    namespace_labels: Mapping[str, Mapping[str, str]] | None = None,
+    excluded_namespaces: frozenset[str] = constants.ALWAYS_EXCLUDED_NAMESPACES,
+    exceptions: Sequence[Any] = (),
+    kinds: KindRegistry | None = None,
+    on_unmanaged: Callable[[Mapping[str, Any], str], None] | None = None,
+) -> list[Due]:
+    """Everything due, one entry per top-level workload, terminations first, oldest expiry first."""
+    earliest: dict[str, tuple[Mapping[str, Any], ExpiryTerms]] = {}
+    for obj in objects:
+        if (obj.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        terms = expiry_terms(
+            obj,
+            policies,
+            now=now,
+            namespace_labels=namespace_labels,
+            excluded_namespaces=excluded_namespaces,
+            exceptions=exceptions,
+            kinds=kinds,
+        )
+        if terms is None:
+            continue
+        top, why = top_level_owner(obj, owners)
+        if top is None:
+            if on_unmanaged is not None:
+                on_unmanaged(obj, why)
+            continue
+        if (top.get("metadata") or {}).get("namespace") in excluded_namespaces:
+            continue
+        uid = (top.get("metadata") or {}).get("uid") or object_ref(top)
+        known = earliest.get(uid)
+        if known is None or terms.expires_at < known[1].expires_at:
+            earliest[uid] = (top, terms)
+    due = []
+    for top, terms in earliest.values():
+        step = expiry_step(top, terms, now=now, grace_period=grace_period)
+        if step is not None:
+            due.append(Due(step, top, terms))
+    due.sort(key=lambda d: (d.step != "terminate", d.terms.expires_at, object_ref(d.target)))
+    return due
+
+
+# -- the sweep -------------------------------------------------------------------------------------
+
+
+@dataclass
+class SweepReport:
+    notified: int = 0
+    terminated: int = 0
+    held_back: int = 0
+    failed: int = 0
+    outcomes: list[Outcome] | None = None
+
+
+class ExpirySweeper:
+    """Lists workloads, plans, and acts through the effector within the brake. One per operator."""
+
+    def __init__(
+        self,
+        *,
+        workloads: Workloads,
+        effector: Effector,
+        brake: Brake,
+        kinds: KindRegistry | None = None,
+        grace_period: timedelta = timedelta(hours=1),
+        monotonic: Callable[[], float] = time.monotonic,
+        on_terminated: Callable[[Outcome], None] | None = None,
+    ) -> None:
+        self.workloads = workloads
+        self.effector = effector
+        self.brake = brake
+        self.kinds = kinds or BUILTIN_KINDS
+        self.grace_period = grace_period
+        self.monotonic = monotonic
+        self.on_terminated = on_terminated
+        # Dry-run writes nothing, so it remembers here what it already reported, to say it once.
+        self._reported: set[tuple[str, str, datetime]] = set()
+        self._unmanaged_logged: set[str] = set()
+
+    def _list(self) -> tuple[dict[str, dict[str, Any]], Iterable[dict[str, Any]]]:
+        """Controllers indexed by uid (owners), and an iterable over every workload.
+
+        Pods are streamed page by page and never held all at once: only controllers, which are
+        far fewer, stay in memory for the owner walk.
+        """
+        owners: dict[str, dict[str, Any]] = {}
+        pods = None
+        for spec in self.kinds:
+            resource = self.workloads.resolve(spec.kind, group=spec.group)
+            if resource is None:
+                continue
+            if spec.kind == "Pod":
+                pods = resource
+                continue
+            try:
+                for obj in self.workloads.iter_objects(resource):
+                    owners[obj["metadata"]["uid"]] = obj
+            except ApiError as exc:
+                log.warning("expiry: cannot list %s: %s", spec.kind, exc)
+
+        def every() -> Iterable[dict[str, Any]]:
+            yield from owners.values()
+            if pods is not None:
+                yield from self.workloads.iter_objects(pods)
+
+        return owners, every()
+
+    def _unmanaged(self, obj: Mapping[str, Any], why: str) -> None:
+        ref = object_ref(obj)
+        if ref not in self._unmanaged_logged:
+            self._unmanaged_logged.add(ref)
+            log.info("expiry: %s has expired but is left alone: %s", ref, why)
+
+    def sweep(
+        self,
+        *,
+        policies: Sequence[Any],
+        now: datetime,
+        namespace_labels: Mapping[str, Mapping[str, str]] | None = None,
+        excluded_namespaces: frozenset[str] = constants.ALWAYS_EXCLUDED_NAMESPACES,
+        exceptions: Sequence[Any] = (),
+    ) -> SweepReport:
+        report = SweepReport(outcomes=[])
+        policies = [p for p in policies if p.spec.expiry is not None]
+        if not policies:
+            return report
+        owners, objects = self._list()
+        due = plan_expiry(
+            objects,
+            policies,
+            owners=owners,
+            now=now,
+            grace_period=self.grace_period,
+            namespace_labels=namespace_labels,
+            excluded_namespaces=excluded_namespaces,
+            exceptions=exceptions,
+            kinds=self.kinds,
+            on_unmanaged=self._unmanaged,
+        )
+        held_back_next = None
+        for item in due:
+            uid = item.target["metadata"].get("uid", "")
+            memo = (uid, item.step, item.terms.expires_at)
+            if self.effector.dry_run and memo in self._reported:
+                continue
+            if item.step == "terminate" and not self.brake.try_acquire(self.monotonic()):
+                report.held_back += 1
+                held_back_next = self.brake.next_free_at(self.monotonic())
+                continue
+            try:
+                if item.step == "notify":
+                    outcome = self.effector.notify_expiring(
+                        item.target, expires_at=item.terms.expires_at, policy=item.terms.policy, now=now
+                    )
+                    report.notified += 1
+                else:
+                    outcome = self.effector.terminate(
+                        item.target, expires_at=item.terms.expires_at, policy=item.terms.policy, now=now
+                    )
+                    report.terminated += 1
+                    if outcome.done and self.on_terminated is not None:
+                        self.on_terminated(outcome)
+            except (ApiError, LookupError) as exc:
+                # 409 means it changed under us; anything else is retried by the next sweep too.
+                report.failed += 1
+                log.warning("expiry: could not %s %s: %s", item.step, object_ref(item.target), exc)
+                continue
+            report.outcomes.append(outcome)
+            if self.effector.dry_run:
+                self._reported.add(memo)
+        if report.held_back:
+            wait = max(held_back_next - self.monotonic(), 0) if held_back_next else 0
+            log.warning(
+                "expiry: the brake (%d terminations per %gs) holds back %d expired workloads; "
+                "the next may go in %.0fs",
+                self.brake.limit,
+                self.brake.window,
+                report.held_back,
+                wait,
+            )
+        return report
