@@ -1,0 +1,289 @@
+"""The webhook's in-memory view of the cluster: FinOpsPolicies, GPUBudgets (with their status),
+FinOpsExceptions and Namespace labels, kept by list+watch so admission never calls the API server.
+
+One thread per resource lists, then watches from the list's resourceVersion. A `410 Gone` relists
+at once; any other failure reconnects with capped exponential backoff; every `resync_seconds` the
+thread relists anyway, so a missed event cannot outlive one resync period. Missing CRDs are just a
+failure that keeps retrying: the cache is not ready until every resource has been listed once.
+
+Each change recompiles only the object that changed and publishes a new immutable Snapshot by one
+attribute assignment, so readers (the admission hot path) never take a lock. An object that does
+not validate is left out of the snapshot and its error kept in `errors()`: one broken policy does
+not stop the others.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client
+from kubernetes.watch.watch import iter_resp_lines
+
+from controller import constants
+from controller.engine.api import Snapshot
+
+log = logging.getLogger(__name__)
+
+
+class Gone(Exception):
+    """The resourceVersion we watch from is too old (HTTP 410): relist."""
+
+
+@dataclass(frozen=True)
+class Resource:
+    kind: str
+    list_fn: Callable[..., Any]
+
+
+def compile_object(kind: str, obj: Mapping[str, Any]) -> Any:
+    """A CR as the engine's validated model (raises the model's PolicyError on a bad spec)."""
+    from controller.engine.models import FinOpsException, FinOpsPolicy, GPUBudget
+
+    model = {"FinOpsPolicy": FinOpsPolicy, "GPUBudget": GPUBudget, "FinOpsException": FinOpsException}[kind]
+    return model.from_object(dict(obj))
+
+
+def object_key(kind: str, obj: Mapping[str, Any]) -> str:
+    """`Kind/name` or `Kind/namespace/name`: how objects are stored and how errors are reported."""
+    metadata = obj.get("metadata") or {}
+    namespace = metadata.get("namespace")
+    return f"{kind}/{namespace}/{metadata.get('name')}" if namespace else f"{kind}/{metadata.get('name')}"
+
+
+def build_snapshot(
+    *,
+    policies: Iterable[Any],
+    budgets: Iterable[Any],
+    exceptions: Iterable[Any],
+    namespace_labels: Mapping[str, Mapping[str, str]],
+    excluded_namespaces: frozenset[str],
+) -> Snapshot:
+    # Sorted by name so evaluation order (and so message order) does not depend on event order.
+    def by_name(models: Iterable[Any]) -> tuple[Any, ...]:
+        return tuple(sorted(models, key=lambda m: (getattr(m, "namespace", "") or "", m.name)))
+
+    return Snapshot(
+        policies=by_name(policies),
+        budgets=by_name(budgets),
+        exceptions=by_name(exceptions),
+        namespace_labels=dict(namespace_labels),
+        excluded_namespaces=constants.ALWAYS_EXCLUDED_NAMESPACES | excluded_namespaces,
+    )
+
+
+def api_resources(api_client: client.ApiClient) -> tuple[Resource, ...]:
+    """The list functions (list, and watch with `watch=True`) of everything the cache keeps."""
+    custom = client.CustomObjectsApi(api_client)
+    core = client.CoreV1Api(api_client)
+
+    def custom_list(plural: str) -> Callable[..., Any]:
+        def list_fn(**kwargs: Any) -> Any:
+            return custom.list_cluster_custom_object(constants.GROUP, constants.VERSION, plural, **kwargs)
+
+        return list_fn
+
+    return (
+        Resource("FinOpsPolicy", custom_list(constants.POLICY_PLURAL)),
+        Resource("GPUBudget", custom_list(constants.BUDGET_PLURAL)),
+        Resource("FinOpsException", custom_list(constants.EXCEPTION_PLURAL)),
+        Resource("Namespace", core.list_namespace),
+    )
+
+
+class WatchCache:
+    """list+watch of everything admission decides with. `start()` it, then read `snapshot()`."""
+
+    def __init__(
+        self,
+        api_client: client.ApiClient | None = None,
+        *,
+        excluded_namespaces: Iterable[str] = (),
+        resync_seconds: float = 300.0,
+        watch_timeout_seconds: int = 240,
+        max_backoff_seconds: float = 30.0,
+        resources: Sequence[Resource] | None = None,
+    ) -> None:
+        """`resources` replaces the API calls (tests fake at this, our own client layer)."""
+        self._excluded = frozenset(excluded_namespaces)
+        self._resync_seconds = resync_seconds
+        self._watch_timeout = watch_timeout_seconds
+        self._max_backoff = max_backoff_seconds
+        self._resources = tuple(resources) if resources is not None else api_resources(api_client)
+        self._models: dict[str, dict[str, Any]] = {r.kind: {} for r in self._resources}
+        self._errors: dict[str, str] = {}
+        self._listed: set[str] = set()
+        self._write_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._ready = threading.Event()
+        self._snapshot = self._build()
+
+    # -- readers (lock-free) ------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return self._ready.wait(timeout)
+
+    def errors(self) -> dict[str, str]:
+        """Objects left out of the snapshot because they do not validate: `Kind/name` -> error."""
+        return dict(self._errors)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for resource in self._resources:
+            thread = threading.Thread(
+                target=self._run, args=(resource,), name=f"watch-{resource.kind}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 1.0) -> None:
+        # Watches end at the server-side timeout at the latest; threads are daemons, so a process
+        # exit never waits on them.
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout)
+
+    # -- the per-resource loop ----------------------------------------------------------------
+
+    def _run(self, resource: Resource) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                resource_version = self._list(resource)
+                failures = 0
+                deadline = time.monotonic() + self._resync_seconds
+                while not self._stop.is_set() and time.monotonic() < deadline:
+                    timeout = max(1, min(self._watch_timeout, int(deadline - time.monotonic())))
+                    resource_version = self._watch(resource, resource_version, timeout=timeout)
+            except Gone:
+                log.info("%s watch expired (410 Gone); relisting", resource.kind)
+            except Exception as error:  # network, 404 before the CRDs exist, 5xx: retry
+                failures += 1
+                delay = min(self._max_backoff, 0.5 * 2 ** min(failures, 10)) * random.uniform(0.8, 1.2)
+                log.warning(
+                    "%s list/watch failed (%s); retrying in %.1fs", resource.kind, _short(error), delay
+                )
+                self._stop.wait(delay)
+
+    def _list(self, resource: Resource) -> str:
+        response = resource.list_fn(_preload_content=False, _request_timeout=30)
+        payload = json.loads(response.data)
+        items = payload.get("items") or []
+        compiled = {}
+        errors = {}
+        for obj in items:
+            obj.setdefault("kind", resource.kind)
+            key, model, error = self._compile(resource.kind, obj)
+            if error is None:
+                compiled[key] = model
+            else:
+                errors[key] = error
+        with self._write_lock:
+            self._models[resource.kind] = compiled
+            prefix = f"{resource.kind}/"
+            self._errors = {k: v for k, v in self._errors.items() if not k.startswith(prefix)} | errors
+            self._listed.add(resource.kind)
+            self._publish()
+        log.info("listed %d %s (%d invalid)", len(items), resource.kind, len(errors))
+        return payload["metadata"]["resourceVersion"]
+
+    def _watch(self, resource: Resource, resource_version: str, *, timeout: int) -> str:
+        response = resource.list_fn(
+            watch=True,
+            resource_version=resource_version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=timeout,
+            _preload_content=False,
+            # A dead connection must not hang us forever: read timeout a bit past the server's.
+            _request_timeout=(10, timeout + 15),
+        )
+        try:
+            for line in iter_resp_lines(response):
+                if self._stop.is_set():
+                    break
+                event = json.loads(line)
+                kind, obj = event.get("type"), event.get("object") or {}
+                if kind == "ERROR":
+                    if obj.get("code") == 410:
+                        raise Gone
+                    raise RuntimeError(f"watch error: {obj.get('message')}")
+                resource_version = (obj.get("metadata") or {}).get("resourceVersion") or resource_version
+                if kind == "BOOKMARK":
+                    continue
+                obj.setdefault("kind", resource.kind)
+                self._apply(resource.kind, kind, obj)
+        finally:
+            response.release_conn()
+        return resource_version
+
+    def _apply(self, kind: str, event_type: str, obj: dict[str, Any]) -> None:
+        key, model, error = (
+            (object_key(kind, obj), None, None) if event_type == "DELETED" else self._compile(kind, obj)
+        )
+        with self._write_lock:
+            models = dict(self._models[kind])
+            errors = dict(self._errors)
+            models.pop(key, None)
+            errors.pop(key, None)
+            if event_type != "DELETED":
+                if error is None:
+                    models[key] = model
+                else:
+                    errors[key] = error
+            self._models[kind] = models
+            self._errors = errors
+            self._publish()
+
+    def _compile(self, kind: str, obj: dict[str, Any]) -> tuple[str, Any, str | None]:
+        key = object_key(kind, obj)
+        if kind == "Namespace":
+            return key, dict((obj.get("metadata") or {}).get("labels") or {}), None
+        try:
+            return key, compile_object(kind, obj), None
+        except Exception as error:  # a bad CR is data about that CR, not a reason to stop serving
+            log.error("%s is left out of admission: %s", key, error)
+            return key, None, str(error)
+
+    def _publish(self) -> None:
+        self._snapshot = self._build()
+        if len(self._listed) == len(self._resources) and not self._ready.is_set():
+            self._ready.set()
+            log.info("policy view synced: %s", self.summary())
+
+    def _build(self) -> Snapshot:
+        return build_snapshot(
+            policies=self._models.get("FinOpsPolicy", {}).values(),
+            budgets=self._models.get("GPUBudget", {}).values(),
+            exceptions=self._models.get("FinOpsException", {}).values(),
+            namespace_labels={
+                key.partition("/")[2]: v for key, v in self._models.get("Namespace", {}).items()
+            },
+            excluded_namespaces=self._excluded,
+        )
+
+    def summary(self) -> str:
+        snap = self._snapshot
+        return (
+            f"{len(snap.policies)} policies, {len(snap.budgets)} budgets, {len(snap.exceptions)} exceptions, "
+            f"{len(snap.namespace_labels)} namespaces, {len(self._errors)} invalid"
+        )
+
+
+def _short(error: Exception) -> str:
+    if isinstance(error, client.ApiException):
+        return f"HTTP {error.status} {error.reason}"
+    return f"{type(error).__name__}: {error}"
