@@ -20,6 +20,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from controller import constants
+from controller.engine.matching import namespace_labels_of, policy_matches
+from controller.engine.workloads import BUILTIN_KINDS, KindRegistry, effective_labels, workload_gpus
 from controller.k8s.prometheus import Prometheus, PrometheusError
 from controller.k8s.workloads import ApiError, Workloads, object_ref
 from controller.operator.effector import Effector, Outcome, current_replicas
@@ -142,6 +144,57 @@ class IdleRule:
     threshold: float
 
 
+def idle_rules(
+    policies: Iterable[Any],
+    *,
+    namespace_labels: Mapping[str, Mapping[str, str]] | None = None,
+    excluded_namespaces: frozenset[str] = constants.ALWAYS_EXCLUDED_NAMESPACES,
+    kinds: KindRegistry | None = None,
+) -> list[IdleRule]:
+    """One rule per policy with an `idle` section that says how to measure (`prometheus`)."""
+    kinds = kinds or BUILTIN_KINDS
+    rules = []
+    for policy in policies:
+        idle = policy.spec.idle
+        if idle is None:
+            continue
+        if idle.prometheus is None:
+            log.warning(
+                "idle: policy %s has an idle section without prometheus; nothing to measure", policy.name
+            )
+            continue
+
+        def matches(obj: Mapping[str, Any], *, policy: Any = policy, selector: Any = idle.selector) -> bool:
+            namespace = (obj.get("metadata") or {}).get("namespace") or ""
+            if namespace in excluded_namespaces:
+                return False
+            labels = effective_labels(obj, kinds)
+            if not selector.compiled.matches(labels):
+                return False
+            gpus = workload_gpus(obj, kinds) if policy.spec.match.gpu_only else 0
+            return policy_matches(
+                policy,
+                kind=obj.get("kind", ""),
+                namespace=namespace,
+                namespace_labels=namespace_labels_of(namespace, namespace_labels or {}),
+                labels=labels,
+                gpus=gpus,
+            )
+
+        rules.append(
+            IdleRule(
+                policy=policy.name,
+                kinds=tuple(idle.kinds),
+                matches=matches,
+                idle_after=idle.idle_after,
+                prometheus_url=idle.prometheus.url,
+                query=idle.prometheus.query,
+                threshold=idle.prometheus.threshold,
+            )
+        )
+    return rules
+
+
 def sweep_idle(
     *,
     rules: Sequence[IdleRule],
@@ -152,6 +205,7 @@ def sweep_idle(
     prometheus_timeout: float = 5.0,
     prometheus_url_override: str | None = None,
     on_scaled: Callable[[Outcome], None] | None = None,
+    prometheus_for: Callable[..., Prometheus] = Prometheus,
 ) -> list[Outcome]:
     """One pass: every workload an idle rule selects, judged and, when idle, scaled to zero."""
     outcomes: list[Outcome] = []
@@ -159,7 +213,9 @@ def sweep_idle(
     clients: dict[str, Prometheus] = {}
     for rule in rules:
         url = prometheus_url_override or rule.prometheus_url
-        prometheus = clients.setdefault(url, Prometheus(url, timeout=prometheus_timeout))
+        if url not in clients:
+            clients[url] = prometheus_for(url, timeout=prometheus_timeout)
+        prometheus = clients[url]
         step = query_step(rule.idle_after)
         for kind in rule.kinds:
             resource = workloads.resolve(kind)
