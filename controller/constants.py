@@ -36,3 +36,13 @@ SCALED_TO_ZERO_ANNOTATION = f"{GROUP}/scaled-to-zero-at"
 """When the idle loop scaled the workload to zero."""
 HPA_ANNOTATION = f"{GROUP}/hpa"
 """`name:minReplicas` of the HPA targeting a workload we scaled to zero (wake restores at least that)."""
+
+# Metering (operator): a GPU pod keeps this finalizer until every budget it draws on has
+# committed its final charge, so a pod deleted while the operator is down is still metered.
+METERING_FINALIZER = f"{GROUP}/metering"
+# Each GPUBudget's ledger: a ConfigMap with this prefix in Comptroller's namespace (owned by the
+# budget), labeled so `kubectl get cm -l ...` lists them all.
+LEDGER_PREFIX = "comptroller-ledger-"
+LEDGER_LABEL = f"{GROUP}/ledger-of"
+LEDGER_KEY = "ledger.json"
+REASON_METERING = "Metering"

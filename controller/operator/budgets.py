@@ -1,0 +1,186 @@
+"""GPUBudgets: calendar periods, and the status, conditions and threshold alerts projected from a
+metering ledger. Pure (no client, no clock); `accounting.py` persists what these return.
+
+The status is a projection: everything in it can be recomputed from the ledger and the pods, so a
+lost status write is repaired by the next tick. Thresholds are the one thing announced only
+once per period: the ledger records which were reached, in the same write that commits the usage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from controller.engine.matching import Selector
+from controller.operator.metering import Ledger, PodRecord, format_time, meter, new_ledger, roll_over
+
+PERIODS = ("Daily", "Weekly", "Monthly")
+DEFAULT_THRESHOLDS = (50, 80, 100)
+
+
+def period_bounds(period: str, now: datetime) -> tuple[datetime, datetime]:
+    """The UTC calendar period containing `now`: [start, end)."""
+    now = now.astimezone(UTC)
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "Daily":
+        return day, day + timedelta(days=1)
+    if period == "Weekly":  # ISO weeks: Monday 00:00 UTC
+        start = day - timedelta(days=day.weekday())
+        return start, start + timedelta(days=7)
+    if period == "Monthly":
+        start = day.replace(day=1)
+        end = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(
+            month=start.month + 1
+        )
+        return start, end
+    raise ValueError(f"unknown period {period!r}; use one of {', '.join(PERIODS)}")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The parts of a GPUBudget metering needs (the API server has validated the spec)."""
+
+    name: str
+    uid: str
+    generation: int
+    selector: Selector
+    gpu_hours: float
+    period: str
+    thresholds: tuple[int, ...]
+    prices: Mapping[str, Any]
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any]) -> Budget:
+        metadata = obj.get("metadata") or {}
+        spec = obj.get("spec") or {}
+        period = spec.get("period") or "Monthly"
+        if period not in PERIODS:
+            raise ValueError(f"spec.period: {period!r} is not one of {', '.join(PERIODS)}")
+        thresholds = spec.get("alertThresholds")
+        thresholds = DEFAULT_THRESHOLDS if thresholds is None else thresholds
+        return cls(
+            name=str(metadata.get("name", "")),
+            uid=str(metadata.get("uid", "")),
+            generation=int(metadata.get("generation") or 0),
+            selector=Selector.from_dict(spec.get("selector")),
+            gpu_hours=float(spec.get("gpuHours") or 0),
+            period=period,
+            thresholds=tuple(sorted({int(t) for t in thresholds})),
+            prices=dict(spec.get("pricePerGPUHour") or {}),
+        )
+
+    def percent_used(self, used: float) -> float:
+        if self.gpu_hours <= 0:
+            return 100.0 if used > 0 else 0.0
+        return 100.0 * used / self.gpu_hours
+
+
+def reached_thresholds(budget: Budget, ledger: Ledger) -> tuple[int, ...]:
+    """Every alert threshold the ledger's usage has reached, lowest first."""
+    percent = budget.percent_used(ledger.used_gpu_hours)
+    # A hair of tolerance so that exactly 80.0 % counts as reaching 80 despite float sums.
+    return tuple(t for t in budget.thresholds if percent + 1e-9 >= t)
+
+
+def threshold_message(budget: Budget, ledger: Ledger, threshold: int) -> str:
+    used = ledger.used_gpu_hours
+    remaining = max(budget.gpu_hours - used, 0.0)
+    return (
+        f"GPUBudget {budget.name} reached {threshold}% of its {budget.gpu_hours:g} GPU-hours "
+        f"for the {budget.period.lower()} period starting {format_time(ledger.period_start)}: "
+        f"{used:.2f} used, {remaining:.2f} left"
+    )
+
+
+def _condition(
+    previous: Sequence[Mapping[str, Any]], type_: str, status: str, reason: str, message: str, now: datetime
+) -> dict[str, Any]:
+    old = next((c for c in previous if c.get("type") == type_), None)
+    # lastTransitionTime moves only when the status flips, as kubectl and alerting expect.
+    since = old.get("lastTransitionTime") if old and old.get("status") == status else format_time(now)
+    return {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since,
+    }
+
+
+def project_status(
+    budget: Budget,
+    ledger: Ledger,
+    *,
+    running_gpus: int,
+    previous: Mapping[str, Any] | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """The GPUBudget status for this ledger (SPEC 3.2)."""
+    previous = previous or {}
+    used = ledger.used_gpu_hours
+    remaining = max(budget.gpu_hours - used, 0.0)
+    percent = budget.percent_used(used)
+    exhausted = used >= budget.gpu_hours
+    old_conditions = previous.get("conditions") or ()
+    reached = reached_thresholds(budget, ledger)
+    levels = ", ".join(f"{t}%" for t in budget.thresholds) or "none"
+    conditions = [
+        _condition(
+            old_conditions,
+            "Exhausted",
+            "True" if exhausted else "False",
+            "BudgetExhausted" if exhausted else "WithinBudget",
+            f"{used:.2f} of {budget.gpu_hours:g} GPU-hours used ({percent:.1f}%)",
+            now,
+        ),
+        _condition(
+            old_conditions,
+            "ThresholdReached",
+            "True" if reached else "False",
+            str(max(reached)) if reached else "BelowThresholds",
+            (
+                f"{max(reached)}% alert threshold reached ({percent:.1f}% used)"
+                if reached
+                else f"{percent:.1f}% used; thresholds {levels}"
+            ),
+            now,
+        ),
+    ]
+    return {
+        "observedGeneration": budget.generation,
+        "period": {"start": format_time(ledger.period_start), "end": format_time(ledger.period_end)},
+        "usedGPUHours": round(used, 6),
+        "remainingGPUHours": round(remaining, 6),
+        "runningGPUs": running_gpus,
+        "estimatedCost": round(ledger.cost, 2),
+        "history": [dict(h) for h in ledger.history],
+        "thresholdsReached": list(reached),
+        "lastMeteredAt": format_time(ledger.metered_at or now),
+        "conditions": conditions,
+    }
+
+
+def advance(
+    budget: Budget, ledger: Ledger | None, pods: Sequence[PodRecord], *, now: datetime
+) -> tuple[Ledger, tuple[int, ...]]:
+    """One metering tick of one budget: the new ledger, and the thresholds to announce now.
+
+    `pods` are the visible pods that match the budget. A missing ledger, or one of another budget
+    of the same name, starts the current period afresh from the visible pods. A ledger whose
+    period is over is metered to its end and closed into history first (also when the budget's
+    `period` changed), so an operator that was down across a period boundary splits usage right.
+    """
+    bounds = period_bounds(budget.period, now)
+    if ledger is None or ledger.budget_uid != budget.uid:
+        ledger = new_ledger(budget_uid=budget.uid, period=bounds)
+    elif (ledger.period_start, ledger.period_end) != bounds:
+        ledger = meter(ledger, pods, now=min(now, ledger.period_end), prices=budget.prices)
+        ledger = roll_over(ledger, period=bounds)
+    ledger = meter(ledger, pods, now=now, prices=budget.prices)
+    reached = reached_thresholds(budget, ledger)
+    announce = tuple(t for t in reached if t not in ledger.thresholds)
+    if announce:
+        ledger = replace(ledger, thresholds=tuple(sorted({*ledger.thresholds, *announce})))
+    return ledger, announce

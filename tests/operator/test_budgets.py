@@ -1,0 +1,157 @@
+"""GPUBudget periods, status projection and threshold alerts: pure, table-driven."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from controller.operator.budgets import Budget, advance, period_bounds, project_status
+from controller.operator.metering import Ledger, PodRecord
+
+
+def utc(*args) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("period", "now", "start", "end"),
+    [
+        ("Daily", utc(2026, 11, 10, 12, 30), utc(2026, 11, 10), utc(2026, 11, 11)),
+        ("Daily", utc(2026, 12, 31, 23, 59), utc(2026, 12, 31), utc(2027, 1, 1)),
+        ("Weekly", utc(2026, 11, 12, 8), utc(2026, 11, 9), utc(2026, 11, 16)),  # Thursday -> Monday
+        ("Weekly", utc(2026, 11, 9, 0), utc(2026, 11, 9), utc(2026, 11, 16)),  # Monday 00:00 itself
+        ("Weekly", utc(2026, 12, 30), utc(2026, 12, 28), utc(2027, 1, 4)),  # across the year
+        ("Monthly", utc(2026, 11, 30, 23, 59, 59), utc(2026, 11, 1), utc(2026, 12, 1)),
+        ("Monthly", utc(2026, 12, 1), utc(2026, 12, 1), utc(2027, 1, 1)),
+        ("Monthly", utc(2028, 2, 29, 12), utc(2028, 2, 1), utc(2028, 3, 1)),
+    ],
+)
+def test_period_bounds_are_utc_calendar_periods(period, now, start, end):
+    assert period_bounds(period, now) == (start, end)
+
+
+def test_period_bounds_converts_other_timezones_to_utc():
+    from datetime import timezone
+
+    tokyo = timezone(timedelta(hours=9))
+    # 08:00 on Dec 1 in Tokyo is still November in UTC
+    assert period_bounds("Monthly", datetime(2026, 12, 1, 8, tzinfo=tokyo))[0] == utc(2026, 11, 1)
+
+
+def test_unknown_period_is_an_error():
+    with pytest.raises(ValueError, match="Yearly"):
+        period_bounds("Yearly", utc(2026, 1, 1))
+
+
+def budget(**spec) -> Budget:
+    obj = {
+        "metadata": {"name": "team-nlp", "uid": "b-1", "generation": 3},
+        "spec": {"selector": {"matchLabels": {"team": "nlp"}}, "gpuHours": 10, "period": "Monthly", **spec},
+    }
+    return Budget.from_object(obj)
+
+
+def test_budget_from_object_defaults():
+    b = budget()
+    assert b.thresholds == (50, 80, 100)
+    assert b.selector.matches({"team": "nlp"}) and not b.selector.matches({"team": "cv"})
+    assert budget(alertThresholds=[100, 80, 80]).thresholds == (80, 100)
+    assert budget(alertThresholds=[]).thresholds == ()
+    with pytest.raises(ValueError, match="spec.period"):
+        budget(period="Hourly")
+
+
+def running(uid: str, gpus: int, since: datetime, *, until: datetime | None = None) -> PodRecord:
+    return PodRecord(uid=uid, namespace="ns", name=uid, labels={"team": "nlp"}, gpus=gpus,
+                     started=since, finished=until)
+
+
+NOV = utc(2026, 11, 10, 12)
+
+
+def test_advance_starts_a_ledger_and_meters_visible_pods_from_the_period_start():
+    pods = [running("a", 2, NOV - timedelta(hours=1))]
+    ledger, announce = advance(budget(), None, pods, now=NOV)
+    assert (ledger.period_start, ledger.period_end) == (utc(2026, 11, 1), utc(2026, 12, 1))
+    assert ledger.used_gpu_hours == pytest.approx(2.0)
+    assert announce == ()  # 20 % of 10
+
+
+def test_advance_announces_each_threshold_once_per_period():
+    b = budget()
+    pods = [running("a", 4, NOV)]
+    ledger, announce = advance(b, None, pods, now=NOV + timedelta(hours=1.25))  # 5 of 10: 50 %
+    assert announce == (50,)
+    ledger, announce = advance(b, ledger, pods, now=NOV + timedelta(hours=1.3))
+    assert announce == ()
+    ledger, announce = advance(b, ledger, pods, now=NOV + timedelta(hours=3))  # 12 of 10
+    assert announce == (80, 100)
+    assert ledger.thresholds == (50, 80, 100)
+    ledger, announce = advance(b, ledger, pods, now=NOV + timedelta(hours=4))
+    assert announce == ()
+
+
+def test_advance_rolls_over_and_splits_usage_at_the_boundary():
+    b = budget(period="Daily")
+    start = utc(2026, 11, 10, 22)
+    pods = [running("a", 1, start)]
+    ledger, _ = advance(b, None, pods, now=start + timedelta(hours=1))
+    # the operator was down across midnight; it comes back at 03:00
+    ledger, announce = advance(b, ledger, pods, now=utc(2026, 11, 11, 3))
+    assert ledger.history[-1]["usedGPUHours"] == pytest.approx(2.0)  # 22:00 -> 24:00
+    assert ledger.used_gpu_hours == pytest.approx(3.0)  # 00:00 -> 03:00
+    assert ledger.period_start == utc(2026, 11, 11)
+    assert announce == ()  # 3 of 10; the old period's thresholds do not carry over
+
+
+def test_advance_restarts_for_a_namesake_budget():
+    old = Ledger(budget_uid="someone-else", period_start=utc(2026, 11, 1), period_end=utc(2026, 12, 1),
+                 base_gpu_hours=99.0)
+    ledger, _ = advance(budget(), old, [], now=NOV)
+    assert ledger.budget_uid == "b-1" and ledger.used_gpu_hours == 0
+
+
+def test_advance_follows_a_period_change():
+    monthly, _ = advance(budget(), None, [running("a", 1, utc(2026, 11, 10))], now=NOV)
+    daily, _ = advance(budget(period="Daily"), monthly, [running("a", 1, utc(2026, 11, 10))], now=NOV)
+    assert daily.period_start == utc(2026, 11, 10) and daily.period_end == utc(2026, 11, 11)
+    assert daily.history[-1]["usedGPUHours"] == pytest.approx(12.0)
+
+
+@pytest.mark.parametrize(
+    ("used", "exhausted", "threshold", "remaining"),
+    [
+        (0.0, "False", "BelowThresholds", 10.0),
+        (5.0, "False", "50", 5.0),
+        (9.0, "False", "80", 1.0),
+        (10.0, "True", "100", 0.0),
+        (12.5, "True", "100", 0.0),
+    ],
+)
+def test_status_conditions(used, exhausted, threshold, remaining):
+    ledger = Ledger(budget_uid="b-1", period_start=utc(2026, 11, 1), period_end=utc(2026, 12, 1),
+                    metered_at=NOV, base_gpu_hours=used, base_cost=used * 2.5)
+    status = project_status(budget(), ledger, running_gpus=3, previous=None, now=NOV)
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["Exhausted"]["status"] == exhausted
+    assert conditions["ThresholdReached"]["reason"] == threshold
+    assert status["remainingGPUHours"] == pytest.approx(remaining)
+    assert status["usedGPUHours"] == pytest.approx(used)
+    assert status["estimatedCost"] == pytest.approx(used * 2.5)
+    assert status["runningGPUs"] == 3
+    assert status["observedGeneration"] == 3
+    assert status["period"] == {"start": "2026-11-01T00:00:00Z", "end": "2026-12-01T00:00:00Z"}
+    assert status["lastMeteredAt"] == "2026-11-10T12:00:00Z"
+
+
+def test_condition_transition_time_moves_only_when_status_flips():
+    ledger = Ledger(budget_uid="b-1", period_start=utc(2026, 11, 1), period_end=utc(2026, 12, 1),
+                    base_gpu_hours=1.0)
+    first = project_status(budget(), ledger, running_gpus=0, previous=None, now=NOV)
+    later = project_status(budget(), ledger, running_gpus=0, previous=first, now=NOV + timedelta(hours=1))
+    assert later["conditions"] == first["conditions"]
+    exhausted = Ledger(**{**ledger.__dict__, "base_gpu_hours": 11.0})
+    flipped = project_status(budget(), exhausted, running_gpus=0, previous=later,
+                             now=NOV + timedelta(hours=2))
+    assert flipped["conditions"][0]["lastTransitionTime"] == "2026-11-10T14:00:00Z"
