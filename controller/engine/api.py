@@ -28,6 +28,8 @@ class Violation:
     enforcement: Enforcement = "Enforce"
     key: str = ""
     """The label, resource or field the violation is about (for metrics and grouping)."""
+    summary: str = ""
+    """A one-line version of `message` for admission warnings (which must stay short)."""
 
 
 @dataclass
@@ -47,6 +49,8 @@ class Decision:
     """RFC 6902 JSON Patch the mutating webhook returns (empty when nothing to add)."""
     team: str = ""
     """The workload's `team` label after mutation, if any (for metrics)."""
+    exempted: list[Violation] = field(default_factory=list)
+    """Violations a FinOpsException waived: not enforced, kept for audit and reports."""
 
     @property
     def all_violations(self) -> list[Violation]:

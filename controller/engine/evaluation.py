@@ -1,0 +1,147 @@
+"""`evaluate`: one workload, the configuration snapshot and `now` in; a Decision out.
+
+As the API server does it: mutation first (every matching policy adds what it may, the patch is
+against the original manifest), then validation of the mutated workload by every matching policy
+and every GPUBudget. Matching is done again for validation, on the mutated labels, because that
+is what the validating webhook will see after the mutating one ran.
+
+Every matching policy applies and the strictest outcome wins: any violation of an `Enforce`
+policy or budget denies; `Warn` violations become warnings; `Audit` ones are only reported.
+A FinOpsException covering a (policy, rule family) waives its violations and its mutations.
+Policies are applied in the order of `snapshot.policies` (the callers sort them by name), so
+when two policies default the same label, the first one wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from controller.constants import DEFAULT_EXPIRY_KEY, DEFAULT_GPU_RESOURCES
+from controller.engine.api import Decision, Snapshot, Violation
+from controller.engine.matching import namespace_labels_of, policy_matches
+from controller.engine.rules import Context
+from controller.engine.rules import budget as budget_rule
+from controller.engine.rules import expiry as expiry_rule
+from controller.engine.rules import gpu as gpu_rule
+from controller.engine.rules import labels as labels_rule
+from controller.engine.view import WorkloadView
+from controller.engine.workloads import BUILTIN_KINDS
+
+_DEFAULT_RESOURCES = tuple(DEFAULT_GPU_RESOURCES)
+_ROUTES = {"Enforce": "violations", "Warn": "warnings", "Audit": "audit"}
+
+
+def evaluate(
+    manifest: Mapping[str, Any],
+    *,
+    snapshot: Snapshot,
+    now: datetime,
+    mutate: bool = True,
+    operation: str = "CREATE",
+    namespace: str | None = None,
+    old_object: Mapping[str, Any] | None = None,
+) -> Decision:
+    """Judge one workload.
+
+    `namespace` overrides `metadata.namespace` (admission requests may omit it from the object).
+    `mutate=False` judges the object as given (the validating webhook, after mutation ran).
+    `old_object`, at UPDATE, lets budgets judge only an increase in GPUs.
+    Objects that are not a supported workload kind, in an excluded namespace, or operations other
+    than CREATE and UPDATE are allowed with an empty decision.
+    """
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
+    kinds = snapshot.kinds or BUILTIN_KINDS
+    metadata = manifest.get("metadata") or {}
+    ns = namespace or metadata.get("namespace") or ""
+    spec = kinds.lookup(manifest)
+    if spec is None or operation not in ("CREATE", "UPDATE") or ns in snapshot.excluded_namespaces:
+        name = metadata.get("name") or metadata.get("generateName") or ""
+        return Decision(resource=f"{manifest.get('kind', '')}/{ns}/{name}", allowed=True)
+
+    view = WorkloadView(manifest, spec, namespace=ns)
+    ns_labels = namespace_labels_of(ns, snapshot.namespace_labels)
+    old = None
+    if operation == "UPDATE" and old_object is not None and kinds.lookup(old_object) is spec:
+        old = WorkloadView(old_object, spec, namespace=ns)
+    ctx = Context(now=now, operation=operation, namespace_labels=ns_labels, old=old)
+    live_exceptions = [e for e in snapshot.exceptions if e.namespace == ns and e.spec.expires_at > now]
+
+    if mutate:
+        exceptions = _exceptions_for(live_exceptions, view.labels())
+        for policy in snapshot.policies:
+            if not _matches(policy, view, ns_labels):
+                continue
+            if policy.spec.labels is not None and not _waived(exceptions, policy.name, "labels"):
+                labels_rule.mutate(policy, view, ctx)
+        # Expiry defaults go after every label default: `requiredWhen` reads the final labels.
+        for policy in snapshot.policies:
+            if policy.spec.expiry is None or not _matches(policy, view, ns_labels):
+                continue
+            if not _waived(exceptions, policy.name, "expiry"):
+                expiry_rule.mutate(policy, view, ctx)
+
+    labels = view.labels()
+    decision = Decision(resource=view.resource, allowed=True, team=labels.get("team", ""))
+    if mutate:
+        decision.patch = view.patch()
+    exceptions = _exceptions_for(live_exceptions, labels)
+    for policy in snapshot.policies:
+        if not _matches(policy, view, ns_labels):
+            continue
+        pspec = policy.spec
+        if pspec.expiry is not None and ctx.expiry_key == DEFAULT_EXPIRY_KEY:
+            ctx.expiry_key = pspec.expiry.key
+        found: list[Violation] = []
+        if pspec.labels is not None:
+            found += labels_rule.validate(policy, view, ctx)
+        if pspec.gpu is not None:
+            found += gpu_rule.validate(policy, view, ctx)
+        if pspec.expiry is not None:
+            found += expiry_rule.validate(policy, view, ctx)
+        _route(decision, found, pspec.enforcement, exceptions)
+    for budget in snapshot.budgets:
+        _route(decision, budget_rule.validate(budget, view, ctx), budget.spec.enforcement, exceptions)
+    decision.allowed = not decision.violations
+    return decision
+
+
+def _matches(policy: Any, view: WorkloadView, ns_labels: Mapping[str, str]) -> bool:
+    match = policy.spec.match
+    gpus = 0
+    if match.gpu_only:
+        gpu = policy.spec.gpu
+        gpus = view.gpus(gpu.resource_tuple if gpu is not None else _DEFAULT_RESOURCES)
+    return policy_matches(
+        policy,
+        kind=view.kind,
+        namespace=view.namespace,
+        namespace_labels=ns_labels,
+        labels=view.labels(),
+        gpus=gpus,
+    )
+
+
+def _exceptions_for(exceptions: list[Any], labels: Mapping[str, str]) -> list[Any]:
+    return [e for e in exceptions if e.spec.selector.compiled.matches(labels)] if exceptions else []
+
+
+def _waived(exceptions: list[Any], policy: str, rule: str) -> bool:
+    return any(e.spec.covers(policy, rule) for e in exceptions)
+
+
+def _route(decision: Decision, found: list[Violation], enforcement: str, exceptions: list[Any]) -> None:
+    for violation in found:
+        if enforcement != "Enforce":
+            violation = _with_enforcement(violation, enforcement)
+        if exceptions and _waived(exceptions, violation.policy, violation.rule):
+            decision.exempted.append(violation)
+        else:
+            getattr(decision, _ROUTES[enforcement]).append(violation)
+
+
+def _with_enforcement(violation: Violation, enforcement: str) -> Violation:
+    return replace(violation, enforcement=enforcement)

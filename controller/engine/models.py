@@ -1,0 +1,539 @@
+"""Typed, validated CRs: FinOpsPolicy, GPUBudget and FinOpsException (SPEC sections 3.1-3.3).
+
+`from_object(obj)` validates a whole CR as read from a file or the API server and raises
+`PolicyError` naming the object and the path of the offending field, e.g.
+`FinOpsPolicy/ml-platform: spec.gpu.allowedInstanceTypes[1].when: ...`. The CRD schemas catch
+most mistakes at the API server; these models also catch what a schema cannot: regexes that do
+not compile, defaults that are not valid label values or not allowed by the label's own rule,
+a default expiry beyond the maximum lifetime.
+
+Everything the engine matches against (selectors, globs, regexes, value sets) is compiled here,
+once, at load; evaluation never parses or compiles.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from controller.constants import API_VERSION, DEFAULT_EXPIRY_KEY, DEFAULT_GPU_RESOURCES
+from controller.engine.api import BudgetState
+from controller.engine.durations import format_duration, parse_duration
+from controller.engine.matching import EVERYTHING, GlobSet, Selector
+
+# Kubernetes label syntax (apimachinery validation.IsQualifiedName / IsValidLabelValue).
+_NAME = r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_PREFIX = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*"
+LABEL_KEY_RE = re.compile(rf"(?:{_PREFIX}/)?{_NAME}")
+LABEL_VALUE_RE = re.compile(rf"(?:{_NAME})?")
+
+DEFAULT_INSTANCE_TYPE_KEYS = (
+    "node.kubernetes.io/instance-type",
+    "karpenter.k8s.aws/instance-type",
+    "cloud.google.com/gke-accelerator",
+    "nvidia.com/gpu.product",
+)
+RULE_FAMILIES = ("labels", "gpu", "expiry", "budget")
+
+
+def is_label_value(value: str) -> bool:
+    return len(value) <= 63 and LABEL_VALUE_RE.fullmatch(value) is not None
+
+
+def _label_key(value: str) -> str:
+    prefix, _, name = value.rpartition("/")
+    if len(prefix) > 253 or len(name) > 63 or not LABEL_KEY_RE.fullmatch(value):
+        raise ValueError(f"{value!r} is not a valid label key (an optional DNS prefix and '/', then a name)")
+    return value
+
+
+def _label_value(value: str) -> str:
+    if not is_label_value(value):
+        raise ValueError(
+            f"{value!r} is not a valid label value (at most 63 characters: alphanumerics, '-', '_', '.', "
+            "starting and ending with an alphanumeric)"
+        )
+    return value
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
+    return value
+
+
+def _aware(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+LabelKey = Annotated[str, AfterValidator(_label_key)]
+LabelValue = Annotated[str, AfterValidator(_label_value)]
+Duration = Annotated[timedelta, BeforeValidator(parse_duration), PlainSerializer(format_duration)]
+Timestamp = Annotated[datetime, AfterValidator(_aware)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True
+    )
+
+
+# -- shared pieces -------------------------------------------------------------------------------
+
+
+class LabelSelectorRequirement(_Model):
+    key: LabelKey
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _values_fit_operator(self) -> Self:
+        if self.operator in ("In", "NotIn") and not self.values:
+            raise ValueError(f"operator {self.operator} needs at least one value")
+        if self.operator in ("Exists", "DoesNotExist") and self.values:
+            raise ValueError(f"operator {self.operator} takes no values")
+        return self
+
+
+class LabelSelector(_Model):
+    """metav1.LabelSelector. Empty matches everything."""
+
+    match_labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
+    match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list)
+    _compiled: Selector = PrivateAttr(default=EVERYTHING)
+
+    def model_post_init(self, context: Any) -> None:
+        self._compiled = Selector(
+            self.match_labels, [(e.key, e.operator, e.values) for e in self.match_expressions]
+        )
+
+    @property
+    def compiled(self) -> Selector:
+        return self._compiled
+
+
+class ObjectMeta(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str = Field(min_length=1)
+    namespace: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    generation: int | None = None
+
+
+class Condition(BaseModel):
+    """metav1.Condition."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, alias_generator=to_camel, populate_by_name=True)
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = ""
+    message: str = ""
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class _Status(BaseModel):
+    # Status is written by the operator, not by people: tolerate fields a newer operator adds.
+    model_config = ConfigDict(extra="ignore", frozen=True, alias_generator=to_camel, populate_by_name=True)
+    conditions: list[Condition] = Field(default_factory=list)
+    observed_generation: int | None = None
+
+
+# -- FinOpsPolicy --------------------------------------------------------------------------------
+
+
+class MatchSpec(_Model):
+    """Which workloads the policy applies to; every given condition must hold."""
+
+    namespace_selector: LabelSelector | None = None
+    namespaces: list[str] = Field(default_factory=list)
+    exclude_namespaces: list[str] = Field(default_factory=list)
+    kinds: list[str] = Field(default_factory=list)
+    selector: LabelSelector | None = None
+    gpu_only: bool = False
+    _namespace_globs: GlobSet = PrivateAttr()
+    _exclude_globs: GlobSet = PrivateAttr()
+    _kind_set: frozenset[str] = PrivateAttr()
+
+    def model_post_init(self, context: Any) -> None:
+        self._namespace_globs = GlobSet(self.namespaces)
+        self._exclude_globs = GlobSet(self.exclude_namespaces)
+        self._kind_set = frozenset(self.kinds)
+
+    @property
+    def namespace_globs(self) -> GlobSet:
+        return self._namespace_globs
+
+    @property
+    def exclude_globs(self) -> GlobSet:
+        return self._exclude_globs
+
+    @property
+    def kind_set(self) -> frozenset[str]:
+        return self._kind_set
+
+
+class RequiredLabel(_Model):
+    """A label every matched workload must carry; `allowedValues` and `pattern` both apply if given."""
+
+    key: LabelKey
+    allowed_values: list[LabelValue] | None = None
+    pattern: Annotated[str, AfterValidator(_regex)] | None = None
+    """A regular expression the whole value must match (re.fullmatch)."""
+    default: LabelValue | None = None
+    description: str = ""
+    _allowed: frozenset[str] | None = PrivateAttr(default=None)
+    _regex: re.Pattern[str] | None = PrivateAttr(default=None)
+
+    @field_validator("default")
+    @classmethod
+    def _default_is_allowed(cls, value: str | None, info: Any) -> str | None:
+        if value is None:
+            return value
+        allowed = info.data.get("allowed_values")
+        if allowed is not None and value not in allowed:
+            raise ValueError(f"default {value!r} is not one of allowedValues {allowed}")
+        pattern = info.data.get("pattern")
+        if pattern is not None and not re.fullmatch(pattern, value):
+            raise ValueError(f"default {value!r} does not match pattern {pattern!r}")
+        return value
+
+    def model_post_init(self, context: Any) -> None:
+        self._allowed = frozenset(self.allowed_values) if self.allowed_values is not None else None
+        self._regex = re.compile(self.pattern) if self.pattern is not None else None
+
+    def accepts(self, value: str) -> bool:
+        if self._allowed is not None and value not in self._allowed:
+            return False
+        return self._regex is None or self._regex.fullmatch(value) is not None
+
+
+class LabelsSpec(_Model):
+    required: list[RequiredLabel] = Field(default_factory=list)
+    inherit_from_namespace: bool = False
+    """Mutation copies missing required labels from the workload's Namespace labels."""
+
+    @field_validator("required")
+    @classmethod
+    def _unique_keys(cls, value: list[RequiredLabel]) -> list[RequiredLabel]:
+        seen: set[str] = set()
+        for item in value:
+            if item.key in seen:
+                raise ValueError(f"label {item.key!r} is listed twice")
+            seen.add(item.key)
+        return value
+
+
+def _when(value: dict[str, list[str]]) -> dict[str, list[str]]:
+    for key, values in value.items():
+        _label_key(key)
+        if not values:
+            raise ValueError(f"{key}: list at least one value")
+    return value
+
+
+When = Annotated[dict[str, list[str]], AfterValidator(_when)]
+
+
+def _compile_when(value: dict[str, list[str]] | None) -> dict[str, frozenset[str]] | None:
+    return None if value is None else {key: frozenset(values) for key, values in value.items()}
+
+
+class InstanceTypeRule(_Model):
+    """Allowed instance types (glob patterns) for workloads whose effective labels match `when`."""
+
+    when: When = Field(default_factory=dict)
+    instance_types: list[str] = Field(min_length=1)
+    _when: dict[str, frozenset[str]] = PrivateAttr()
+    _globs: GlobSet = PrivateAttr()
+
+    def model_post_init(self, context: Any) -> None:
+        self._when = _compile_when(self.when) or {}
+        self._globs = GlobSet(self.instance_types)
+
+    @property
+    def compiled_when(self) -> dict[str, frozenset[str]]:
+        return self._when
+
+    @property
+    def globs(self) -> GlobSet:
+        return self._globs
+
+
+class GPUSpec(_Model):
+    resources: list[str] = Field(default_factory=lambda: list(DEFAULT_GPU_RESOURCES), min_length=1)
+    instance_type_keys: list[LabelKey] = Field(
+        default_factory=lambda: list(DEFAULT_INSTANCE_TYPE_KEYS), min_length=1
+    )
+    require_instance_type: bool = False
+    allowed_instance_types: list[InstanceTypeRule] = Field(default_factory=list)
+    max_gpus_per_pod: int | None = Field(default=None, ge=0, alias="maxGPUsPerPod")
+    _resources: tuple[str, ...] = PrivateAttr()
+    _keys: tuple[str, ...] = PrivateAttr()
+
+    def model_post_init(self, context: Any) -> None:
+        self._resources = tuple(self.resources)
+        self._keys = tuple(self.instance_type_keys)
+
+    @property
+    def resource_tuple(self) -> tuple[str, ...]:
+        return self._resources
+
+    @property
+    def key_tuple(self) -> tuple[str, ...]:
+        return self._keys
+
+    def allowlist_for(self, labels: dict[str, str]) -> InstanceTypeRule | None:
+        """The first entry whose `when` matches; None means no allowlist constrains this workload."""
+        for rule in self.allowed_instance_types:
+            if all(labels.get(k) in v for k, v in rule.compiled_when.items()):
+                return rule
+        return None
+
+
+class ExpirySpec(_Model):
+    key: LabelKey = DEFAULT_EXPIRY_KEY
+    required_when: When | None = None
+    """Effective labels that make `expires_at` required. Omitted: never required (but validated when
+    present); `{}`: required on every matched workload."""
+    max_lifetime: Duration | None = None
+    default: Duration | None = None
+    notify_before: Duration = timedelta(minutes=15)
+    _required_when: dict[str, frozenset[str]] | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _default_within_lifetime(self) -> Self:
+        if self.default is not None and self.max_lifetime is not None and self.default > self.max_lifetime:
+            raise ValueError(
+                f"default {format_duration(self.default)} exceeds "
+                f"maxLifetime {format_duration(self.max_lifetime)}"
+            )
+        return self
+
+    def model_post_init(self, context: Any) -> None:
+        self._required_when = _compile_when(self.required_when)
+
+    def required_for(self, labels: dict[str, str]) -> bool:
+        if self._required_when is None:
+            return False
+        return all(labels.get(k) in v for k, v in self._required_when.items())
+
+
+class PrometheusSpec(_Model):
+    url: str = Field(pattern=r"^https?://")
+    query: str = Field(min_length=1)
+    """PromQL; `$namespace` and `$name` are replaced by the workload's namespace and name."""
+    threshold: float = 5.0
+
+
+class IdleSpec(_Model):
+    selector: LabelSelector = Field(default_factory=LabelSelector)
+    kinds: list[Literal["Deployment", "StatefulSet"]] = Field(
+        default_factory=lambda: ["Deployment", "StatefulSet"]
+    )
+    idle_after: Duration = timedelta(minutes=30)
+    prometheus: PrometheusSpec | None = None
+
+
+class FinOpsPolicySpec(_Model):
+    enforcement: Literal["Enforce", "Warn", "Audit"] = "Enforce"
+    match: MatchSpec = Field(default_factory=MatchSpec)
+    labels: LabelsSpec | None = None
+    gpu: GPUSpec | None = None
+    expiry: ExpirySpec | None = None
+    idle: IdleSpec | None = None
+
+
+# -- GPUBudget -----------------------------------------------------------------------------------
+
+
+class BudgetPeriodStatus(_Status):
+    start: Timestamp | None = None
+    end: Timestamp | None = None
+
+
+class BudgetHistoryEntry(_Status):
+    start: Timestamp
+    end: Timestamp
+    used_gpu_hours: float = Field(alias="usedGPUHours")
+
+
+class GPUBudgetSpec(_Model):
+    selector: LabelSelector = Field(default_factory=LabelSelector)
+    gpu_hours: float = Field(alias="gpuHours", ge=0)
+    period: Literal["Daily", "Weekly", "Monthly"] = "Monthly"
+    enforcement: Literal["Enforce", "Warn", "Audit"] = "Enforce"
+    admission: Literal["Exhausted", "Projected"] = "Exhausted"
+    alert_thresholds: list[Annotated[int, Field(ge=1, le=1000)]] = Field(
+        default_factory=lambda: [50, 80, 100]
+    )
+    price_per_gpu_hour: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict, alias="pricePerGPUHour"
+    )
+    """Price per GPU-hour by instance type, with `default` for the rest (for cost estimates)."""
+    resources: list[str] = Field(default_factory=lambda: list(DEFAULT_GPU_RESOURCES), min_length=1)
+    """Extended resources counted as GPUs, as in FinOpsPolicy `spec.gpu.resources`."""
+    _resources: tuple[str, ...] = PrivateAttr()
+
+    def model_post_init(self, context: Any) -> None:
+        self._resources = tuple(self.resources)
+
+    @property
+    def resource_tuple(self) -> tuple[str, ...]:
+        return self._resources
+
+
+class GPUBudgetStatus(_Status):
+    period: BudgetPeriodStatus | None = None
+    used_gpu_hours: float = Field(default=0.0, alias="usedGPUHours")
+    remaining_gpu_hours: float | None = Field(default=None, alias="remainingGPUHours")
+    running_gpus: int = Field(default=0, alias="runningGPUs")
+    estimated_cost: float | None = None
+    history: list[BudgetHistoryEntry] = Field(default_factory=list)
+    last_metered_at: Timestamp | None = None
+    thresholds_reached: list[int] = Field(default_factory=list)
+
+
+# -- FinOpsException -----------------------------------------------------------------------------
+
+
+class FinOpsExceptionSpec(_Model):
+    policies: list[str] = Field(min_length=1)
+    """Policy (or GPUBudget) names, or `*`."""
+    rules: list[Literal["labels", "gpu", "expiry", "budget", "*"]] = Field(min_length=1)
+    selector: LabelSelector = Field(default_factory=LabelSelector)
+    expires_at: Timestamp
+    reason: str = Field(min_length=1)
+    _policies: frozenset[str] = PrivateAttr()
+    _rules: frozenset[str] = PrivateAttr()
+
+    def model_post_init(self, context: Any) -> None:
+        self._policies = frozenset(self.policies)
+        self._rules = frozenset(self.rules)
+
+    def covers(self, policy: str, rule: str) -> bool:
+        policies, rules = self._policies, self._rules
+        return ("*" in policies or policy in policies) and ("*" in rules or rule in rules)
+
+
+# -- the CRs -------------------------------------------------------------------------------------
+
+
+class PolicyError(ValueError):
+    """A policy, budget or exception that cannot be loaded. `str()` names the object and field path."""
+
+    def __init__(self, obj: str, problems: list[tuple[str, str]]) -> None:
+        self.object = obj
+        self.problems = problems
+        text = "; ".join(f"{path}: {msg}" if path else msg for path, msg in problems)
+        super().__init__(f"{obj}: {text}")
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(part)):
+            out += f".{part}" if out else str(part)
+        else:
+            out += f"[{str(part)!r}]"
+    return out
+
+
+def _problems(error: ValidationError) -> list[tuple[str, str]]:
+    problems = []
+    for item in error.errors(include_url=False):
+        msg = item["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        problems.append((_path(item["loc"]), msg))
+    return problems
+
+
+class _Resource(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    api_version: Literal["finops.comptroller.dev/v1alpha1"] = Field(alias="apiVersion")
+    kind: str
+    metadata: ObjectMeta
+
+    @classmethod
+    def from_object(cls, obj: dict[str, Any]) -> Self:
+        """Validate a whole CR; PolicyError names `Kind/name` and the offending field's path."""
+        if not isinstance(obj, dict):
+            problem = ("", f"expected a mapping, got {type(obj).__name__}")
+            raise PolicyError(f"{cls.__name__}/<unknown>", [problem])
+        meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+        name = f"{cls.__name__}/{meta.get('name') or '<unnamed>'}"
+        if obj.get("kind") != cls.__name__:
+            raise PolicyError(name, [("kind", f"expected {cls.__name__}, got {obj.get('kind')!r}")])
+        if obj.get("apiVersion") != API_VERSION:
+            problem = ("apiVersion", f"expected {API_VERSION}, got {obj.get('apiVersion')!r}")
+            raise PolicyError(name, [problem])
+        try:
+            return cls.model_validate(obj)
+        except ValidationError as exc:
+            raise PolicyError(name, _problems(exc)) from None
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+
+class FinOpsPolicy(_Resource):
+    spec: FinOpsPolicySpec
+    status: _Status | None = None
+
+
+class GPUBudget(_Resource):
+    spec: GPUBudgetSpec
+    status: GPUBudgetStatus | None = None
+
+    @property
+    def state(self) -> BudgetState:
+        """The metering the engine needs, from `status` (zero when the operator has not metered yet)."""
+        if self.status is None:
+            return BudgetState()
+        end = self.status.period.end if self.status.period else None
+        return BudgetState(
+            used_gpu_hours=self.status.used_gpu_hours,
+            period_end=end.strftime("%Y-%m-%dT%H:%M:%SZ") if end else None,
+        )
+
+
+class FinOpsException(_Resource):
+    spec: FinOpsExceptionSpec
+    status: _Status | None = None
+
+    @property
+    def namespace(self) -> str:
+        return self.metadata.namespace or ""
+
+
+MODELS: dict[str, type[_Resource]] = {m.__name__: m for m in (FinOpsPolicy, GPUBudget, FinOpsException)}
+
+
+def load_object(obj: dict[str, Any]) -> FinOpsPolicy | GPUBudget | FinOpsException:
+    """Validate any of the three CRs by its `kind`."""
+    kind = obj.get("kind") if isinstance(obj, dict) else None
+    model = MODELS.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        name = (obj.get("metadata") or {}).get("name", "<unnamed>") if isinstance(obj, dict) else "<unknown>"
+        raise PolicyError(f"{kind}/{name}", [("kind", f"expected one of {', '.join(MODELS)}")])
+    return model.from_object(obj)

@@ -1,0 +1,113 @@
+"""Rule family `budget`: GPU-hour budgets at admission (SPEC 3.2).
+
+A budget applies to a workload that requests GPUs and whose effective labels match its selector.
+`Exhausted` denies once the period's usage reached `gpuHours`. `Projected` also denies a workload
+whose worst case does not fit in what remains: all its GPUs (per-pod GPUs x replicas) running
+from now until its `expires_at`, capped at the end of the period (what it draws from this
+period's budget), or until the period ends when it has no `expires_at`.
+
+At UPDATE, when the caller passes the old object, only an increase of GPUs is judged (and only
+the increase is projected): relabelling or restarting a running workload never hits the budget.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+from typing import Any
+
+from controller.engine.api import Violation
+from controller.engine.budgets import current_usage, hours_between, max_gpus_for
+from controller.engine.expiry import format_annotation, format_label
+from controller.engine.messages import render_fix
+from controller.engine.rules import Context
+from controller.engine.rules.expiry import expires_at, find
+
+
+def _hours(value: float) -> str:
+    return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
+
+
+def validate(budget: Any, view: Any, ctx: Context) -> list[Violation]:
+    spec = budget.spec
+    gpus = view.gpus(spec.resource_tuple)
+    if gpus <= 0 or not spec.selector.compiled.matches(view.labels()):
+        return []
+    if ctx.operation == "UPDATE" and ctx.old is not None:
+        gpus -= ctx.old.gpus(spec.resource_tuple)
+        if gpus <= 0:
+            return []
+    used, period_end = current_usage(budget, ctx.now)
+    remaining = spec.gpu_hours - used
+    resets = format_annotation(period_end)
+    if used >= spec.gpu_hours:
+        return [
+            Violation(
+                policy=budget.name,
+                rule="budget",
+                key=budget.name,
+                message=f"GPU budget {budget.name} is exhausted: {_hours(used)} of {_hours(spec.gpu_hours)} "
+                f"GPU-hours used this {spec.period.lower()} period; it resets at {resets}",
+                summary=f"GPU budget exhausted ({_hours(used)}/{_hours(spec.gpu_hours)} GPU-hours)",
+                fix=f"# nothing fits until {resets}: ask for a larger budget or a FinOpsException "
+                f"(rules: [budget], policies: [{budget.name}])",
+            )
+        ]
+    if spec.admission != "Projected":
+        return []
+    until = expires_at(view, ctx.expiry_key)
+    end = min(until, period_end) if until is not None and until > ctx.now else period_end
+    hours = hours_between(ctx.now, end)
+    worst = gpus * hours
+    if worst <= remaining + 1e-9:
+        return []
+    return [_projected(budget, view, ctx, gpus=gpus, hours=hours, remaining=remaining, period_end=period_end)]
+
+
+def _projected(
+    budget: Any, view: Any, ctx: Context, *, gpus: int, hours: float, remaining: float, period_end: datetime
+) -> Violation:
+    fit_hours = remaining / gpus
+    fit_until = (ctx.now + timedelta(hours=fit_hours)).replace(second=0, microsecond=0)
+    fewer = max_gpus_for(remaining, hours)
+    options = []
+    if fit_until - ctx.now >= timedelta(minutes=1):
+        options.append(
+            f"{gpus} GPUs fit until {format_annotation(fit_until)} ({_duration(fit_until - ctx.now)})"
+        )
+    if fewer:
+        options.append(f"{fewer} GPUs fit for the requested {_duration(timedelta(hours=hours))}")
+    fits = "; ".join(options) or "nothing fits"
+    message = (
+        f"worst case {gpus} GPUs x {_hours(hours)}h = {_hours(gpus * hours)} GPU-hours exceeds the "
+        f"{_hours(remaining)} GPU-hours left in budget {budget.name} "
+        f"until {format_annotation(period_end)}: {fits}"
+    )
+    note = f"{budget.name} has {_hours(remaining)} GPU-hours left: {fits}"
+    if fit_until - ctx.now >= timedelta(minutes=1):
+        key = ctx.expiry_key
+        _, source, path = find(view, key)
+        if source == "label":
+            fix = render_fix([((*path, "metadata", "labels"), {key: format_label(fit_until)})], note=note)
+        else:
+            fix = render_fix(
+                [((*path, "metadata", "annotations"), {key: format_annotation(fit_until)})], note=note
+            )
+    else:
+        fix = f"# {note}"
+    return Violation(
+        policy=budget.name,
+        rule="budget",
+        key=budget.name,
+        message=message,
+        summary=f"needs {_hours(gpus * hours)} GPU-hours, {_hours(remaining)} left in {budget.name}",
+        fix=fix,
+    )
+
+
+def _duration(delta: timedelta) -> str:
+    minutes = math.floor(delta.total_seconds() / 60)
+    days, minutes = divmod(minutes, 1440)
+    hours, minutes = divmod(minutes, 60)
+    parts = [f"{n}{unit}" for n, unit in ((days, "d"), (hours, "h"), (minutes, "m")) if n]
+    return "".join(parts) or "under a minute"

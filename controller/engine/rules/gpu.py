@@ -1,0 +1,203 @@
+"""Rule family `gpu`: GPUs per pod, and which instance types a GPU pod may be pinned to.
+
+Only pod templates that request GPUs (the scheduler's effective request of `spec.gpu.resources`)
+are judged. A pod is pinned when every way it can be scheduled (each required node-affinity term,
+with `nodeSelector` ANDed in) is restricted to allowed types by at least one of its pins: a
+`nodeSelector` entry or an `In` expression on one of `instanceTypeKeys` whose values all match
+the allowlist. `NotIn` and `Exists` pin nothing.
+
+The allowlist is the first `allowedInstanceTypes` entry whose `when` matches the effective labels.
+When no entry matches there is no allowlist for that workload (only `requireInstanceType`
+applies): list a catch-all last (no `when`) to forbid everything else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controller.engine.api import Violation
+from controller.engine.messages import location, render_fix
+from controller.engine.models import GPUSpec, InstanceTypeRule, is_label_value
+from controller.engine.rules import Context, when_text
+from controller.engine.workloads import PodTemplate, container_request, pinned_terms
+
+PLACEHOLDER = "INSTANCE-TYPE"
+
+
+def validate(policy: Any, view: Any, ctx: Context) -> list[Violation]:
+    gpu: GPUSpec | None = policy.spec.gpu
+    if gpu is None:
+        return []
+    counts = view.pod_gpus(gpu.resource_tuple)
+    if not any(counts):
+        return []
+    allow = gpu.allowlist_for(view.labels())
+    too_many: list[tuple[int, int]] = []
+    unpinned: list[int] = []
+    disallowed: list[tuple[int, list[str]]] = []
+    for index, count in enumerate(counts):
+        if not count:
+            continue
+        if gpu.max_gpus_per_pod is not None and count > gpu.max_gpus_per_pod:
+            too_many.append((index, count))
+        terms = pinned_terms(view.templates[index].spec, gpu.key_tuple)
+        if gpu.require_instance_type and any(not pins for pins in terms):
+            unpinned.append(index)
+        if allow is not None:
+            bad = _disallowed_values(terms, allow)
+            if bad:
+                disallowed.append((index, bad))
+    out = []
+    if too_many:
+        out.append(_too_many(policy.name, gpu, view, too_many))
+    if unpinned:
+        out.append(_unpinned(policy.name, gpu, allow, view, unpinned))
+    if disallowed:
+        out.append(_disallowed(policy.name, gpu, allow, view, disallowed))
+    return out
+
+
+def _disallowed_values(terms: list[list[tuple[str, tuple[str, ...]]]], allow: InstanceTypeRule) -> list[str]:
+    bad: list[str] = []
+    for pins in terms:
+        if not pins or any(values and all(allow.globs.matches(v) for v in values) for _, values in pins):
+            continue
+        bad.extend(v for _, values in pins for v in values if not allow.globs.matches(v) and v not in bad)
+    return bad
+
+
+def _where(view: Any, indexes: list[int]) -> str:
+    if view.is_pod:
+        return ""
+    return " in " + ", ".join(location((*view.templates[i].path, "spec")) for i in indexes)
+
+
+def suggest_type(gpu: GPUSpec, allow: InstanceTypeRule | None) -> str:
+    """A literal instance type the allowlist accepts, for a nodeSelector to paste."""
+    pools = [allow] if allow is not None else list(gpu.allowed_instance_types)
+    for rule in pools:
+        for literal in rule.globs.literals:
+            if is_label_value(literal):
+                return literal
+    if allow is not None:  # only wildcards: borrow a literal another entry names, if this one takes it
+        for rule in gpu.allowed_instance_types:
+            for literal in rule.globs.literals:
+                if allow.globs.matches(literal) and is_label_value(literal):
+                    return literal
+    return PLACEHOLDER
+
+
+def _selector_fix(
+    gpu: GPUSpec, allow: InstanceTypeRule | None, view: Any, indexes: list[int], note: str = ""
+) -> str:
+    value = suggest_type(gpu, allow)
+    entries = []
+    for index in indexes:
+        selector = view.templates[index].spec.get("nodeSelector") or {}
+        # Reuse the key the pod already pins with, so the fix replaces its value, not contradicts it.
+        key = next((k for k in gpu.key_tuple if k in selector), gpu.key_tuple[0])
+        entries.append(((*view.templates[index].path, "spec", "nodeSelector"), {key: value}))
+    return render_fix(entries, note=note)
+
+
+def _allowed_text(allow: InstanceTypeRule | None) -> str:
+    if allow is None:
+        return ""
+    scope = f" when {when_text(allow.compiled_when)}" if allow.when else ""
+    return f"; allowed{scope}: {', '.join(allow.instance_types)}"
+
+
+def _unpinned(
+    policy: str, gpu: GPUSpec, allow: InstanceTypeRule | None, view: Any, idx: list[int]
+) -> Violation:
+    keys = ", ".join(gpu.key_tuple)
+    return Violation(
+        policy=policy,
+        rule="gpu",
+        key="instanceType",
+        message=(
+            f"GPU pods must pin an instance type{_where(view, idx)}: set a nodeSelector (or a required node "
+            f"affinity In term) on one of {keys}{_allowed_text(allow)}"
+        ),
+        summary="GPU pod must pin an instance type (nodeSelector)"
+        + (f"; allowed: {', '.join(allow.instance_types)}" if allow else ""),
+        fix=_selector_fix(gpu, allow, view, idx),
+    )
+
+
+def _disallowed(
+    policy: str, gpu: GPUSpec, allow: InstanceTypeRule | None, view: Any, found: list[tuple[int, list[str]]]
+) -> Violation:
+    values = []
+    for _, bad in found:
+        values.extend(v for v in bad if v not in values)
+    indexes = [i for i, _ in found]
+    affinity = any(
+        ((view.templates[i].spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+            "requiredDuringSchedulingIgnoredDuringExecution"
+        )
+        for i in indexes
+    )
+    note = "and drop the required node affinity terms pinning other types" if affinity else ""
+    return Violation(
+        policy=policy,
+        rule="gpu",
+        key="instanceType",
+        message=f"instance type {', '.join(values)} not allowed{_where(view, indexes)}{_allowed_text(allow)}",
+        summary=f"instance type {values[0]} not allowed"
+        + (f"; allowed: {', '.join(allow.instance_types)}" if allow else ""),
+        fix=_selector_fix(gpu, allow, view, indexes, note=note),
+    )
+
+
+def _too_many(policy: str, gpu: GPUSpec, view: Any, found: list[tuple[int, int]]) -> Violation:
+    limit = gpu.max_gpus_per_pod or 0
+    entries = []
+    for index, _ in found:
+        entries.extend(_reduce(view.templates[index], gpu.resource_tuple, limit))
+    worst = max(count for _, count in found)
+    return Violation(
+        policy=policy,
+        rule="gpu",
+        key="maxGPUsPerPod",
+        message=f"{worst} GPUs per pod{_where(view, [i for i, _ in found])}; at most {limit} per pod allowed "
+        "(split the work over more pods)",
+        summary=f"{worst} GPUs per pod; at most {limit} allowed",
+        fix=render_fix(entries),
+    )
+
+
+def _reduce(template: PodTemplate, resources: tuple[str, ...], limit: int) -> list[tuple[tuple, dict]]:
+    """New GPU requests that fit `limit`: sidecars, then app containers, share it as they run together;
+    each init container gets what the sidecars started before it leave over."""
+    spec = template.spec
+    pool = limit
+    entries = []
+
+    def fit(container: dict, path: tuple, allowance: int) -> int:
+        used = 0
+        resources_fix: dict[str, dict[str, int]] = {}
+        for resource in resources:
+            request = container_request(container, resource)
+            new = min(request, max(allowance - used, 0))
+            used += new
+            if new != request:
+                current = container.get("resources") or {}
+                for field in ("limits", "requests"):
+                    if resource in (current.get(field) or {}):
+                        resources_fix.setdefault(field, {})[resource] = new
+        if resources_fix:
+            entries.append(((*template.path, "spec", *path, "resources"), resources_fix))
+        return used
+
+    sidecars_before = 0
+    for index, container in enumerate(spec.get("initContainers") or ()):
+        if container.get("restartPolicy") == "Always":
+            kept = fit(container, ("initContainers", index), pool)
+            pool -= kept
+            sidecars_before += kept
+        else:
+            fit(container, ("initContainers", index), limit - sidecars_before)
+    for index, container in enumerate(spec.get("containers") or ()):
+        pool -= fit(container, ("containers", index), pool)
+    return entries

@@ -1,0 +1,143 @@
+"""The workload under evaluation, with the mutations made so far.
+
+Mutation never copies or edits the manifest: added labels and annotations are kept beside it, so
+validation judges the mutated object and `patch()` turns the additions into an RFC 6902 JSON
+Patch against the original. That keeps an evaluation cheap enough for the webhook's hot path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from controller.engine.workloads import KindSpec, PodTemplate, escape, pod_gpus, pod_templates_of
+
+
+class WorkloadView:
+    """One manifest as the rules see it: its pod templates, labels, annotations and GPUs."""
+
+    __slots__ = (
+        "manifest",
+        "kind",
+        "name",
+        "namespace",
+        "is_pod",
+        "templates",
+        "_template_labels",
+        "_added_template",
+        "_meta_labels",
+        "_meta_annotations",
+        "_added_meta_labels",
+        "_added_annotations",
+        "_labels",
+        "_gpus",
+    )
+
+    def __init__(self, manifest: Mapping[str, Any], spec: KindSpec, *, namespace: str) -> None:
+        metadata = manifest.get("metadata") or {}
+        self.manifest = manifest
+        self.kind: str = spec.kind
+        self.name: str = metadata.get("name") or f"{metadata.get('generateName') or ''}<generated>"
+        self.namespace = namespace
+        self.templates: list[PodTemplate] = pod_templates_of(manifest, spec)
+        self.is_pod = len(self.templates) == 1 and self.templates[0].pointer == ""
+        self._template_labels: list[Mapping[str, str]] = [t.labels for t in self.templates]
+        self._added_template: list[dict[str, str]] = [{} for _ in self.templates]
+        self._meta_labels: Mapping[str, str] = metadata.get("labels") or {}
+        self._meta_annotations: Mapping[str, str] = metadata.get("annotations") or {}
+        self._added_meta_labels: dict[str, str] = {}
+        self._added_annotations: dict[str, str] = {}
+        self._labels: dict[str, str] | None = None
+        self._gpus: dict[tuple[str, ...], list[int]] = {}
+
+    # -- reading -------------------------------------------------------------------------------
+
+    @property
+    def resource(self) -> str:
+        return f"{self.kind}/{self.namespace}/{self.name}"
+
+    def template_labels(self, index: int) -> Mapping[str, str]:
+        return self._template_labels[index]
+
+    @property
+    def meta_labels(self) -> Mapping[str, str]:
+        return self._meta_labels
+
+    @property
+    def meta_annotations(self) -> Mapping[str, str]:
+        return self._meta_annotations
+
+    def labels(self) -> dict[str, str]:
+        """Effective labels: those every pod template carries alike (a Pod's own labels)."""
+        if self._labels is None:
+            if not self._template_labels:
+                self._labels = dict(self._meta_labels)
+            else:
+                first, *rest = self._template_labels
+                labels = dict(first)
+                for other in rest:
+                    labels = {k: v for k, v in labels.items() if other.get(k) == v}
+                self._labels = labels
+        return self._labels
+
+    def pod_gpus(self, resources: tuple[str, ...]) -> list[int]:
+        """GPUs per pod, per template."""
+        counts = self._gpus.get(resources)
+        if counts is None:
+            counts = [pod_gpus(t.spec, resources) for t in self.templates]
+            self._gpus[resources] = counts
+        return counts
+
+    def gpus(self, resources: tuple[str, ...]) -> int:
+        """GPUs of the whole workload at once (per-pod GPUs x pods, summed over templates)."""
+        return sum(n * t.replicas for n, t in zip(self.pod_gpus(resources), self.templates, strict=True))
+
+    # -- mutating ------------------------------------------------------------------------------
+
+    def add_template_label(self, index: int, key: str, value: str) -> None:
+        if self.is_pod:
+            self.add_meta_label(key, value)
+            return
+        self._added_template[index][key] = value
+        self._template_labels[index] = {**self._template_labels[index], key: value}
+        self._labels = None
+
+    def add_meta_label(self, key: str, value: str) -> None:
+        self._added_meta_labels[key] = value
+        self._meta_labels = {**self._meta_labels, key: value}
+        if self.is_pod:
+            self._template_labels[0] = self._meta_labels
+            self._labels = None
+
+    def add_annotation(self, key: str, value: str) -> None:
+        self._added_annotations[key] = value
+        self._meta_annotations = {**self._meta_annotations, key: value}
+
+    def patch(self) -> list[dict[str, Any]]:
+        """RFC 6902 operations adding everything mutation added, against the original manifest."""
+        ops: list[dict[str, Any]] = []
+        meta_maps = {"labels": self._added_meta_labels, "annotations": self._added_annotations}
+        _metadata_ops(ops, "", self.manifest, meta_maps)
+        for template, added in zip(self.templates, self._added_template, strict=True):
+            if added:
+                _metadata_ops(ops, template.pointer, template.template, {"labels": added})
+        return ops
+
+
+def _metadata_ops(
+    ops: list[dict[str, Any]], base: str, obj: Mapping[str, Any], maps: Mapping[str, Mapping[str, str]]
+) -> None:
+    maps = {name: dict(values) for name, values in maps.items() if values}
+    if not maps:
+        return
+    metadata = obj.get("metadata")
+    if not metadata:
+        # `add` on a missing parent fails, so add the whole map (also replaces an explicit null).
+        ops.append({"op": "add", "path": f"{base}/metadata", "value": maps})
+        return
+    for name, values in maps.items():
+        if not metadata.get(name):
+            ops.append({"op": "add", "path": f"{base}/metadata/{name}", "value": values})
+            continue
+        for key, value in values.items():
+            ops.append({"op": "add", "path": f"{base}/metadata/{name}/{escape(key)}", "value": value})

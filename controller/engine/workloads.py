@@ -1,0 +1,433 @@
+"""Workload kinds and what the engine reads from them: pod templates, labels, GPUs, node pinning.
+
+A kind is known by its API group and kind, the JSON-pointer paths of its pod templates and, for
+each template, the paths whose values multiply into how many pods run from it (Deployment
+`/spec/replicas`; JobSet `replicatedJobs[*].replicas` x `parallelism`). `*` in a path stands for
+every element of a list or every value of a map, and binds the same way in the replica paths of
+that template. The built-in kinds are SPEC section 3.4; `KindRegistry.with_extra` adds more from
+configuration.
+
+The operator reuses `effective_labels`, `pod_gpus` and `KindSpec.scale_path`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from controller.constants import DEFAULT_GPU_RESOURCES
+
+Pointer = str
+
+
+def escape(segment: str | int) -> str:
+    """One RFC 6901 reference token: `~` -> `~0`, `/` -> `~1`."""
+    return str(segment).replace("~", "~0").replace("/", "~1")
+
+
+def _split(pointer: str) -> tuple[str, ...]:
+    if pointer in ("", "/"):
+        return ()
+    if not pointer.startswith("/"):
+        raise ValueError(f"{pointer!r} is not a JSON pointer (it must start with '/')")
+    return tuple(part.replace("~1", "/").replace("~0", "~") for part in pointer[1:].split("/"))
+
+
+@dataclass(frozen=True)
+class TemplateSpec:
+    """Where one pod template lives, and which values multiply into its pod count."""
+
+    path: Pointer
+    """`""` for a Pod (the object is its own template), else e.g. `/spec/template`."""
+    replicas: tuple[Pointer, ...] = ()
+    """Pointers multiplied together; a missing value counts as 1 (the API defaults)."""
+    _segments: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _replica_segments: tuple[tuple[str, ...], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_segments", _split(self.path))
+        object.__setattr__(self, "_replica_segments", tuple(_split(p) for p in self.replicas))
+        wildcards = self._segments.count("*")
+        for pointer, segments in zip(self.replicas, self._replica_segments, strict=True):
+            if segments.count("*") > wildcards:
+                raise ValueError(f"replica path {pointer!r} has more '*' than template path {self.path!r}")
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    group: str
+    """API group (`apps`, `kubeflow.org`); `""` for the core group."""
+    kind: str
+    templates: tuple[TemplateSpec, ...]
+
+    @property
+    def scale_path(self) -> Pointer | None:
+        """The replica count to set to scale the workload to zero (one template, one replica path)."""
+        if len(self.templates) == 1 and len(self.templates[0].replicas) == 1:
+            return self.templates[0].replicas[0]
+        return None
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> KindSpec:
+        """`{group, kind, templates: [{path, replicas: [...]}]}` as written in configuration."""
+        templates = tuple(
+            TemplateSpec(path=t["path"], replicas=tuple(t.get("replicas") or ()))
+            for t in config.get("templates") or ()
+        )
+        if not templates:
+            raise ValueError(f"kind {config.get('kind')!r}: list at least one template path")
+        return cls(group=config.get("group", ""), kind=config["kind"], templates=templates)
+
+
+def _t(path: str, *replicas: str) -> TemplateSpec:
+    return TemplateSpec(path, tuple(replicas))
+
+
+def _ray(prefix: str) -> tuple[TemplateSpec, ...]:
+    workers = f"{prefix}/workerGroupSpecs/*"
+    # numOfHosts: multi-host groups (TPU slices) run that many pods per replica.
+    return (
+        _t(f"{prefix}/headGroupSpec/template"),
+        _t(f"{workers}/template", f"{workers}/replicas", f"{workers}/numOfHosts"),
+    )
+
+
+BUILTIN_KIND_SPECS: tuple[KindSpec, ...] = (
+    KindSpec("", "Pod", (_t(""),)),
+    KindSpec("apps", "Deployment", (_t("/spec/template", "/spec/replicas"),)),
+    KindSpec("apps", "StatefulSet", (_t("/spec/template", "/spec/replicas"),)),
+    KindSpec("apps", "ReplicaSet", (_t("/spec/template", "/spec/replicas"),)),
+    # A DaemonSet runs one pod per eligible node, a number the manifest does not say: counted as 1.
+    KindSpec("apps", "DaemonSet", (_t("/spec/template"),)),
+    KindSpec("batch", "Job", (_t("/spec/template", "/spec/parallelism"),)),
+    KindSpec(
+        "batch", "CronJob", (_t("/spec/jobTemplate/spec/template", "/spec/jobTemplate/spec/parallelism"),)
+    ),
+    *(
+        KindSpec("kubeflow.org", kind, (_t(f"/spec/{field}/*/template", f"/spec/{field}/*/replicas"),))
+        for kind, field in (
+            ("PyTorchJob", "pytorchReplicaSpecs"),
+            ("TFJob", "tfReplicaSpecs"),
+            ("MPIJob", "mpiReplicaSpecs"),
+        )
+    ),
+    KindSpec("ray.io", "RayCluster", _ray("/spec")),
+    KindSpec("ray.io", "RayJob", _ray("/spec/rayClusterSpec")),
+    KindSpec("ray.io", "RayService", _ray("/spec/rayClusterConfig")),
+    KindSpec(
+        "jobset.x-k8s.io",
+        "JobSet",
+        (
+            _t(
+                "/spec/replicatedJobs/*/template/spec/template",
+                "/spec/replicatedJobs/*/replicas",
+                "/spec/replicatedJobs/*/template/spec/parallelism",
+            ),
+        ),
+    ),
+    # Each group is one leader plus size-1 workers. Counting `size` workers per group keeps the
+    # arithmetic a product; it over-counts one pod per group when a separate leaderTemplate exists,
+    # which errs on the side of the budget.
+    KindSpec(
+        "leaderworkerset.x-k8s.io",
+        "LeaderWorkerSet",
+        (
+            _t("/spec/leaderWorkerTemplate/leaderTemplate", "/spec/replicas"),
+            _t(
+                "/spec/leaderWorkerTemplate/workerTemplate",
+                "/spec/replicas",
+                "/spec/leaderWorkerTemplate/size",
+            ),
+        ),
+    ),
+)
+
+
+class KindRegistry:
+    """The workload kinds the engine understands, looked up by `(group, kind)` from `apiVersion`."""
+
+    def __init__(self, specs: Iterable[KindSpec]) -> None:
+        self._specs: dict[tuple[str, str], KindSpec] = {}
+        self._by_kind: dict[str, list[KindSpec]] = {}
+        for spec in specs:
+            self._specs[(spec.group, spec.kind)] = spec
+        for spec in self._specs.values():
+            self._by_kind.setdefault(spec.kind, []).append(spec)
+
+    def with_extra(self, extra: Iterable[KindSpec | Mapping[str, Any]]) -> KindRegistry:
+        """A registry with more kinds (or replaced ones, same group and kind) from configuration."""
+        added = [e if isinstance(e, KindSpec) else KindSpec.from_config(e) for e in extra]
+        return KindRegistry([*self._specs.values(), *added])
+
+    def get(self, group: str, kind: str) -> KindSpec | None:
+        return self._specs.get((group, kind))
+
+    def lookup(self, manifest: Mapping[str, Any]) -> KindSpec | None:
+        """The spec for a manifest's `apiVersion` and `kind`; None when it is not a workload we know."""
+        kind = manifest.get("kind")
+        api_version = manifest.get("apiVersion")
+        if not isinstance(kind, str):
+            return None
+        if not isinstance(api_version, str):
+            candidates = self._by_kind.get(kind, ())
+            return candidates[0] if len(candidates) == 1 else None
+        group = api_version.rpartition("/")[0]
+        return self._specs.get((group, kind))
+
+    @property
+    def kinds(self) -> frozenset[str]:
+        return frozenset(kind for _, kind in self._specs)
+
+    def __iter__(self) -> Iterator[KindSpec]:
+        return iter(self._specs.values())
+
+
+BUILTIN_KINDS = KindRegistry(BUILTIN_KIND_SPECS)
+
+
+@dataclass(frozen=True)
+class PodTemplate:
+    """One pod template found in a workload."""
+
+    pointer: Pointer
+    """JSON pointer to the template (`""` for a Pod itself)."""
+    path: tuple[str | int, ...]
+    """The same as segments, list indexes as ints (for fix hints)."""
+    template: Mapping[str, Any]
+    replicas: int
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        return ((self.template.get("metadata") or {}).get("labels")) or {}
+
+    @property
+    def spec(self) -> Mapping[str, Any]:
+        return self.template.get("spec") or {}
+
+
+def _walk(node: Any, segments: Sequence[str], path: tuple[str | int, ...], bound: tuple[str | int, ...]):
+    if not segments:
+        yield path, node, bound
+        return
+    head, rest = segments[0], segments[1:]
+    if head == "*":
+        if isinstance(node, Mapping):
+            items: Iterable[tuple[str | int, Any]] = node.items()
+        elif isinstance(node, list):
+            items = enumerate(node)
+        else:
+            return
+        for key, child in items:
+            yield from _walk(child, rest, (*path, key), (*bound, key))
+        return
+    if isinstance(node, Mapping):
+        if head in node:
+            yield from _walk(node[head], rest, (*path, head), bound)
+    elif isinstance(node, list) and head.isdigit() and int(head) < len(node):
+        yield from _walk(node[int(head)], rest, (*path, int(head)), bound)
+
+
+def _get(node: Any, segments: Sequence[str], bound: Sequence[str | int]) -> Any:
+    wildcard = iter(bound)
+    for segment in segments:
+        key: str | int | None = next(wildcard, None) if segment == "*" else segment
+        if isinstance(node, Mapping) and isinstance(key, str):
+            node = node.get(key)
+        elif isinstance(node, list):
+            index = (
+                key if isinstance(key, int) else int(key) if isinstance(key, str) and key.isdigit() else -1
+            )
+            node = node[index] if 0 <= index < len(node) else None
+        else:
+            return None
+        if node is None:
+            return None
+    return node
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool):
+        return 1
+    if isinstance(value, int):
+        return max(value, 0)
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return 1
+
+
+def pod_templates_of(manifest: Mapping[str, Any], spec: KindSpec) -> list[PodTemplate]:
+    """Every pod template of a manifest whose kind spec is already known."""
+    found: list[PodTemplate] = []
+    for tspec in spec.templates:
+        if not tspec._segments:
+            found.append(PodTemplate("", (), manifest, 1))
+            continue
+        for path, template, bound in _walk(manifest, tspec._segments, (), ()):
+            if not isinstance(template, Mapping):
+                continue
+            replicas = 1
+            for segments in tspec._replica_segments:
+                replicas *= _count(_get(manifest, segments, bound))
+            pointer = "".join(f"/{escape(p)}" for p in path)
+            found.append(PodTemplate(pointer, path, template, replicas))
+    return found
+
+
+def pod_templates(
+    manifest: Mapping[str, Any], kinds: KindRegistry | None = None
+) -> list[tuple[Pointer, dict]]:
+    """`[(json_pointer, pod_template)]` of a workload; `[]` when the kind is not a known workload."""
+    spec = (kinds or BUILTIN_KINDS).lookup(manifest)
+    if spec is None:
+        return []
+    return [(t.pointer, t.template) for t in pod_templates_of(manifest, spec)]
+
+
+def common_labels(templates: Sequence[PodTemplate]) -> dict[str, str]:
+    """Labels every template carries with the same value (the labels all of its pods will have)."""
+    if not templates:
+        return {}
+    first = dict(templates[0].labels)
+    for other in templates[1:]:
+        labels = other.labels
+        first = {k: v for k, v in first.items() if labels.get(k) == v}
+    return first
+
+
+def effective_labels(manifest: Mapping[str, Any], kinds: KindRegistry | None = None) -> dict[str, str]:
+    """The labels policies judge (SPEC 3.1): a Pod's own; for controllers and ML kinds, the labels
+    every pod template carries alike. Unknown kinds: the object's own labels."""
+    spec = (kinds or BUILTIN_KINDS).lookup(manifest)
+    if spec is None:
+        return dict((manifest.get("metadata") or {}).get("labels") or {})
+    return common_labels(pod_templates_of(manifest, spec))
+
+
+_SUFFIXES = {
+    "": 1,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "E": 10**18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+}
+
+
+def quantity(value: Any) -> int:
+    """A resource quantity as a whole count, rounded up (`"2"` -> 2, `"1500m"` -> 2); junk counts 0.
+
+    Extended resources such as GPUs are integers, the API server refuses anything else, so this
+    only needs to be total, not exact, for the odd forms.
+    """
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return math.ceil(value)
+    if not isinstance(value, str):
+        return 0
+    if value.isdigit():
+        return int(value)
+    text = value.strip()
+    try:
+        if text.endswith("m"):
+            return math.ceil(Decimal(text[:-1]) / 1000)
+        for suffix in ("Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "k", "M", "G", "T", "P", "E"):
+            if text.endswith(suffix):
+                return math.ceil(Decimal(text[: -len(suffix)]) * _SUFFIXES[suffix])
+        return math.ceil(Decimal(text))
+    except (InvalidOperation, ValueError):
+        return 0
+
+
+def container_request(container: Mapping[str, Any], resource: str) -> int:
+    """A container's request of an extended resource; requests default to limits (as the API does)."""
+    resources = container.get("resources")
+    if not resources:
+        return 0
+    requests = resources.get("requests")
+    if requests and resource in requests:
+        return quantity(requests[resource])
+    limits = resources.get("limits")
+    if limits and resource in limits:
+        return quantity(limits[resource])
+    return 0
+
+
+def effective_request(pod_spec: Mapping[str, Any], resource: str) -> int:
+    """The scheduler's effective request of one resource (KEP-753 rules).
+
+    max(sum of app containers + sum of sidecars, max over init containers of what runs at once
+    while it runs). Sidecars are init containers with `restartPolicy: Always`: they keep running,
+    so they add up like app containers and also to every init container started after them.
+    """
+    sidecars = 0
+    init_peak = 0
+    for container in pod_spec.get("initContainers") or ():
+        request = container_request(container, resource)
+        if container.get("restartPolicy") == "Always":
+            sidecars += request
+            init_peak = max(init_peak, sidecars)
+        else:
+            init_peak = max(init_peak, request + sidecars)
+    app = 0
+    for container in pod_spec.get("containers") or ():
+        app += container_request(container, resource)
+    return max(app + sidecars, init_peak)
+
+
+def pod_gpus(pod_spec: Mapping[str, Any], resources: Sequence[str] = DEFAULT_GPU_RESOURCES) -> int:
+    """GPUs one pod takes, as the scheduler sees it, summed over the resources counted as GPUs."""
+    return sum(effective_request(pod_spec, resource) for resource in resources)
+
+
+def workload_gpus(
+    manifest: Mapping[str, Any],
+    kinds: KindRegistry | None = None,
+    resources: Sequence[str] = DEFAULT_GPU_RESOURCES,
+) -> int:
+    """GPUs the whole workload takes at once: per template, GPUs per pod x pods."""
+    spec = (kinds or BUILTIN_KINDS).lookup(manifest)
+    if spec is None:
+        return 0
+    return sum(pod_gpus(t.spec, resources) * t.replicas for t in pod_templates_of(manifest, spec))
+
+
+Pin = tuple[str, tuple[str, ...]]
+"""`(node label key, the values it restricts the pod to)`."""
+
+
+def pinned_terms(pod_spec: Mapping[str, Any], keys: Sequence[str]) -> list[list[Pin]]:
+    """Instance-type pins of each way a pod can be scheduled.
+
+    Required node affinity terms are ORed, so each term is one way; `nodeSelector` is ANDed into
+    every term. Within a term, `In` on one of `keys` pins (to its values); `NotIn`, `Exists`,
+    `Gt`/`Lt` do not: they leave other types possible. No required terms: one way, the nodeSelector.
+    """
+    selector = pod_spec.get("nodeSelector") or {}
+    base: list[Pin] = [(key, (str(selector[key]),)) for key in keys if key in selector]
+    affinity = ((pod_spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ) or {}
+    terms = affinity.get("nodeSelectorTerms") or ()
+    if not terms:
+        return [base]
+    out = []
+    for term in terms:
+        pins = list(base)
+        for expr in (term or {}).get("matchExpressions") or ():
+            if expr.get("operator") == "In" and expr.get("key") in keys:
+                pins.append((expr["key"], tuple(str(v) for v in expr.get("values") or ())))
+        out.append(pins)
+    return out
