@@ -1,0 +1,366 @@
+"""`helm lint` and `helm template` of charts/comptroller: what every install renders, and what each
+value changes. No cluster: the e2e suite (e2e/test_chart.py) has the API server validate the same
+objects."""
+
+from __future__ import annotations
+
+import pytest
+
+from e2e.chart import CHART, helm, kube_version
+from tests.chart.rendering import CI_VALUES, NAMESPACE, of_kind, one, pod_specs, rendered
+
+WEBHOOK_CONFIG_KINDS = ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration")
+
+# SPEC 3.4: every supported kind, by API group.
+SUPPORTED_RESOURCES = {
+    "": {"pods"},
+    "apps": {"deployments", "statefulsets", "replicasets", "daemonsets"},
+    "batch": {"jobs", "cronjobs"},
+    "kubeflow.org": {"pytorchjobs", "tfjobs", "mpijobs"},
+    "ray.io": {"rayjobs", "rayclusters", "rayservices"},
+    "jobset.x-k8s.io": {"jobsets"},
+    "leaderworkerset.x-k8s.io": {"leaderworkersets"},
+}
+
+
+def container(objects: list[dict], kind: str, name: str) -> dict:
+    obj = one(objects, kind, name)
+    spec = obj["spec"]["jobTemplate"]["spec"] if kind == "CronJob" else obj["spec"]
+    (only,) = spec["template"]["spec"]["containers"]
+    return only
+
+
+# ---- lint and render ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values_file", [None, *CI_VALUES], ids=lambda p: p.name if p else "no-values")
+def test_helm_lint_strict(values_file):
+    args = ["lint", str(CHART), "--strict", "--kube-version", kube_version(), "--namespace", NAMESPACE]
+    if values_file:
+        args += ["--values", str(values_file)]
+    out = helm(*args, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "0 chart(s) failed" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("values_file", "present", "absent"),
+    [
+        ("default-values.yaml",
+         {"Deployment": 2, "Service": 2, "PodDisruptionBudget": 1, "Job": 1, "CronJob": 1,
+          "ValidatingWebhookConfiguration": 1, "MutatingWebhookConfiguration": 1,
+          "ServiceAccount": 3, "ClusterRole": 3, "ClusterRoleBinding": 3, "Role": 1, "RoleBinding": 1,
+          "ClusterKopfPeering": 1},
+         {"Certificate", "Issuer", "ServiceMonitor", "PrometheusRule", "FinOpsPolicy", "Secret"}),
+        ("ha-values.yaml",
+         {"Deployment": 2, "PodDisruptionBudget": 2, "Job": 1, "CronJob": 1},
+         {"Certificate", "ServiceMonitor"}),
+        ("cert-manager-values.yaml",
+         {"Certificate": 2, "Issuer": 2, "ValidatingWebhookConfiguration": 1, "ServiceAccount": 2,
+          "ClusterRole": 2},
+         {"Job", "CronJob", "Role", "MutatingWebhookConfiguration"}),
+        ("monitoring-values.yaml",
+         {"Certificate": 1, "ServiceMonitor": 2, "PrometheusRule": 1},
+         {"Issuer", "Job", "CronJob"}),
+    ],
+)
+def test_ci_values_render_the_expected_objects(values_file, present, absent):
+    objects = rendered(values_file=CHART / "ci" / values_file)
+    counts = {kind: len(of_kind(objects, kind)) for kind in present}
+    assert counts == present
+    assert not {o["kind"] for o in objects} & absent
+
+
+@pytest.mark.parametrize("values_file", CI_VALUES, ids=lambda p: p.name)
+def test_namespaced_objects_land_in_the_release_namespace(values_file):
+    objects = rendered(values_file=values_file)
+    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering", "FinOpsPolicy", "GPUBudget",
+                      *WEBHOOK_CONFIG_KINDS}
+    for obj in objects:
+        if obj["kind"] in cluster_scoped:
+            assert "namespace" not in obj["metadata"], obj["kind"]
+        else:
+            assert obj["metadata"]["namespace"] == NAMESPACE, f"{obj['kind']}/{obj['metadata']['name']}"
+
+
+@pytest.mark.parametrize("values_file", CI_VALUES, ids=lambda p: p.name)
+def test_names_are_unique_per_kind_and_valid(values_file):
+    objects = rendered(values_file=values_file)
+    keys = [(o["kind"], o["metadata"]["name"]) for o in objects]
+    assert len(keys) == len(set(keys))
+    assert all(len(name) <= 63 for _, name in keys)
+
+
+def test_long_release_names_keep_names_within_63_characters():
+    objects = rendered({"fullnameOverride": "x" * 80})
+    assert max(len(o["metadata"]["name"]) for o in objects) <= 63
+
+
+# ---- webhook configurations ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", WEBHOOK_CONFIG_KINDS)
+def test_webhook_configuration_defaults(kind):
+    (webhook,) = one(rendered(), kind)["webhooks"]
+    assert webhook["failurePolicy"] == "Ignore"
+    assert webhook["timeoutSeconds"] == 3
+    assert webhook["sideEffects"] == "None"
+    assert webhook["admissionReviewVersions"] == ["v1"]
+    assert webhook["matchPolicy"] == "Equivalent"
+    assert webhook["clientConfig"]["service"] == {
+        "name": "comptroller-webhook", "namespace": NAMESPACE, "port": 443,
+        "path": "/validate" if kind.startswith("Validating") else "/mutate",
+    }
+    assert "caBundle" not in webhook["clientConfig"]  # filled by the certs job, never blanked by helm
+    (exclude,) = webhook["namespaceSelector"]["matchExpressions"]
+    assert exclude == {"key": "kubernetes.io/metadata.name", "operator": "NotIn",
+                       "values": ["kube-system", NAMESPACE]}
+
+
+def test_only_the_mutating_webhook_is_reinvoked():
+    objects = rendered()
+    assert one(objects, "MutatingWebhookConfiguration")["webhooks"][0]["reinvocationPolicy"] == "IfNeeded"
+    assert "reinvocationPolicy" not in one(objects, "ValidatingWebhookConfiguration")["webhooks"][0]
+
+
+@pytest.mark.parametrize("kind", WEBHOOK_CONFIG_KINDS)
+def test_webhooks_intercept_every_supported_kind_on_create_and_update(kind):
+    (webhook,) = one(rendered(), kind)["webhooks"]
+    covered: dict[str, set[str]] = {}
+    for rule in webhook["rules"]:
+        assert rule["operations"] == ["CREATE", "UPDATE"]
+        assert rule["scope"] == "Namespaced"
+        for group in rule["apiGroups"]:
+            covered.setdefault(group, set()).update(rule["resources"])
+    assert covered == SUPPORTED_RESOURCES
+
+
+@pytest.mark.parametrize(
+    ("values", "failure_policy", "timeout", "failure_mode"),
+    [
+        ({}, "Ignore", 3, "ignore"),
+        ({"webhook": {"failurePolicy": "Fail"}}, "Fail", 3, "deny"),
+        ({"webhook": {"failurePolicy": "Fail", "timeoutSeconds": 10}}, "Fail", 10, "deny"),
+        ({"webhook": {"timeoutSeconds": 1}}, "Ignore", 1, "ignore"),
+    ],
+)
+def test_failure_policy_and_timeout_reach_both_configurations_and_the_server(
+    values, failure_policy, timeout, failure_mode
+):
+    objects = rendered(values)
+    for kind in WEBHOOK_CONFIG_KINDS:
+        (webhook,) = one(objects, kind)["webhooks"]
+        assert (webhook["failurePolicy"], webhook["timeoutSeconds"]) == (failure_policy, timeout)
+    assert f"--failure-mode={failure_mode}" in container(objects, "Deployment", "comptroller-webhook")["args"]
+
+
+def test_extra_excludes_and_selectors_are_added_to_the_builtin_ones():
+    objects = rendered({"webhook": {
+        "excludeNamespaces": ["monitoring", "kube-system"],
+        "namespaceSelectorExpressions": [{"key": "team", "operator": "Exists"}],
+        "objectSelector": {"matchLabels": {"finops": "on"}},
+    }})
+    (webhook,) = one(objects, "ValidatingWebhookConfiguration")["webhooks"]
+    exclude, extra = webhook["namespaceSelector"]["matchExpressions"]
+    assert exclude["values"] == ["kube-system", NAMESPACE, "monitoring"]
+    assert extra == {"key": "team", "operator": "Exists"}
+    assert webhook["objectSelector"] == {"matchLabels": {"finops": "on"}}
+
+
+@pytest.mark.parametrize(
+    ("values", "kinds"),
+    [
+        ({"webhook": {"mutating": {"enabled": False}}}, {"ValidatingWebhookConfiguration"}),
+        ({"webhook": {"validating": {"enabled": False}}}, {"MutatingWebhookConfiguration"}),
+    ],
+)
+def test_each_webhook_configuration_can_be_switched_off(values, kinds):
+    assert {o["kind"] for o in rendered(values)} & set(WEBHOOK_CONFIG_KINDS) == kinds
+
+
+def test_cert_manager_injects_the_ca_into_both_configurations():
+    objects = rendered({"certManager": {"enabled": True}})
+    certificate = one(objects, "Certificate", "comptroller-webhook")
+    assert certificate["spec"]["dnsNames"] == [f"comptroller-webhook.{NAMESPACE}.svc"]
+    assert certificate["spec"]["secretName"] == "comptroller-webhook-tls"
+    assert certificate["spec"]["issuerRef"] == {"kind": "Issuer", "name": "comptroller-ca"}
+    for kind in WEBHOOK_CONFIG_KINDS:
+        annotations = one(objects, kind)["metadata"]["annotations"]
+        assert annotations == {"cert-manager.io/inject-ca-from": f"{NAMESPACE}/comptroller-webhook"}
+
+
+def test_cert_manager_with_an_existing_issuer_creates_no_ca():
+    issuer = {"kind": "ClusterIssuer", "name": "corp"}
+    objects = rendered({"certManager": {"enabled": True, "issuerRef": issuer}})
+    assert [o["metadata"]["name"] for o in of_kind(objects, "Certificate")] == ["comptroller-webhook"]
+    assert not of_kind(objects, "Issuer")
+    assert one(objects, "Certificate")["spec"]["issuerRef"] == {"kind": "ClusterIssuer", "name": "corp"}
+
+
+# ---- self-managed certificates ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["Job", "CronJob"])
+def test_certs_jobs_ensure_the_secret_the_webhook_mounts_and_patch_the_configurations(kind):
+    objects = rendered()
+    name = "comptroller-certs-1" if kind == "Job" else "comptroller-certs"
+    args = container(objects, kind, name)["args"]
+    assert args[:2] == ["certs", "ensure"]
+    assert f"--secret={NAMESPACE}/comptroller-webhook-tls" in args
+    assert f"--host=comptroller-webhook.{NAMESPACE}.svc" in args
+    assert "--webhook-config=comptroller" in args
+    webhook_pod = one(objects, "Deployment", "comptroller-webhook")["spec"]["template"]["spec"]
+    (certs_volume,) = [v for v in webhook_pod["volumes"] if "secret" in v]
+    assert certs_volume["secret"]["secretName"] == "comptroller-webhook-tls"
+    # The CA key the job keeps in that Secret is not projected into the webhook.
+    assert [i["key"] for i in certs_volume["secret"]["items"]] == ["tls.crt", "tls.key"]
+
+
+def test_certs_rbac_names_exactly_the_secret_and_the_configurations():
+    objects = rendered()
+    role_rules = one(objects, "Role", "comptroller-certs")["rules"]
+    assert role_rules == [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["comptroller-webhook-tls"],
+         "verbs": ["get", "update", "patch"]},
+    ]
+    (rule,) = one(objects, "ClusterRole", "comptroller-certs")["rules"]
+    assert rule["resourceNames"] == [one(objects, "ValidatingWebhookConfiguration")["metadata"]["name"]]
+    assert rule["resourceNames"] == [one(objects, "MutatingWebhookConfiguration")["metadata"]["name"]]
+    assert sorted(rule["verbs"]) == ["get", "patch"]
+
+
+def test_every_upgrade_gets_a_fresh_certs_job():
+    # Job templates are immutable: the revision in the name lets `helm upgrade` replace it.
+    out = helm("template", "comptroller", str(CHART), "--kube-version", kube_version(),
+               "--namespace", NAMESPACE, "--show-only", "templates/certs/job.yaml")
+    assert "name: comptroller-certs-1\n" in out.stdout
+
+
+# ---- workloads ----------------------------------------------------------------------------------
+
+
+def test_webhook_deployment_is_highly_available_by_default():
+    objects = rendered()
+    deployment = one(objects, "Deployment", "comptroller-webhook")
+    assert deployment["spec"]["replicas"] >= 2
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    pod = deployment["spec"]["template"]
+    pdb = one(objects, "PodDisruptionBudget", "comptroller-webhook")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    spread = pod["spec"]["topologySpreadConstraints"]
+    assert {c["topologyKey"] for c in spread} == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    assert all(c["labelSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items() for c in spread)
+
+
+@pytest.mark.parametrize(
+    ("service", "deployment", "port"),
+    [("comptroller-webhook", "comptroller-webhook", "https"),
+     ("comptroller-operator-metrics", "comptroller-operator", "metrics")],
+)
+def test_services_select_their_pods_and_name_a_container_port(service, deployment, port):
+    objects = rendered()
+    svc = one(objects, "Service", service)
+    pod = one(objects, "Deployment", deployment)["spec"]["template"]
+    assert svc["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    (svc_port,) = svc["spec"]["ports"]
+    assert svc_port["targetPort"] == port
+    assert port in {p["name"] for c in pod["spec"]["containers"] for p in c["ports"]}
+
+
+def test_webhook_probes_use_https_on_the_serving_port():
+    webhook = container(rendered(), "Deployment", "comptroller-webhook")
+    assert webhook["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "https", "scheme": "HTTPS"}
+    assert webhook["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "https", "scheme": "HTTPS"}
+    assert webhook["args"][:5] == ["webhook", "--port=8443", "--cert-file=/certs/tls.crt",
+                                   "--key-file=/certs/tls.key", "--namespace=$(POD_NAMESPACE)"]
+
+
+@pytest.mark.parametrize(
+    ("values", "expected_args", "strategy", "pdb"),
+    [
+        ({}, [], "Recreate", False),
+        ({"operator": {"dryRun": True}}, ["--dry-run"], "Recreate", False),
+        ({"operator": {"replicas": 2, "extraArgs": ["--verbose"]}}, ["--verbose"], "RollingUpdate", True),
+    ],
+)
+def test_operator_deployment(values, expected_args, strategy, pdb):
+    objects = rendered(values)
+    deployment = one(objects, "Deployment", "comptroller-operator")
+    (operator,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert operator["args"] == [
+        "operator", "--namespace=$(POD_NAMESPACE)", "--peering=comptroller", "--liveness-port=8080",
+        "--metrics-port=9090", "--metering-interval=30", "--expiry-interval=30", "--idle-interval=60",
+        "--audit-interval=300", "--max-terminations-per-minute=30", *expected_args,
+    ]
+    assert operator["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+    assert deployment["spec"]["strategy"]["type"] == strategy
+    pdbs = {p["metadata"]["name"] for p in of_kind(objects, "PodDisruptionBudget")}
+    assert ("comptroller-operator" in pdbs) == pdb
+    assert one(objects, "ClusterKopfPeering")["metadata"]["name"] == "comptroller"
+
+
+@pytest.mark.parametrize(
+    ("values", "image"),
+    [
+        ({}, "ghcr.io/comptroller-dev/comptroller:0.1.0"),
+        ({"image": {"tag": "v9"}}, "ghcr.io/comptroller-dev/comptroller:v9"),
+        ({"image": {"repository": "registry.local/c", "digest": "sha256:" + "a" * 64}},
+         "registry.local/c@sha256:" + "a" * 64),
+    ],
+)
+def test_every_container_runs_the_one_image_with_its_entrypoint(values, image):
+    objects = rendered(values)
+    containers = [c for _, spec in pod_specs(objects) for c in spec["containers"]]
+    assert len(containers) == 4
+    assert {c["image"] for c in containers} == {image}
+    # The Dockerfile's ENTRYPOINT is `comptroller`; the chart only passes the subcommand.
+    assert all("command" not in c for c in containers)
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({}, {None}),
+        ({"priorityClassName": "system-cluster-critical"}, {"system-cluster-critical"}),
+        ({"priorityClassName": "low", "webhook": {"priorityClassName": "high"}}, {"low", "high"}),
+    ],
+)
+def test_priority_class(values, expected):
+    objects = rendered(values)
+    assert {spec.get("priorityClassName") for _, spec in pod_specs(objects)} == expected
+    if "webhook" in values:
+        webhook = one(objects, "Deployment", "comptroller-webhook")["spec"]["template"]["spec"]
+        assert webhook["priorityClassName"] == "high"
+
+
+# ---- monitoring ---------------------------------------------------------------------------------
+
+
+def test_prometheus_rule_alerts_on_budget_thresholds_and_webhook_health():
+    objects = rendered({"prometheusRule": {"enabled": True}})
+    groups = one(objects, "PrometheusRule")["spec"]["groups"]
+    alerts = {r["alert"]: r for g in groups for r in g["rules"]}
+    assert set(alerts) == {
+        "ComptrollerGPUBudget50Percent", "ComptrollerGPUBudget80Percent", "ComptrollerGPUBudget100Percent",
+        "ComptrollerWebhookDown", "ComptrollerWebhookErrors", "ComptrollerOperatorDown",
+    }
+    for percent, severity in ((50, "info"), (80, "warning"), (100, "critical")):
+        rule = alerts[f"ComptrollerGPUBudget{percent}Percent"]
+        assert "comptroller_gpu_hours_used" in rule["expr"] and "comptroller_gpu_hours_budget" in rule["expr"]
+        assert rule["expr"].rstrip().endswith(f">= {percent}")
+        assert rule["labels"]["severity"] == severity
+        # Prometheus templates survive helm's own templating.
+        assert "{{ $labels.budget }}" in rule["annotations"]["summary"]
+    assert 'job="comptroller-webhook"' in alerts["ComptrollerWebhookDown"]["expr"]
+
+
+def test_service_monitor_verifies_the_webhook_with_its_own_ca():
+    objects = rendered({"serviceMonitor": {"enabled": True}})
+    (endpoint,) = one(objects, "ServiceMonitor", "comptroller-webhook")["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"] == {
+        "serverName": f"comptroller-webhook.{NAMESPACE}.svc",
+        "ca": {"secret": {"name": "comptroller-webhook-tls", "key": "ca.crt"}},
+    }
