@@ -24,7 +24,9 @@ def merge(target: dict, patch: dict) -> dict:
 
 
 class FakeWorkloads:
-    def __init__(self, *objects: dict, hpas: list[dict] | None = None) -> None:
+    def __init__(self, *objects: dict, hpas: list[dict] | None = None, served: bool = True) -> None:
+        self.served = served
+        """False: CRDs (PolicyReport, ML kinds) are not installed."""
         self.objects: dict[tuple[str, str, str], dict] = {}
         for obj in objects:
             self.add(obj)
@@ -40,14 +42,32 @@ class FakeWorkloads:
     def resolve(
         self, kind: str, *, group: str | None = None, version: str | None = None
     ) -> ApiResource | None:
+        if kind not in BUILTIN_RESOURCES and not self.served:
+            return None
         return BUILTIN_RESOURCES.get(kind) or ApiResource(
             group or "example.org", version or "v1", kind.lower() + "s", kind
         )
 
     def iter_objects(self, resource, *, namespace=None, label_selector=None):
         for (kind, ns, _), obj in list(self.objects.items()):
+            labels = obj["metadata"].get("labels") or {}
+            if label_selector and labels.get(label_selector.split("=")[0]) != label_selector.split("=")[1]:
+                continue
             if kind == resource.kind and (namespace is None or ns == namespace):
                 yield copy.deepcopy(obj)
+
+    def request(self, method, path, *, query=None, body=None, content_type=None):
+        """Create (POST) and replace (PUT) of whole objects, which is all the report writer does."""
+        self.calls.append(
+            (method.lower(), body["kind"], body["metadata"]["namespace"], body["metadata"]["name"])
+        )
+        key = (body["kind"], body["metadata"]["namespace"], body["metadata"]["name"])
+        if method == "POST" and key in self.objects:
+            raise Conflict(409, "already exists")
+        stored = copy.deepcopy(body)
+        stored["metadata"]["resourceVersion"] = str(int(body["metadata"].get("resourceVersion", "0")) + 1)
+        self.objects[key] = stored
+        return copy.deepcopy(stored)
 
     def list_objects(self, resource, **kwargs):
         return list(self.iter_objects(resource, **kwargs))
@@ -84,4 +104,4 @@ class FakeWorkloads:
         )
 
     def mutations(self) -> list[tuple]:
-        return [c for c in self.calls if c[0] in ("patch", "delete")]
+        return [c for c in self.calls if c[0] in ("patch", "delete", "post", "put")]
