@@ -145,16 +145,18 @@ def suggest(rule: RequiredLabel, *, wrong: str | None = None, namespace_value: s
     """A value the rule accepts, as close to what the user meant as we can tell."""
     if namespace_value is not None and is_label_value(namespace_value) and rule.accepts(namespace_value):
         return namespace_value
+    candidates = [v for v in rule.allowed_values or () if rule.accepts(v)]
+    if wrong is not None:
+        # A typo (`traning`, `prod`) most likely meant the closest allowed value.
+        close = difflib.get_close_matches(wrong, candidates, n=1, cutoff=0.5)
+        if not close:
+            close = [v for v in candidates if v.startswith(wrong) or wrong.startswith(v)]
+        if close:
+            return close[0]
     if rule.default is not None:
         return rule.default
-    if rule.allowed_values:
-        candidates = [v for v in rule.allowed_values if rule.accepts(v)]
-        if wrong is not None:
-            close = difflib.get_close_matches(wrong, candidates, n=1, cutoff=0.5)
-            if close:
-                return close[0]
-        if candidates:
-            return candidates[0]
+    if candidates:
+        return candidates[0]
     if rule.accepts(PLACEHOLDER):
         return PLACEHOLDER
     if rule.pattern is not None:
