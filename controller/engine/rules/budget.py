@@ -76,10 +76,12 @@ def _projected(
             f"{gpus} GPUs fit until {format_annotation(fit_until)} ({_duration(fit_until - ctx.now)})"
         )
     if fewer:
-        options.append(f"{fewer} GPUs fit for the requested {_duration(timedelta(hours=hours))}")
+        options.append(
+            f"{_gpus(fewer)} fit{'s' * (fewer == 1)} for the requested {_duration(timedelta(hours=hours))}"
+        )
     fits = "; ".join(options) or "nothing fits"
     message = (
-        f"worst case {gpus} GPUs x {_hours(hours)}h = {_hours(gpus * hours)} GPU-hours exceeds the "
+        f"worst case {_gpus(gpus)} x {_hours(hours)}h = {_hours(gpus * hours)} GPU-hours exceeds the "
         f"{_hours(remaining)} GPU-hours left in budget {budget.name} "
         f"until {format_annotation(period_end)}: {fits}"
     )
@@ -103,6 +105,10 @@ def _projected(
         summary=f"needs {_hours(gpus * hours)} GPU-hours, {_hours(remaining)} left in {budget.name}",
         fix=fix,
     )
+
+
+def _gpus(count: int) -> str:
+    return f"{count} GPU" if count == 1 else f"{count} GPUs"
 
 
 def _duration(delta: timedelta) -> str:
