@@ -1,0 +1,312 @@
+"""The kopf side of metering: one daemon per GPUBudget that meters it every interval, persists its
+ledger and status, announces thresholds, and keeps the metering finalizer on GPU pods.
+
+Each tick of a budget: read the pod cache (`controller.k8s.pods.PodWatch`), recompute the
+ledger (`budgets.advance`, pure), commit it (one compare-and-swap write), then project the status,
+post threshold Events, set metrics. Once per interval, across all budgets, one tick also
+reconciles finalizers: add to running GPU pods some budget draws on, release from ended pods
+whose final charge every matching budget has committed.
+
+Why kopf daemons: kopf stops them when peering pauses this replica and when the operator exits,
+and starts them when it resumes, so only the active replica ever writes. kopf keeps its own
+finalizer on GPUBudgets because of the daemons (a budget is deleted once its daemon stopped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import kopf
+
+from controller import constants
+from controller.k8s import ledgers as ledger_store
+from controller.k8s import pods as pod_api
+from controller.k8s.pods import PodWatch
+from controller.k8s.workloads import ApiError, Conflict, Workloads
+from controller.operator import metrics
+from controller.operator.budgets import Budget, advance, project_status, threshold_message
+from controller.operator.metering import (
+    Ledger,
+    PodRecord,
+    needs_finalizer,
+    pod_record,
+    releasable,
+)
+from controller.operator.settings import OperatorConfig
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+NODE_TYPES_TTL = 60.0
+
+
+def end_at_deletion(record: PodRecord, now: datetime) -> PodRecord:
+    """A pod that vanished while still running in our view stopped, at the latest, when we saw it go."""
+    if record.started is None or record.end(now) is not None:
+        return record
+    return replace(record, finished=max(now, record.started))
+
+
+@dataclass
+class MeteringState:
+    """Everything the metering daemons share, kept in kopf's `memo.metering`."""
+
+    config: OperatorConfig
+    api: Workloads
+    watch: PodWatch
+    executor: ThreadPoolExecutor
+    ledgers: dict[str, tuple[Ledger, str | None]] = field(default_factory=dict)
+    """Committed ledger and its ConfigMap resourceVersion, by budget name."""
+    budgets: dict[str, Budget] = field(default_factory=dict)
+    """Budgets whose daemon runs (their latest spec)."""
+    node_types: dict[str, str] = field(default_factory=dict)
+    node_types_at: float = float("-inf")
+    last_sweep: float = float("-inf")
+    sweeping: bool = False
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+
+    async def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run a blocking API call on the write pool (bounded: spares the API server)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+
+    def committed(self, budget: str) -> Ledger | None:
+        entry = self.ledgers.get(budget)
+        return entry[0] if entry else None
+
+
+def build_state(config: OperatorConfig, api_client: Any) -> MeteringState:
+    settings = config.metering
+    watch = PodWatch(
+        api_client,
+        transform=functools.partial(
+            pod_record, gpu_resources=settings.gpu_resources, instance_type_keys=settings.instance_type_keys
+        ),
+        on_deleted=end_at_deletion,
+        tombstone_ttl=max(120.0, 4 * settings.interval),
+    )
+    return MeteringState(
+        config=config,
+        api=Workloads(api_client),
+        watch=watch,
+        executor=ThreadPoolExecutor(settings.max_concurrent_writes, thread_name_prefix="metering-api"),
+    )
+
+
+def visible_pods(state: MeteringState) -> list[PodRecord]:
+    """The cache's GPU pods, plus pods seen deleted recently (their charge is being closed)."""
+    live = list(state.watch.records())
+    seen = {p.uid for p in live}
+    live.extend(t.record for t in state.watch.tombstones() if t.record.uid not in seen)
+    return live
+
+
+async def refresh_node_types(state: MeteringState) -> None:
+    if time.monotonic() - state.node_types_at < NODE_TYPES_TTL:
+        return
+    state.node_types_at = time.monotonic()
+    try:
+        state.node_types = await state.call(
+            pod_api.node_instance_types, state.api, state.config.metering.instance_type_keys
+        )
+    except ApiError as error:
+        log.warning("could not list nodes for instance types: %s", error)
+
+
+def with_instance_types(pods: Iterable[PodRecord], node_types: dict[str, str]) -> list[PodRecord]:
+    return [
+        replace(p, instance_type=node_types[p.node]) if not p.instance_type and p.node in node_types else p
+        for p in pods
+    ]
+
+
+async def load(state: MeteringState, budget: Budget) -> tuple[Ledger | None, str | None]:
+    stored = await state.call(
+        ledger_store.load_ledger, state.api, namespace=state.config.namespace, budget=budget.name
+    )
+    if stored.data is None:
+        return None, stored.resource_version
+    try:
+        return Ledger.from_json(stored.data), stored.resource_version
+    except (ValueError, KeyError, TypeError, IndexError) as error:
+        # Keeping the broken ledger would stop metering for good; visible pods are recounted.
+        log.error("ledger of GPUBudget %s is unreadable (%s); restarting it from visible pods", budget.name,
+                  error)
+        return None, stored.resource_version
+
+
+async def tick(state: MeteringState, body: Any, *, logger: logging.Logger | None = None) -> Ledger | None:
+    """One metering tick of one budget. Returns the committed ledger (None: nothing committed)."""
+    logger = logger or log
+    budget = Budget.from_object(body)
+    state.budgets[budget.name] = budget
+    started = time.monotonic()
+    if budget.name not in state.ledgers:
+        state.ledgers[budget.name] = await load(state, budget)  # type: ignore[assignment]
+    previous, resource_version = state.ledgers[budget.name]
+
+    if any(key != "default" for key in budget.prices):
+        await refresh_node_types(state)
+    now = state.clock()
+    pods = [p for p in visible_pods(state) if budget.selector.matches(p.labels)]
+    pods = with_instance_types(pods, state.node_types)
+    ledger, announce = advance(budget, previous, pods, now=now)
+    try:
+        resource_version = await state.call(
+            ledger_store.store_ledger,
+            state.api,
+            namespace=state.config.namespace,
+            budget=budget.name,
+            budget_uid=budget.uid,
+            data=ledger.to_json(),
+            resource_version=resource_version,
+        )
+    except Conflict:
+        # Someone else committed (a peer during hand-over, or our own write whose answer was
+        # lost): reread and recompute next time; metering is idempotent so nothing is lost.
+        state.ledgers.pop(budget.name, None)
+        metrics.METERING_TICKS.labels("conflict").inc()
+        logger.info("ledger of GPUBudget %s changed under us; rereading it", budget.name)
+        return None
+    state.ledgers[budget.name] = (ledger, resource_version)
+
+    running = sum(p.gpus for p in pods if p.running(now))
+    status = project_status(budget, ledger, running_gpus=running, previous=body.get("status"), now=now)
+    await state.call(ledger_store.patch_budget_status, state.api, name=budget.name, uid=budget.uid,
+                     status=status)
+    for threshold in announce:
+        message = threshold_message(budget, ledger, threshold)
+        logger.warning(message) if threshold >= 100 else logger.info(message)
+        await state.call(
+            state.api.emit_event,
+            {"apiVersion": constants.API_VERSION, "kind": "GPUBudget", "metadata": dict(body["metadata"])},
+            reason=constants.REASON_BUDGET_THRESHOLD,
+            message=message,
+            type_="Warning" if threshold >= 100 else "Normal",
+        )
+    reached = status["thresholdsReached"]
+    metrics.observe_budget(budget.name, used=ledger.used_gpu_hours, limit=budget.gpu_hours, running=running,
+                           cost=ledger.cost, threshold=max(reached) if reached else 0)
+    metrics.METERING_TICK_SECONDS.labels(budget.name).set(time.monotonic() - started)
+    metrics.METERING_TICKS.labels("committed").inc()
+    return ledger
+
+
+# -- finalizers -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FinalizerPlan:
+    add: tuple[PodRecord, ...]
+    release: tuple[PodRecord, ...]
+
+
+def plan_finalizers(
+    pods: Iterable[PodRecord],
+    budgets: Sequence[Budget],
+    committed: Callable[[str], Ledger | None],
+    *,
+    now: datetime,
+    protect: bool,
+) -> FinalizerPlan:
+    """Which pods get the metering finalizer and which are released from it (pure)."""
+    add: list[PodRecord] = []
+    release: list[PodRecord] = []
+    for pod in pods:
+        matching = [b for b in budgets if b.selector.matches(pod.labels)]
+        if protect and needs_finalizer(pod, matched=bool(matching), now=now):
+            add.append(pod)
+        elif pod.finalizer and releasable(pod, [committed(b.name) for b in matching], now=now):
+            release.append(pod)
+    return FinalizerPlan(tuple(add), tuple(release))
+
+
+async def reconcile_finalizers(state: MeteringState, *, stopped: Any = None) -> FinalizerPlan:
+    """Apply `plan_finalizers` to the cache's pods (tombstones are gone already: nothing to do)."""
+    plan = plan_finalizers(
+        state.watch.records(),
+        list(state.budgets.values()),
+        state.committed,
+        now=state.clock(),
+        protect=state.config.metering.finalizer and not state.config.dry_run,
+    )
+    jobs = [
+        *(state.call(pod_api.add_finalizer, state.api, namespace=p.namespace, name=p.name, uid=p.uid)
+          for p in plan.add),
+        *(state.call(pod_api.remove_finalizer, state.api, namespace=p.namespace, name=p.name, uid=p.uid)
+          for p in plan.release),
+    ]
+    batch = max(1, state.config.metering.max_concurrent_writes * 4)
+    failures = 0
+    for start in range(0, len(jobs), batch):
+        if stopped is not None and stopped:
+            # Paused or exiting: the rest waits for the next active tick.
+            for job in jobs[start:]:
+                job.close()
+            break
+        for result in await asyncio.gather(*jobs[start:start + batch], return_exceptions=True):
+            if isinstance(result, Exception):
+                failures += 1
+                log.debug("finalizer update failed: %s", result)
+    if plan.add or plan.release:
+        log.info("metering finalizer: added to %d pods, released from %d (%d failed)",
+                 len(plan.add), len(plan.release), failures)
+    return plan
+
+
+async def maybe_reconcile_finalizers(state: MeteringState, *, stopped: Any = None) -> None:
+    """Run `reconcile_finalizers` if no other daemon did within the last interval."""
+    if state.sweeping or time.monotonic() - state.last_sweep < state.config.metering.interval:
+        return
+    state.sweeping = True
+    try:
+        await reconcile_finalizers(state, stopped=stopped)
+    finally:
+        state.last_sweep = time.monotonic()
+        state.sweeping = False
+
+
+# -- kopf handlers -----------------------------------------------------------------------------------
+
+
+@kopf.daemon(constants.GROUP, constants.VERSION, constants.BUDGET_PLURAL, cancellation_timeout=15.0)
+async def meter_budget(name: str, body: Any, stopped: kopf.DaemonStopped, memo: Any, logger: Any,
+                       **_: Any) -> None:
+    """Meter one GPUBudget every `--metering-interval` seconds, while this replica is active."""
+    state: MeteringState = memo.metering
+    interval = state.config.metering.interval
+    while not state.watch.ready():
+        await stopped.wait(0.5)
+        if stopped:
+            return
+    try:
+        while not stopped:
+            begun = time.monotonic()
+            try:
+                committed = await tick(state, body, logger=logger)
+                if committed is None:
+                    await stopped.wait(1.0)  # conflict: reread and retry soon
+                    continue
+                await maybe_reconcile_finalizers(state, stopped=stopped)
+            except ValueError as error:
+                logger.error("GPUBudget %s cannot be metered: %s", name, error)
+                metrics.METERING_TICKS.labels("error").inc()
+            except ApiError as error:
+                logger.warning("metering GPUBudget %s failed, retrying next tick: %s", name, error)
+                metrics.METERING_TICKS.labels("error").inc()
+            await stopped.wait(max(0.0, interval - (time.monotonic() - begun)))
+    finally:
+        state.budgets.pop(name, None)
+        if stopped.reason and kopf.DaemonStoppingReason.RESOURCE_DELETED in stopped.reason:
+            state.ledgers.pop(name, None)
+            metrics.forget_budget(name)
+            if not state.budgets:
+                # The last budget is gone: nothing will meter the pods it protected; let them go.
+                await reconcile_finalizers(state)

@@ -1,0 +1,13 @@
+"""Every kopf handler of `comptroller operator`: importing a module registers its handlers.
+
+`main` imports this module once, before starting kopf; nothing else should import handler
+modules for their side effect.
+"""
+
+from __future__ import annotations
+
+from controller.operator import accounting, policies  # noqa: F401  (registers the handlers)
+
+# --- other operator loops: import their handler modules here -----------------------------------
+# from controller.operator import expiry, idle, audit  # noqa: F401
+# -------------------------------------------------------------------------------------------------
