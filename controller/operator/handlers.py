@@ -9,5 +9,6 @@ from __future__ import annotations
 from controller.operator import accounting, policies  # noqa: F401  (registers the handlers)
 
 # --- other operator loops: import their handler modules here -----------------------------------
-# from controller.operator import expiry, idle, audit  # noqa: F401
+# isort: split
+from controller.operator import lifecycle  # noqa: F401  (expiry, idle, audit sweeps and wake)
 # -------------------------------------------------------------------------------------------------

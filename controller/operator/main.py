@@ -12,12 +12,21 @@ import argparse
 import logging
 import os
 import random
+from dataclasses import replace
 from typing import Any
 
 import kopf
 
 from controller import constants
-from controller.operator.settings import MeteringSettings, OperatorConfig, PeeringSettings, ServingSettings
+from controller.operator.settings import (
+    AuditSettings,
+    ExpirySettings,
+    IdleSettings,
+    MeteringSettings,
+    OperatorConfig,
+    PeeringSettings,
+    ServingSettings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +63,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="destructive actions (expiry, idle) only log and emit what they would do")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     # --- other operator loops: add their flags below (expiry, idle, audit) ---
+    parser.add_argument("--expiry-interval", type=float, default=30.0, metavar="SECONDS",
+                        help="seconds between expiry sweeps (default: %(default)s)")
+    parser.add_argument("--max-terminations-per-minute", type=int, default=60, metavar="N",
+                        help="safety brake: at most N expired workloads terminated per rolling minute "
+                        "(default: %(default)s)")
+    parser.add_argument("--idle-interval", type=float, default=60.0, metavar="SECONDS",
+                        help="seconds between idle scale-to-zero sweeps (default: %(default)s)")
+    parser.add_argument("--wake-grace-period", type=float, default=3600.0, metavar="SECONDS",
+                        help="after a wake, seconds before idle or expiry may act on it again "
+                        "(default: %(default)s)")
+    parser.add_argument("--prometheus-url", metavar="URL",
+                        help="Prometheus for idle detection, overriding every policy's idle.prometheus.url")
+    parser.add_argument("--prometheus-timeout", type=float, default=5.0, metavar="SECONDS",
+                        help="per-query timeout; a timeout means not idle (default: %(default)s)")
+    parser.add_argument("--audit-interval", type=float, default=300.0, metavar="SECONDS",
+                        help="seconds between background audits (default: %(default)s)")
+    parser.add_argument("--max-results-per-report", type=int, default=1000, metavar="N",
+                        help="results kept in each namespace's PolicyReport (default: %(default)s)")
 
 
 def build_config(args: argparse.Namespace) -> OperatorConfig:
@@ -72,6 +99,19 @@ def build_config(args: argparse.Namespace) -> OperatorConfig:
         serving=ServingSettings(liveness_port=args.liveness_port, metrics_port=args.metrics_port),
     )
     # --- other operator loops: derive their settings from args below (expiry, idle, audit) ---
+    if args.max_terminations_per_minute < 1:
+        raise SystemExit("--max-terminations-per-minute must be at least 1 (--dry-run stops terminations)")
+    config = replace(
+        config,
+        expiry=ExpirySettings(
+            interval=args.expiry_interval,
+            max_terminations_per_minute=args.max_terminations_per_minute,
+            dry_run=args.dry_run,
+        ),
+        idle=IdleSettings(interval=args.idle_interval, grace_period=args.wake_grace_period,
+                          prometheus_timeout=args.prometheus_timeout, prometheus_url=args.prometheus_url),
+        audit=AuditSettings(interval=args.audit_interval, max_results_per_report=args.max_results_per_report),
+    )
     return config
 
 

@@ -1,0 +1,306 @@
+"""The kopf side of the lifecycle loops: expiry, idle scale-to-zero, the background audit, wake.
+
+The three sweeps are cluster-wide, yet must run on the active replica only. kopf stops daemons
+when peering pauses a replica and restarts them when it resumes, so the sweeps are driven from a
+daemon on each FinOpsPolicy (the loops have nothing to do without policies anyway): every daemon
+asks the shared `Lifecycle` to tick, and a tick runs each sweep whose interval has elapsed, at
+most one of each kind at a time, whatever the number of policies. A paused replica has no
+daemons, so it sweeps nothing.
+
+Sweeps are synchronous (the kubernetes client is), so they run on a small executor of their own:
+a long audit never occupies the threads kopf needs for its handlers, and never blocks the event
+loop. Every sweep re-reads policies, exceptions and namespaces, so it always acts on what the
+cluster says now, and a broken policy is skipped (its status says why; see `policies.py`).
+
+Wake is event-driven: an `on.event` handler on every kind Comptroller puts to sleep, filtered on
+the wake annotation, restores the workload as soon as the annotation appears (by `comptroller
+wake` or by hand), including annotations set while the operator was down (kopf's initial list).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import kopf
+
+from controller import constants
+from controller.engine import Snapshot
+from controller.engine.models import FinOpsException, FinOpsPolicy, PolicyError
+from controller.engine.workloads import BUILTIN_KINDS
+from controller.k8s.workloads import ApiError, ApiResource, Conflict, Workloads
+from controller.operator import metrics
+from controller.operator.audit import Auditor, Finding
+from controller.operator.brake import Brake
+from controller.operator.effector import Effector, Outcome
+from controller.operator.expiry import ExpirySweeper
+from controller.operator.idle import idle_rules, sweep_idle
+from controller.operator.settings import OperatorConfig
+
+log = logging.getLogger(__name__)
+
+POLICIES = ApiResource(constants.GROUP, constants.VERSION, constants.POLICY_PLURAL, "FinOpsPolicy", False)
+EXCEPTIONS = ApiResource(constants.GROUP, constants.VERSION, constants.EXCEPTION_PLURAL, "FinOpsException")
+NAMESPACES = ApiResource("", "v1", "namespaces", "Namespace", namespaced=False)
+WAKE_KINDS = (
+    ("apps", "v1", "deployments"),
+    ("apps", "v1", "statefulsets"),
+    ("apps", "v1", "replicasets"),
+    ("apps", "v1", "daemonsets"),
+    ("batch", "v1", "cronjobs"),
+)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What every sweep decides with, read fresh from the cluster."""
+
+    policies: tuple[FinOpsPolicy, ...]
+    exceptions: tuple[FinOpsException, ...]
+    namespace_labels: dict[str, dict[str, str]]
+    excluded_namespaces: frozenset[str]
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return Snapshot(
+            policies=self.policies,
+            exceptions=self.exceptions,
+            namespace_labels=self.namespace_labels,
+            excluded_namespaces=self.excluded_namespaces,
+        )
+
+
+def read_inputs(workloads: Workloads, *, own_namespace: str) -> Inputs:
+    policies, exceptions = [], []
+    for obj in workloads.iter_objects(POLICIES):
+        try:
+            policies.append(FinOpsPolicy.from_object(obj))
+        except PolicyError as exc:
+            log.debug("skipping a policy that does not compile: %s", exc)
+    for obj in workloads.iter_objects(EXCEPTIONS):
+        try:
+            exceptions.append(FinOpsException.from_object(obj))
+        except PolicyError as exc:
+            log.debug("skipping an exception that does not compile: %s", exc)
+    namespace_labels = {
+        ns["metadata"]["name"]: dict(ns["metadata"].get("labels") or {})
+        for ns in workloads.iter_objects(NAMESPACES)
+    }
+    return Inputs(
+        policies=tuple(sorted(policies, key=lambda p: p.name)),
+        exceptions=tuple(exceptions),
+        namespace_labels=namespace_labels,
+        excluded_namespaces=constants.ALWAYS_EXCLUDED_NAMESPACES | {own_namespace},
+    )
+
+
+def _count_terminated(outcome: Outcome) -> None:
+    metrics.EXPIRED_TERMINATED.inc()
+
+
+def _count_scaled(outcome: Outcome) -> None:
+    metrics.IDLE_SCALED_TO_ZERO.inc()
+
+
+def _count_finding(finding: Finding) -> None:
+    counter = getattr(metrics, "POLICY_VIOLATIONS", None)
+    if counter is not None:
+        counter.labels(finding.policy, finding.rule, finding.team).inc()
+
+
+@dataclass
+class Lifecycle:
+    """The lifecycle loops of one operator process (kopf's `memo.lifecycle`)."""
+
+    config: OperatorConfig
+    workloads: Workloads
+    effector: Effector
+    expiry: ExpirySweeper
+    auditor: Auditor
+    executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(3, "lifecycle"))
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    _last: dict[str, float] = field(default_factory=dict)
+    _running: set[str] = field(default_factory=set)
+
+    @classmethod
+    def build(cls, config: OperatorConfig, workloads: Workloads) -> Lifecycle:
+        dry_run = config.dry_run or config.expiry.dry_run
+        effector = Effector(workloads, dry_run=dry_run)
+        expiry = ExpirySweeper(
+            workloads=workloads,
+            effector=effector,
+            brake=Brake(limit=config.expiry.max_terminations_per_minute),
+            kinds=BUILTIN_KINDS,
+            grace_period=timedelta(seconds=config.idle.grace_period),
+            on_terminated=_count_terminated,
+        )
+        auditor = Auditor(
+            workloads=workloads,
+            kinds=BUILTIN_KINDS,
+            max_results_per_report=config.audit.max_results_per_report,
+            on_new_finding=_count_finding,
+        )
+        if dry_run:
+            log.warning("dry-run: expiry and idle only log and emit Events; no workload will be changed")
+        return cls(config=config, workloads=workloads, effector=effector, expiry=expiry, auditor=auditor)
+
+    @property
+    def tick_every(self) -> float:
+        return max(
+            min(self.config.expiry.interval, self.config.idle.interval, self.config.audit.interval), 0.5
+        )
+
+    # -- the sweeps (run in the executor) ----------------------------------------------------------
+
+    def _inputs(self) -> Inputs:
+        return read_inputs(self.workloads, own_namespace=self.config.namespace)
+
+    def sweep_expiry(self) -> None:
+        inputs, now = self._inputs(), self.clock()
+        report = self.expiry.sweep(
+            policies=inputs.policies,
+            now=now,
+            namespace_labels=inputs.namespace_labels,
+            excluded_namespaces=inputs.excluded_namespaces,
+            exceptions=inputs.exceptions,
+        )
+        if report.notified or report.terminated or report.held_back or report.failed:
+            log.info(
+                "expiry: %d notified, %d terminated, %d held back by the brake, %d failed",
+                report.notified,
+                report.terminated,
+                report.held_back,
+                report.failed,
+            )
+
+    def sweep_idle(self) -> None:
+        inputs = self._inputs()
+        rules = idle_rules(
+            inputs.policies,
+            namespace_labels=inputs.namespace_labels,
+            excluded_namespaces=inputs.excluded_namespaces,
+        )
+        if not rules:
+            return
+        sweep_idle(
+            rules=rules,
+            workloads=self.workloads,
+            effector=self.effector,
+            now=self.clock(),
+            grace_period=timedelta(seconds=self.config.idle.grace_period),
+            prometheus_timeout=self.config.idle.prometheus_timeout,
+            prometheus_url_override=self.config.idle.prometheus_url,
+            on_scaled=_count_scaled,
+        )
+
+    def sweep_audit(self) -> None:
+        inputs = self._inputs()
+        summary = self.auditor.run(snapshot=inputs.snapshot, now=self.clock())
+        gauge = getattr(metrics, "AUDIT_VIOLATIONS", None)
+        if gauge is not None:
+            gauge.clear()
+            for (policy, rule), count in summary.by_policy_rule.items():
+                gauge.labels(policy, rule).set(count)
+
+    # -- scheduling --------------------------------------------------------------------------------
+
+    async def tick(self) -> None:
+        """Start each sweep whose interval has elapsed and that is not already running."""
+        loop = asyncio.get_running_loop()
+        started = []
+        for name, interval, fn in (
+            ("expiry", self.config.expiry.interval, self.sweep_expiry),
+            ("idle", self.config.idle.interval, self.sweep_idle),
+            ("audit", self.config.audit.interval, self.sweep_audit),
+        ):
+            if name in self._running or time.monotonic() - self._last.get(name, -1e18) < interval:
+                continue
+            self._running.add(name)
+            self._last[name] = time.monotonic()
+            started.append(asyncio.ensure_future(self._run(loop, name, fn)))
+        if started:
+            await asyncio.gather(*started)
+
+    async def _run(self, loop: asyncio.AbstractEventLoop, name: str, fn: Callable[[], None]) -> None:
+        try:
+            await loop.run_in_executor(self.executor, fn)
+        except ApiError as exc:
+            log.warning("%s sweep failed, retried next interval: %s", name, exc)
+        except Exception:
+            log.exception("%s sweep crashed, retried next interval", name)
+        finally:
+            self._running.discard(name)
+
+    # -- wake --------------------------------------------------------------------------------------
+
+    def wake(self, obj: dict[str, Any]) -> Outcome | None:
+        """Restore a workload whose wake annotation is set; retried on a concurrent change."""
+        grace = timedelta(seconds=self.config.idle.grace_period)
+        for _ in range(3):
+            now = self.clock()
+            note = f"neither idle nor expiry puts it back to sleep before {(now + grace):%Y-%m-%dT%H:%M:%SZ}"
+            try:
+                return self.effector.wake(obj, now=now, grace_note=note)
+            except Conflict:
+                metadata = obj["metadata"]
+                resource = self.workloads.resolve(obj["kind"], group=obj["apiVersion"].rpartition("/")[0])
+                fresh = self.workloads.get(resource, metadata.get("namespace"), metadata["name"])
+                if fresh is None or constants.WAKE_ANNOTATION not in (
+                    fresh["metadata"].get("annotations") or {}
+                ):
+                    return None
+                obj = fresh
+        log.warning(
+            "wake: %s/%s kept changing under us; the next event retries", obj["kind"], obj["metadata"]["name"]
+        )
+        return None
+
+
+@kopf.on.startup()
+async def start_lifecycle(memo: Any, **_: Any) -> None:
+    config: OperatorConfig = memo.config
+    api_client = getattr(memo, "api_client", None)
+    if api_client is None:
+        from controller.k8s.config import load_api_client
+
+        api_client = load_api_client(config.kubeconfig)
+    memo.lifecycle = Lifecycle.build(config, Workloads(api_client))
+
+
+@kopf.on.cleanup()
+async def stop_lifecycle(memo: Any, **_: Any) -> None:
+    lifecycle: Lifecycle | None = getattr(memo, "lifecycle", None)
+    if lifecycle is not None:
+        lifecycle.executor.shutdown(wait=False, cancel_futures=True)
+
+
+@kopf.daemon(
+    constants.GROUP, constants.VERSION, constants.POLICY_PLURAL, id="lifecycle", cancellation_timeout=30.0
+)
+async def drive_lifecycle(stopped: kopf.DaemonStopped, memo: Any, **_: Any) -> None:
+    """Tick the shared lifecycle loops while this replica is active (see the module doc)."""
+    lifecycle: Lifecycle = memo.lifecycle
+    while not stopped:
+        await lifecycle.tick()
+        await stopped.wait(lifecycle.tick_every)
+
+
+def _wake_handler(body: Any, type: str | None, memo: Any, **_: Any) -> None:  # noqa: A002 (kopf's name)
+    if type == "DELETED":
+        return
+    obj = dict(body)
+    if constants.WAKE_ANNOTATION not in ((obj.get("metadata") or {}).get("annotations") or {}):
+        return
+    memo.lifecycle.wake(obj)
+
+
+for _group, _version, _plural in WAKE_KINDS:
+    kopf.on.event(
+        _group, _version, _plural, id=f"wake-{_plural}", annotations={constants.WAKE_ANNOTATION: kopf.PRESENT}
+    )(_wake_handler)
