@@ -4,7 +4,10 @@ objects."""
 
 from __future__ import annotations
 
+import tarfile
+
 import pytest
+import yaml
 
 from e2e.chart import CHART, helm, kube_version
 from tests.chart.rendering import CI_VALUES, NAMESPACE, of_kind, one, pod_specs, rendered
@@ -112,9 +115,10 @@ def test_webhook_configuration_defaults(kind):
         "path": "/validate" if kind.startswith("Validating") else "/mutate",
     }
     assert "caBundle" not in webhook["clientConfig"]  # filled by the certs job, never blanked by helm
-    (exclude,) = webhook["namespaceSelector"]["matchExpressions"]
-    assert exclude == {"key": "kubernetes.io/metadata.name", "operator": "NotIn",
-                       "values": ["kube-system", NAMESPACE]}
+    assert webhook["namespaceSelector"]["matchExpressions"] == [
+        {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", NAMESPACE]},
+        {"key": "finops.comptroller.dev/ignore", "operator": "NotIn", "values": ["true"]},
+    ]
 
 
 def test_only_the_mutating_webhook_is_reinvoked():
@@ -161,7 +165,7 @@ def test_extra_excludes_and_selectors_are_added_to_the_builtin_ones():
         "objectSelector": {"matchLabels": {"finops": "on"}},
     }})
     (webhook,) = one(objects, "ValidatingWebhookConfiguration")["webhooks"]
-    exclude, extra = webhook["namespaceSelector"]["matchExpressions"]
+    exclude, _ignore, extra = webhook["namespaceSelector"]["matchExpressions"]
     assert exclude["values"] == ["kube-system", NAMESPACE, "monitoring"]
     assert extra == {"key": "team", "operator": "Exists"}
     assert webhook["objectSelector"] == {"matchLabels": {"finops": "on"}}
@@ -364,3 +368,37 @@ def test_service_monitor_verifies_the_webhook_with_its_own_ca():
         "serverName": f"comptroller-webhook.{NAMESPACE}.svc",
         "ca": {"secret": {"name": "comptroller-webhook-tls", "key": "ca.crt"}},
     }
+
+
+# ---- the default policy set ---------------------------------------------------------------------
+
+DEFAULT_POLICIES = [doc for path in sorted((CHART.parent.parent / "policies" / "default").glob("*.yaml"))
+                    for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def test_no_policy_is_installed_unless_asked():
+    assert not [o for o in rendered() if o["apiVersion"].startswith("finops.comptroller.dev/")]
+
+
+@pytest.mark.parametrize("enforcement", ["", "Audit", "Warn"])
+def test_default_policy_set_is_the_repository_one(enforcement):
+    objects = [o for o in rendered({"policies": {"installDefault": True, "enforcement": enforcement}})
+               if o["apiVersion"].startswith("finops.comptroller.dev/")]
+    assert DEFAULT_POLICIES
+    assert [(o["kind"], o["metadata"]["name"]) for o in objects] == [
+        (d["kind"], d["metadata"]["name"]) for d in DEFAULT_POLICIES]
+    for obj, source in zip(objects, DEFAULT_POLICIES, strict=True):
+        expected = {**source["spec"], **({"enforcement": enforcement} if enforcement else {})}
+        assert obj["spec"] == expected
+        assert obj["metadata"]["labels"]["app.kubernetes.io/instance"] == "comptroller"
+
+
+def test_packaged_chart_carries_the_policies_but_not_their_test_cases(tmp_path):
+    helm("package", str(CHART), "--destination", str(tmp_path))
+    (package,) = tmp_path.glob("comptroller-*.tgz")
+    with tarfile.open(package) as archive:
+        names = archive.getnames()
+    policies = sorted(n for n in names if "/files/policies/" in n)
+    assert policies == [f"comptroller/files/policies/{p.name}"
+                        for p in sorted((CHART / "files" / "policies").glob("*.yaml"))]
+    assert not [n for n in names if "/ci/" in n]

@@ -143,12 +143,16 @@ serve several versions over their lifetimes; the engine reads pod templates by p
 {{- end }}
 
 {{/* Never the control plane's namespace nor our own: a broken webhook must not be able to block
-the pods that would fix it. */}}
+the pods that would fix it. A namespace labelled `finops.comptroller.dev/ignore=true` opts out too
+(like Gatekeeper's `admission.gatekeeper.sh/ignore`); labelling namespaces is a cluster-admin right. */}}
 {{- define "comptroller.webhook.namespaceSelector" -}}
 matchExpressions:
   - key: kubernetes.io/metadata.name
     operator: NotIn
     values: {{ toJson (concat (list "kube-system" .Release.Namespace) .Values.webhook.excludeNamespaces | uniq) }}
+  - key: finops.comptroller.dev/ignore
+    operator: NotIn
+    values: ["true"]
 {{- with .Values.webhook.namespaceSelectorExpressions }}
 {{- toYaml . | nindent 2 }}
 {{- end }}
