@@ -1,0 +1,331 @@
+import pytest
+from engine_cases import container, deployment, pod
+
+from controller.engine.workloads import (
+    BUILTIN_KINDS,
+    KindSpec,
+    TemplateSpec,
+    effective_labels,
+    pinned_terms,
+    pod_gpus,
+    pod_templates,
+    quantity,
+    workload_gpus,
+)
+
+
+def gpu(n, **kw):
+    return container(n, **kw)
+
+
+def sidecar(n, name="side"):
+    return container(n, name=name, restartPolicy="Always")
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ({"containers": [gpu(0)]}, 0),
+        ({"containers": [gpu(2)]}, 2),
+        ({"containers": [gpu(2, field="requests")]}, 2),
+        ({"containers": [gpu(2), gpu(3, name="b")]}, 5),
+        # requests win over limits when both are given (they must be equal for extended resources)
+        (
+            {
+                "containers": [
+                    {
+                        "name": "c",
+                        "resources": {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}},
+                    }
+                ]
+            },
+            1,
+        ),
+        # init containers run one at a time, before the app: max rule
+        ({"initContainers": [gpu(4, name="i")], "containers": [gpu(1)]}, 4),
+        ({"initContainers": [gpu(1, name="i")], "containers": [gpu(3)]}, 3),
+        ({"initContainers": [gpu(2, name="i1"), gpu(5, name="i2")], "containers": [gpu(1)]}, 5),
+        # sidecars (restartPolicy: Always) keep running: they add to the app containers...
+        ({"initContainers": [sidecar(1)], "containers": [gpu(2)]}, 3),
+        # ...and to every init container started after them
+        ({"initContainers": [sidecar(2), gpu(4, name="i")], "containers": [gpu(1)]}, 6),
+        # an init container started before the sidecar does not overlap it
+        ({"initContainers": [gpu(4, name="i"), sidecar(2)], "containers": [gpu(1)]}, 4),
+        ({"containers": [{"name": "c", "resources": {"limits": {"cpu": "2", "memory": "1Gi"}}}]}, 0),
+        ({}, 0),
+    ],
+)
+def test_pod_gpus_follows_the_scheduler(spec, expected):
+    assert pod_gpus(spec, ("nvidia.com/gpu",)) == expected
+
+
+def test_pod_gpus_sums_every_configured_resource():
+    spec = {"containers": [{"name": "c", "resources": {"limits": {"nvidia.com/gpu": 1, "amd.com/gpu": 2}}}]}
+    assert pod_gpus(spec, ("nvidia.com/gpu",)) == 1
+    assert pod_gpus(spec, ("nvidia.com/gpu", "amd.com/gpu")) == 3
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [(2, 2), ("2", 2), ("1500m", 2), ("1k", 1000), ("x", 0), (None, 0), (1.2, 2)]
+)
+def test_quantity(value, expected):
+    assert quantity(value) == expected
+
+
+def _job(kind, api, spec):
+    return {"apiVersion": api, "kind": kind, "metadata": {"name": "w"}, "spec": spec}
+
+
+def _tpl(n, labels=None):
+    return {"metadata": {"labels": labels or {}}, "spec": {"containers": [gpu(n)]}}
+
+
+@pytest.mark.parametrize(
+    ("manifest", "pointers", "gpus"),
+    [
+        (pod(gpus=2), [""], 2),
+        (deployment(gpus=2, replicas=3), ["/spec/template"], 6),
+        (deployment(gpus=2, replicas=None), ["/spec/template"], 2),
+        (deployment(gpus=2, replicas=0), ["/spec/template"], 0),
+        (_job("StatefulSet", "apps/v1", {"replicas": 2, "template": _tpl(1)}), ["/spec/template"], 2),
+        (_job("ReplicaSet", "apps/v1", {"replicas": 2, "template": _tpl(1)}), ["/spec/template"], 2),
+        (_job("DaemonSet", "apps/v1", {"template": _tpl(1)}), ["/spec/template"], 1),
+        (_job("Job", "batch/v1", {"parallelism": 4, "template": _tpl(1)}), ["/spec/template"], 4),
+        (
+            _job("CronJob", "batch/v1", {"jobTemplate": {"spec": {"parallelism": 2, "template": _tpl(2)}}}),
+            ["/spec/jobTemplate/spec/template"],
+            4,
+        ),
+        (
+            _job(
+                "PyTorchJob",
+                "kubeflow.org/v1",
+                {
+                    "pytorchReplicaSpecs": {
+                        "Master": {"replicas": 1, "template": _tpl(8)},
+                        "Worker": {"replicas": 3, "template": _tpl(8)},
+                    }
+                },
+            ),
+            ["/spec/pytorchReplicaSpecs/Master/template", "/spec/pytorchReplicaSpecs/Worker/template"],
+            32,
+        ),
+        (
+            _job(
+                "TFJob",
+                "kubeflow.org/v1",
+                {"tfReplicaSpecs": {"Worker": {"replicas": 2, "template": _tpl(1)}}},
+            ),
+            ["/spec/tfReplicaSpecs/Worker/template"],
+            2,
+        ),
+        (
+            _job(
+                "MPIJob",
+                "kubeflow.org/v2beta1",
+                {"mpiReplicaSpecs": {"Worker": {"replicas": 2, "template": _tpl(4)}}},
+            ),
+            ["/spec/mpiReplicaSpecs/Worker/template"],
+            8,
+        ),
+        (
+            _job(
+                "RayCluster",
+                "ray.io/v1",
+                {
+                    "headGroupSpec": {"template": _tpl(0)},
+                    "workerGroupSpecs": [
+                        {"replicas": 3, "template": _tpl(1)},
+                        {"replicas": 1, "numOfHosts": 2, "template": _tpl(4)},
+                    ],
+                },
+            ),
+            [
+                "/spec/headGroupSpec/template",
+                "/spec/workerGroupSpecs/0/template",
+                "/spec/workerGroupSpecs/1/template",
+            ],
+            11,
+        ),
+        (
+            _job(
+                "RayJob",
+                "ray.io/v1",
+                {
+                    "rayClusterSpec": {
+                        "headGroupSpec": {"template": _tpl(1)},
+                        "workerGroupSpecs": [{"replicas": 2, "template": _tpl(1)}],
+                    }
+                },
+            ),
+            [
+                "/spec/rayClusterSpec/headGroupSpec/template",
+                "/spec/rayClusterSpec/workerGroupSpecs/0/template",
+            ],
+            3,
+        ),
+        (
+            _job(
+                "RayService",
+                "ray.io/v1",
+                {
+                    "rayClusterConfig": {
+                        "headGroupSpec": {"template": _tpl(0)},
+                        "workerGroupSpecs": [{"replicas": 2, "template": _tpl(2)}],
+                    }
+                },
+            ),
+            [
+                "/spec/rayClusterConfig/headGroupSpec/template",
+                "/spec/rayClusterConfig/workerGroupSpecs/0/template",
+            ],
+            4,
+        ),
+        (
+            _job(
+                "JobSet",
+                "jobset.x-k8s.io/v1alpha2",
+                {
+                    "replicatedJobs": [
+                        {"replicas": 2, "template": {"spec": {"parallelism": 3, "template": _tpl(1)}}}
+                    ]
+                },
+            ),
+            ["/spec/replicatedJobs/0/template/spec/template"],
+            6,
+        ),
+        (
+            _job(
+                "LeaderWorkerSet",
+                "leaderworkerset.x-k8s.io/v1",
+                {"replicas": 2, "leaderWorkerTemplate": {"size": 4, "workerTemplate": _tpl(1)}},
+            ),
+            ["/spec/leaderWorkerTemplate/workerTemplate"],
+            8,
+        ),
+    ],
+)
+def test_every_builtin_kind(manifest, pointers, gpus):
+    assert [p for p, _ in pod_templates(manifest)] == pointers
+    assert workload_gpus(manifest) == gpus
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}},
+        {
+            "apiVersion": "example.com/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "x"},
+        },  # same kind, other group
+    ],
+)
+def test_unknown_kinds_have_no_templates(manifest):
+    assert pod_templates(manifest) == []
+    assert workload_gpus(manifest) == 0
+
+
+def test_kinds_are_addable_by_configuration():
+    notebook = {
+        "apiVersion": "kubeflow.org/v1",
+        "kind": "Notebook",
+        "metadata": {"name": "nb"},
+        "spec": {"template": {"metadata": {"labels": {"team": "nlp"}}, "spec": {"containers": [gpu(1)]}}},
+    }
+    registry = BUILTIN_KINDS.with_extra(
+        [{"group": "kubeflow.org", "kind": "Notebook", "templates": [{"path": "/spec/template"}]}]
+    )
+    assert pod_templates(notebook) == []
+    assert [p for p, _ in pod_templates(notebook, registry)] == ["/spec/template"]
+    assert effective_labels(notebook, registry) == {"team": "nlp"}
+    assert registry.get("apps", "Deployment") is not None  # built-ins stay
+
+
+def test_scale_path():
+    assert BUILTIN_KINDS.get("apps", "Deployment").scale_path == "/spec/replicas"
+    assert BUILTIN_KINDS.get("", "Pod").scale_path is None
+    assert BUILTIN_KINDS.get("ray.io", "RayCluster").scale_path is None
+
+
+def test_replica_paths_cannot_have_more_wildcards_than_the_template():
+    with pytest.raises(ValueError, match="more"):
+        KindSpec("x", "Y", (TemplateSpec("/spec/template", ("/spec/*/replicas",)),))
+
+
+@pytest.mark.parametrize(
+    ("manifest", "expected"),
+    [
+        (pod({"team": "nlp"}), {"team": "nlp"}),
+        # a controller is judged by its template, not its own metadata
+        (deployment({"team": "nlp"}, meta_labels={"team": "vision", "x": "y"}), {"team": "nlp"}),
+        (deployment(None), {}),
+        (
+            _job(
+                "PyTorchJob",
+                "kubeflow.org/v1",
+                {
+                    "pytorchReplicaSpecs": {
+                        "Master": {"template": _tpl(1, {"team": "nlp", "role": "m"})},
+                        "Worker": {"template": _tpl(1, {"team": "nlp", "role": "w"})},
+                    }
+                },
+            ),
+            {"team": "nlp"},
+        ),
+        ({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"labels": {"a": "b"}}}, {"a": "b"}),
+    ],
+)
+def test_effective_labels(manifest, expected):
+    assert effective_labels(manifest) == expected
+
+
+KEYS = ("node.kubernetes.io/instance-type", "karpenter.k8s.aws/instance-type")
+IT = KEYS[0]
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ({}, [[]]),
+        ({"nodeSelector": {IT: "g5.xlarge", "zone": "a"}}, [[(IT, ("g5.xlarge",))]]),
+        (
+            {
+                "affinity": {
+                    "nodeAffinity": {
+                        "requiredDuringSchedulingIgnoredDuringExecution": {
+                            "nodeSelectorTerms": [
+                                {"matchExpressions": [{"key": IT, "operator": "In", "values": ["a", "b"]}]},
+                                {
+                                    "matchExpressions": [
+                                        {"key": IT, "operator": "NotIn", "values": ["c"]},
+                                        {"key": IT, "operator": "Exists"},
+                                    ]
+                                },
+                            ]
+                        }
+                    }
+                }
+            },
+            [[(IT, ("a", "b"))], []],
+        ),
+        (
+            # nodeSelector is ANDed into every term
+            {
+                "nodeSelector": {KEYS[1]: "p5.48xlarge"},
+                "affinity": {
+                    "nodeAffinity": {
+                        "requiredDuringSchedulingIgnoredDuringExecution": {
+                            "nodeSelectorTerms": [
+                                {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]},
+                            ]
+                        }
+                    }
+                },
+            },
+            [[(KEYS[1], ("p5.48xlarge",))]],
+        ),
+    ],
+)
+def test_pinned_terms(spec, expected):
+    assert pinned_terms(spec, KEYS) == expected
