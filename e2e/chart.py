@@ -92,8 +92,10 @@ def render(
 
 
 def rbac_objects(objects: Iterable[dict]) -> list[dict]:
-    """The ServiceAccounts and RBAC objects among `objects`, in the order they must be applied."""
-    chosen = [o for o in objects if o.get("kind") in RBAC_KINDS]
+    """The ServiceAccounts and RBAC objects among `objects`, in the order they must be applied
+    (helm hooks left out: they exist only while their hook runs)."""
+    chosen = [o for o in objects if o.get("kind") in RBAC_KINDS
+              and "helm.sh/hook" not in (o["metadata"].get("annotations") or {})]
     return sorted(chosen, key=lambda o: RBAC_KINDS.index(o["kind"]))
 
 

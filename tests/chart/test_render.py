@@ -50,21 +50,21 @@ def test_helm_lint_strict(values_file):
     ("values_file", "present", "absent"),
     [
         ("default-values.yaml",
-         {"Deployment": 2, "Service": 2, "PodDisruptionBudget": 1, "Job": 1, "CronJob": 1,
+         {"Deployment": 2, "Service": 2, "PodDisruptionBudget": 1, "Job": 2, "CronJob": 1,
           "ValidatingWebhookConfiguration": 1, "MutatingWebhookConfiguration": 1,
-          "ServiceAccount": 3, "ClusterRole": 3, "ClusterRoleBinding": 3, "Role": 1, "RoleBinding": 1,
+          "ServiceAccount": 4, "ClusterRole": 4, "ClusterRoleBinding": 4, "Role": 2, "RoleBinding": 2,
           "ClusterKopfPeering": 1},
          {"Certificate", "Issuer", "ServiceMonitor", "PrometheusRule", "FinOpsPolicy", "Secret"}),
         ("ha-values.yaml",
-         {"Deployment": 2, "PodDisruptionBudget": 2, "Job": 1, "CronJob": 1},
+         {"Deployment": 2, "PodDisruptionBudget": 2, "Job": 2, "CronJob": 1},
          {"Certificate", "ServiceMonitor"}),
         ("cert-manager-values.yaml",
-         {"Certificate": 2, "Issuer": 2, "ValidatingWebhookConfiguration": 1, "ServiceAccount": 2,
-          "ClusterRole": 2},
-         {"Job", "CronJob", "Role", "MutatingWebhookConfiguration"}),
+         {"Certificate": 2, "Issuer": 2, "ValidatingWebhookConfiguration": 1, "ServiceAccount": 3,
+          "ClusterRole": 3, "Role": 1, "Job": 1},
+         {"CronJob", "MutatingWebhookConfiguration"}),
         ("monitoring-values.yaml",
          {"Certificate": 1, "ServiceMonitor": 2, "PrometheusRule": 1},
-         {"Issuer", "Job", "CronJob"}),
+         {"Issuer", "CronJob"}),
     ],
 )
 def test_ci_values_render_the_expected_objects(values_file, present, absent):
@@ -317,7 +317,7 @@ def test_operator_deployment(values, expected_args, strategy, pdb):
 def test_every_container_runs_the_one_image_with_its_entrypoint(values, image):
     objects = rendered(values)
     containers = [c for _, spec in pod_specs(objects) for c in spec["containers"]]
-    assert len(containers) == 4
+    assert len(containers) == 5
     assert {c["image"] for c in containers} == {image}
     # The Dockerfile's ENTRYPOINT is `comptroller`; the chart only passes the subcommand.
     assert all("command" not in c for c in containers)
@@ -337,6 +337,24 @@ def test_priority_class(values, expected):
     if "webhook" in values:
         webhook = one(objects, "Deployment", "comptroller-webhook")["spec"]["template"]["spec"]
         assert webhook["priorityClassName"] == "high"
+
+
+def test_uninstall_releases_the_metering_finalizers_with_rbac_of_its_own():
+    hooks = [o for o in rendered() if "helm.sh/hook" in (o["metadata"].get("annotations") or {})]
+    kinds = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Job")
+    names = {(o["kind"], o["metadata"]["name"]) for o in hooks}
+    assert names == {(k, "comptroller-uninstall") for k in kinds}
+    assert {o["metadata"]["annotations"]["helm.sh/hook"] for o in hooks} == {"post-delete"}
+    # RBAC first, then the Job; all removed once it succeeds.
+    weights = {o["kind"]: int(o["metadata"]["annotations"]["helm.sh/hook-weight"]) for o in hooks}
+    assert weights["ServiceAccount"] < weights["ClusterRoleBinding"] < weights["Job"]
+    job = one(hooks, "Job")["spec"]["template"]["spec"]
+    assert job["serviceAccountName"] == "comptroller-uninstall"
+    assert job["containers"][0]["args"][:2] == ["operator", "--release-finalizers"]
+    assert one(hooks, "ClusterRole")["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "patch"]}]
+    assert not [o for o in rendered({"operator": {"releaseFinalizersOnUninstall": False}})
+                if o["metadata"]["name"] == "comptroller-uninstall"]
 
 
 # ---- monitoring ---------------------------------------------------------------------------------
