@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -170,6 +171,10 @@ def build_server(args: argparse.Namespace, settings: WebhookSettings, *, view=No
 
 def _serve(args: argparse.Namespace, settings: WebhookSettings, *, sockets=None) -> int:
     server, reloader = build_server(args, settings)
+    # Everything built so far (app, policies, libraries) lives as long as the process: moving it out
+    # of the collector's generations keeps full collections short, and so admission's p99 low.
+    gc.collect()
+    gc.freeze()
 
     async def main() -> None:
         watcher = asyncio.create_task(reloader.watch(args.cert_reload_interval))
