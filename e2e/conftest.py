@@ -1,0 +1,54 @@
+"""Session fixtures for the end-to-end suite: one real control plane for the whole session.
+
+The plane lives in `.cluster/e2e/` (separate from `make up`'s `.cluster/`), is started once, and
+stopped at the end unless it was already running when the session began (then it is reused and
+left alone, which makes re-running one test fast: `python -m e2e.cluster.plane up --dir .cluster/e2e`).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from e2e.cluster.plane import REPO, ControlPlane
+
+E2E_DIR = Path(os.environ.get("COMPTROLLER_E2E_DIR", REPO / ".cluster" / "e2e"))
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if Path(str(item.fspath)).is_relative_to(REPO / "e2e"):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """A running control plane; KUBECONFIG and PATH (real kubectl) set for the test process."""
+    plane = ControlPlane(E2E_DIR)
+    reused = plane.healthy()
+    plane.up()
+    saved = {k: os.environ.get(k) for k in ("KUBECONFIG", "PATH")}
+    os.environ["KUBECONFIG"] = str(plane.kubeconfig)
+    os.environ["PATH"] = f"{plane.bin_dir}{os.pathsep}{os.environ['PATH']}"
+    try:
+        yield plane
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if not reused:
+            plane.down(quiet=True)
+
+
+@pytest.fixture
+def namespace(cluster):
+    """A fresh namespace (with its default ServiceAccount) for one test, deleted afterwards."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    cluster.create_namespace(name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
