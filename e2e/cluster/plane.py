@@ -349,10 +349,11 @@ class ControlPlane:
         if out.returncode:
             return False
         items = json.loads(out.stdout)["items"]
-        return bool(items) and all(
-            any(c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", []))
-            for n in items
-        )
+        def ready(node: dict) -> bool:
+            conditions = node.get("status", {}).get("conditions", [])
+            return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+        return bool(items) and all(ready(n) for n in items)
 
     def _default_service_account(self, namespace: str) -> bool:
         return self.kubectl("get", "serviceaccount", "default", "-n", namespace, check=False).returncode == 0
