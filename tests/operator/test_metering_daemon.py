@@ -1,0 +1,252 @@
+"""The metering tick against a fake of our own client layer (`Workloads`) and pod cache:
+ledger commits, compare-and-swap conflicts, restarts, threshold Events, finalizer plans."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from controller import constants
+from controller.k8s.ledgers import ledger_name
+from controller.k8s.workloads import Conflict, NotFound
+from controller.operator import accounting
+from controller.operator.accounting import MeteringState, plan_finalizers, tick
+from controller.operator.budgets import Budget
+from controller.operator.metering import Entry, Ledger, PodRecord
+from controller.operator.settings import MeteringSettings, OperatorConfig
+
+T0 = datetime(2026, 11, 10, 12, 0, tzinfo=UTC)
+
+
+class FakeApi:
+    """The subset of `Workloads` metering uses, over an in-memory object store."""
+
+    def __init__(self) -> None:
+        self.configmaps: dict[str, dict] = {}
+        self.statuses: dict[str, dict] = {}
+        self.events: list[dict] = []
+        self.patches: list[tuple[str, str, dict]] = []
+        self.rv = 0
+
+    def get(self, resource, namespace, name):
+        obj = self.configmaps.get(name)
+        return copy.deepcopy(obj) if obj else None
+
+    def request(self, method, path, *, body=None, content_type=None, query=None):
+        if path.endswith("/status"):
+            self.statuses[path.split("/")[-2]] = body["status"]
+            return {}
+        name = body["metadata"]["name"]
+        if method == "POST":
+            if name in self.configmaps:
+                raise Conflict(409, "exists")
+        elif self.configmaps[name]["metadata"]["resourceVersion"] != body["metadata"]["resourceVersion"]:
+            raise Conflict(409, "changed")
+        self.rv += 1
+        stored = copy.deepcopy(body)
+        stored["metadata"]["resourceVersion"] = str(self.rv)
+        self.configmaps[name] = stored
+        return copy.deepcopy(stored)
+
+    def patch(self, resource, namespace, name, body, *, content_type=None):
+        self.patches.append((namespace, name, body))
+        if name.startswith("gone"):
+            raise NotFound(404, "gone")
+        return {}
+
+    def emit_event(self, obj, *, reason, message, type_="Normal", now=None):
+        self.events.append({"object": obj["metadata"]["name"], "reason": reason, "message": message,
+                            "type": type_})
+
+    def ledger(self, budget: str) -> dict:
+        return json.loads(self.configmaps[ledger_name(budget)]["data"][constants.LEDGER_KEY])
+
+
+class FakeWatch:
+    def __init__(self, records=()) -> None:
+        self.pods = list(records)
+
+    def records(self):
+        return tuple(self.pods)
+
+    def tombstones(self):
+        return ()
+
+    def ready(self):
+        return True
+
+
+def pod(uid: str, gpus: int, since: datetime | None, *, team: str = "nlp", until: datetime | None = None,
+        finalizer: bool = False) -> PodRecord:
+    return PodRecord(uid=uid, namespace="ml", name=uid, labels={"team": team}, gpus=gpus, started=since,
+                     finished=until, finalizer=finalizer)
+
+
+def budget_body(name: str = "team-nlp", *, team: str = "nlp", hours: float = 10, uid: str = "b-1",
+                status: dict | None = None) -> dict:
+    return {
+        "apiVersion": constants.API_VERSION,
+        "kind": "GPUBudget",
+        "metadata": {"name": name, "uid": uid, "generation": 1},
+        "spec": {"selector": {"matchLabels": {"team": team}}, "gpuHours": hours, "period": "Monthly",
+                 "pricePerGPUHour": {"default": 2.0}},
+        "status": status or {},
+    }
+
+
+@pytest.fixture
+def executor():
+    with ThreadPoolExecutor(2) as pool:
+        yield pool
+
+
+def state_for(api: FakeApi, watch: FakeWatch, executor, clock: list[datetime]) -> MeteringState:
+    config = OperatorConfig(namespace="comptroller-system", metering=MeteringSettings(interval=1))
+    return MeteringState(config=config, api=api, watch=watch, executor=executor, clock=lambda: clock[0])
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_tick_commits_the_ledger_then_projects_the_status(executor):
+    api, clock = FakeApi(), [T0 + timedelta(hours=1)]
+    watch = FakeWatch([pod("a", 2, T0), pod("b", 1, T0 + timedelta(minutes=30)), pod("c", 8, T0, team="cv")])
+    state = state_for(api, watch, executor, clock)
+    committed = run(tick(state, budget_body()))
+    assert committed.used_gpu_hours == pytest.approx(2.5)
+    assert api.ledger("team-nlp")["budgetUID"] == "b-1"
+    owner = api.configmaps[ledger_name("team-nlp")]["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["uid"]) == ("GPUBudget", "b-1")
+    status = api.statuses["team-nlp"]
+    assert status["usedGPUHours"] == pytest.approx(2.5)
+    assert status["runningGPUs"] == 3
+    assert status["estimatedCost"] == pytest.approx(5.0)
+    assert status["remainingGPUHours"] == pytest.approx(7.5)
+
+
+def test_a_restarted_operator_continues_from_the_ledger_without_double_counting(executor):
+    api, clock = FakeApi(), [T0 + timedelta(hours=1)]
+    watch = FakeWatch([pod("a", 2, T0), pod("b", 1, T0)])
+    run(tick(state_for(api, watch, executor, clock), budget_body()))
+    # "b" is deleted while no operator runs and is not held by a finalizer: frozen at 1 h.
+    watch.pods = [pod("a", 2, T0)]
+    clock[0] = T0 + timedelta(hours=2)
+    fresh = state_for(api, watch, executor, clock)  # nothing in memory
+    committed = run(tick(fresh, budget_body()))
+    assert committed.used_gpu_hours == pytest.approx(2 * 2 + 1)
+    assert run(tick(fresh, budget_body())).used_gpu_hours == pytest.approx(5)
+
+
+def test_a_conflicting_writer_makes_the_tick_reread_and_recompute(executor):
+    api, clock = FakeApi(), [T0 + timedelta(hours=1)]
+    watch = FakeWatch([pod("a", 1, T0)])
+    mine = state_for(api, watch, executor, clock)
+    run(tick(mine, budget_body()))
+    peer = state_for(api, watch, executor, clock)  # a second replica during a hand-over
+    clock[0] = T0 + timedelta(hours=2)
+    run(tick(peer, budget_body()))
+    assert run(tick(mine, budget_body())) is None  # stale resourceVersion: refused
+    assert "team-nlp" not in mine.ledgers
+    clock[0] = T0 + timedelta(hours=3)
+    assert run(tick(mine, budget_body())).used_gpu_hours == pytest.approx(3.0)
+
+
+def test_each_threshold_is_announced_once_even_across_restarts(executor):
+    api, clock = FakeApi(), [T0 + timedelta(hours=5)]
+    watch = FakeWatch([pod("a", 1, T0)])
+    run(tick(state_for(api, watch, executor, clock), budget_body()))
+    assert [e["message"].split(" reached ")[1][:3] for e in api.events] == ["50%"]
+    clock[0] = T0 + timedelta(hours=5, minutes=1)
+    run(tick(state_for(api, watch, executor, clock), budget_body()))  # restarted
+    assert len(api.events) == 1
+    clock[0] = T0 + timedelta(hours=10)
+    run(tick(state_for(api, watch, executor, clock), budget_body()))
+    assert [(e["reason"], e["type"]) for e in api.events[1:]] == [
+        (constants.REASON_BUDGET_THRESHOLD, "Normal"), (constants.REASON_BUDGET_THRESHOLD, "Warning")]
+    conditions = {c["type"]: c for c in api.statuses["team-nlp"]["conditions"]}
+    assert conditions["Exhausted"]["status"] == "True"
+    assert conditions["ThresholdReached"]["reason"] == "100"
+
+
+def test_an_unreadable_ledger_restarts_from_visible_pods(executor):
+    api, clock = FakeApi(), [T0 + timedelta(hours=1)]
+    watch = FakeWatch([pod("a", 1, T0)])
+    run(tick(state_for(api, watch, executor, clock), budget_body()))
+    api.configmaps[ledger_name("team-nlp")]["data"][constants.LEDGER_KEY] = json.dumps({"entries": {}})
+    committed = run(tick(state_for(api, watch, executor, clock), budget_body()))
+    assert committed.used_gpu_hours == pytest.approx(1.0)
+
+
+def budgets(*teams: str) -> list[Budget]:
+    return [Budget.from_object(budget_body(f"team-{t}", team=t, uid=f"b-{t}")) for t in teams]
+
+
+def closed(uid: str) -> Ledger:
+    return Ledger(budget_uid="x", period_start=T0 - timedelta(days=9), period_end=T0 + timedelta(days=20),
+                  entries={uid: Entry(1.0, 0.0, True)})
+
+
+NOW = T0 + timedelta(hours=1)
+
+
+@pytest.mark.parametrize(
+    ("record", "teams", "ledgers", "protect", "add", "release"),
+    [
+        (pod("a", 1, T0), ["nlp"], {}, True, True, False),
+        (pod("a", 1, T0), ["nlp"], {}, False, False, False),  # dry run / finalizer disabled
+        (pod("a", 1, T0), ["cv"], {}, True, False, False),  # no budget draws on it
+        (pod("a", 1, None), ["nlp"], {}, True, False, False),  # Pending
+        (pod("a", 1, T0, until=NOW, finalizer=True), ["nlp"], {"team-nlp": closed("a")}, True, False, True),
+        (pod("a", 1, T0, until=NOW, finalizer=True), ["nlp"], {}, True, False, False),  # not committed yet
+        (pod("a", 1, T0, until=NOW, finalizer=True), ["cv"], {}, True, False, True),  # nobody meters it
+        (pod("a", 1, T0, finalizer=True), ["nlp"], {"team-nlp": closed("a")}, True, False, False),  # running
+    ],
+)
+def test_plan_finalizers(record, teams, ledgers, protect, add, release):
+    plan = plan_finalizers([record], budgets(*teams), ledgers.get, now=NOW, protect=protect)
+    assert (record in plan.add, record in plan.release) == (add, release)
+
+
+def test_reconcile_patches_only_our_finalizer_and_tolerates_gone_pods(executor):
+    api, clock = FakeApi(), [NOW]
+    watch = FakeWatch([pod("new", 1, T0), pod("gone-1", 1, T0),
+                       pod("done", 1, T0, until=NOW, finalizer=True)])
+    state = state_for(api, watch, executor, clock)
+    state.budgets = {b.name: b for b in budgets("nlp")}
+    state.ledgers = {"team-nlp": (closed("done"), "1")}
+    plan = run(accounting.reconcile_finalizers(state))
+    assert {p.uid for p in plan.add} == {"new", "gone-1"} and [p.uid for p in plan.release] == ["done"]
+    bodies = {name: body for _, name, body in api.patches}
+    assert bodies["new"]["metadata"]["finalizers"] == [constants.METERING_FINALIZER]
+    assert bodies["done"]["metadata"]["$deleteFromPrimitiveList/finalizers"] == [constants.METERING_FINALIZER]
+    assert bodies["new"]["metadata"]["uid"] == "new"  # never a namesake
+
+
+def test_end_at_deletion_closes_a_pod_that_vanished_running():
+    seen = T0 + timedelta(minutes=20)
+    assert accounting.end_at_deletion(pod("a", 1, T0), seen).finished == seen
+    ended = pod("a", 1, T0, until=T0 + timedelta(minutes=5))
+    assert accounting.end_at_deletion(ended, seen) == ended
+    assert accounting.end_at_deletion(pod("a", 1, None), seen).finished is None
+
+
+def test_with_instance_types_resolves_from_nodes_only_when_unknown():
+    pods = [PodRecord(uid="a", namespace="", name="a", labels={}, gpus=1, started=T0, node="n1"),
+            PodRecord(uid="b", namespace="", name="b", labels={}, gpus=1, started=T0, node="n1",
+                      instance_type="p5.48xlarge")]
+    out = accounting.with_instance_types(pods, {"n1": "g5.xlarge"})
+    assert [p.instance_type for p in out] == ["g5.xlarge", "p5.48xlarge"]
+
+
+def test_state_call_runs_blocking_calls_off_the_loop(executor):
+    state = state_for(FakeApi(), FakeWatch(), executor, [T0])
+    import threading
+
+    main = threading.get_ident()
+    assert run(state.call(threading.get_ident)) != main
