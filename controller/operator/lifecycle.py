@@ -34,7 +34,7 @@ from controller import constants
 from controller.engine import Snapshot
 from controller.engine.models import FinOpsException, FinOpsPolicy, PolicyError
 from controller.engine.workloads import BUILTIN_KINDS
-from controller.k8s.workloads import ApiError, ApiResource, Conflict, Workloads
+from controller.k8s.workloads import ApiError, ApiResource, Conflict, NotFound, Workloads
 from controller.operator import metrics
 from controller.operator.audit import Auditor, Finding
 from controller.operator.brake import Brake
@@ -76,18 +76,23 @@ class Inputs:
         )
 
 
+def _compiled(workloads: Workloads, resource: ApiResource, model: Any) -> list[Any]:
+    """Every object of one of our kinds that compiles; none while its CRD is not installed."""
+    compiled = []
+    try:
+        for obj in workloads.iter_objects(resource):
+            try:
+                compiled.append(model.from_object(obj))
+            except PolicyError as exc:  # its status says why (policies.py); no need to shout here
+                log.debug("skipping %s: %s", resource.kind, exc)
+    except NotFound:
+        log.debug("%s is not served (CRD not installed)", resource.kind)
+    return compiled
+
+
 def read_inputs(workloads: Workloads, *, own_namespace: str) -> Inputs:
-    policies, exceptions = [], []
-    for obj in workloads.iter_objects(POLICIES):
-        try:
-            policies.append(FinOpsPolicy.from_object(obj))
-        except PolicyError as exc:
-            log.debug("skipping a policy that does not compile: %s", exc)
-    for obj in workloads.iter_objects(EXCEPTIONS):
-        try:
-            exceptions.append(FinOpsException.from_object(obj))
-        except PolicyError as exc:
-            log.debug("skipping an exception that does not compile: %s", exc)
+    policies = _compiled(workloads, POLICIES, FinOpsPolicy)
+    exceptions = _compiled(workloads, EXCEPTIONS, FinOpsException)
     namespace_labels = {
         ns["metadata"]["name"]: dict(ns["metadata"].get("labels") or {})
         for ns in workloads.iter_objects(NAMESPACES)
