@@ -1,0 +1,115 @@
+import jsonpatch
+import pytest
+from engine_cases import NOW, deployment, pod, policy, snapshot
+
+from controller.engine import evaluate
+from controller.engine.workloads import escape
+
+TEAM = {"key": "team", "allowedValues": ["nlp", "vision"], "description": "who pays"}
+CC = {"key": "cost_center", "pattern": "^cc-[0-9]{3}$"}
+ENV = {"key": "environment", "allowedValues": ["production", "development"], "default": "development"}
+LABELS = policy("labels", labels={"required": [TEAM, CC, ENV], "inheritFromNamespace": True})
+
+
+def judge(manifest, *, ns_labels=None, mutate=True, pol=LABELS):
+    return evaluate(manifest, snapshot=snapshot(pol, namespace_labels=ns_labels), now=NOW, mutate=mutate)
+
+
+def keys(decision):
+    return sorted(v.key for v in decision.violations)
+
+
+@pytest.mark.parametrize(
+    ("manifest", "ns_labels", "violated"),
+    [
+        (pod({"team": "nlp", "cost_center": "cc-101", "environment": "production"}), None, []),
+        (pod({"team": "nlp", "cost_center": "cc-101"}), None, []),  # environment defaulted
+        (pod({}), None, ["cost_center", "team"]),
+        (pod(None), None, ["cost_center", "team"]),
+        (pod({"team": "search", "cost_center": "cc-1"}), None, ["cost_center", "team"]),
+        (pod({"team": "nlp", "cost_center": "cc-101", "environment": "prod"}), None, ["environment"]),
+        # inherited from the namespace
+        (pod({}), {"ml": {"team": "vision", "cost_center": "cc-202"}}, []),
+        # a namespace value the rule refuses is not inherited
+        (pod({"cost_center": "cc-101"}), {"ml": {"team": "marketing"}}, ["team"]),
+        # controllers are judged by their template labels...
+        (deployment({"team": "nlp", "cost_center": "cc-101"}), None, []),
+        (deployment(None, meta_labels={}), None, ["cost_center", "team"]),
+        # ...and required labels on their own metadata are copied into the template
+        (deployment({"app": "d"}, meta_labels={"team": "nlp", "cost_center": "cc-101"}), None, []),
+        (deployment({"app": "d"}, meta_labels={"team": "sales", "cost_center": "cc-101"}), None, ["team"]),
+    ],
+)
+def test_required_labels(manifest, ns_labels, violated):
+    assert keys(judge(manifest, ns_labels=ns_labels)) == violated
+
+
+def test_without_mutation_nothing_is_filled_in():
+    decision = judge(
+        deployment({"app": "d"}, meta_labels={"team": "nlp", "cost_center": "cc-101"}), mutate=False
+    )
+    assert keys(decision) == ["cost_center", "environment", "team"]
+    assert decision.patch == []
+
+
+@pytest.mark.parametrize(
+    ("manifest", "patch"),
+    [
+        # no labels map at all: add the whole map
+        (pod(None), [{"op": "add", "path": "/metadata/labels", "value": {"environment": "development"}}]),
+        (
+            pod({"team": "nlp"}),
+            [{"op": "add", "path": "/metadata/labels/environment", "value": "development"}],
+        ),
+        # no template metadata at all
+        (
+            deployment(None, meta_labels={"team": "nlp"}),
+            [
+                {"op": "add", "path": "/metadata/labels/environment", "value": "development"},
+                {
+                    "op": "add",
+                    "path": "/spec/template/metadata",
+                    "value": {"labels": {"team": "nlp", "environment": "development"}},
+                },
+            ],
+        ),
+    ],
+)
+def test_patches_add_whole_maps_when_missing(manifest, patch):
+    assert judge(manifest).patch == patch
+
+
+def test_keys_are_escaped_per_rfc6901():
+    pol = policy("p", labels={"required": [{"key": "finops.example.com/owner", "default": "platform"}]})
+    manifest = pod({"x": "y"})
+    decision = judge(manifest, pol=pol)
+    assert [op["path"] for op in decision.patch] == ["/metadata/labels/finops.example.com~1owner"]
+    patched = jsonpatch.apply_patch(manifest, decision.patch)
+    assert patched["metadata"]["labels"] == {"x": "y", "finops.example.com/owner": "platform"}
+    assert escape("a~b/c") == "a~0b~1c"
+
+
+def test_violation_messages_name_the_values_and_where_to_fix():
+    decision = judge(deployment({"team": "nlpp", "cost_center": "cc-101"}))
+    (violation,) = decision.violations
+    assert violation.policy == "labels" and violation.rule == "labels"
+    assert '"nlpp"' in violation.message and "nlp, vision" in violation.message
+    assert "spec.template.metadata.labels" in violation.message
+    assert violation.fix == "spec:\n  template:\n    metadata:\n      labels:\n        team: nlp  # who pays"
+
+
+def test_pattern_fix_suggests_a_matching_example():
+    decision = judge(pod({"team": "nlp"}))
+    (violation,) = decision.violations
+    assert "^cc-[0-9]{3}$" in violation.message
+    assert "cost_center: cc-000" in violation.fix
+
+
+@pytest.mark.parametrize(
+    ("pattern", "example"),
+    [("^cc-[0-9]{3}$", "cc-000"), (r"^(eu|us)-\d{2}$", "eu-00"), ("^[A-Z][a-z]+$", "Aa"), ("^[^x]+$", None)],
+)
+def test_examples_for_patterns(pattern, example):
+    from controller.engine.rules.labels import example_for
+
+    assert example_for(pattern) == example
