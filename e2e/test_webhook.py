@@ -1,0 +1,337 @@
+"""The admission webhook on the real control plane, with real kubectl acting as a data scientist.
+
+The webhook runs against the API server (watch cache), registered with failurePolicy Fail so a
+broken webhook fails these tests instead of silently admitting.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+import yaml
+
+from e2e.stack import NAMESPACE
+
+TEAM_LABELS = {
+    "team": "nlp",
+    "project": "search-ranking",
+    "model_id": "ranker-v7",
+    "environment": "development",
+    "lifecycle_phase": "training",
+    "cost_center": "cc-123",
+}
+
+
+def dump(obj: dict) -> str:
+    return yaml.safe_dump(obj, sort_keys=False)
+
+
+def apply(cluster, obj: dict, *extra: str):
+    return cluster.kubectl("apply", "-f", "-", *extra, input=dump(obj), check=False)
+
+
+def gpu_job(namespace: str, *, labels: dict[str, str] | None, name: str = "finetune") -> dict:
+    template_meta = {"labels": labels} if labels is not None else {}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "template": {
+                "metadata": template_meta,
+                "spec": {
+                    "restartPolicy": "Never",
+                    "nodeSelector": {"node.kubernetes.io/instance-type": "g5.xlarge"},
+                    "containers": [
+                        {
+                            "name": "train",
+                            "image": "registry.example.com/train:1",
+                            "resources": {"limits": {"nvidia.com/gpu": "1"}},
+                        }
+                    ],
+                },
+            }
+        },
+    }
+
+
+def pod(
+    namespace: str,
+    *,
+    name: str = "trainer",
+    labels: dict[str, str] | None = None,
+    gpus: int = 0,
+    instance_type: str | None = None,
+) -> dict:
+    resources = {"limits": {"nvidia.com/gpu": str(gpus)}} if gpus else {}
+    spec: dict = {
+        "containers": [{"name": "main", "image": "registry.example.com/app:1", "resources": resources}]
+    }
+    if instance_type:
+        spec["nodeSelector"] = {"node.kubernetes.io/instance-type": instance_type}
+    metadata: dict = {"name": name, "namespace": namespace}
+    if labels is not None:
+        metadata["labels"] = labels
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
+
+
+def deployment(
+    namespace: str, *, labels: dict | None, template_labels: dict | None, name: str = "serve"
+) -> dict:
+    template_meta = {"labels": {"app": name, **(template_labels or {})}}
+    metadata: dict = {"name": name, "namespace": namespace}
+    if labels is not None:
+        metadata["labels"] = labels
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata,
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": template_meta,
+                "spec": {"containers": [{"name": "main", "image": "registry.example.com/serve:1"}]},
+            },
+        },
+    }
+
+
+def cronjob(namespace: str, *, template_labels: dict | None, name: str = "nightly") -> dict:
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "schedule": "0 3 * * *",
+            "jobTemplate": {
+                "spec": {
+                    "template": {
+                        "metadata": {"labels": template_labels} if template_labels else {},
+                        "spec": {
+                            "restartPolicy": "Never",
+                            "containers": [{"name": "main", "image": "registry.example.com/batch:1"}],
+                        },
+                    }
+                }
+            },
+        },
+    }
+
+
+def wait_until(check, *, timeout: float = 30, what: str = "condition") -> None:
+    """Poll (the webhook's cache sees new policies within a watch event)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"{what} not met within {timeout}s")
+
+
+def without_labels(labels: dict[str, str], *keys: str) -> dict[str, str]:
+    return {k: v for k, v in labels.items() if k not in keys}
+
+
+# -- the data scientist's session ----------------------------------------------------------------
+
+
+def test_an_unlabelled_gpu_job_is_rejected_with_the_fix_and_the_fix_is_admitted(stack, cluster, namespace):
+    rejected = apply(cluster, gpu_job(namespace, labels=None))
+    assert rejected.returncode != 0
+    err = rejected.stderr
+    assert 'admission webhook "validate.finops.comptroller.dev" denied the request' in err
+    for key in ("team", "project", "model_id", "lifecycle_phase", "cost_center"):
+        assert key in err
+    assert "fix:" in err and "labels:" in err  # a snippet to paste
+    assert "finops-labels" in err  # names the policy
+    assert cluster.kubectl("get", "job", "finetune", "-n", namespace, check=False).returncode != 0
+
+    fixed = apply(cluster, gpu_job(namespace, labels=TEAM_LABELS))
+    assert fixed.returncode == 0, fixed.stderr
+    assert "job.batch/finetune created" in fixed.stdout
+
+
+def test_a_deployment_gets_its_defaults_mutated_in(stack, cluster, namespace):
+    labels = without_labels(TEAM_LABELS, "environment")
+    created = apply(cluster, deployment(namespace, labels=labels, template_labels=None))
+    assert created.returncode == 0, created.stderr
+    stored = json.loads(cluster.kubectl("get", "deployment", "serve", "-n", namespace, "-o", "json").stdout)
+    template_labels = stored["spec"]["template"]["metadata"]["labels"]
+    # environment defaulted; the owner's required labels copied into the pod template.
+    assert template_labels["environment"] == "development"
+    for key, value in labels.items():
+        assert template_labels[key] == value
+
+
+def test_a_gpu_pod_pinned_to_a_disallowed_instance_type_is_rejected_with_the_allowed_list(
+    stack, cluster, namespace
+):
+    result = apply(cluster, pod(namespace, labels=TEAM_LABELS, gpus=1, instance_type="p4d.24xlarge"))
+    assert result.returncode != 0
+    assert "p4d.24xlarge" in result.stderr
+    for allowed in ("g5.xlarge", "g6.xlarge"):
+        assert allowed in result.stderr
+    assert "nodeSelector" in result.stderr
+
+    ok = apply(cluster, pod(namespace, labels=TEAM_LABELS, gpus=1, instance_type="g5.xlarge"))
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_a_warn_policy_shows_kubectl_warnings(stack, cluster, namespace):
+    name = f"warn-{namespace}"
+    policy = {
+        "apiVersion": "finops.comptroller.dev/v1alpha1",
+        "kind": "FinOpsPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "enforcement": "Warn",
+            "match": {"namespaces": [namespace]},
+            "labels": {"required": [{"key": "notebook_owner", "description": "who to ask about it"}]},
+        },
+    }
+    assert apply(cluster, policy).returncode == 0
+    try:
+        manifest = pod(namespace, labels=TEAM_LABELS)
+        wait_until(
+            lambda: "notebook_owner" in apply(cluster, manifest, "--dry-run=server").stderr,
+            what="the webhook sees the Warn policy",
+        )
+        result = apply(cluster, manifest)
+        assert result.returncode == 0, result.stderr
+        assert "Warning:" in result.stderr
+        assert "notebook_owner" in result.stderr
+        assert "pod/trainer created" in result.stdout
+    finally:
+        cluster.kubectl("delete", "finopspolicy", name, "--ignore-not-found", check=False)
+
+
+def test_an_exhausted_team_budget_is_denied_with_what_remains_while_another_team_is_admitted(
+    stack, cluster, namespace
+):
+    suffix = uuid.uuid4().hex[:6]
+    tight, roomy = f"tight-{suffix}", f"roomy-{suffix}"
+
+    def budget(team: str, hours: float) -> dict:
+        return {
+            "apiVersion": "finops.comptroller.dev/v1alpha1",
+            "kind": "GPUBudget",
+            "metadata": {"name": f"team-{team}"},
+            "spec": {
+                "selector": {"matchLabels": {"team": team}},
+                "gpuHours": hours,
+                "period": "Monthly",
+                "enforcement": "Enforce",
+                "admission": "Projected",
+            },
+        }
+
+    assert apply(cluster, budget(tight, 10)).returncode == 0
+    assert apply(cluster, budget(roomy, 10000)).returncode == 0
+    try:
+        # An experiment runs until its expires_at (24h by default): 1 GPU x 24h does not fit in 10.
+        def experiment(team: str, name: str) -> dict:
+            labels = {**TEAM_LABELS, "team": team, "environment": "experiment"}
+            return pod(namespace, name=name, labels=labels, gpus=1, instance_type="g5.xlarge")
+
+        wait_until(
+            lambda: apply(cluster, experiment(tight, "probe"), "--dry-run=server").returncode != 0,
+            what="the webhook sees the budgets",
+        )
+        denied = apply(cluster, experiment(tight, "tight-run"))
+        assert denied.returncode != 0
+        assert f"team-{tight}" in denied.stderr
+        assert "10 GPU-hours" in denied.stderr or "10.0 GPU-hours" in denied.stderr
+
+        admitted = apply(cluster, experiment(roomy, "roomy-run"))
+        assert admitted.returncode == 0, admitted.stderr
+    finally:
+        for team in (tight, roomy):
+            cluster.kubectl("delete", "gpubudget", f"team-{team}", "--ignore-not-found", check=False)
+
+
+@pytest.mark.parametrize(
+    ("build", "allowed"),
+    [
+        (lambda ns: gpu_job(ns, labels=None), False),
+        (lambda ns: gpu_job(ns, labels=TEAM_LABELS), True),
+        (lambda ns: pod(ns, labels=TEAM_LABELS, gpus=1, instance_type="p4d.24xlarge"), False),
+        (lambda ns: deployment(ns, labels=None, template_labels=TEAM_LABELS), True),
+    ],
+    ids=["unlabelled-job", "labelled-job", "disallowed-instance", "labelled-deployment"],
+)
+def test_server_side_dry_run_gives_the_same_verdict(stack, cluster, namespace, build, allowed):
+    manifest = build(namespace)
+    dry = apply(cluster, manifest, "--dry-run=server")
+    assert (dry.returncode == 0) is allowed, dry.stderr
+    if allowed:
+        assert "(server dry run)" in dry.stdout
+    kind = manifest["kind"].lower()
+    # Nothing was stored by the dry run, and the real request gets the same verdict.
+    assert (
+        cluster.kubectl("get", kind, manifest["metadata"]["name"], "-n", namespace, check=False).returncode
+        != 0
+    )
+    real = apply(cluster, manifest)
+    assert (real.returncode == 0) is allowed
+    if not allowed:
+        assert (
+            real.stderr.replace("(dry run)", "").split("denied the request:")[1]
+            == dry.stderr.split("denied the request:")[1]
+        )
+
+
+# Kyverno's require-labels (pod policy + autogen) judges a Pod by its labels and a pod controller
+# by its pod template's labels: the same table must hold here.
+@pytest.mark.parametrize(
+    ("build", "allowed"),
+    [
+        (lambda ns: pod(ns, labels=None), False),
+        (lambda ns: pod(ns, labels=TEAM_LABELS), True),
+        (lambda ns: pod(ns, labels=without_labels(TEAM_LABELS, "team")), False),
+        (lambda ns: deployment(ns, labels=None, template_labels=TEAM_LABELS), True),
+        (lambda ns: deployment(ns, labels=None, template_labels=None), False),
+        (
+            lambda ns: deployment(
+                ns, labels=None, template_labels=without_labels(TEAM_LABELS, "cost_center")
+            ),
+            False,
+        ),
+        (lambda ns: cronjob(ns, template_labels=TEAM_LABELS), True),
+        (lambda ns: cronjob(ns, template_labels=None), False),
+    ],
+    ids=[
+        "pod-unlabelled",
+        "pod-labelled",
+        "pod-missing-team",
+        "deployment-template-labelled",
+        "deployment-unlabelled",
+        "deployment-template-missing-cost-center",
+        "cronjob-template-labelled",
+        "cronjob-unlabelled",
+    ],
+)
+def test_required_labels_match_kyverno_require_labels(stack, cluster, namespace, build, allowed):
+    result = apply(cluster, build(namespace))
+    assert (result.returncode == 0) is allowed, result.stderr
+    if not allowed:
+        assert "denied the request" in result.stderr
+
+
+def test_a_pod_created_by_a_controller_is_judged(stack, cluster, namespace):
+    """A ReplicaSet created directly (no Deployment above it) with an unlabelled template is itself
+    denied; a pod-less controller would otherwise spend GPU-hours unjudged."""
+    rs = deployment(namespace, labels=None, template_labels=None, name="raw")
+    rs["kind"] = "ReplicaSet"
+    result = apply(cluster, rs)
+    assert result.returncode != 0
+    assert "denied the request" in result.stderr
+
+
+def test_the_webhooks_own_namespace_and_kube_system_are_never_matched(stack, cluster):
+    for ns in ("kube-system", NAMESPACE):
+        result = apply(cluster, pod(ns, name=f"unlabelled-{uuid.uuid4().hex[:6]}"), "--dry-run=server")
+        assert result.returncode == 0, result.stderr
