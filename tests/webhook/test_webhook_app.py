@@ -71,6 +71,7 @@ class NeverReady:
         (pod(labels=GOOD_LABELS, instance_type="p4d.24xlarge"), False, ["p4d.24xlarge", "g5.xlarge"]),
         (pod(labels=GOOD_LABELS, instance_type=None), False, ["node.kubernetes.io/instance-type"]),
         (pod(labels={**GOOD_LABELS, "environment": "production"}, instance_type="p4d.24xlarge"), True, []),
+        (pod(labels=GOOD_LABELS, gpus=9), False, ["9", "8"]),
         # Judged by the pod template, as Kyverno's require-labels autogen does.
         (deployment(labels=GOOD_LABELS, template_labels={}), False, ["team"]),
         (deployment(labels={}, template_labels=GOOD_LABELS), True, []),
@@ -83,6 +84,7 @@ class NeverReady:
         "instance-type-not-allowed",
         "instance-type-missing",
         "production-p4d",
+        "too-many-gpus",
         "deployment-template-unlabelled",
         "deployment-template-labelled",
     ],

@@ -47,6 +47,7 @@ GPU = {
         {"when": {"environment": ["development", "experiment"]}, "instanceTypes": ["g5.xlarge", "g6.*"]},
         {"when": {"environment": ["production"]}, "instanceTypes": ["p4d.24xlarge", "g6.*"]},
     ],
+    "maxGPUsPerPod": 8,
 }
 EXPIRY = {
     "key": "expires_at",
