@@ -150,9 +150,12 @@ class Condition(BaseModel):
     observed_generation: int | None = None
 
 
-class _Status(BaseModel):
+class _Tolerant(BaseModel):
     # Status is written by the operator, not by people: tolerate fields a newer operator adds.
     model_config = ConfigDict(extra="ignore", frozen=True, alias_generator=to_camel, populate_by_name=True)
+
+
+class _Status(_Tolerant):
     conditions: list[Condition] = Field(default_factory=list)
     observed_generation: int | None = None
 
@@ -365,15 +368,16 @@ class FinOpsPolicySpec(_Model):
 # -- GPUBudget -----------------------------------------------------------------------------------
 
 
-class BudgetPeriodStatus(_Status):
+class BudgetPeriodStatus(_Tolerant):
     start: Timestamp | None = None
     end: Timestamp | None = None
 
 
-class BudgetHistoryEntry(_Status):
+class BudgetHistoryEntry(_Tolerant):
     start: Timestamp
     end: Timestamp
     used_gpu_hours: float = Field(alias="usedGPUHours")
+    estimated_cost: float | None = None
 
 
 class GPUBudgetSpec(_Model):
@@ -405,6 +409,8 @@ class GPUBudgetStatus(_Status):
     period: BudgetPeriodStatus | None = None
     used_gpu_hours: float = Field(default=0.0, alias="usedGPUHours")
     remaining_gpu_hours: float | None = Field(default=None, alias="remainingGPUHours")
+    remaining_percent: float | None = None
+    """Share of `gpuHours` left (0-100), for the `Remaining %` printer column."""
     running_gpus: int = Field(default=0, alias="runningGPUs")
     estimated_cost: float | None = None
     history: list[BudgetHistoryEntry] = Field(default_factory=list)
