@@ -52,3 +52,26 @@ def namespace(cluster):
     cluster.create_namespace(name)
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+# Short intervals so the e2e suite sees the operator act within seconds.
+E2E_OPERATOR_ARGS = [
+    "--standalone", "--metering-interval", "2", "--expiry-interval", "2", "--idle-interval", "3",
+    "--audit-interval", "10", "--wake-grace-period", "30", "--log-level", "INFO",
+]
+
+
+@pytest.fixture(scope="session")
+def stack(cluster):
+    """The Comptroller stack on the session's plane: CRDs, default policies, the webhook
+    registered with failurePolicy Fail (so a broken webhook fails tests loudly) and the operator,
+    both running with the chart's ServiceAccount credentials."""
+    from e2e.stack import Stack
+
+    running = Stack(cluster, failure_policy="Fail", operator_args=E2E_OPERATOR_ARGS).up()
+    try:
+        yield running
+    finally:
+        running.unregister_webhook()
+        cluster.stop_process("operator")
+        cluster.stop_process("webhook")
