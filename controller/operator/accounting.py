@@ -177,7 +177,7 @@ async def tick(state: MeteringState, body: Any, *, logger: logging.Logger | None
         return None
     state.ledgers[budget.name] = (ledger, resource_version)
 
-    running = sum(p.gpus for p in pods if p.running(now))
+    running = sum(p.gpus_of(budget.resources) for p in pods if p.running(now))
     status = project_status(budget, ledger, running_gpus=running, previous=body.get("status"), now=now)
     await state.call(ledger_store.patch_budget_status, state.api, name=budget.name, uid=budget.uid,
                      status=status)

@@ -1,4 +1,4 @@
-"""GPUBudgets: calendar periods, and the status, conditions and threshold alerts projected from a
+"""GPUBudgets: the status, conditions and threshold alerts projected from a
 metering ledger. Pure (no client, no clock); `accounting.py` persists what these return.
 
 The status is a projection: everything in it can be recomputed from the ledger and the pods, so a
@@ -10,32 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
+from controller.engine.budgets import period_bounds
 from controller.engine.matching import Selector
 from controller.operator.metering import Ledger, PodRecord, format_time, meter, new_ledger, roll_over
 
 PERIODS = ("Daily", "Weekly", "Monthly")
 DEFAULT_THRESHOLDS = (50, 80, 100)
-
-
-def period_bounds(period: str, now: datetime) -> tuple[datetime, datetime]:
-    """The UTC calendar period containing `now`: [start, end)."""
-    now = now.astimezone(UTC)
-    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    if period == "Daily":
-        return day, day + timedelta(days=1)
-    if period == "Weekly":  # ISO weeks: Monday 00:00 UTC
-        start = day - timedelta(days=day.weekday())
-        return start, start + timedelta(days=7)
-    if period == "Monthly":
-        start = day.replace(day=1)
-        end = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(
-            month=start.month + 1
-        )
-        return start, end
-    raise ValueError(f"unknown period {period!r}; use one of {', '.join(PERIODS)}")
 
 
 @dataclass(frozen=True)
@@ -50,6 +33,8 @@ class Budget:
     period: str
     thresholds: tuple[int, ...]
     prices: Mapping[str, Any]
+    resources: tuple[str, ...] | None = None
+    """GPU resources this budget counts (`spec.resources`); None: all the operator counts."""
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any]) -> Budget:
@@ -69,6 +54,7 @@ class Budget:
             period=period,
             thresholds=tuple(sorted({int(t) for t in thresholds})),
             prices=dict(spec.get("pricePerGPUHour") or {}),
+            resources=tuple(spec["resources"]) if spec.get("resources") else None,
         )
 
     def percent_used(self, used: float) -> float:
@@ -153,6 +139,7 @@ def project_status(
         "period": {"start": format_time(ledger.period_start), "end": format_time(ledger.period_end)},
         "usedGPUHours": round(used, 6),
         "remainingGPUHours": round(remaining, 6),
+        "remainingPercent": round(100.0 * remaining / budget.gpu_hours, 2) if budget.gpu_hours > 0 else 0.0,
         "runningGPUs": running_gpus,
         "estimatedCost": round(ledger.cost, 2),
         "history": [dict(h) for h in ledger.history],
@@ -176,9 +163,10 @@ def advance(
     if ledger is None or ledger.budget_uid != budget.uid:
         ledger = new_ledger(budget_uid=budget.uid, period=bounds)
     elif (ledger.period_start, ledger.period_end) != bounds:
-        ledger = meter(ledger, pods, now=min(now, ledger.period_end), prices=budget.prices)
+        ledger = meter(ledger, pods, now=min(now, ledger.period_end), prices=budget.prices,
+                       resources=budget.resources)
         ledger = roll_over(ledger, period=bounds)
-    ledger = meter(ledger, pods, now=now, prices=budget.prices)
+    ledger = meter(ledger, pods, now=now, prices=budget.prices, resources=budget.resources)
     reached = reached_thresholds(budget, ledger)
     announce = tuple(t for t in reached if t not in ledger.thresholds)
     if announce:

@@ -47,13 +47,13 @@ Pods that end while the operator is down
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from controller import constants
+from controller.engine.workloads import effective_request, quantity
 
 SECONDS_PER_HOUR = 3600.0
 HISTORY_LENGTH = 12
@@ -86,53 +86,21 @@ def format_time(value: datetime) -> str:
 # -- GPUs, as the scheduler counts them ------------------------------------------------------------
 
 
-def _quantity(value: Any) -> float:
-    """A resource quantity as a number. GPUs are whole counts; anything unparsable counts 0."""
-    if value is None:
-        return 0.0
-    if isinstance(value, int | float):
-        return float(value)
-    text = str(value).strip()
-    suffixes = {"k": 1e3, "M": 1e6, "G": 1e9, "m": 1e-3}
-    try:
-        if text and text[-1] in suffixes:
-            return float(text[:-1]) * suffixes[text[-1]]
-        return float(text)
-    except ValueError:
-        return 0.0
-
-
-def _request(container: Mapping[str, Any], resource: str) -> float:
-    # Extended resources cannot be overcommitted: a limit alone sets the request to the same value.
-    resources = container.get("resources") or {}
-    requests = resources.get("requests") or {}
-    if resource in requests:
-        return _quantity(requests[resource])
-    return _quantity((resources.get("limits") or {}).get(resource))
+def pod_devices(spec: Mapping[str, Any], resources: Iterable[str]) -> dict[str, int]:
+    """Per resource, the scheduler's effective request (the engine's KEP-753 rules) plus the pod
+    overhead, which the scheduler adds too. Resources the pod does not request are left out."""
+    overhead = spec.get("overhead") or {}
+    devices = {}
+    for resource in resources:
+        count = effective_request(spec, resource) + quantity(overhead.get(resource))
+        if count > 0:
+            devices[resource] = count
+    return devices
 
 
 def pod_gpus(spec: Mapping[str, Any], resources: Iterable[str] = constants.DEFAULT_GPU_RESOURCES) -> int:
-    """The scheduler's effective request of the GPU resources, summed over `resources`.
-
-    As in the scheduler (and KEP-753 sidecars): the larger of the app containers plus the sidecars,
-    and the peak while init containers run one at a time (each next to the sidecars started before
-    it), plus the pod overhead.
-    """
-    total = 0.0
-    for resource in resources:
-        sidecars = 0.0
-        init_peak = 0.0
-        for init in spec.get("initContainers") or ():
-            request = _request(init, resource)
-            if init.get("restartPolicy") == "Always":
-                sidecars += request
-                init_peak = max(init_peak, sidecars)
-            else:
-                init_peak = max(init_peak, sidecars + request)
-        app = sum(_request(c, resource) for c in spec.get("containers") or ()) + sidecars
-        overhead = _quantity((spec.get("overhead") or {}).get(resource))
-        total += max(app, init_peak) + overhead
-    return int(math.ceil(total - 1e-9)) if total > 0 else 0
+    """GPUs one pod holds, summed over the resources counted as GPUs."""
+    return sum(pod_devices(spec, resources).values())
 
 
 # -- pods ---------------------------------------------------------------------------------------
@@ -148,6 +116,7 @@ class PodRecord:
     name: str
     labels: Mapping[str, str]
     gpus: int
+    """GPUs held, over the resources the operator counts (`--gpu-resource`)."""
     started: datetime | None
     """When it began to run on its node (first container start); None while Pending."""
     finished: datetime | None = None
@@ -161,6 +130,14 @@ class PodRecord:
     """`Kind/name` of its controller (ReplicaSets reported as their Deployment), else `Pod/name`."""
     finalizer: bool = False
     """It carries our metering finalizer."""
+    devices: Mapping[str, int] | None = None
+    """GPUs per resource, for budgets that count only some of them (None: unknown, all `gpus`)."""
+
+    def gpus_of(self, resources: Iterable[str] | None) -> int:
+        """GPUs held of `resources` (None: every resource the operator counts)."""
+        if resources is None or self.devices is None:
+            return self.gpus
+        return sum(self.devices.get(resource, 0) for resource in resources)
 
     def end(self, now: datetime) -> datetime | None:
         """When it stopped consuming, as far as known at `now` (None: still running)."""
@@ -176,16 +153,19 @@ class PodRecord:
         end = self.end(now)
         return end is None or end > now
 
-    def gpu_hours(self, start: datetime, end: datetime, *, now: datetime) -> float:
-        """GPU-hours consumed within [start, end), as known at `now`."""
-        if self.started is None or self.gpus <= 0:
+    def gpu_hours(
+        self, start: datetime, end: datetime, *, now: datetime, resources: Iterable[str] | None = None
+    ) -> float:
+        """GPU-hours consumed within [start, end), as known at `now` (of `resources`, if given)."""
+        gpus = self.gpus_of(resources)
+        if self.started is None or gpus <= 0:
             return 0.0
         stop = self.end(now) or now
         lo = max(self.started, start)
         hi = min(stop, end, now)
         if hi <= lo:
             return 0.0
-        return self.gpus * (hi - lo).total_seconds() / SECONDS_PER_HOUR
+        return gpus * (hi - lo).total_seconds() / SECONDS_PER_HOUR
 
 
 def _instance_type(spec: Mapping[str, Any], keys: Sequence[str]) -> str:
@@ -252,8 +232,8 @@ def pod_record(
 ) -> PodRecord | None:
     """The metering view of a pod object, or None when it requests no GPUs."""
     spec = pod.get("spec") or {}
-    gpus = pod_gpus(spec, gpu_resources)
-    if gpus <= 0:
+    devices = pod_devices(spec, gpu_resources)
+    if not devices:
         return None
     metadata = pod.get("metadata") or {}
     status = pod.get("status") or {}
@@ -284,7 +264,7 @@ def pod_record(
         namespace=str(metadata.get("namespace", "")),
         name=str(metadata.get("name", "")),
         labels=dict(metadata.get("labels") or {}),
-        gpus=gpus,
+        gpus=sum(devices.values()),
         started=started,
         finished=finished,
         deleted=parse_time(metadata.get("deletionTimestamp")),
@@ -292,6 +272,7 @@ def pod_record(
         instance_type=_instance_type(spec, instance_type_keys),
         workload=_workload(metadata),
         finalizer=constants.METERING_FINALIZER in (metadata.get("finalizers") or ()),
+        devices=devices,
     )
 
 
@@ -396,17 +377,20 @@ def meter(
     *,
     now: datetime,
     prices: Mapping[str, Any] | None = None,
+    resources: Iterable[str] | None = None,
 ) -> Ledger:
     """The ledger recomputed at `now` from the pods that currently match the budget.
 
     Every visible pod's charge is recomputed from its timestamps, clipped to the period; pods that
     were charged before but are no longer visible keep their last charge, frozen into `base`.
     Does not roll the period over (see `roll_over`); `now` past the period end meters up to it.
+    `resources` limits which GPU resources count (a budget's `spec.resources`).
     """
+    resources = tuple(resources) if resources is not None else None
     window_end = min(now, ledger.period_end)
     entries: dict[str, Entry] = {}
     for pod in pods:
-        hours = pod.gpu_hours(ledger.period_start, window_end, now=now)
+        hours = pod.gpu_hours(ledger.period_start, window_end, now=now, resources=resources)
         closed = pod.end(now) is not None
         if hours <= 0 and pod.uid not in ledger.entries and not (closed and pod.finalizer):
             continue  # not yet running, or ran only before this period: nothing to remember

@@ -155,3 +155,20 @@ def test_condition_transition_time_moves_only_when_status_flips():
     flipped = project_status(budget(), exhausted, running_gpus=0, previous=later,
                              now=NOV + timedelta(hours=2))
     assert flipped["conditions"][0]["lastTransitionTime"] == "2026-11-10T14:00:00Z"
+
+
+def test_a_budget_counts_only_its_resources():
+    both = PodRecord(uid="a", namespace="ns", name="a", labels={"team": "nlp"}, gpus=3, started=NOV,
+                     devices={"nvidia.com/gpu": 2, "amd.com/gpu": 1})
+    nvidia = budget(resources=["nvidia.com/gpu"])
+    ledger, _ = advance(nvidia, None, [both], now=NOV + timedelta(hours=1))
+    assert ledger.used_gpu_hours == pytest.approx(2.0)
+    everything, _ = advance(budget(), None, [both], now=NOV + timedelta(hours=1))
+    assert everything.used_gpu_hours == pytest.approx(3.0)
+
+
+def test_status_has_remaining_percent_for_the_printer_column():
+    ledger = Ledger(budget_uid="b-1", period_start=utc(2026, 11, 1), period_end=utc(2026, 12, 1),
+                    base_gpu_hours=2.5)
+    status = project_status(budget(), ledger, running_gpus=0, previous=None, now=NOV)
+    assert status["remainingPercent"] == pytest.approx(75.0)

@@ -369,3 +369,12 @@ def test_format_time_round_trips():
     assert parse_time(format_time(stamp)) == stamp
     assert format_time(T0) == "2026-11-10T12:00:00Z"
     assert parse_time("not a time") is None
+
+
+def test_pod_record_keeps_gpus_per_resource():
+    obj = pod()
+    obj["spec"]["containers"] = [{"resources": {"limits": {"nvidia.com/gpu": "2", "amd.com/gpu": "1"}}}]
+    record = pod_record(obj, gpu_resources=["nvidia.com/gpu", "amd.com/gpu"])
+    assert record.gpus == 3
+    assert record.gpus_of(["amd.com/gpu"]) == 1
+    assert record.gpus_of(None) == 3
