@@ -104,6 +104,14 @@ def split_documents(text: str) -> list[tuple[int, str]]:
     return [(text.count("\n", 0, begin), chunk) for begin, chunk in out if _has_content(chunk)]
 
 
+def _first_content_line(chunk: str) -> int:
+    for number, line in enumerate(chunk.split("\n"), start=1):
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            return number
+    return 1
+
+
 def _has_content(chunk: str) -> bool:
     for line in chunk.splitlines():
         stripped = line.strip()
@@ -126,7 +134,9 @@ def read_documents(paths: Iterable[str | Path], *, stdin: Any = None) -> Inputs:
             try:
                 body = yaml.load(chunk, Loader=Loader)
             except yaml.YAMLError as exc:
-                out.errors.append(f"{source} (document {index}): invalid YAML: {_yaml_problem(exc, offset)}")
+                start = offset + _first_content_line(chunk)
+                problem = _yaml_problem(exc, offset)
+                out.errors.append(f"{source} (document {index}, from line {start}): invalid YAML: {problem}")
                 continue
             if body is None:
                 continue
