@@ -14,6 +14,9 @@ WAKE_ANNOTATION = f"{GROUP}/wake"
 WOKEN_AT_ANNOTATION = f"{GROUP}/woken-at"
 EXPIRED_ANNOTATION = f"{GROUP}/expired"
 ENFORCE_NAMESPACE_LABEL = f"{GROUP}/enforce"
+# A namespace labelled `<this>=true` is never sent to the webhook (cf. Gatekeeper's
+# admission.gatekeeper.sh/ignore): an escape hatch for break-glass and for infrastructure.
+IGNORE_NAMESPACE_LABEL = f"{GROUP}/ignore"
 
 DEFAULT_EXPIRY_KEY = "expires_at"
 DEFAULT_GPU_RESOURCES = ("nvidia.com/gpu",)

@@ -26,9 +26,6 @@ NAMESPACE = "comptroller-system"
 VENV_BIN = Path(sys.executable).parent
 CRD_DIRS = [REPO / "charts" / "comptroller" / "crds", REPO / "e2e" / "crds"]
 DEFAULT_POLICIES = REPO / "policies" / "default"
-# Namespaces carrying this label are left alone by the webhook configuration (cf. Gatekeeper's
-# admission.gatekeeper.sh/ignore): the plane's own tests use it.
-IGNORE_LABEL = "finops.comptroller.dev/ignore"
 
 
 def load_documents(path: Path) -> list[dict]:
@@ -108,16 +105,11 @@ class Stack:
     def register_webhook(self, *, failure_policy: str | None = None) -> None:
         from controller.webhook.registration import webhook_configurations
 
-        configs = webhook_configurations(
+        self.plane.apply(webhook_configurations(
             url=self.webhook_url, ca_bundle=(self.certs / "ca.crt").read_bytes(),
             failure_policy=failure_policy or self.failure_policy, timeout_seconds=5,
             exclude_namespaces=("kube-system", NAMESPACE),
-        )
-        for config in configs:
-            for hook in config["webhooks"]:
-                hook.setdefault("namespaceSelector", {}).setdefault("matchExpressions", []).append(
-                    {"key": IGNORE_LABEL, "operator": "NotIn", "values": ["true"]})
-        self.plane.apply(configs)
+        ))
 
     def unregister_webhook(self) -> None:
         for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration"):

@@ -12,6 +12,7 @@ import base64
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from controller.constants import IGNORE_NAMESPACE_LABEL
 from controller.webhook.settings import DEFAULT_NAMESPACE
 
 VALIDATING_NAME = "validate.finops.comptroller.dev"
@@ -91,7 +92,8 @@ def webhook_configurations(
                     "key": "kubernetes.io/metadata.name",
                     "operator": "NotIn",
                     "values": sorted(set(exclude_namespaces)),
-                }
+                },
+                {"key": IGNORE_NAMESPACE_LABEL, "operator": "NotIn", "values": ["true"]},
             ]
         },
         "rules": webhook_rules(),

@@ -51,7 +51,8 @@ def test_service_configuration_and_excluded_namespaces():
     }
     assert "url" not in v["clientConfig"]
     assert v["namespaceSelector"]["matchExpressions"] == [
-        {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["finops", "kube-system"]}
+        {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["finops", "kube-system"]},
+        {"key": "finops.comptroller.dev/ignore", "operator": "NotIn", "values": ["true"]},
     ]
     assert v["failurePolicy"] == "Fail" and v["timeoutSeconds"] == 5
 
