@@ -1,0 +1,159 @@
+"""Helpers for the lifecycle e2e tests (expiry, idle, audit): a private operator process with fast
+intervals, CRDs, namespaces the webhook leaves alone, and polling.
+
+Policies are cluster-scoped, so any operator running in the cluster acts on a test's policies.
+A test's operator therefore joins the stack's kopf peering (when there is one) with a priority
+above any the stack draws, which pauses the stack's operator while the test runs; without a
+stack it runs standalone.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from e2e.cluster.plane import REPO, free_port
+
+T = TypeVar("T")
+VENV_BIN = Path(sys.executable).parent
+CRD_DIRS = [REPO / "charts" / "comptroller" / "crds", REPO / "e2e" / "crds"]
+IGNORE_LABEL = "finops.comptroller.dev/ignore"
+OWN_NAMESPACE = "comptroller-system"
+TOP_PRIORITY = 2_000_000_000
+
+
+def wait_until(predicate: Callable[[], T], *, timeout: float, what: str, interval: float = 0.5) -> T:
+    """Poll until `predicate()` is truthy and return it; fail saying what did not happen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def install_crds(cluster: Any) -> None:
+    import yaml
+
+    docs = [
+        doc
+        for directory in CRD_DIRS
+        if directory.exists()
+        for path in sorted(directory.glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+    ]
+    cluster.apply(docs, server_side=True)
+    for crd in docs:
+        cluster.kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd['metadata']['name']}"
+        )
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+def fresh_namespace(cluster: Any, prefix: str) -> str:
+    """A fresh namespace the admission webhook (if registered) leaves alone."""
+    name = unique(prefix)
+    cluster.create_namespace(name, labels={IGNORE_LABEL: "true"})
+    return name
+
+
+def get_json(cluster: Any, *args: str) -> dict | None:
+    result = cluster.kubectl("get", *args, "-o", "json", check=False)
+    if result.returncode != 0:
+        if "NotFound" in result.stderr or "not found" in result.stderr:
+            return None
+        raise AssertionError(f"kubectl get {' '.join(args)} failed: {result.stderr}")
+    return json.loads(result.stdout)
+
+
+def events(cluster: Any, namespace: str, *, reason: str | None = None, name: str | None = None) -> list[dict]:
+    items = (get_json(cluster, "events", "-n", namespace) or {}).get("items", [])
+    return [
+        e
+        for e in items
+        if (reason is None or e.get("reason") == reason)
+        and (name is None or e.get("involvedObject", {}).get("name") == name)
+    ]
+
+
+def policy(name: str, spec: dict) -> dict:
+    return {
+        "apiVersion": "finops.comptroller.dev/v1alpha1",
+        "kind": "FinOpsPolicy",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+class OperatorProcess:
+    """`comptroller operator` on the test cluster, with the given extra flags; stopped on exit."""
+
+    def __init__(self, cluster: Any, *args: str) -> None:
+        self.cluster = cluster
+        self.args = args
+        self.liveness_port = free_port()
+        self._log_file = Path(tempfile.mkstemp(prefix="comptroller-operator-", suffix=".log")[1])
+        self.process: subprocess.Popen | None = None
+
+    def _peering(self) -> list[str]:
+        stack_peering = self.cluster.kubectl("get", "clusterkopfpeering", "comptroller", check=False)
+        if stack_peering.returncode == 0:
+            return ["--peering", "comptroller", "--priority", str(TOP_PRIORITY)]
+        return ["--standalone"]
+
+    def __enter__(self) -> OperatorProcess:
+        argv = [
+            str(VENV_BIN / "comptroller"),
+            "operator",
+            "--kubeconfig",
+            str(self.cluster.kubeconfig),
+            "--namespace",
+            OWN_NAMESPACE,
+            "--liveness-port",
+            str(self.liveness_port),
+            "--metrics-port",
+            "0",
+            *self._peering(),
+            *self.args,
+        ]
+        self._log = self._log_file.open("wb")
+        self.process = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT)
+        wait_until(self._alive, timeout=60, what="the operator's liveness endpoint")
+        return self
+
+    def _alive(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise AssertionError(f"the operator exited ({self.process.returncode}):\n{self.log()[-4000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def log(self) -> str:
+        return self._log_file.read_text(errors="replace")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        self._log_file.unlink(missing_ok=True)

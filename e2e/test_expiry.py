@@ -1,0 +1,252 @@
+"""Expiry on a real control plane: expired pods, Jobs and Deployments are terminated at their
+top-level owner, `comptroller wake` restores a Deployment, dry-run changes nothing, the brake holds.
+
+Each test runs its own operator (fast intervals) and its own policy scoped to its namespace, and
+removes both at the end, so no other operator or test acts on its objects.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from controller import constants
+from e2e.lifecycle_helpers import (
+    VENV_BIN,
+    OperatorProcess,
+    events,
+    fresh_namespace,
+    get_json,
+    install_crds,
+    policy,
+    unique,
+    wait_until,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def crds(cluster):
+    install_crds(cluster)
+
+
+@pytest.fixture
+def scoped(cluster):
+    """A namespace and an expiry policy matching only it (notifyBefore 15s); both removed after."""
+    namespace = fresh_namespace(cluster, "e2e-exp")
+    name = unique("e2e-expiry")
+    cluster.apply(
+        [
+            policy(
+                name,
+                {
+                    "match": {"namespaces": [namespace]},
+                    "expiry": {"key": "expires_at", "notifyBefore": "15s"},
+                },
+            )
+        ]
+    )
+    yield namespace
+    cluster.kubectl("delete", "finopspolicy", name, "--ignore-not-found", "--wait=false", check=False)
+    cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def stamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def bare_pod(name: str, namespace: str, expires_at: str) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "annotations": {"expires_at": expires_at}},
+        "spec": {
+            "containers": [{"name": "main", "image": "busybox"}],
+            "nodeSelector": {"node.kubernetes.io/instance-type": "m5.xlarge"},
+        },
+    }
+
+
+def deployment(name: str, namespace: str, *, replicas: int, expires_at: str) -> dict:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}, "annotations": {"expires_at": expires_at}},
+                "spec": {
+                    "containers": [{"name": "main", "image": "busybox"}],
+                    "nodeSelector": {"node.kubernetes.io/instance-type": "m5.xlarge"},
+                },
+            },
+        },
+    }
+
+
+def exists(cluster, *args) -> bool:
+    return get_json(cluster, *args) is not None
+
+
+def test_expired_pod_and_job_are_deleted_soon_after_expiry(cluster, scoped):
+    namespace = scoped
+    expires = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=20)
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "train", "namespace": namespace},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "metadata": {"annotations": {"expires_at": stamp(expires)}},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "main", "image": "busybox"}],
+                    "nodeSelector": {"node.kubernetes.io/instance-type": "m5.xlarge"},
+                },
+            },
+        },
+    }
+    with OperatorProcess(
+        cluster, "--expiry-interval", "2", "--idle-interval", "3600", "--audit-interval", "3600"
+    ):
+        cluster.apply([bare_pod("experiment", namespace, stamp(expires)), job])
+        wait_until(
+            lambda: events(cluster, namespace, reason="ExpiringSoon", name="experiment"),
+            timeout=30,
+            what="ExpiringSoon on the pod before it expires",
+        )
+        assert datetime.now(UTC) < expires, "ExpiringSoon came only after expiry"
+        wait_until(
+            lambda: not exists(cluster, "pod", "experiment", "-n", namespace),
+            timeout=(expires - datetime.now(UTC)).total_seconds() + 30,
+            what="the expired pod to be gone within 30s of expiry",
+        )
+        wait_until(
+            lambda: not exists(cluster, "job", "train", "-n", namespace),
+            timeout=20,
+            what="the expired Job to be deleted",
+        )
+        # Background propagation: the garbage collector takes the Job's pods with it.
+        wait_until(
+            lambda: not get_json(cluster, "pods", "-n", namespace, "-l", "job-name=train")["items"],
+            timeout=30,
+            what="the Job's pods to be gone",
+        )
+        assert events(cluster, namespace, reason="Expired", name="experiment")
+        assert events(cluster, namespace, reason="Expired", name="train")
+
+
+def test_expired_deployment_is_scaled_to_zero_and_wake_restores_it(cluster, scoped):
+    namespace = scoped
+    past = stamp(datetime.now(UTC) - timedelta(minutes=5))
+    with OperatorProcess(
+        cluster, "--expiry-interval", "2", "--idle-interval", "3600", "--audit-interval", "3600"
+    ):
+        cluster.apply([deployment("notebook", namespace, replicas=2, expires_at=past)])
+        scaled = wait_until(
+            lambda: (
+                (d := get_json(cluster, "deployment", "notebook", "-n", namespace))
+                and d["spec"]["replicas"] == 0
+                and d
+            ),
+            timeout=40,
+            what="the expired Deployment to be scaled to zero",
+        )
+        annotations = scaled["metadata"]["annotations"]
+        assert annotations[constants.ORIGINAL_REPLICAS_ANNOTATION] == "2"
+        assert constants.EXPIRED_ANNOTATION in annotations
+        wait_until(
+            lambda: not get_json(cluster, "pods", "-n", namespace, "-l", "app=notebook")["items"],
+            timeout=40,
+            what="the Deployment's pods to be gone",
+        )
+
+        woken = subprocess.run(
+            [
+                str(VENV_BIN / "comptroller"),
+                "wake",
+                "deployment/notebook",
+                "-n",
+                namespace,
+                "--kubeconfig",
+                str(cluster.kubeconfig),
+                "--timeout",
+                "30",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert woken.returncode == 0, woken.stderr
+        assert "woken: 2 replicas" in woken.stdout
+        restored = get_json(cluster, "deployment", "notebook", "-n", namespace)
+        assert restored["spec"]["replicas"] == 2
+        assert constants.ORIGINAL_REPLICAS_ANNOTATION not in restored["metadata"].get("annotations", {})
+        assert events(cluster, namespace, reason="Woken", name="notebook")
+        # Still expired, but inside the wake grace period: the next sweeps leave it running.
+        time.sleep(5)
+        assert get_json(cluster, "deployment", "notebook", "-n", namespace)["spec"]["replicas"] == 2
+
+
+def test_dry_run_changes_nothing_but_says_what_it_would_do(cluster, scoped):
+    namespace = scoped
+    past = stamp(datetime.now(UTC) - timedelta(minutes=1))
+    cluster.apply(
+        [bare_pod("kept", namespace, past), deployment("kept-too", namespace, replicas=1, expires_at=past)]
+    )
+    with OperatorProcess(
+        cluster, "--dry-run", "--expiry-interval", "1", "--idle-interval", "3600", "--audit-interval", "3600"
+    ) as operator:
+        wait_until(
+            lambda: len(events(cluster, namespace, reason="Expired")) >= 2,
+            timeout=30,
+            what="dry-run Expired events for both workloads",
+        )
+        time.sleep(4)  # several more sweeps
+        log = operator.log()
+    expired = events(cluster, namespace, reason="Expired")
+    assert all(e["message"].startswith("[dry-run]") for e in expired), [e["message"] for e in expired]
+    assert len(expired) == 2, "dry-run reports each workload once"
+    pod = get_json(cluster, "pod", "kept", "-n", namespace)
+    assert pod is not None and not pod["metadata"].get("deletionTimestamp")
+    dep = get_json(cluster, "deployment", "kept-too", "-n", namespace)
+    assert dep["spec"]["replicas"] == 1
+    assert constants.ORIGINAL_REPLICAS_ANNOTATION not in dep["metadata"].get("annotations", {})
+    assert "dry-run: would delete Pod/" in log and "dry-run: would scale Deployment/" in log
+
+
+def test_the_brake_caps_terminations_per_minute(cluster, scoped):
+    namespace = scoped
+    past = stamp(datetime.now(UTC) - timedelta(minutes=1))
+    cluster.apply([bare_pod(f"burst-{i}", namespace, past) for i in range(8)])
+    with OperatorProcess(
+        cluster,
+        "--max-terminations-per-minute",
+        "3",
+        "--expiry-interval",
+        "1",
+        "--idle-interval",
+        "3600",
+        "--audit-interval",
+        "3600",
+    ) as operator:
+        wait_until(
+            lambda: len(events(cluster, namespace, reason="Expired")) >= 3,
+            timeout=30,
+            what="the first three terminations",
+        )
+        time.sleep(8)  # many sweeps, all within the same minute
+        log = operator.log()
+    assert len(events(cluster, namespace, reason="Expired")) == 3
+    remaining = [
+        p
+        for p in get_json(cluster, "pods", "-n", namespace)["items"]
+        if not p["metadata"].get("deletionTimestamp")
+    ]
+    assert len(remaining) == 5
+    assert "the brake (3 terminations per 60s) holds back 5 expired workloads" in log
