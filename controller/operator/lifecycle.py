@@ -114,9 +114,7 @@ def _count_scaled(outcome: Outcome) -> None:
 
 
 def _count_finding(finding: Finding) -> None:
-    counter = getattr(metrics, "POLICY_VIOLATIONS", None)
-    if counter is not None:
-        counter.labels(finding.policy, finding.rule, finding.team).inc()
+    metrics.POLICY_VIOLATIONS.labels(finding.policy, finding.rule, finding.team).inc()
 
 
 @dataclass
@@ -207,11 +205,9 @@ class Lifecycle:
     def sweep_audit(self) -> None:
         inputs = self._inputs()
         summary = self.auditor.run(snapshot=inputs.snapshot, now=self.clock())
-        gauge = getattr(metrics, "AUDIT_VIOLATIONS", None)
-        if gauge is not None:
-            gauge.clear()
-            for (policy, rule), count in summary.by_policy_rule.items():
-                gauge.labels(policy, rule).set(count)
+        metrics.AUDIT_VIOLATIONS.clear()
+        for (policy, rule), count in summary.by_policy_rule.items():
+            metrics.AUDIT_VIOLATIONS.labels(policy, rule).set(count)
 
     # -- scheduling --------------------------------------------------------------------------------
 

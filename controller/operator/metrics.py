@@ -51,6 +51,17 @@ EXPIRED_TERMINATED = Counter(
 IDLE_SCALED_TO_ZERO = Counter(
     "comptroller_idle_scaled_to_zero", "Idle workloads scaled to zero", registry=REGISTRY,
 )
+# The background audit: violations of running workloads. The counter counts each violation once,
+# when an audit first sees it (the webhook counts denials at admission under the same name); the
+# gauge is what the last audit found.
+POLICY_VIOLATIONS = Counter(
+    "comptroller_policy_violations", "Policy violations found (audit: running workloads, once each)",
+    ["policy", "rule", "team"], registry=REGISTRY,
+)
+AUDIT_VIOLATIONS = Gauge(
+    "comptroller_audit_violations", "Violations of running workloads found by the last audit",
+    ["policy", "rule"], registry=REGISTRY,
+)
 
 
 def observe_budget(
