@@ -1,0 +1,363 @@
+"""GPU-hour metering on the real control plane with kwok GPU nodes.
+
+Ground truth comes from the pods' own status timestamps (container `startedAt`; `finishedAt` of
+pods that finished; `deletionTimestamp` of pods deleted with `--grace-period=0 --force`, which
+the API server sets at the delete), so budgets are compared with what the cluster recorded.
+
+Each test runs its own operator process (`--standalone`, 2 s ticks) so it can kill it; an
+operator the session's stack runs is stopped for the test and started again afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from e2e.cluster.plane import REPO, free_port
+
+pytestmark = pytest.mark.timeout(300)
+
+COMPTROLLER = Path(sys.executable).parent / "comptroller"
+OWN_NAMESPACE = "comptroller-system"
+IGNORE_LABEL = "finops.comptroller.dev/ignore"
+INTERVAL = 2.0
+TOLERANCE = 0.01
+
+# Used only when the chart does not ship the GPUBudget CRD yet: enough schema for metering.
+FALLBACK_BUDGET_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "gpubudgets.finops.comptroller.dev"},
+    "spec": {
+        "group": "finops.comptroller.dev",
+        "scope": "Cluster",
+        "names": {"kind": "GPUBudget", "plural": "gpubudgets", "singular": "gpubudget"},
+        "versions": [{
+            "name": "v1alpha1", "served": True, "storage": True, "subresources": {"status": {}},
+            "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+            }}},
+        }],
+    },
+}
+
+
+def parse(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+class Operator:
+    """`comptroller operator` as a child process we can SIGKILL and restart."""
+
+    def __init__(self, cluster, log: Path) -> None:
+        self.cluster = cluster
+        self.log = log
+        self.process: subprocess.Popen | None = None
+        self.liveness_port = free_port()
+        self.metrics_port = free_port()
+
+    def start(self) -> None:
+        argv = [str(COMPTROLLER), "operator", "--kubeconfig", str(self.cluster.kubeconfig), "--standalone",
+                "--namespace", OWN_NAMESPACE, "--metering-interval", str(INTERVAL),
+                "--liveness-port", str(self.liveness_port), "--metrics-port", str(self.metrics_port)]
+        with self.log.open("a") as out:
+            self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def terminate(self, timeout: float = 30) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def get(self, port: int, path: str) -> tuple[int, str]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
+
+
+@pytest.fixture(scope="module")
+def metering_cluster(cluster):
+    """The plane with the CRDs metering needs and Comptroller's namespace."""
+    crd_dir = REPO / "charts" / "comptroller" / "crds"
+    import yaml
+
+    docs = [d for f in sorted(crd_dir.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
+    if not any(d["metadata"]["name"] == "gpubudgets.finops.comptroller.dev" for d in docs):
+        docs.append(FALLBACK_BUDGET_CRD)
+    cluster.apply(docs, server_side=True)
+    for doc in docs:
+        name = doc["metadata"]["name"]
+        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
+    cluster.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OWN_NAMESPACE}}])
+    return cluster
+
+
+@pytest.fixture
+def operator(metering_cluster, tmp_path) -> Iterator[Operator]:
+    stack_operator = metering_cluster.running("operator")
+    if stack_operator:
+        metering_cluster.stop_process("operator")  # one metering operator at a time: we kill ours
+    own = Operator(metering_cluster, tmp_path / "operator.log")
+    try:
+        yield own
+    finally:
+        if own.process and own.process.poll() is None:
+            own.process.kill()
+            own.process.wait(10)
+        if stack_operator:
+            from e2e.conftest import E2E_OPERATOR_ARGS
+            from e2e.stack import Stack
+
+            Stack(metering_cluster, operator_args=E2E_OPERATOR_ARGS).start_operator()
+
+
+def kubectl_json(cluster, *args: str) -> dict:
+    return json.loads(cluster.kubectl(*args, "-o", "json").stdout)
+
+
+def wait_for(what: str, predicate: Callable[[], object], *, timeout: float, operator: Operator | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    log = f"\noperator log:\n{operator.tail()}" if operator else ""
+    raise AssertionError(f"timed out waiting for {what}{log}")
+
+
+def labels(team: str) -> dict[str, str]:
+    """Labels that satisfy the default policies, should the webhook be registered."""
+    return {"team": team, "project": "metering", "model_id": "bert-base", "environment": "production",
+            "lifecycle_phase": "training", "cost_center": "cc-100"}
+
+
+def gpu_pod(name: str, namespace: str, team: str, gpus: int, instance_type: str) -> dict:
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels(team)},
+        "spec": {
+            "nodeSelector": {"node.kubernetes.io/instance-type": instance_type},
+            "tolerations": [{"operator": "Exists"}],
+            "containers": [{"name": "main", "image": "train:latest",
+                            "resources": {"limits": {"nvidia.com/gpu": str(gpus)}}}],
+        },
+    }
+
+
+def budget(name: str, team: str, gpu_hours: float, **spec) -> dict:
+    return {"apiVersion": "finops.comptroller.dev/v1alpha1", "kind": "GPUBudget", "metadata": {"name": name},
+            "spec": {"selector": {"matchLabels": {"team": team}}, "gpuHours": gpu_hours, "period": "Monthly",
+                     "pricePerGPUHour": {"default": 2.0}, **spec}}
+
+
+def started_at(cluster, namespace: str, name: str) -> float | None:
+    pod = kubectl_json(cluster, "get", "pod", "-n", namespace, name)
+    states = [s.get("state") or {} for s in (pod.get("status") or {}).get("containerStatuses") or ()]
+    stamps = [(s.get("running") or s.get("terminated") or {}).get("startedAt") for s in states]
+    stamps = [parse(s) for s in stamps if s]
+    return min(stamps) if stamps else None
+
+
+def finish(cluster, namespace: str, name: str) -> float:
+    """Make kwok terminate the pod's containers (Succeeded); returns their finishedAt."""
+    cluster.kubectl("annotate", "pod", "-n", namespace, name, "e2e.comptroller.dev/finish=Succeeded")
+
+    def finished():
+        pod = kubectl_json(cluster, "get", "pod", "-n", namespace, name)
+        if pod["status"].get("phase") != "Succeeded":
+            return None
+        return max(parse(s["state"]["terminated"]["finishedAt"]) for s in pod["status"]["containerStatuses"])
+
+    return wait_for(f"{name} to finish", finished, timeout=30)
+
+
+def delete_now(cluster, namespace: str, name: str) -> float:
+    """Delete with no grace period; returns the deletionTimestamp the API server set (the pod is
+    held by the metering finalizer until metered; if it is already gone, our own clock)."""
+    before = time.time()
+    cluster.kubectl("delete", "pod", "-n", namespace, name, "--grace-period=0", "--force", "--wait=false")
+    got = cluster.kubectl("get", "pod", "-n", namespace, name, "-o", "jsonpath={.metadata.deletionTimestamp}",
+                          check=False)
+    return parse(got.stdout) if got.returncode == 0 and got.stdout else float(int(before))
+
+
+def budget_status(cluster, name: str) -> dict:
+    return kubectl_json(cluster, "get", "gpubudget", name).get("status") or {}
+
+
+def settled(cluster, name: str, after: float) -> dict | None:
+    """The budget's status once it was metered past `after` with nothing running."""
+    status = budget_status(cluster, name)
+    metered = status.get("lastMeteredAt")
+    if metered and parse(metered) > after + INTERVAL and status.get("runningGPUs") == 0:
+        return status
+    return None
+
+
+def test_usage_matches_ground_truth_through_an_operator_kill(metering_cluster, operator):
+    cluster = metering_cluster
+    run = uuid.uuid4().hex[:6]
+    teams = {"a": f"meter-a-{run}", "b": f"meter-b-{run}"}
+    namespaces = {k: f"meter-{k}-{run}" for k in teams}
+    for ns in namespaces.values():
+        # Admission is not under test here: keep the webhook (if registered) out of the way.
+        cluster.create_namespace(ns, labels={IGNORE_LABEL: "true"})
+    budgets = {k: f"meter-{k}-{run}" for k in teams}
+    cluster.apply([budget(budgets[k], team, 1000) for k, team in teams.items()])
+    operator.start()
+
+    pods = {  # name -> (team key, GPUs, instance type)
+        "a-big": ("a", 4, "g6.12xlarge"),
+        "a-small": ("a", 1, "g5.xlarge"),
+        "b-big": ("b", 8, "p4d.24xlarge"),
+        "b-mid": ("b", 4, "g6.12xlarge"),
+    }
+    cluster.apply([gpu_pod(name, namespaces[k], teams[k], gpus, itype)
+                   for name, (k, gpus, itype) in pods.items()])
+    start = {
+        name: wait_for(f"{name} running", lambda n=name: started_at(cluster, namespaces[pods[n][0]], n),
+                       timeout=30)
+        for name in pods
+    }
+
+    def running_gpus() -> bool:
+        return (budget_status(cluster, budgets["a"]).get("runningGPUs"),
+                budget_status(cluster, budgets["b"]).get("runningGPUs")) == (5, 12)
+
+    wait_for("runningGPUs of both budgets", running_gpus, timeout=20, operator=operator)
+    status, body = operator.get(operator.liveness_port, "/healthz")
+    assert status == 200
+
+    end: dict[str, float] = {}
+    time.sleep(8)
+    end["a-small"] = finish(cluster, namespaces["a"], "a-small")
+    time.sleep(4)
+    operator.kill()  # mid-run, no goodbye
+    time.sleep(2)
+    end["b-mid"] = delete_now(cluster, namespaces["b"], "b-mid")  # ends while no operator runs
+    finalizers = kubectl_json(cluster, "get", "pod", "-n", namespaces["b"], "b-mid")["metadata"]["finalizers"]
+    assert "finops.comptroller.dev/metering" in finalizers  # held until metered
+    time.sleep(8)
+    operator.start()
+    time.sleep(10)
+    end["a-big"] = finish(cluster, namespaces["a"], "a-big")
+    end["b-big"] = delete_now(cluster, namespaces["b"], "b-big")
+
+    last = max(end.values())
+    results = {k: wait_for(f"budget {budgets[k]} settled", lambda k=k: settled(cluster, budgets[k], last),
+                           timeout=40, operator=operator) for k in teams}
+    for key in teams:
+        truth = sum(gpus * (end[name] - start[name]) / 3600
+                    for name, (k, gpus, _) in pods.items() if k == key)
+        used = results[key]["usedGPUHours"]
+        print(f"team {key}: metered {used:.6f} GPU-hours, ground truth {truth:.6f} "
+              f"({100 * (used - truth) / truth:+.3f} %)")
+        assert used == pytest.approx(truth, rel=TOLERANCE), f"team {key}: metered {used}, truth {truth}"
+        assert results[key]["estimatedCost"] == pytest.approx(2.0 * used, abs=0.01)
+
+    # Deleted pods were released once metered; finished ones keep no finalizer either.
+    def released():
+        listed = [kubectl_json(cluster, "get", "pods", "-n", ns)["items"] for ns in namespaces.values()]
+        return all("finops.comptroller.dev/metering" not in (p["metadata"].get("finalizers") or ())
+                   for items in listed for p in items) and not any(
+            p["metadata"]["name"].startswith("b-") for p in listed[1])
+
+    wait_for("finalizers released", released, timeout=20, operator=operator)
+    # Totals do not drift after everything ended.
+    time.sleep(2 * INTERVAL)
+    for key in teams:
+        now_used = budget_status(cluster, budgets[key])["usedGPUHours"]
+        assert now_used == pytest.approx(results[key]["usedGPUHours"])
+
+    code, metrics = operator.get(operator.metrics_port, "/metrics")
+    assert f'comptroller_gpu_hours_used{{budget="{budgets["a"]}"}}' in metrics
+    assert operator.terminate() == 0  # SIGTERM: clean shutdown
+    cluster.kubectl("delete", "gpubudget", *budgets.values(), "--wait=false", check=False)
+    for ns in namespaces.values():
+        cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def test_threshold_events_are_emitted_once(metering_cluster, operator):
+    cluster = metering_cluster
+    run = uuid.uuid4().hex[:6]
+    team, ns, name = f"thr-{run}", f"thr-{run}", f"thr-{run}"
+    cluster.create_namespace(ns, labels={IGNORE_LABEL: "true"})
+    # 4 GPUs burn 0.01 GPU-hours in 9 s: 50 % after ~4.5 s, 100 % after ~9 s.
+    cluster.apply([budget(name, team, 0.01, alertThresholds=[50, 100])])
+    operator.start()
+    cluster.apply([gpu_pod("burn", ns, team, 4, "g6.12xlarge")])
+
+    def exhausted():
+        conditions = {c["type"]: c for c in budget_status(cluster, name).get("conditions") or ()}
+        return (conditions.get("Exhausted") or {}).get("status") == "True" and conditions
+
+    conditions = wait_for("budget exhausted", exhausted, timeout=40, operator=operator)
+    assert conditions["ThresholdReached"]["reason"] == "100"
+    time.sleep(4 * INTERVAL)  # more ticks above every threshold: still one Event each
+
+    def threshold_events():
+        events = kubectl_json(cluster, "get", "events", "-A", "--field-selector",
+                              f"reason=BudgetThreshold,involvedObject.name={name}")["items"]
+        return sorted((e["message"].split(" reached ")[1].split("%")[0], e["type"], e.get("count", 1))
+                      for e in events)
+
+    assert threshold_events() == [("100", "Warning", 1), ("50", "Normal", 1)]
+    # A restart does not announce them again.
+    operator.kill()
+    operator.start()
+    time.sleep(3 * INTERVAL)
+    assert threshold_events() == [("100", "Warning", 1), ("50", "Normal", 1)]
+    cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+    cluster.kubectl("delete", "gpubudget", name, "--wait=false", check=False)
+
+
+def test_an_exhausted_budget_denies_only_its_own_team(stack, metering_cluster, operator):
+    # `stack` first: its webhook (failurePolicy Fail) admits; its operator is then paused for ours.
+    cluster = metering_cluster
+    run = uuid.uuid4().hex[:6]
+    poor, rich = f"poor-{run}", f"rich-{run}"
+    ns = f"budget-{run}"
+    cluster.create_namespace(ns)
+    cluster.apply([budget(f"{poor}", poor, 0.005, admission="Exhausted"),
+                   budget(f"{rich}", rich, 1000, admission="Exhausted")])
+    operator.start()
+    cluster.apply([gpu_pod("burn", ns, poor, 4, "g6.12xlarge")])  # 0.005 GPU-hours in 4.5 s
+
+    wait_for("budget exhausted", lambda: budget_status(cluster, poor).get("usedGPUHours", 0) >= 0.005,
+             timeout=40, operator=operator)
+    cluster.kubectl("delete", "pod", "-n", ns, "burn", "--grace-period=0", "--force", "--wait=false")
+
+    def admission(team: str, name: str) -> subprocess.CompletedProcess:
+        manifest = json.dumps(gpu_pod(name, ns, team, 1, "p4d.24xlarge"))
+        # Server-side dry run: the full admission chain, nothing persisted (sideEffects: None).
+        return cluster.kubectl("create", "--dry-run=server", "-f", "-", input=manifest, check=False)
+
+    # The webhook's cache follows budget status by watch: give it a moment.
+    def denial():
+        result = admission(poor, "more")
+        return result if result.returncode != 0 else None
+
+    denied = wait_for("the webhook to deny team poor", denial, timeout=20)
+    assert poor in denied.stderr and "GPU-hour" in denied.stderr, denied.stderr
+    allowed = admission(rich, "fine")
+    assert allowed.returncode == 0, allowed.stderr
+    cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+    cluster.kubectl("delete", "gpubudget", poor, rich, "--wait=false", check=False)
