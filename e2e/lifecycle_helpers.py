@@ -106,6 +106,7 @@ class OperatorProcess:
         self.cluster = cluster
         self.args = args
         self.liveness_port = free_port()
+        self.metrics_port = free_port()
         self._log_file = Path(tempfile.mkstemp(prefix="comptroller-operator-", suffix=".log")[1])
         self.process: subprocess.Popen | None = None
 
@@ -126,7 +127,7 @@ class OperatorProcess:
             "--liveness-port",
             str(self.liveness_port),
             "--metrics-port",
-            "0",
+            str(self.metrics_port),
             *self._peering(),
             *self.args,
         ]
@@ -143,6 +144,10 @@ class OperatorProcess:
                 return r.status == 200
         except OSError:
             return False
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            return response.read().decode()
 
     def log(self) -> str:
         return self._log_file.read_text(errors="replace")
