@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export COMPTROLLER_CACHE ?= $(HOME)/.cache/comptroller
 
-.PHONY: install test unit e2e lint demo up down bench build-plane clean
+.PHONY: install test unit e2e e2e-tools lint demo up plane down bench build-plane clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ e2e-tools:  ## Debian packages the e2e suite uses (Prometheus)
 
 up: install build-plane  ## start the local stack in the background (kubeconfig: .cluster/kubeconfig)
 	$(PY) -m e2e.stack up
+
+plane: install build-plane  ## only the local control plane, without Comptroller (to install the chart by hand)
+	$(PY) -m e2e.cluster.plane up
 
 down:  ## stop the local stack, leaving no process behind
 	$(PY) -m e2e.stack down 2>/dev/null || bash e2e/cluster/down.sh

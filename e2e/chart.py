@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from e2e.cluster.plane import HERE as CLUSTER_DIR
-from e2e.cluster.plane import REPO, cache_dir, read_versions
+from e2e.cluster.plane import REPO, cache_dir, helm_path, read_versions
 
 CHART = REPO / "charts" / "comptroller"
 DEFAULT_RELEASE = "comptroller"
@@ -33,9 +33,8 @@ RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "Ro
 
 def helm_binary() -> Path:
     """Path of the pinned helm, built by `e2e/cluster/build.sh helm` on first use (about two minutes
-    cold on two cores, then cached under $COMPTROLLER_CACHE/bin/helm-<version>/)."""
-    version = read_versions()["HELM_VERSION"]
-    path = cache_dir() / "bin" / f"helm-{version}" / "helm"
+    cold on two cores, then cached under $COMPTROLLER_CACHE/bin/helm-<version>-k8s<version>/)."""
+    path = helm_path()
     if not path.exists():
         subprocess.run(["bash", str(CLUSTER_DIR / "build.sh"), "helm"], check=True)
     return path

@@ -98,18 +98,26 @@ GO
   log "etcd $v: done -> $out"
 }
 
-build_go_install() {  # build_go_install NAME VERSION PACKAGE BINARY
-  local name="$1" v="$2" pkg="$3" bin="$4" out="$CACHE/bin/$1-$2"
+build_go_install() {  # build_go_install NAME VERSION PACKAGE BINARY [CACHE_KEY [LDFLAGS]]
+  local name="$1" v="$2" pkg="$3" bin="$4" out="$CACHE/bin/$1-${5:-$2}"
   if [[ -x "$out/$bin" ]]; then log "$name $v: cached in $out"; return; fi
   log "$name $v: compiling $pkg"
   rm -rf "$out.tmp"; mkdir -p "$out.tmp"
-  GOBIN="$out.tmp" go install -ldflags "-s -w" "$pkg@$v"
+  GOBIN="$out.tmp" go install -ldflags "-s -w ${6:-}" "$pkg@$v"
   rm -rf "$out"; mv "$out.tmp" "$out"
   log "$name $v: done -> $out"
 }
 
 build_kwok() { build_go_install kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok kwok; }
-build_helm() { build_go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm helm; }
+build_helm() {
+  # Without a cluster, helm assumes the Kubernetes version of its own client libraries' defaults
+  # (v1.20), which charts' kubeVersion constraints refuse; default it to the plane's version.
+  local minor="${KUBERNETES_VERSION#v1.}"; minor="${minor%%.*}" ld=""
+  for pkg in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+    ld+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$minor"
+  done
+  build_go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm helm "$HELM_VERSION-k8s$KUBERNETES_VERSION" "$ld"
+}
 
 targets=("$@"); [[ ${#targets[@]} -eq 0 || "${targets[0]}" == all ]] && targets=(etcd kwok kubernetes helm)
 start=$SECONDS

@@ -66,6 +66,12 @@ def binaries() -> dict[str, Path]:
     return paths
 
 
+def helm_path() -> Path:
+    """Where build.sh puts helm (keyed by its version and the Kubernetes version it defaults to)."""
+    v = read_versions()
+    return cache_dir() / "bin" / f"helm-{v['HELM_VERSION']}-k8s{v['KUBERNETES_VERSION']}" / "helm"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -183,6 +189,7 @@ class ControlPlane:
 
     def up(self, *, progress=print) -> ControlPlane:
         if self.healthy():
+            self._link_tools()
             progress(f"control plane already running: {self.server}")
             return self
         self.down(quiet=True)
@@ -276,6 +283,7 @@ class ControlPlane:
         self._wait_for(self._nodes_ready, "kwok", timeout=60)
         _wait(lambda: self._default_service_account("default"), "default ServiceAccount",
               self.logs / "kube-controller-manager.log", timeout=60)
+        self._link_tools()
         progress(f"control plane up in {time.monotonic() - started:.1f}s: {server} "
                  f"(kubeconfig {self.kubeconfig})")
         return self
@@ -320,6 +328,17 @@ class ControlPlane:
 
     def add_nodes(self, nodes: list[dict]) -> None:
         self.apply(nodes)
+
+    def _link_tools(self) -> None:
+        """`<dir>/bin/` holds links to the pinned kubectl (and helm, once built), so a person can
+        `export PATH=$PWD/.cluster/bin:$PATH` and use exactly what the tests use."""
+        tools = self.directory / "bin"
+        tools.mkdir(exist_ok=True)
+        for name, target in (("kubectl", binaries()["kubectl"]), ("helm", helm_path())):
+            link = tools / name
+            link.unlink(missing_ok=True)
+            if target.exists():
+                link.symlink_to(target)
 
     def create_namespace(self, name: str, *, labels: dict[str, str] | None = None) -> None:
         """Create a namespace and wait for its default ServiceAccount, without which the
