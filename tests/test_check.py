@@ -255,3 +255,27 @@ def test_policy_test_cases(tmp_path, capsys):
     code, out, _ = check(capsys, "--tests", str(tmp_path / "suite"))
     assert code == 1
     assert "expected denied, got admitted" in out and "no workload Pod/ml/ghost" in out
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: 1\nb: [true, null, 1.5, '2', 0o17, 2026-11-23]\nc: {d: e}\n",
+        "base: &b {x: 1, y: [1, 2]}\nuse: *b\nmerged:\n  <<: *b\n  z: 3\n",
+        "? [a, b]\n: complex key\n",
+        "!!str 123\n",
+        "- &a [1]\n- *a\n",
+        "{}\n",
+        "",
+    ],
+)
+def test_fast_yaml_loading_matches_pyyaml(text):
+    from controller.check import load_yaml
+
+    if text.startswith("?"):
+        with pytest.raises(yaml.constructor.ConstructorError):
+            yaml.load(text, Loader=yaml.SafeLoader)
+        with pytest.raises(yaml.constructor.ConstructorError):
+            load_yaml(text)
+        return
+    assert load_yaml(text) == yaml.load(text, Loader=yaml.SafeLoader)

@@ -31,6 +31,7 @@ from controller.engine.view import WorkloadView
 from controller.engine.workloads import BUILTIN_KINDS
 
 _DEFAULT_RESOURCES = tuple(DEFAULT_GPU_RESOURCES)
+_ANY: Mapping[str, str] = {}
 _ROUTES = {"Enforce": "violations", "Warn": "warnings", "Audit": "audit"}
 
 
@@ -70,18 +71,15 @@ def evaluate(
     ctx = Context(now=now, operation=operation, namespace_labels=ns_labels, old=old)
     live_exceptions = [e for e in snapshot.exceptions if e.namespace == ns and e.spec.expires_at > now]
 
+    matcher = _Matcher(snapshot.policies, view, ns_labels)
     if mutate:
         exceptions = _exceptions_for(live_exceptions, view.labels())
-        for policy in snapshot.policies:
-            if not _matches(policy, view, ns_labels):
-                continue
+        for policy in matcher.matching():
             if policy.spec.labels is not None and not _waived(exceptions, policy.name, "labels"):
                 labels_rule.mutate(policy, view, ctx)
         # Expiry defaults go after every label default: `requiredWhen` reads the final labels.
-        for policy in snapshot.policies:
-            if policy.spec.expiry is None or not _matches(policy, view, ns_labels):
-                continue
-            if not _waived(exceptions, policy.name, "expiry"):
+        for policy in matcher.matching():
+            if policy.spec.expiry is not None and not _waived(exceptions, policy.name, "expiry"):
                 expiry_rule.mutate(policy, view, ctx)
 
     labels = view.labels()
@@ -89,9 +87,7 @@ def evaluate(
     if mutate:
         decision.patch = view.patch()
     exceptions = _exceptions_for(live_exceptions, labels)
-    for policy in snapshot.policies:
-        if not _matches(policy, view, ns_labels):
-            continue
+    for policy in matcher.matching():
         pspec = policy.spec
         if pspec.expiry is not None and ctx.expiry_key == DEFAULT_EXPIRY_KEY:
             ctx.expiry_key = pspec.expiry.key
@@ -102,14 +98,44 @@ def evaluate(
             found += gpu_rule.validate(policy, view, ctx)
         if pspec.expiry is not None:
             found += expiry_rule.validate(policy, view, ctx)
-        _route(decision, found, pspec.enforcement, exceptions)
+        if found:
+            _route(decision, found, pspec.enforcement, exceptions)
     for budget in snapshot.budgets:
-        _route(decision, budget_rule.validate(budget, view, ctx), budget.spec.enforcement, exceptions)
+        found = budget_rule.validate(budget, view, ctx)
+        if found:
+            _route(decision, found, budget.spec.enforcement, exceptions)
     decision.allowed = not decision.violations
     return decision
 
 
+class _Matcher:
+    """The policies matching the workload. Kind, namespace and GPU conditions are judged once;
+    label selectors again only when mutation changed the labels."""
+
+    __slots__ = ("view", "_candidates", "_version", "_matched")
+
+    def __init__(self, policies: tuple[Any, ...], view: WorkloadView, ns_labels: Mapping[str, str]) -> None:
+        self.view = view
+        # Everything but the label selector, with an empty selector stood in: judged once.
+        self._candidates = [p for p in policies if _matches(p, view, ns_labels)]
+        self._version = -1
+        self._matched: list[Any] = []
+
+    def matching(self) -> list[Any]:
+        view = self.view
+        if view.version != self._version:
+            self._version = view.version
+            labels = view.labels()
+            self._matched = [
+                p
+                for p in self._candidates
+                if p.spec.match.selector is None or p.spec.match.selector.compiled.matches(labels)
+            ]
+        return self._matched
+
+
 def _matches(policy: Any, view: WorkloadView, ns_labels: Mapping[str, str]) -> bool:
+    """`policy_matches` minus the label selector (which `_Matcher` applies as labels change)."""
     match = policy.spec.match
     gpus = 0
     if match.gpu_only:
@@ -120,8 +146,9 @@ def _matches(policy: Any, view: WorkloadView, ns_labels: Mapping[str, str]) -> b
         kind=view.kind,
         namespace=view.namespace,
         namespace_labels=ns_labels,
-        labels=view.labels(),
+        labels=_ANY,
         gpus=gpus,
+        selector=False,
     )
 
 

@@ -138,23 +138,26 @@ def policy_matches(
     namespace_labels: Mapping[str, str],
     labels: Mapping[str, str],
     gpus: int,
+    selector: bool = True,
 ) -> bool:
     """Whether a FinOpsPolicy's `spec.match` selects this workload.
 
     All given conditions must hold (like Kyverno's `match.any[0]` with several fields). `labels`
     are the workload's effective labels; `gpus` its total GPU request (for `gpuOnly`).
+    `selector=False` leaves the label selector out (for callers that apply it themselves).
     """
     match = policy.spec.match
+    # Plain list truthiness first: most policies leave most conditions unset.
     if match.kinds and kind not in match.kind_set:
         return False
-    if match.namespace_globs and not match.namespace_globs.matches(namespace):
+    if match.namespaces and not match.namespace_globs.matches(namespace):
         return False
-    if match.exclude_globs and match.exclude_globs.matches(namespace):
+    if match.exclude_namespaces and match.exclude_globs.matches(namespace):
         return False
     namespace_selector = match.namespace_selector
     if namespace_selector is not None and not namespace_selector.compiled.matches(namespace_labels):
         return False
-    if match.selector is not None and not match.selector.compiled.matches(labels):
+    if selector and match.selector is not None and not match.selector.compiled.matches(labels):
         return False
     if match.gpu_only and gpus <= 0:
         return False

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
@@ -24,7 +25,6 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
-    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -89,6 +89,17 @@ Duration = Annotated[timedelta, BeforeValidator(parse_duration), PlainSerializer
 Timestamp = Annotated[datetime, AfterValidator(_aware)]
 
 
+def _compile_now(model: BaseModel) -> None:
+    """Compute a model's compiled matchers at load, not on the first admission.
+
+    They are `cached_property`s: stored in the instance `__dict__`, so the hot path reads them as
+    plain attributes (pydantic private attributes go through `__getattr__`, several times slower).
+    """
+    for name, member in vars(type(model)).items():
+        if isinstance(member, cached_property):
+            getattr(model, name)
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(
         extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True
@@ -117,16 +128,14 @@ class LabelSelector(_Model):
 
     match_labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
     match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list)
-    _compiled: Selector = PrivateAttr(default=EVERYTHING)
-
     def model_post_init(self, context: Any) -> None:
-        self._compiled = Selector(
-            self.match_labels, [(e.key, e.operator, e.values) for e in self.match_expressions]
-        )
+        _compile_now(self)
 
-    @property
+    @cached_property
     def compiled(self) -> Selector:
-        return self._compiled
+        if not self.match_labels and not self.match_expressions:
+            return EVERYTHING
+        return Selector(self.match_labels, [(e.key, e.operator, e.values) for e in self.match_expressions])
 
 
 class ObjectMeta(BaseModel):
@@ -172,26 +181,20 @@ class MatchSpec(_Model):
     kinds: list[str] = Field(default_factory=list)
     selector: LabelSelector | None = None
     gpu_only: bool = False
-    _namespace_globs: GlobSet = PrivateAttr()
-    _exclude_globs: GlobSet = PrivateAttr()
-    _kind_set: frozenset[str] = PrivateAttr()
-
     def model_post_init(self, context: Any) -> None:
-        self._namespace_globs = GlobSet(self.namespaces)
-        self._exclude_globs = GlobSet(self.exclude_namespaces)
-        self._kind_set = frozenset(self.kinds)
+        _compile_now(self)
 
-    @property
+    @cached_property
     def namespace_globs(self) -> GlobSet:
-        return self._namespace_globs
+        return GlobSet(self.namespaces)
 
-    @property
+    @cached_property
     def exclude_globs(self) -> GlobSet:
-        return self._exclude_globs
+        return GlobSet(self.exclude_namespaces)
 
-    @property
+    @cached_property
     def kind_set(self) -> frozenset[str]:
-        return self._kind_set
+        return frozenset(self.kinds)
 
 
 class RequiredLabel(_Model):
@@ -203,8 +206,6 @@ class RequiredLabel(_Model):
     """A regular expression the whole value must match (re.fullmatch)."""
     default: LabelValue | None = None
     description: str = ""
-    _allowed: frozenset[str] | None = PrivateAttr(default=None)
-    _regex: re.Pattern[str] | None = PrivateAttr(default=None)
 
     @field_validator("default")
     @classmethod
@@ -220,13 +221,22 @@ class RequiredLabel(_Model):
         return value
 
     def model_post_init(self, context: Any) -> None:
-        self._allowed = frozenset(self.allowed_values) if self.allowed_values is not None else None
-        self._regex = re.compile(self.pattern) if self.pattern is not None else None
+        _compile_now(self)
+
+    @cached_property
+    def allowed_set(self) -> frozenset[str] | None:
+        return frozenset(self.allowed_values) if self.allowed_values is not None else None
+
+    @cached_property
+    def regex(self) -> re.Pattern[str] | None:
+        return re.compile(self.pattern) if self.pattern is not None else None
 
     def accepts(self, value: str) -> bool:
-        if self._allowed is not None and value not in self._allowed:
+        allowed = self.allowed_set
+        if allowed is not None and value not in allowed:
             return False
-        return self._regex is None or self._regex.fullmatch(value) is not None
+        regex = self.regex
+        return regex is None or regex.fullmatch(value) is not None
 
 
 class LabelsSpec(_Model):
@@ -265,20 +275,16 @@ class InstanceTypeRule(_Model):
 
     when: When = Field(default_factory=dict)
     instance_types: list[str] = Field(min_length=1)
-    _when: dict[str, frozenset[str]] = PrivateAttr()
-    _globs: GlobSet = PrivateAttr()
-
     def model_post_init(self, context: Any) -> None:
-        self._when = _compile_when(self.when) or {}
-        self._globs = GlobSet(self.instance_types)
+        _compile_now(self)
 
-    @property
+    @cached_property
     def compiled_when(self) -> dict[str, frozenset[str]]:
-        return self._when
+        return _compile_when(self.when) or {}
 
-    @property
+    @cached_property
     def globs(self) -> GlobSet:
-        return self._globs
+        return GlobSet(self.instance_types)
 
 
 class GPUSpec(_Model):
@@ -289,20 +295,16 @@ class GPUSpec(_Model):
     require_instance_type: bool = False
     allowed_instance_types: list[InstanceTypeRule] = Field(default_factory=list)
     max_gpus_per_pod: int | None = Field(default=None, ge=0, alias="maxGPUsPerPod")
-    _resources: tuple[str, ...] = PrivateAttr()
-    _keys: tuple[str, ...] = PrivateAttr()
-
     def model_post_init(self, context: Any) -> None:
-        self._resources = tuple(self.resources)
-        self._keys = tuple(self.instance_type_keys)
+        _compile_now(self)
 
-    @property
+    @cached_property
     def resource_tuple(self) -> tuple[str, ...]:
-        return self._resources
+        return tuple(self.resources)
 
-    @property
+    @cached_property
     def key_tuple(self) -> tuple[str, ...]:
-        return self._keys
+        return tuple(self.instance_type_keys)
 
     def allowlist_for(self, labels: dict[str, str]) -> InstanceTypeRule | None:
         """The first entry whose `when` matches; None means no allowlist constrains this workload."""
@@ -320,7 +322,6 @@ class ExpirySpec(_Model):
     max_lifetime: Duration | None = None
     default: Duration | None = None
     notify_before: Duration = timedelta(minutes=15)
-    _required_when: dict[str, frozenset[str]] | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _default_within_lifetime(self) -> Self:
@@ -332,12 +333,17 @@ class ExpirySpec(_Model):
         return self
 
     def model_post_init(self, context: Any) -> None:
-        self._required_when = _compile_when(self.required_when)
+        _compile_now(self)
+
+    @cached_property
+    def required_when_sets(self) -> dict[str, frozenset[str]] | None:
+        return _compile_when(self.required_when)
 
     def required_for(self, labels: dict[str, str]) -> bool:
-        if self._required_when is None:
+        when = self.required_when_sets
+        if when is None:
             return False
-        return all(labels.get(k) in v for k, v in self._required_when.items())
+        return all(labels.get(k) in v for k, v in when.items())
 
 
 class PrometheusSpec(_Model):
@@ -395,14 +401,12 @@ class GPUBudgetSpec(_Model):
     """Price per GPU-hour by instance type, with `default` for the rest (for cost estimates)."""
     resources: list[str] = Field(default_factory=lambda: list(DEFAULT_GPU_RESOURCES), min_length=1)
     """Extended resources counted as GPUs, as in FinOpsPolicy `spec.gpu.resources`."""
-    _resources: tuple[str, ...] = PrivateAttr()
-
     def model_post_init(self, context: Any) -> None:
-        self._resources = tuple(self.resources)
+        _compile_now(self)
 
-    @property
+    @cached_property
     def resource_tuple(self) -> tuple[str, ...]:
-        return self._resources
+        return tuple(self.resources)
 
 
 class GPUBudgetStatus(_Status):
@@ -428,15 +432,19 @@ class FinOpsExceptionSpec(_Model):
     selector: LabelSelector = Field(default_factory=LabelSelector)
     expires_at: Timestamp
     reason: str = Field(min_length=1)
-    _policies: frozenset[str] = PrivateAttr()
-    _rules: frozenset[str] = PrivateAttr()
-
     def model_post_init(self, context: Any) -> None:
-        self._policies = frozenset(self.policies)
-        self._rules = frozenset(self.rules)
+        _compile_now(self)
+
+    @cached_property
+    def policy_set(self) -> frozenset[str]:
+        return frozenset(self.policies)
+
+    @cached_property
+    def rule_set(self) -> frozenset[str]:
+        return frozenset(self.rules)
 
     def covers(self, policy: str, rule: str) -> bool:
-        policies, rules = self._policies, self._rules
+        policies, rules = self.policy_set, self.rule_set
         return ("*" in policies or policy in policies) and ("*" in rules or rule in rules)
 
 

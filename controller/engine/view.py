@@ -31,6 +31,7 @@ class WorkloadView:
         "_added_annotations",
         "_labels",
         "_gpus",
+        "version",
     )
 
     def __init__(self, manifest: Mapping[str, Any], spec: KindSpec, *, namespace: str) -> None:
@@ -49,6 +50,8 @@ class WorkloadView:
         self._added_annotations: dict[str, str] = {}
         self._labels: dict[str, str] | None = None
         self._gpus: dict[tuple[str, ...], list[int]] = {}
+        self.version = 0
+        """Bumped by every label change, so callers can cache what depends on labels."""
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -101,6 +104,7 @@ class WorkloadView:
         self._added_template[index][key] = value
         self._template_labels[index] = {**self._template_labels[index], key: value}
         self._labels = None
+        self.version += 1
 
     def add_meta_label(self, key: str, value: str) -> None:
         self._added_meta_labels[key] = value
@@ -108,6 +112,7 @@ class WorkloadView:
         if self.is_pod:
             self._template_labels[0] = self._meta_labels
             self._labels = None
+            self.version += 1
 
     def add_annotation(self, key: str, value: str) -> None:
         self._added_annotations[key] = value

@@ -188,7 +188,7 @@ class KindRegistry:
 BUILTIN_KINDS = KindRegistry(BUILTIN_KIND_SPECS)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class PodTemplate:
     """One pod template found in a workload."""
 
@@ -264,6 +264,14 @@ def pod_templates_of(manifest: Mapping[str, Any], spec: KindSpec) -> list[PodTem
     for tspec in spec.templates:
         if not tspec._segments:
             found.append(PodTemplate("", (), manifest, 1))
+            continue
+        if "*" not in tspec._segments:  # the common case (Deployment, Job, ...): plain lookups
+            template = _get(manifest, tspec._segments, ())
+            if isinstance(template, Mapping):
+                replicas = 1
+                for segments in tspec._replica_segments:
+                    replicas *= _count(_get(manifest, segments, ()))
+                found.append(PodTemplate(tspec.path, tspec._segments, template, replicas))
             continue
         for path, template, bound in _walk(manifest, tspec._segments, (), ()):
             if not isinstance(template, Mapping):
