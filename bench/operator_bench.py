@@ -1,0 +1,253 @@
+"""Operator scale benchmark, metering part: 5,000 GPU pods across 500 namespaces on kwok nodes.
+
+Measures
+- `status_lag_s`: from the moment the last pod started running (its container `startedAt`) until
+  every GPUBudget's status counts all of them (`runningGPUs`): how stale admission's view gets;
+- `accuracy_error_pct`: the worst relative difference, over budgets, between `usedGPUHours` and
+  the ground truth from the pods' start times at the budget's `lastMeteredAt`;
+- `finalizers_s`: until every running GPU pod carries the metering finalizer;
+- `rss_mib`: the operator's peak resident memory (VmHWM), and at start.
+
+    python -m bench.operator_bench [--dir .cluster/bench] [--pods 5000] [--namespaces 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+COMPTROLLER = Path(sys.executable).parent / "comptroller"
+OWN_NAMESPACE = "comptroller-system"
+GPUS_PER_NODE = 200
+PODS_PER_NODE = 250
+TEAMS = 10
+
+
+def parse(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+class RssSampler(threading.Thread):
+    """Peak RSS of a process, from /proc (VmHWM is the kernel's own high-water mark)."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.stopped = threading.Event()
+
+    def read(self, field: str = "VmRSS") -> float:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def run(self) -> None:
+        while not self.stopped.wait(1.0):
+            try:
+                self.read()
+            except OSError:
+                return
+
+    def stop(self) -> float:
+        peak = self.read("VmHWM")
+        self.stopped.set()
+        return peak
+
+
+def ensure_crds(cluster: Any) -> None:
+    import yaml
+
+    from e2e.test_metering import FALLBACK_BUDGET_CRD
+
+    crd_dir = REPO / "charts" / "comptroller" / "crds"
+    docs = [d for f in sorted(crd_dir.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
+    if not any(d["metadata"]["name"] == "gpubudgets.finops.comptroller.dev" for d in docs):
+        docs.append(FALLBACK_BUDGET_CRD)
+    cluster.apply(docs, server_side=True)
+    for doc in docs:
+        name = doc["metadata"]["name"]
+        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
+    cluster.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OWN_NAMESPACE}}])
+
+
+def wait_until(what: str, predicate, *, timeout: float, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def run(cluster: Any, *, pods: int = 5000, namespaces: int = 500, interval: float = 10.0) -> dict:
+    from controller.k8s.config import load_api_client
+    from controller.k8s.ledgers import BUDGETS
+    from controller.k8s.pods import PODS
+    from controller.k8s.workloads import ApiError, Workloads
+    from e2e.cluster.plane import free_port, node_manifest
+
+    ensure_crds(cluster)
+    api = Workloads(load_api_client(str(cluster.kubeconfig)), page_size=500)
+    run_id = uuid.uuid4().hex[:6]
+    label = {"bench.comptroller.dev/run": run_id}
+    teams = [f"bench-{run_id}-{i}" for i in range(TEAMS)]
+    ns_names = [f"bench-{run_id}-{i:03d}" for i in range(namespaces)]
+    node_count = -(-pods // min(GPUS_PER_NODE, PODS_PER_NODE))
+    nodes = [node_manifest(f"bench-{run_id}", GPUS_PER_NODE, i, 512, "4Ti", max_pods=PODS_PER_NODE)
+             for i in range(node_count)]
+    for node in nodes:
+        node["metadata"]["labels"].update(label)
+    cluster.add_nodes(nodes)
+    cluster.apply([{"apiVersion": "v1", "kind": "Namespace",
+                    "metadata": {"name": n, "labels": {**label, "finops.comptroller.dev/ignore": "true"}}}
+                   for n in ns_names])
+    cluster.apply([{"apiVersion": "finops.comptroller.dev/v1alpha1", "kind": "GPUBudget",
+                    "metadata": {"name": team, "labels": label},
+                    "spec": {"selector": {"matchLabels": {"team": team}}, "gpuHours": 1_000_000,
+                             "period": "Monthly", "pricePerGPUHour": {"default": 2.5}}} for team in teams])
+
+    log = REPO / ".cluster" / f"operator-bench-{run_id}.log"
+    argv = [str(COMPTROLLER), "operator", "--kubeconfig", str(cluster.kubeconfig), "--standalone",
+            "--namespace", OWN_NAMESPACE, "--metering-interval", str(interval),
+            "--liveness-port", str(free_port()), "--metrics-port", str(free_port()), "--log-level", "INFO"]
+    result: dict[str, Any] = {"pods": pods, "namespaces": namespaces, "budgets": TEAMS,
+                              "metering_interval_s": interval}
+    operator = subprocess.Popen(argv, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=REPO)
+    sampler = RssSampler(operator.pid)
+    try:
+        time.sleep(3)
+        result["rss_mib_at_start"] = round(sampler.read(), 1)
+        sampler.start()
+
+        def pod(i: int) -> dict:
+            team = teams[i % TEAMS]
+            return {"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": f"gpu-{i:05d}", "namespace": ns_names[i % namespaces],
+                                 "labels": {"team": team, **label}},
+                    "spec": {"nodeName": nodes[i % node_count]["metadata"]["name"],
+                             "tolerations": [{"operator": "Exists"}],
+                             "containers": [{"name": "main", "image": "train:latest",
+                                             "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}}
+
+        def create(i: int) -> None:
+            body = pod(i)
+            for attempt in range(30):  # a fresh namespace's ServiceAccount may not exist yet
+                try:
+                    api.request("POST", PODS.path(body["metadata"]["namespace"]), body=body)
+                    return
+                except ApiError as error:
+                    if error.status == 409:
+                        return
+                    time.sleep(0.5 + attempt * 0.1)
+            raise RuntimeError(f"could not create pod {i}")
+
+        began = time.monotonic()
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(create, range(pods)))
+        result["create_s"] = round(time.monotonic() - began, 1)
+        print(f"created {pods} GPU pods in {result['create_s']}s", flush=True)
+
+        def statuses() -> dict[str, dict]:
+            return {b["metadata"]["name"]: b.get("status") or {}
+                    for b in api.iter_objects(BUDGETS, label_selector=f"bench.comptroller.dev/run={run_id}")}
+
+        expected = {team: pods // TEAMS + (1 if i < pods % TEAMS else 0) for i, team in enumerate(teams)}
+
+        def all_counted():
+            current = statuses()
+            ok = all(current.get(t, {}).get("runningGPUs") == n for t, n in expected.items())
+            return (time.time(), current) if ok else None
+
+        counted_at, snapshot = wait_until("every budget to count every pod", all_counted, timeout=900,
+                                          interval=1)
+        listed = list(api.iter_objects(PODS, label_selector=f"bench.comptroller.dev/run={run_id}"))
+        starts: dict[str, list[float]] = {}
+        last_start = 0.0
+        for item in listed:
+            statuses_ = item["status"].get("containerStatuses") or ()
+            stamps = [parse(s["state"]["running"]["startedAt"]) for s in statuses_ if "running" in s["state"]]
+            if stamps:
+                starts.setdefault(item["metadata"]["labels"]["team"], []).append(min(stamps))
+                last_start = max(last_start, min(stamps))
+        result["status_lag_s"] = round(counted_at - last_start, 1)
+
+        errors = []
+        for team, status in snapshot.items():
+            at = parse(status["lastMeteredAt"])
+            truth = sum(max(0.0, at - s) for s in starts.get(team, ())) / 3600
+            if truth > 0:
+                errors.append(abs(status["usedGPUHours"] - truth) / truth * 100)
+        result["accuracy_error_pct"] = round(max(errors), 3) if errors else None
+
+        def protected() -> bool:
+            items = api.iter_objects(PODS, label_selector=f"bench.comptroller.dev/run={run_id}")
+            return all("finops.comptroller.dev/metering" in (p["metadata"].get("finalizers") or ())
+                       for p in items)
+
+        wait_until("the metering finalizer on every pod", protected, timeout=600, interval=2)
+        result["finalizers_s"] = round(time.monotonic() - began, 1)
+        # Steady state: a few more ticks with everything running.
+        time.sleep(2 * interval)
+        staleness = max(time.time() - parse(s["lastMeteredAt"]) for s in statuses().values())
+        result["staleness_s"] = round(staleness, 1)
+        result["rss_mib"] = round(sampler.stop(), 1)
+        result["rss_mib_end"] = round(sampler.read(), 1)
+    finally:
+        operator.send_signal(signal.SIGTERM)
+        try:
+            result["shutdown_s"] = _timed_wait(operator, 60)
+        except subprocess.TimeoutExpired:
+            operator.kill()
+        # Nothing will meter these pods any more: release them, then clean up.
+        subprocess.run([str(COMPTROLLER), "operator", "--kubeconfig", str(cluster.kubeconfig),
+                        "--release-finalizers", "--log-level", "WARNING"], check=False, cwd=REPO)
+        cluster.kubectl("delete", "gpubudget", "-l", f"bench.comptroller.dev/run={run_id}", "--wait=false",
+                        check=False)
+        cluster.kubectl("delete", "namespace", "-l", f"bench.comptroller.dev/run={run_id}", "--wait=false",
+                        check=False)
+        cluster.kubectl("delete", "node", "-l", f"bench.comptroller.dev/run={run_id}", "--wait=false",
+                        check=False)
+    return {"operator": result}
+
+
+def _timed_wait(process: subprocess.Popen, timeout: float) -> float:
+    began = time.monotonic()
+    process.wait(timeout)
+    return round(time.monotonic() - began, 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from e2e.cluster.plane import ControlPlane
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", type=Path, default=REPO / ".cluster" / "bench")
+    parser.add_argument("--pods", type=int, default=5000)
+    parser.add_argument("--namespaces", type=int, default=500)
+    parser.add_argument("--interval", type=float, default=10.0, help="metering interval (seconds)")
+    args = parser.parse_args(argv)
+    plane = ControlPlane(args.dir.resolve())
+    reused = plane.healthy()
+    plane.up()
+    try:
+        print(json.dumps(run(plane, pods=args.pods, namespaces=args.namespaces, interval=args.interval),
+                         indent=2))
+    finally:
+        if not reused:
+            plane.down(quiet=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
