@@ -3,6 +3,15 @@
     decision = evaluate(manifest, snapshot=Snapshot(policies=..., budgets=...), now=now)
 
 The webhook, the operator's background audit and `comptroller check` all call `evaluate`.
+
+    api.py         Snapshot in, Decision / Violation out
+    models.py      FinOpsPolicy, GPUBudget, FinOpsException: validated, compiled at load
+    evaluation.py  evaluate(): mutation, then validation; routing by enforcement; exceptions
+    rules/         the rule families: labels, gpu, expiry, budget
+    workloads.py   kinds and their pod templates, effective labels, GPU counts, node pinning
+    matching.py    label selectors, namespace globs, policy matching
+    expiry.py      the expires_at formats; budgets.py  periods and usage
+    messages.py    denial text, warnings, fix snippets; view.py  the workload being mutated
 """
 
 from controller.engine.api import BudgetState, Decision, Snapshot, Violation

@@ -104,3 +104,12 @@ def test_the_requirement_reads_labels_after_mutation():
         "path": "/metadata/annotations",
         "value": {"expires_at": at(timedelta(hours=1))},
     } in decision.patch
+
+
+def test_no_default_in_the_past_for_workloads_older_than_the_lifetime():
+    manifest = pod(EXP)
+    manifest["metadata"]["creationTimestamp"] = format_annotation(NOW - timedelta(days=5))
+    decision = judge(manifest, operation="UPDATE")
+    assert decision.patch == []
+    (violation,) = decision.violations
+    assert "required" in violation.message and "no expires_at fits" in violation.fix

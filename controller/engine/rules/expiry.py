@@ -6,6 +6,9 @@ workload's own metadata when required and missing: the operator terminates the w
 its pods, so that is where it looks; the pod template is left alone so a default never triggers
 a rollout.
 
+Mutation never sets a default that is already past (an UPDATE of a workload older than
+`maxLifetime`); validation reports the missing value instead.
+
 At UPDATE a past `expires_at` is not a violation: the workload is expired and the operator is
 about to terminate it; refusing its updates would only block that (and finalizer removal).
 `maxLifetime` is measured from `creationTimestamp` when present, else from `now`.
@@ -79,9 +82,11 @@ def mutate(policy: Any, view: Any, ctx: Context) -> None:
         return
     _, source, _ = find(view, expiry.key)
     if source is None:
-        view.add_annotation(
-            expiry.key, format_annotation(_fitting(expiry, created_at(view, ctx.now), ctx.now))
-        )
+        moment = _fitting(expiry, created_at(view, ctx.now), ctx.now)
+        # A workload already older than maxLifetime (a policy added after it was created) gets no
+        # default in the past, which would have the operator end it at once: validation reports it.
+        if moment > ctx.now:
+            view.add_annotation(expiry.key, format_annotation(moment))
 
 
 def _fitting(expiry: ExpirySpec, created: datetime, now: datetime) -> datetime:
