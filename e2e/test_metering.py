@@ -199,6 +199,16 @@ def delete_now(cluster, namespace: str, name: str) -> float:
     return parse(got.stdout) if got.returncode == 0 and got.stdout else float(int(before))
 
 
+def delete_budgets(cluster, *names: str) -> None:
+    """Delete budgets while the operator runs (kopf's finalizer on them goes with their daemon);
+    their ledgers, owned by them, are garbage-collected."""
+    cluster.kubectl("delete", "gpubudget", *names, "--timeout=30s")
+    for name in names:
+        wait_for(f"ledger of {name} garbage-collected", lambda n=name: cluster.kubectl(
+            "get", "configmap", "-n", OWN_NAMESPACE, f"comptroller-ledger-{n}", check=False).returncode != 0,
+            timeout=60)
+
+
 def budget_status(cluster, name: str) -> dict:
     return kubectl_json(cluster, "get", "gpubudget", name).get("status") or {}
 
@@ -289,8 +299,9 @@ def test_usage_matches_ground_truth_through_an_operator_kill(metering_cluster, o
 
     code, metrics = operator.get(operator.metrics_port, "/metrics")
     assert f'comptroller_gpu_hours_used{{budget="{budgets["a"]}"}}' in metrics
-    assert operator.terminate() == 0  # SIGTERM: clean shutdown
-    cluster.kubectl("delete", "gpubudget", *budgets.values(), "--wait=false", check=False)
+    # Deleting a budget stops its daemon and garbage-collects its ledger; then a clean SIGTERM.
+    delete_budgets(cluster, *budgets.values())
+    assert operator.terminate() == 0
     for ns in namespaces.values():
         cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
@@ -325,8 +336,9 @@ def test_threshold_events_are_emitted_once(metering_cluster, operator):
     operator.start()
     time.sleep(3 * INTERVAL)
     assert threshold_events() == [("100", "Warning", 1), ("50", "Normal", 1)]
+    cluster.kubectl("delete", "pod", "-n", ns, "burn", "--grace-period=0", "--force", "--wait=false")
+    delete_budgets(cluster, name)
     cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
-    cluster.kubectl("delete", "gpubudget", name, "--wait=false", check=False)
 
 
 def test_an_exhausted_budget_denies_only_its_own_team(stack, metering_cluster, operator):
@@ -359,5 +371,5 @@ def test_an_exhausted_budget_denies_only_its_own_team(stack, metering_cluster, o
     assert poor in denied.stderr and "GPU-hour" in denied.stderr, denied.stderr
     allowed = admission(rich, "fine")
     assert allowed.returncode == 0, allowed.stderr
+    delete_budgets(cluster, poor, rich)
     cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
-    cluster.kubectl("delete", "gpubudget", poor, rich, "--wait=false", check=False)

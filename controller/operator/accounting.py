@@ -69,7 +69,7 @@ class MeteringState:
     node_types: dict[str, str] = field(default_factory=dict)
     node_types_at: float = float("-inf")
     last_sweep: float = float("-inf")
-    sweeping: bool = False
+    sweep_task: asyncio.Task | None = None
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
     async def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
@@ -261,16 +261,27 @@ async def reconcile_finalizers(state: MeteringState, *, stopped: Any = None) -> 
     return plan
 
 
-async def maybe_reconcile_finalizers(state: MeteringState, *, stopped: Any = None) -> None:
-    """Run `reconcile_finalizers` if no other daemon did within the last interval."""
-    if state.sweeping or time.monotonic() - state.last_sweep < state.config.metering.interval:
-        return
-    state.sweeping = True
-    try:
-        await reconcile_finalizers(state, stopped=stopped)
-    finally:
-        state.last_sweep = time.monotonic()
-        state.sweeping = False
+def maybe_reconcile_finalizers(state: MeteringState, *, stopped: Any = None) -> asyncio.Task | None:
+    """Start `reconcile_finalizers` in the background if no sweep ran within the last interval.
+
+    In the background so that thousands of pod patches never delay a budget's next tick; it
+    stops between batches once `stopped` (the starting daemon's flag: paused, exiting) is set.
+    """
+    running = state.sweep_task is not None and not state.sweep_task.done()
+    if running or time.monotonic() - state.last_sweep < state.config.metering.interval:
+        return None
+    state.last_sweep = time.monotonic()
+
+    async def sweep() -> None:
+        try:
+            await reconcile_finalizers(state, stopped=stopped)
+        except Exception as error:  # the next sweep retries; never kill the daemon over it
+            log.warning("metering finalizer sweep failed: %s", error)
+        finally:
+            state.last_sweep = time.monotonic()
+
+    state.sweep_task = asyncio.create_task(sweep(), name="metering finalizer sweep")
+    return state.sweep_task
 
 
 # -- kopf handlers -----------------------------------------------------------------------------------
@@ -294,7 +305,7 @@ async def meter_budget(name: str, body: Any, stopped: kopf.DaemonStopped, memo: 
                 if committed is None:
                     await stopped.wait(1.0)  # conflict: reread and retry soon
                     continue
-                await maybe_reconcile_finalizers(state, stopped=stopped)
+                maybe_reconcile_finalizers(state, stopped=stopped)
             except ValueError as error:
                 logger.error("GPUBudget %s cannot be metered: %s", name, error)
                 metrics.METERING_TICKS.labels("error").inc()

@@ -160,10 +160,15 @@ def tune(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
 
 
 def release_finalizers(config: OperatorConfig) -> int:
-    """Remove the metering finalizer from every pod (uninstall: nothing will meter them)."""
+    """Remove every finalizer the operator puts: the metering one from pods, kopf's from GPUBudgets.
+
+    For uninstalling (nothing will meter or release them afterwards); safe to run any time, the
+    next active operator adds them back where they belong.
+    """
     from controller.k8s.config import load_api_client
+    from controller.k8s.ledgers import BUDGETS
     from controller.k8s.pods import pods_with_finalizer, remove_finalizer
-    from controller.k8s.workloads import Workloads
+    from controller.k8s.workloads import JSON_PATCH, ApiError, Workloads
 
     api = Workloads(load_api_client(config.kubeconfig))
     released = 0
@@ -171,7 +176,26 @@ def release_finalizers(config: OperatorConfig) -> int:
         metadata = pod["metadata"]
         if remove_finalizer(api, namespace=metadata["namespace"], name=metadata["name"], uid=metadata["uid"]):
             released += 1
-    log.info("released the metering finalizer from %d pods", released)
+    budgets = 0
+    try:
+        objects = api.list_objects(BUDGETS)
+    except ApiError as error:
+        objects = []
+        log.warning("could not list GPUBudgets: %s", error)
+    for budget in objects:
+        finalizers = budget["metadata"].get("finalizers") or []
+        if KOPF_FINALIZER not in finalizers:
+            continue
+        # Custom resources take no strategic merge patch: swap the list, guarded by a test op.
+        patch = [{"op": "test", "path": "/metadata/finalizers", "value": finalizers},
+                 {"op": "replace", "path": "/metadata/finalizers",
+                  "value": [f for f in finalizers if f != KOPF_FINALIZER]}]
+        try:
+            api.patch(BUDGETS, None, budget["metadata"]["name"], patch, content_type=JSON_PATCH)
+            budgets += 1
+        except ApiError as error:
+            log.warning("could not release GPUBudget %s: %s", budget["metadata"]["name"], error)
+    log.info("released the metering finalizer from %d pods and kopf's from %d GPUBudgets", released, budgets)
     return 0
 
 

@@ -250,3 +250,20 @@ def test_state_call_runs_blocking_calls_off_the_loop(executor):
 
     main = threading.get_ident()
     assert run(state.call(threading.get_ident)) != main
+
+
+def test_finalizer_sweeps_run_in_the_background_at_most_once_per_interval(executor):
+    api, clock = FakeApi(), [NOW]
+    state = state_for(api, FakeWatch([pod("new", 1, T0)]), executor, clock)
+    state.budgets = {b.name: b for b in budgets("nlp")}
+
+    async def scenario():
+        first = accounting.maybe_reconcile_finalizers(state)
+        second = accounting.maybe_reconcile_finalizers(state)  # one is running (and was just started)
+        await first
+        third = accounting.maybe_reconcile_finalizers(state)  # within the interval of the last one
+        return first, second, third
+
+    first, second, third = run(scenario())
+    assert first is not None and second is None and third is None
+    assert [name for _, name, _ in api.patches] == ["new"]
