@@ -6,6 +6,7 @@ from engine_cases import NOW, budget, deployment, pod, snapshot
 from controller.engine import evaluate
 from controller.engine.budgets import current_usage, period_bounds
 from controller.engine.expiry import format_annotation
+from controller.engine.rules.budget import _hours
 
 NLP = {"team": "nlp"}
 END = "2026-12-01T00:00:00Z"  # NOW is 2026-11-22T12:00Z: 204 hours left in the month
@@ -112,3 +113,12 @@ def test_period_bounds_roll_over_the_year():
     december = NOW.replace(month=12, day=31, hour=23)
     assert format_annotation(period_bounds("Monthly", december)[1]) == "2027-01-01T00:00:00Z"
     assert format_annotation(period_bounds("Daily", december)[1]) == "2027-01-01T00:00:00Z"
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [(0, "0.0"), (0.02, "0.02"), (0.0163, "0.016"), (0.5, "0.5"), (1, "1.0"), (12.46, "12.5"),
+     (99.9, "99.9"), (480, "480"), (12345.6, "12,346")],
+)
+def test_gpu_hours_stay_readable_at_every_scale(value, text):
+    assert _hours(value) == text

@@ -25,7 +25,13 @@ from controller.engine.rules.expiry import expires_at, find
 
 
 def _hours(value: float) -> str:
-    return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
+    """GPU-hours as a person reads them; budgets under one GPU-hour keep two significant digits
+    (a tiny daily cap must not read as `0.0 of 0.0`)."""
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 1 or value <= 0:
+        return f"{value:,.1f}"
+    return f"{value:.2g}"
 
 
 def validate(budget: Any, view: Any, ctx: Context) -> list[Violation]:
