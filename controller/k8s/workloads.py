@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
+METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
 
 
 class ApiError(Exception):
@@ -131,8 +132,9 @@ class Workloads:
         query: Mapping[str, Any] | None = None,
         body: Any = None,
         content_type: str | None = None,
+        accept: str = "application/json",
     ) -> Any:
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": accept}
         if body is not None:
             headers["Content-Type"] = content_type or "application/json"
         query_params = [(k, v) for k, v in (query or {}).items() if v is not None]
@@ -197,11 +199,18 @@ class Workloads:
     # -- reads -----------------------------------------------------------------------------------
 
     def iter_objects(
-        self, resource: ApiResource, *, namespace: str | None = None, label_selector: str | None = None
+        self,
+        resource: ApiResource,
+        *,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        metadata_only: bool = False,
     ) -> Iterator[dict[str, Any]]:
         """Every object of a kind, a page at a time, with `kind`/`apiVersion` filled in.
 
         A list's items carry no kind; callers pass objects on to the engine, which needs it.
+        `metadata_only` asks the API server for PartialObjectMetadata (no spec, no status): a
+        fraction of the bytes to send and decode when labels and annotations are all we need.
         """
         token: str | None = None
         while True:
@@ -213,8 +222,9 @@ class Workloads:
                     "continue": token,
                     "labelSelector": label_selector,
                 },
+                accept=METADATA_ONLY if metadata_only else "application/json",
             )
-            for item in page.get("items", []):
+            for item in page.get("items") or ():
                 item["kind"] = resource.kind
                 item["apiVersion"] = resource.api_version
                 yield item

@@ -304,11 +304,12 @@ class ExpirySweeper:
         self._reported: set[tuple[str, str, datetime]] = set()
         self._unmanaged_logged: set[str] = set()
 
-    def _list(self) -> tuple[dict[str, dict[str, Any]], Iterable[dict[str, Any]]]:
+    def _list(self, *, pod_specs: bool) -> tuple[dict[str, dict[str, Any]], Iterable[dict[str, Any]]]:
         """Controllers indexed by uid (owners), and an iterable over every workload.
 
         Pods are streamed page by page and never held all at once: only controllers, which are
-        far fewer, stay in memory for the owner walk.
+        far fewer, stay in memory for the owner walk. A Pod's expiry and labels are metadata,
+        so pods are listed as metadata only unless a policy needs their spec (`gpuOnly`).
         """
         owners: dict[str, dict[str, Any]] = {}
         pods = None
@@ -328,7 +329,7 @@ class ExpirySweeper:
         def every() -> Iterable[dict[str, Any]]:
             yield from owners.values()
             if pods is not None:
-                yield from self.workloads.iter_objects(pods)
+                yield from self.workloads.iter_objects(pods, metadata_only=not pod_specs)
 
         return owners, every()
 
@@ -365,7 +366,7 @@ class ExpirySweeper:
         policies = [p for p in policies if p.spec.expiry is not None]
         if not policies:
             return report
-        owners, objects = self._list()
+        owners, objects = self._list(pod_specs=any(p.spec.match.gpu_only for p in policies))
         due = plan_expiry(
             objects,
             policies,

@@ -48,13 +48,20 @@ class FakeWorkloads:
             group or "example.org", version or "v1", kind.lower() + "s", kind
         )
 
-    def iter_objects(self, resource, *, namespace=None, label_selector=None):
+    def iter_objects(self, resource, *, namespace=None, label_selector=None, metadata_only=False):
         for (kind, ns, _), obj in list(self.objects.items()):
             labels = obj["metadata"].get("labels") or {}
             if label_selector and labels.get(label_selector.split("=")[0]) != label_selector.split("=")[1]:
                 continue
             if kind == resource.kind and (namespace is None or ns == namespace):
-                yield copy.deepcopy(obj)
+                if metadata_only:  # as PartialObjectMetadata: no spec, no status
+                    yield {
+                        "apiVersion": obj.get("apiVersion"),
+                        "kind": kind,
+                        "metadata": copy.deepcopy(obj["metadata"]),
+                    }
+                else:
+                    yield copy.deepcopy(obj)
 
     def request(self, method, path, *, query=None, body=None, content_type=None):
         """Create (POST) and replace (PUT) of whole objects, which is all the report writer does."""
