@@ -60,15 +60,21 @@ def parse(stamp: str) -> float:
 class Operator:
     """`comptroller operator` as a child process we can SIGKILL and restart."""
 
-    def __init__(self, cluster, log: Path) -> None:
+    def __init__(self, cluster, log: Path, *, peering: tuple[str, int] | None = None) -> None:
         self.cluster = cluster
         self.log = log
+        self.peering = peering
         self.process: subprocess.Popen | None = None
         self.liveness_port = free_port()
         self.metrics_port = free_port()
 
     def start(self) -> None:
-        argv = [str(COMPTROLLER), "operator", "--kubeconfig", str(self.cluster.kubeconfig), "--standalone",
+        if self.peering:
+            name, priority = self.peering
+            ha = ["--peering", name, "--priority", str(priority)]
+        else:
+            ha = ["--standalone"]
+        argv = [str(COMPTROLLER), "operator", "--kubeconfig", str(self.cluster.kubeconfig), *ha,
                 "--namespace", OWN_NAMESPACE, "--metering-interval", str(INTERVAL),
                 "--liveness-port", str(self.liveness_port), "--metrics-port", str(self.metrics_port)]
         with self.log.open("a") as out:
@@ -87,6 +93,13 @@ class Operator:
     def get(self, port: int, path: str) -> tuple[int, str]:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
             return response.status, response.read().decode()
+
+    def committed_ticks(self) -> float:
+        _, text = self.get(self.metrics_port, "/metrics")
+        for line in text.splitlines():
+            if line.startswith('comptroller_metering_ticks_total{outcome="committed"}'):
+                return float(line.split()[-1])
+        return 0.0
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
@@ -373,3 +386,43 @@ def test_an_exhausted_budget_denies_only_its_own_team(stack, metering_cluster, o
     assert allowed.returncode == 0, allowed.stderr
     delete_budgets(cluster, poor, rich)
     cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def test_peering_keeps_one_replica_active_and_a_standby_takes_over(metering_cluster, operator, tmp_path):
+    # `operator` only pauses the stack's operator: this test runs two replicas of its own.
+    cluster = metering_cluster
+    run = uuid.uuid4().hex[:6]
+    peering, team, ns = f"meter-ha-{run}", f"ha-{run}", f"ha-{run}"
+    cluster.apply([{"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering",
+                    "metadata": {"name": peering}}])
+    cluster.create_namespace(ns, labels={IGNORE_LABEL: "true"})
+    cluster.apply([budget(team, team, 1000)])
+    active = Operator(cluster, tmp_path / "active.log", peering=(peering, 200))
+    standby = Operator(cluster, tmp_path / "standby.log", peering=(peering, 100))
+    active.start()
+    standby.start()
+    try:
+        cluster.apply([gpu_pod("train", ns, team, 4, "g6.12xlarge")])
+        start = wait_for("train running", lambda: started_at(cluster, ns, "train"), timeout=30)
+        wait_for("the budget metered", lambda: budget_status(cluster, team).get("runningGPUs") == 4,
+                 timeout=30, operator=active)
+        time.sleep(3 * INTERVAL)
+        assert active.committed_ticks() > 0
+        assert standby.committed_ticks() == 0, standby.tail()  # paused by kopf peering
+
+        active.kill()
+        # The standby resumes once the dead peer's heartbeat expires (30 s lifetime).
+        wait_for("the standby to take over", lambda: standby.committed_ticks() > 0, timeout=60,
+                 operator=standby)
+        end = delete_now(cluster, ns, "train")
+        final = wait_for("the budget settled", lambda: settled(cluster, team, end), timeout=30,
+                         operator=standby)
+        truth = 4 * (end - start) / 3600
+        assert final["usedGPUHours"] == pytest.approx(truth, rel=TOLERANCE)
+        delete_budgets(cluster, team)
+    finally:
+        for replica in (active, standby):
+            if replica.process and replica.process.poll() is None:
+                replica.process.kill()
+        cluster.kubectl("delete", "clusterkopfpeering", peering, "--wait=false", check=False)
+        cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
