@@ -222,6 +222,13 @@ def delete_budgets(cluster, *names: str) -> None:
             timeout=60)
 
 
+def wait_pods_gone(cluster, namespace: str, operator: Operator | None = None) -> None:
+    """Deleted pods leave once metered (the operator releases the metering finalizer)."""
+    wait_for(f"pods of {namespace} released", lambda: not kubectl_json(cluster, "get", "pods", "-n",
+                                                                       namespace)["items"],
+             timeout=30, operator=operator)
+
+
 def budget_status(cluster, name: str) -> dict:
     return kubectl_json(cluster, "get", "gpubudget", name).get("status") or {}
 
@@ -350,6 +357,7 @@ def test_threshold_events_are_emitted_once(metering_cluster, operator):
     time.sleep(3 * INTERVAL)
     assert threshold_events() == [("100", "Warning", 1), ("50", "Normal", 1)]
     cluster.kubectl("delete", "pod", "-n", ns, "burn", "--grace-period=0", "--force", "--wait=false")
+    wait_pods_gone(cluster, ns, operator)
     delete_budgets(cluster, name)
     cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
@@ -369,6 +377,7 @@ def test_an_exhausted_budget_denies_only_its_own_team(stack, metering_cluster, o
     wait_for("budget exhausted", lambda: budget_status(cluster, poor).get("usedGPUHours", 0) >= 0.005,
              timeout=40, operator=operator)
     cluster.kubectl("delete", "pod", "-n", ns, "burn", "--grace-period=0", "--force", "--wait=false")
+    wait_pods_gone(cluster, ns, operator)
 
     def admission(team: str, name: str) -> subprocess.CompletedProcess:
         manifest = json.dumps(gpu_pod(name, ns, team, 1, "p4d.24xlarge"))
@@ -419,6 +428,7 @@ def test_peering_keeps_one_replica_active_and_a_standby_takes_over(metering_clus
                          operator=standby)
         truth = 4 * (end - start) / 3600
         assert final["usedGPUHours"] == pytest.approx(truth, rel=TOLERANCE)
+        wait_pods_gone(cluster, ns, standby)
         delete_budgets(cluster, team)
     finally:
         for replica in (active, standby):

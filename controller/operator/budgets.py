@@ -81,7 +81,13 @@ def threshold_message(budget: Budget, ledger: Ledger, threshold: int) -> str:
 
 
 def _condition(
-    previous: Sequence[Mapping[str, Any]], type_: str, status: str, reason: str, message: str, now: datetime
+    previous: Sequence[Mapping[str, Any]],
+    type_: str,
+    status: str,
+    reason: str,
+    message: str,
+    now: datetime,
+    generation: int,
 ) -> dict[str, Any]:
     old = next((c for c in previous if c.get("type") == type_), None)
     # lastTransitionTime moves only when the status flips, as kubectl and alerting expect.
@@ -92,6 +98,7 @@ def _condition(
         "reason": reason,
         "message": message,
         "lastTransitionTime": since,
+        "observedGeneration": generation,
     }
 
 
@@ -120,6 +127,7 @@ def project_status(
             "BudgetExhausted" if exhausted else "WithinBudget",
             f"{used:.2f} of {budget.gpu_hours:g} GPU-hours used ({percent:.1f}%)",
             now,
+            budget.generation,
         ),
         _condition(
             old_conditions,
@@ -132,6 +140,7 @@ def project_status(
                 else f"{percent:.1f}% used; thresholds {levels}"
             ),
             now,
+            budget.generation,
         ),
     ]
     return {
