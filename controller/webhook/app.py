@@ -152,7 +152,9 @@ def create_app(
         """The benchmark's ceiling: the same server, TLS and body read, a constant allowed review."""
         try:
             uid = json.loads(await _read_body(request, limit=settings.max_body_bytes))["request"]["uid"]
-        except (BodyTooLarge, ValueError, KeyError, TypeError):
+        except BodyTooLarge:
+            return _error(413, f"request body larger than {settings.max_body_bytes} bytes")
+        except (ValueError, KeyError, TypeError):
             return _error(400, "malformed AdmissionReview")
         return Response(response_body(uid, allowed=True), media_type=JSON)
 
