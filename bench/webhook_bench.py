@@ -243,7 +243,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wrk_binary() -> str:
+def wrk_binary() -> str:
     found = shutil.which("wrk")
     if found:
         return found
@@ -326,7 +326,7 @@ def wrk(
     env = {**os.environ, "BENCH_BODY": str(body), "BENCH_DELAY_MS": str(delay_ms)}
     result = subprocess.run(
         [
-            _wrk_binary(),
+            wrk_binary(),
             "-t",
             str(THREADS),
             "-c",
