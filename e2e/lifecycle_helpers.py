@@ -3,8 +3,8 @@ intervals, CRDs, namespaces the webhook leaves alone, and polling.
 
 Policies are cluster-scoped, so any operator running in the cluster acts on a test's policies.
 A test's operator therefore joins the stack's kopf peering (when there is one) with a priority
-above any the stack draws, which pauses the stack's operator while the test runs; without a
-stack it runs standalone.
+above any the stack draws (and above earlier tests' operators), which pauses the stack's
+operator while the test runs; without a stack it runs standalone.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ VENV_BIN = Path(sys.executable).parent
 CRD_DIRS = [REPO / "charts" / "comptroller" / "crds", REPO / "e2e" / "crds"]
 IGNORE_LABEL = "finops.comptroller.dev/ignore"
 OWN_NAMESPACE = "comptroller-system"
-TOP_PRIORITY = 2_000_000_000
 
 
 def wait_until(predicate: Callable[[], T], *, timeout: float, what: str, interval: float = 0.5) -> T:
@@ -113,7 +112,10 @@ class OperatorProcess:
     def _peering(self) -> list[str]:
         stack_peering = self.cluster.kubectl("get", "clusterkopfpeering", "comptroller", check=False)
         if stack_peering.returncode == 0:
-            return ["--peering", "comptroller", "--priority", str(TOP_PRIORITY)]
+            # Above any priority the stack draws (at most 1e6), and above every earlier test's
+            # operator: a peer that just exited may linger in the peering object for its
+            # lifetime, and kopf freezes every peer of an equal priority.
+            return ["--peering", "comptroller", "--priority", str(int(time.time() * 1000))]
         return ["--standalone"]
 
     def __enter__(self) -> OperatorProcess:

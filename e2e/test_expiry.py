@@ -49,6 +49,18 @@ def scoped(cluster):
         ]
     )
     yield namespace
+    # Expired leftovers would be due for the next test's operator (under any cluster-wide expiry
+    # policy) and eat its brake; remove them before the namespace goes away in the background.
+    cluster.kubectl(
+        "delete",
+        "deployments,jobs,pods",
+        "--all",
+        "-n",
+        namespace,
+        "--wait=true",
+        "--timeout=60s",
+        check=False,
+    )
     cluster.kubectl("delete", "finopspolicy", name, "--ignore-not-found", "--wait=false", check=False)
     cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
@@ -235,11 +247,14 @@ def test_the_brake_caps_terminations_per_minute(cluster, scoped):
         "--audit-interval",
         "3600",
     ) as operator:
-        wait_until(
-            lambda: len(events(cluster, namespace, reason="Expired")) >= 3,
-            timeout=30,
-            what="the first three terminations",
-        )
+        try:
+            wait_until(
+                lambda: len(events(cluster, namespace, reason="Expired")) >= 3,
+                timeout=30,
+                what="the first three terminations",
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; operator log:\n{operator.log()[-3000:]}") from None
         time.sleep(8)  # many sweeps, all within the same minute
         log = operator.log()
     assert len(events(cluster, namespace, reason="Expired")) == 3

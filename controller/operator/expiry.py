@@ -121,11 +121,13 @@ def controller_of(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
 
 
 def top_level_owner(
-    obj: Mapping[str, Any], owners: Mapping[str, Mapping[str, Any]]
+    obj: Mapping[str, Any], owners: Mapping[str, Mapping[str, Any]], *, kinds: KindRegistry | None = None
 ) -> tuple[Mapping[str, Any] | None, str]:
     """Walk controller references up through `owners` (uid -> object of a kind we manage).
 
-    Returns `(top, "")`, or `(None, why)` when the chain ends at a controller we do not manage.
+    Returns `(top, "")`, or `(None, why)` when the chain ends at a controller not in `owners`:
+    one of a kind we do not manage, or (`why` starting with "not listed") one created after the
+    sweep listed controllers, which the next sweep will see.
     """
     seen: set[str] = set()
     current = obj
@@ -136,10 +138,12 @@ def top_level_owner(
         seen.add(uid)
         owner = owners.get(uid)
         if owner is None:
-            return (
-                None,
-                f"controlled by {ref.get('kind')}/{ref.get('name')}, which Comptroller does not manage",
-            )
+            controller = f"{ref.get('kind')}/{ref.get('name')}"
+            if (kinds or BUILTIN_KINDS).lookup(
+                {"apiVersion": ref.get("apiVersion"), "kind": ref.get("kind")}
+            ):
+                return None, f"not listed yet: its controller {controller} is newer than this sweep's listing"
+            return None, f"controlled by {controller}, which Comptroller does not manage"
         current = owner
     return current, ""
 
@@ -245,7 +249,7 @@ def plan_expiry(
         )
         if terms is None:
             continue
-        top, why = top_level_owner(obj, owners)
+        top, why = top_level_owner(obj, owners, kinds=kinds)
         if top is None:
             if on_unmanaged is not None:
                 on_unmanaged(obj, why)
@@ -349,7 +353,9 @@ class ExpirySweeper:
 
     def _unmanaged(self, obj: Mapping[str, Any], why: str) -> None:
         ref = object_ref(obj)
-        if ref not in self._unmanaged_logged:
+        if why.startswith("not listed"):
+            log.debug("expiry: %s: %s", ref, why)
+        elif ref not in self._unmanaged_logged:
             self._unmanaged_logged.add(ref)
             log.info("expiry: %s has expired but is left alone: %s", ref, why)
 

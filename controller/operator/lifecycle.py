@@ -81,6 +81,8 @@ def _compiled(workloads: Workloads, resource: ApiResource, model: Any) -> list[A
     compiled = []
     try:
         for obj in workloads.iter_objects(resource):
+            if obj["metadata"].get("deletionTimestamp"):
+                continue  # being deleted (kopf's finalizer holds it until its daemon stops): gone for us
             try:
                 compiled.append(model.from_object(obj))
             except PolicyError as exc:  # its status says why (policies.py); no need to shout here

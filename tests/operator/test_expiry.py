@@ -192,7 +192,11 @@ OWNERS = {"dep-uid": DEP, "uid-d-abc": RS}
         (RS, "Deployment/ml/d", ""),
         (DEP, "Deployment/ml/d", ""),
         (pod(owner=("InferenceService", "llm", "isvc-uid")), None, "InferenceService/llm"),
-        (pod(owner=("ReplicaSet", "gone", "gone-uid")), None, "ReplicaSet/gone"),
+        (
+            pod(owner=("ReplicaSet", "gone", "gone-uid")),
+            None,
+            "not listed yet: its controller ReplicaSet/gone",
+        ),
     ],
 )
 def test_top_level_owner(obj, top, why):

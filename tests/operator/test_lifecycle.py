@@ -84,7 +84,7 @@ def test_a_slow_sweep_is_not_started_twice():
     assert loops.tick_every == 0.5  # a zero interval never spins the daemons
 
 
-def test_read_inputs_skips_what_does_not_compile_and_excludes_our_namespace():
+def test_read_inputs_skips_broken_and_deleted_policies_and_excludes_our_namespace():
     good = {
         "apiVersion": constants.API_VERSION,
         "kind": "FinOpsPolicy",
@@ -102,7 +102,8 @@ def test_read_inputs_skips_what_does_not_compile_and_excludes_our_namespace():
         "kind": "Namespace",
         "metadata": {"name": "ml", "labels": {"team": "nlp"}},
     }
-    inputs = read_inputs(FakeWorkloads(good, broken, namespace), own_namespace="comptroller")
+    deleted = {**good, "metadata": {"name": "c", "deletionTimestamp": "2026-11-22T11:00:00Z"}}
+    inputs = read_inputs(FakeWorkloads(good, broken, deleted, namespace), own_namespace="comptroller")
     assert [p.name for p in inputs.policies] == ["b"]
     assert inputs.namespace_labels == {"ml": {"team": "nlp"}}
     assert inputs.excluded_namespaces == frozenset({"kube-system", "comptroller"})
