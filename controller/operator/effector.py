@@ -32,6 +32,7 @@ from datetime import datetime
 from typing import Any
 
 from controller import constants
+from controller.engine.durations import format_duration
 from controller.k8s.workloads import ApiResource, Workloads, object_ref
 
 log = logging.getLogger(__name__)
@@ -117,23 +118,26 @@ class Effector:
     def notify_expiring(
         self, obj: Mapping[str, Any], *, expires_at: datetime, policy: str, now: datetime
     ) -> Outcome:
-        """Event `ExpiringSoon`, and a note on the workload so it is sent once per expires_at."""
+        """Event `ExpiringSoon`, and a note on the workload so it is sent once per expires_at.
+
+        The note is written first: if writing it fails, the next sweep tries again, and no second
+        Event has been sent for nothing.
+        """
         target = object_ref(obj)
-        remaining = expires_at - now
-        minutes = max(int(remaining.total_seconds() // 60), 0)
         message = (
-            f"expires at {_stamp(expires_at)} (in {minutes} min) under policy {policy}; "
-            f"it will then be {_PAST[termination_of(obj['kind'])]}. To keep it, set a later "
-            f"expires_at (within the policy's maxLifetime)."
+            f"expires at {_stamp(expires_at)} (in {format_duration(expires_at - now)}) "
+            f"under policy {policy}; it will then be {_PAST[termination_of(obj['kind'])]}. "
+            f"To keep it, set a later expires_at (within the policy's maxLifetime)."
         )
-        self._event(obj, reason=constants.REASON_EXPIRING_SOON, message=message, now=now, type_="Warning")
         if self.dry_run:
             log.info("dry-run: would note %s as notified of its expiry at %s", target, _stamp(expires_at))
+            self._event(obj, reason=constants.REASON_EXPIRING_SOON, message=message, now=now, type_="Warning")
             return Outcome("notify", target, done=False, dry_run=True, detail=message)
         self._patch(
             obj,
             {"metadata": {"annotations": {constants.EXPIRING_SOON_NOTIFIED_ANNOTATION: _stamp(expires_at)}}},
         )
+        self._event(obj, reason=constants.REASON_EXPIRING_SOON, message=message, now=now, type_="Warning")
         log.info("notified %s: %s", target, message)
         return Outcome("notify", target, done=True, detail=message)
 
