@@ -385,11 +385,17 @@ def test_an_exhausted_budget_denies_only_its_own_team(stack, metering_cluster, o
         return cluster.kubectl("create", "--dry-run=server", "-f", "-", input=manifest, check=False)
 
     # The webhook's cache follows budget status by watch: give it a moment.
-    def denial():
-        result = admission(poor, "more")
-        return result if result.returncode != 0 else None
+    last: list[subprocess.CompletedProcess] = []
 
-    denied = wait_for("the webhook to deny team poor", denial, timeout=20)
+    def denial():
+        last[:] = [admission(poor, "more")]
+        return last[0] if last[0].returncode != 0 else None
+
+    try:
+        denied = wait_for("the webhook to deny team poor", denial, timeout=30)
+    except AssertionError as error:
+        raise AssertionError(f"{error}\nlast answer: {last[0].stdout} {last[0].stderr}\n"
+                             f"budget status: {budget_status(cluster, poor)}") from None
     assert poor in denied.stderr and "GPU-hour" in denied.stderr, denied.stderr
     allowed = admission(rich, "fine")
     assert allowed.returncode == 0, allowed.stderr
