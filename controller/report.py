@@ -261,6 +261,7 @@ def run(args: argparse.Namespace) -> int:
     from controller.k8s.ledgers import list_budgets
     from controller.k8s.pods import PODS
     from controller.k8s.workloads import ApiError, Workloads
+    from controller.operator.settings import DEFAULT_INSTANCE_TYPE_KEYS
 
     resources = tuple(args.gpu_resource or ("nvidia.com/gpu",))
     try:
@@ -271,11 +272,14 @@ def run(args: argparse.Namespace) -> int:
             if error.status != 404:
                 raise
             budgets = []  # the CRDs are not installed: pods only
-        pods = [r for r in (pod_record(p, gpu_resources=resources) for p in api.iter_objects(PODS)) if r]
+        records = (pod_record(p, gpu_resources=resources, instance_type_keys=DEFAULT_INSTANCE_TYPE_KEYS)
+                   for p in api.iter_objects(PODS))
+        pods = [r for r in records if r is not None]
     except Exception as error:  # no cluster, no credentials: one clear line, not a traceback
         print(f"comptroller report: cannot read the cluster: {error}", file=sys.stderr)
         return 2
-    report = build_report(budgets, pods, now=datetime.now(UTC), period=args.period, top=args.top,
+    now = datetime.now(UTC).replace(microsecond=0)
+    report = build_report(budgets, pods, now=now, period=args.period, top=args.top,
                           team_label=args.team_label, cost_center_label=args.cost_center_label)
     if args.output == "json":
         print(json.dumps(report, indent=2))
