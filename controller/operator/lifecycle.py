@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +49,8 @@ log = logging.getLogger(__name__)
 POLICIES = ApiResource(constants.GROUP, constants.VERSION, constants.POLICY_PLURAL, "FinOpsPolicy", False)
 EXCEPTIONS = ApiResource(constants.GROUP, constants.VERSION, constants.EXCEPTION_PLURAL, "FinOpsException")
 NAMESPACES = ApiResource("", "v1", "namespaces", "Namespace", namespaced=False)
+AUDIT_FIRST_DELAY = 30.0
+"""Seconds after startup before the first audit (or the audit interval, if shorter)."""
 WAKE_KINDS = (
     ("apps", "v1", "deployments"),
     ("apps", "v1", "statefulsets"),
@@ -132,6 +135,8 @@ class Lifecycle:
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     _last: dict[str, float] = field(default_factory=dict)
     _running: set[str] = field(default_factory=set)
+    _tasks: set[asyncio.Future[None]] = field(default_factory=set)
+    _started: float = field(default_factory=time.monotonic)
 
     @classmethod
     def build(cls, config: OperatorConfig, workloads: Workloads) -> Lifecycle:
@@ -214,21 +219,41 @@ class Lifecycle:
     # -- scheduling --------------------------------------------------------------------------------
 
     async def tick(self) -> None:
-        """Start each sweep whose interval has elapsed and that is not already running."""
+        """Start each sweep whose interval has elapsed and that is not already running.
+
+        Sweeps run as tasks of their own: a long audit must not hold up the next expiry sweep of
+        the daemon that started it (with one policy there is one daemon).
+        """
         loop = asyncio.get_running_loop()
-        started = []
+        now = time.monotonic()
         for name, interval, fn in (
             ("expiry", self.config.expiry.interval, self.sweep_expiry),
             ("idle", self.config.idle.interval, self.sweep_idle),
             ("audit", self.config.audit.interval, self.sweep_audit),
         ):
-            if name in self._running or time.monotonic() - self._last.get(name, -1e18) < interval:
+            if (
+                name in self._running
+                or now - self._last.get(name, self._first_due(name, interval)) < interval
+            ):
                 continue
             self._running.add(name)
-            self._last[name] = time.monotonic()
-            started.append(asyncio.ensure_future(self._run(loop, name, fn)))
-        if started:
-            await asyncio.gather(*started)
+            self._last[name] = now
+            task = asyncio.ensure_future(self._run(loop, name, fn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def settle(self) -> None:
+        """Wait for the sweeps running now (tests; a clean stop)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks))
+
+    def _first_due(self, name: str, interval: float) -> float:
+        """A fictitious last run, so the first run comes at once, except the audit's: it waits
+        a little (at most its interval), so a fresh operator first does the urgent work (expiry)
+        instead of judging every workload at the same moment."""
+        if name == "audit":
+            return self._started - interval + min(interval, AUDIT_FIRST_DELAY)
+        return -math.inf
 
     async def _run(self, loop: asyncio.AbstractEventLoop, name: str, fn: Callable[[], None]) -> None:
         try:

@@ -58,26 +58,32 @@ def lifecycle(cfg: OperatorConfig, fake: FakeWorkloads | None = None) -> Countin
 
 
 def test_each_sweep_runs_once_per_interval_whatever_the_number_of_policy_daemons():
-    loops = lifecycle(config(expiry=3600, idle=3600, audit=3600))
+    loops = lifecycle(config(expiry=3600, idle=3600, audit=10))
 
     async def many_daemons_tick() -> None:
         await asyncio.gather(*(loops.tick() for _ in range(5)))
+        await loops.settle()
         await loops.tick()
+        await loops.settle()
 
+    asyncio.run(many_daemons_tick())
+    # Expiry and idle at once; the first audit waits a little (here its 10 s interval).
+    assert loops.runs == {"expiry": 1, "idle": 1, "audit": 0}
+    loops._started -= 10
     asyncio.run(many_daemons_tick())
     assert loops.runs == {"expiry": 1, "idle": 1, "audit": 1}
 
 
-def test_a_slow_sweep_is_not_started_twice():
+def test_a_slow_sweep_is_not_started_twice_and_does_not_hold_up_the_daemon():
     loops = lifecycle(config(expiry=0, idle=3600, audit=3600))
     loops.gate.clear()
 
     async def scenario() -> None:
-        first = asyncio.ensure_future(loops.tick())
+        await asyncio.wait_for(loops.tick(), timeout=1)  # returns while the sweep still runs
         await asyncio.sleep(0.1)
         await loops.tick()  # interval elapsed, but the first expiry sweep still runs: skipped
         loops.gate.set()
-        await first
+        await loops.settle()
 
     asyncio.run(scenario())
     assert loops.runs["expiry"] == 1
