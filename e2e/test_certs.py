@@ -202,6 +202,26 @@ def test_ensure_without_rbac_for_another_secret_fails_cleanly(cluster, chart_cer
     assert len(out.stderr.splitlines()) == 1
 
 
+def test_racing_jobs_agree_on_one_certificate(cluster, chart_certs_identity, tmp_path):
+    """Four `certs ensure` at once on a Secret that does not exist yet (an upgrade's Job racing the
+    CronJob, several times over): the API server's 409s make the losers read the winner's
+    Secret, so every one exits 0 with the same certificates, in the Secret and in its --dir."""
+    ident = chart_certs_identity
+    runs = [
+        subprocess.Popen([COMPTROLLER, "certs", "ensure", f"--dir={tmp_path / str(i)}",
+                          f"--secret={ident['namespace']}/{ident['secret']}", "--host=webhook.svc",
+                          f"--kubeconfig={ident['kubeconfig']}"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(4)
+    ]
+    outputs = [run.communicate(timeout=60) for run in runs]
+    assert [run.returncode for run in runs] == [0] * 4, outputs
+    data, _, _ = read_secret(cluster, ident["namespace"], ident["secret"])
+    assert {certs.Bundle.read(tmp_path / str(i)) for i in range(4)} == {certs.Bundle.from_mapping(data)}
+    x509.load_pem_x509_certificate(data["tls.crt"]).verify_directly_issued_by(
+        x509.load_pem_x509_certificate(data["ca.crt"]))
+
+
 # ---- rotation while admissions flow ----------------------------------------------------------------
 
 
