@@ -54,9 +54,12 @@ def namespace(cluster):
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
-# Short intervals so the e2e suite sees the operator act within seconds.
+# Short intervals so the e2e suite sees the operator act within seconds. The stack's operator
+# joins kopf peering at the lowest priority, so a test that runs its own operator (with a higher
+# priority) pauses it instead of racing it on the same objects.
 E2E_OPERATOR_ARGS = [
-    "--standalone", "--metering-interval", "2", "--expiry-interval", "2", "--idle-interval", "3",
+    "--peering", "comptroller", "--priority", "1",
+    "--metering-interval", "2", "--expiry-interval", "2", "--idle-interval", "3",
     "--audit-interval", "10", "--wake-grace-period", "30", "--log-level", "INFO",
 ]
 

@@ -23,6 +23,7 @@ import yaml
 from e2e.cluster.plane import DEFAULT_DIR, REPO, ControlPlane, free_port
 
 NAMESPACE = "comptroller-system"
+PEERING = "comptroller"
 VENV_BIN = Path(sys.executable).parent
 CRD_DIRS = [REPO / "charts" / "comptroller" / "crds", REPO / "e2e" / "crds"]
 DEFAULT_POLICIES = REPO / "policies" / "default"
@@ -74,6 +75,9 @@ class Stack:
         for crd in docs:
             self.plane.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                                f"crd/{crd['metadata']['name']}")
+        # The peering the operator replicas share (the chart renders the same object).
+        self.plane.apply([{"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering",
+                           "metadata": {"name": PEERING}}])
 
     def credentials(self, component: str) -> Path:
         """A kubeconfig for `component` (webhook | operator): the chart's ServiceAccount when the
