@@ -14,26 +14,21 @@ not stop the others.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-import random
 import threading
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client
-from kubernetes.watch.watch import iter_resp_lines
 
 from controller import constants
 from controller.engine.api import Snapshot
+from controller.k8s import watching
 
 log = logging.getLogger(__name__)
-
-
-class Gone(Exception):
-    """The resourceVersion we watch from is too old (HTTP 410): relist."""
 
 
 @dataclass(frozen=True)
@@ -160,24 +155,16 @@ class WatchCache:
     # -- the per-resource loop ----------------------------------------------------------------
 
     def _run(self, resource: Resource) -> None:
-        failures = 0
-        while not self._stop.is_set():
-            try:
-                resource_version = self._list(resource)
-                failures = 0
-                deadline = time.monotonic() + self._resync_seconds
-                while not self._stop.is_set() and time.monotonic() < deadline:
-                    timeout = max(1, min(self._watch_timeout, int(deadline - time.monotonic())))
-                    resource_version = self._watch(resource, resource_version, timeout=timeout)
-            except Gone:
-                log.info("%s watch expired (410 Gone); relisting", resource.kind)
-            except Exception as error:  # network, 404 before the CRDs exist, 5xx: retry
-                failures += 1
-                delay = min(self._max_backoff, 0.5 * 2 ** min(failures, 10)) * random.uniform(0.8, 1.2)
-                log.warning(
-                    "%s list/watch failed (%s); retrying in %.1fs", resource.kind, _short(error), delay
-                )
-                self._stop.wait(delay)
+        watching.list_and_watch(
+            what=resource.kind,
+            relist=functools.partial(self._list, resource),
+            watch_from=functools.partial(self._watch, resource),
+            stop=self._stop,
+            resync_seconds=self._resync_seconds,
+            watch_timeout_seconds=self._watch_timeout,
+            max_backoff_seconds=self._max_backoff,
+            describe_error=_short,
+        )
 
     def _list(self, resource: Resource) -> str:
         response = resource.list_fn(_preload_content=False, _request_timeout=30)
@@ -202,33 +189,13 @@ class WatchCache:
         return payload["metadata"]["resourceVersion"]
 
     def _watch(self, resource: Resource, resource_version: str, *, timeout: int) -> str:
-        response = resource.list_fn(
-            watch=True,
-            resource_version=resource_version,
-            allow_watch_bookmarks=True,
-            timeout_seconds=timeout,
-            _preload_content=False,
-            # A dead connection must not hang us forever: read timeout a bit past the server's.
-            _request_timeout=(10, timeout + 15),
+        def on_event(event_type: str, obj: dict[str, Any]) -> None:
+            obj.setdefault("kind", resource.kind)
+            self._apply(resource.kind, event_type, obj)
+
+        return watching.watch(
+            resource.list_fn, resource_version, timeout=timeout, stop=self._stop, on_event=on_event
         )
-        try:
-            for line in iter_resp_lines(response):
-                if self._stop.is_set():
-                    break
-                event = json.loads(line)
-                kind, obj = event.get("type"), event.get("object") or {}
-                if kind == "ERROR":
-                    if obj.get("code") == 410:
-                        raise Gone
-                    raise RuntimeError(f"watch error: {obj.get('message')}")
-                resource_version = (obj.get("metadata") or {}).get("resourceVersion") or resource_version
-                if kind == "BOOKMARK":
-                    continue
-                obj.setdefault("kind", resource.kind)
-                self._apply(resource.kind, kind, obj)
-        finally:
-            response.release_conn()
-        return resource_version
 
     def _apply(self, kind: str, event_type: str, obj: dict[str, Any]) -> None:
         key, model, error = (

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -23,9 +22,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client
-from kubernetes.watch.watch import iter_resp_lines
 
 from controller import constants
+from controller.k8s import watching
 from controller.k8s.workloads import BUILTIN_RESOURCES, ApiResource, NotFound, Workloads
 
 log = logging.getLogger(__name__)
@@ -33,10 +32,6 @@ log = logging.getLogger(__name__)
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 PODS = BUILTIN_RESOURCES["Pod"]
 NODES = ApiResource("", "v1", "nodes", "Node", namespaced=False)
-
-
-class Gone(Exception):
-    """The watch's resourceVersion is too old (HTTP 410): relist."""
 
 
 @dataclass(frozen=True)
@@ -124,22 +119,15 @@ class PodWatch:
     # -- the loop ---------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        failures = 0
-        while not self._stop.is_set():
-            try:
-                resource_version = self._list()
-                failures = 0
-                deadline = time.monotonic() + self._resync_seconds
-                while not self._stop.is_set() and time.monotonic() < deadline:
-                    timeout = max(1, min(self._watch_timeout, int(deadline - time.monotonic())))
-                    resource_version = self._watch(resource_version, timeout=timeout)
-            except Gone:
-                log.info("pod watch expired (410 Gone); relisting")
-            except Exception as error:  # network, 5xx, throttling: back off and relist
-                failures += 1
-                delay = min(self._max_backoff, 0.5 * 2 ** min(failures, 10)) * random.uniform(0.8, 1.2)
-                log.warning("pod list/watch failed (%s); retrying in %.1fs", error, delay)
-                self._stop.wait(delay)
+        watching.list_and_watch(
+            what="pod",
+            relist=self._list,
+            watch_from=self._watch,
+            stop=self._stop,
+            resync_seconds=self._resync_seconds,
+            watch_timeout_seconds=self._watch_timeout,
+            max_backoff_seconds=self._max_backoff,
+        )
 
     def _list(self) -> str:
         records: dict[str, Any] = {}
@@ -174,30 +162,13 @@ class PodWatch:
         return resource_version
 
     def _watch(self, resource_version: str, *, timeout: int) -> str:
-        response = self._core.list_pod_for_all_namespaces(
-            watch=True,
-            resource_version=resource_version,
-            allow_watch_bookmarks=True,
-            timeout_seconds=timeout,
-            _preload_content=False,
-            _request_timeout=(10, timeout + 15),
+        return watching.watch(
+            self._core.list_pod_for_all_namespaces,
+            resource_version,
+            timeout=timeout,
+            stop=self._stop,
+            on_event=self._apply,
         )
-        try:
-            for line in iter_resp_lines(response):
-                if self._stop.is_set():
-                    break
-                event = json.loads(line)
-                kind, obj = event.get("type"), event.get("object") or {}
-                if kind == "ERROR":
-                    if obj.get("code") == 410:
-                        raise Gone
-                    raise RuntimeError(f"watch error: {obj.get('message')}")
-                resource_version = (obj.get("metadata") or {}).get("resourceVersion") or resource_version
-                if kind != "BOOKMARK":
-                    self._apply(kind, obj)
-        finally:
-            response.release_conn()
-        return resource_version
 
     def _apply(self, kind: str, obj: dict[str, Any]) -> None:
         uid = (obj.get("metadata") or {}).get("uid")
