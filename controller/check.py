@@ -41,6 +41,7 @@ from controller.constants import GROUP
 from controller.engine import Decision, Snapshot, evaluate
 from controller.engine.messages import render_warning
 from controller.engine.models import PolicyError, load_object
+from controller.engine.timestamps import parse_time
 from controller.engine.workloads import BUILTIN_KINDS, KindRegistry
 
 Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -418,13 +419,10 @@ def find_test_files(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def parse_now(value: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is not an RFC 3339 time (2026-11-23T18:00:00Z)"
-        ) from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    moment = parse_time(value)
+    if moment is None:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an RFC 3339 time (2026-11-23T18:00:00Z)")
+    return moment
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

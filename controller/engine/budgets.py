@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from controller.engine.timestamps import parse_time
+
 Period = Literal["Daily", "Weekly", "Monthly"]
 
 
@@ -37,16 +39,6 @@ def budget_matches(budget: Any, labels: Mapping[str, str]) -> bool:
     return budget.spec.selector.compiled.matches(labels)
 
 
-def _parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-
-
 def current_usage(budget: Any, now: datetime) -> tuple[float, datetime]:
     """`(GPU-hours used this period, end of the period)` at `now`.
 
@@ -55,7 +47,7 @@ def current_usage(budget: Any, now: datetime) -> tuple[float, datetime]:
     """
     _, end = period_bounds(budget.spec.period, now)
     state = budget.state
-    recorded_end = _parse_time(state.period_end)
+    recorded_end = parse_time(state.period_end)
     if recorded_end is not None and recorded_end <= now:
         return 0.0, end
     return float(state.used_gpu_hours), recorded_end or end

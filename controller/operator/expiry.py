@@ -20,12 +20,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from controller import constants
 from controller.engine.expiry import expires_at_of, format_annotation
 from controller.engine.matching import namespace_labels_of, policy_matches
+from controller.engine.timestamps import parse_time
 from controller.engine.workloads import BUILTIN_KINDS, KindRegistry, effective_labels, workload_gpus
 from controller.k8s.workloads import ApiError, Workloads, object_ref
 from controller.operator.brake import Brake
@@ -148,15 +149,6 @@ def top_level_owner(
     return current, ""
 
 
-def _stamp_of(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
-    except ValueError:
-        return None
-
-
 def already_terminated(obj: Mapping[str, Any]) -> bool:
     """Whether the expired workload already costs nothing (by us or by hand)."""
     metadata = obj.get("metadata") or {}
@@ -182,7 +174,7 @@ def expiry_step(
     if now >= terms.expires_at:
         if already_terminated(owner):
             return None
-        woken_at = _stamp_of(annotations.get(constants.WOKEN_AT_ANNOTATION))
+        woken_at = parse_time(annotations.get(constants.WOKEN_AT_ANNOTATION))
         # Woken by hand after expiring: honour the grace period before terminating it again.
         if woken_at is not None and woken_at >= terms.expires_at and now < woken_at + grace_period:
             return None

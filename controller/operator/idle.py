@@ -21,6 +21,7 @@ from typing import Any
 
 from controller import constants
 from controller.engine.matching import namespace_labels_of, policy_matches
+from controller.engine.timestamps import parse_time
 from controller.engine.workloads import BUILTIN_KINDS, KindRegistry, effective_labels, workload_gpus
 from controller.k8s.prometheus import Prometheus, PrometheusError
 from controller.k8s.workloads import ApiError, Workloads, object_ref
@@ -86,15 +87,6 @@ def idle_verdict(
     return IdleVerdict(True, f"below {threshold:g} for {_duration(idle_after)} (peak {peak:g})")
 
 
-def _parse_stamp(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
-    except ValueError:
-        return None
-
-
 def idle_skip_reason(obj: Mapping[str, Any], *, now: datetime, grace_period: timedelta) -> str | None:
     """Why a workload is not a candidate right now (None: ask Prometheus)."""
     metadata = obj.get("metadata") or {}
@@ -105,7 +97,7 @@ def idle_skip_reason(obj: Mapping[str, Any], *, now: datetime, grace_period: tim
         return "a wake is pending"
     if current_replicas(obj) == 0:
         return "already at zero replicas"
-    woken_at = _parse_stamp(annotations.get(constants.WOKEN_AT_ANNOTATION))
+    woken_at = parse_time(annotations.get(constants.WOKEN_AT_ANNOTATION))
     if woken_at is not None and now < woken_at + grace_period:
         until = woken_at + grace_period
         return f"woken at {_iso(woken_at.timestamp())}; grace period until {_iso(until.timestamp())}"

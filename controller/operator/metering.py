@@ -53,6 +53,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from controller import constants
+from controller.engine.timestamps import parse_time
 from controller.engine.workloads import effective_request, quantity
 
 SECONDS_PER_HOUR = 3600.0
@@ -61,18 +62,6 @@ HISTORY_LENGTH = 12
 
 
 # -- timestamps ---------------------------------------------------------------------------------
-
-
-def parse_time(value: Any) -> datetime | None:
-    """An RFC 3339 timestamp as an aware UTC datetime (None for missing or unparsable values)."""
-    if not value or not isinstance(value, str):
-        return None
-    text = value.strip().replace("Z", "+00:00").replace("z", "+00:00")
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def format_time(value: datetime) -> str:

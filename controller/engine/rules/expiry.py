@@ -16,7 +16,7 @@ about to terminate it; refusing its updates would only block that (and finalizer
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from controller.engine.api import Violation
@@ -33,6 +33,7 @@ from controller.engine.expiry import (
 from controller.engine.messages import render_fix
 from controller.engine.models import ExpirySpec
 from controller.engine.rules import Context, when_text
+from controller.engine.timestamps import parse_time
 
 FALLBACK_LIFETIME = timedelta(hours=24)
 
@@ -66,14 +67,7 @@ def expires_at(view: Any, key: str) -> datetime | None:
 
 
 def created_at(view: Any, now: datetime) -> datetime:
-    stamp = (view.manifest.get("metadata") or {}).get("creationTimestamp")
-    if isinstance(stamp, str):
-        try:
-            parsed = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-            return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
-        except ValueError:
-            pass
-    return now
+    return parse_time((view.manifest.get("metadata") or {}).get("creationTimestamp")) or now
 
 
 def mutate(policy: Any, view: Any, ctx: Context) -> None:
