@@ -115,8 +115,9 @@ def test_read_inputs_skips_broken_and_deleted_policies_and_excludes_our_namespac
     assert inputs.excluded_namespaces == frozenset({"kube-system", "comptroller"})
 
 
-def test_wake_retries_on_a_concurrent_change():
-    asleep = {
+def asleep_deployment(annotations: dict[str, str]) -> dict:
+    """Deployment ml/llm scaled to zero, at resourceVersion 1."""
+    return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {
@@ -124,10 +125,14 @@ def test_wake_retries_on_a_concurrent_change():
             "namespace": "ml",
             "uid": "u",
             "resourceVersion": "1",
-            "annotations": {constants.WAKE_ANNOTATION: "", constants.ORIGINAL_REPLICAS_ANNOTATION: "3"},
+            "annotations": annotations,
         },
         "spec": {"replicas": 0},
     }
+
+
+def test_wake_retries_on_a_concurrent_change():
+    asleep = asleep_deployment({constants.WAKE_ANNOTATION: "", constants.ORIGINAL_REPLICAS_ANNOTATION: "3"})
     fake = FakeWorkloads(asleep)
     fake.objects[("Deployment", "ml", "llm")]["metadata"]["resourceVersion"] = "2"  # changed since the event
     loops = lifecycle(config(), fake)
@@ -139,18 +144,7 @@ def test_wake_retries_on_a_concurrent_change():
 
 
 def test_wake_of_an_already_woken_workload_is_a_no_op():
-    asleep = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {
-            "name": "llm",
-            "namespace": "ml",
-            "uid": "u",
-            "resourceVersion": "1",
-            "annotations": {constants.WAKE_ANNOTATION: ""},
-        },
-        "spec": {"replicas": 0},
-    }
+    asleep = asleep_deployment({constants.WAKE_ANNOTATION: ""})
     fake = FakeWorkloads(asleep)
     stored = fake.objects[("Deployment", "ml", "llm")]
     stored["metadata"]["resourceVersion"] = "2"
