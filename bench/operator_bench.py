@@ -26,6 +26,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from e2e.lifecycle_helpers import wait_until
+
 REPO = Path(__file__).resolve().parent.parent
 COMPTROLLER = Path(sys.executable).parent / "comptroller"
 OWN_NAMESPACE = "comptroller-system"
@@ -79,16 +81,6 @@ def ensure_crds(cluster: Any) -> None:
         name = doc["metadata"]["name"]
         cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
     cluster.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OWN_NAMESPACE}}])
-
-
-def wait_until(what: str, predicate, *, timeout: float, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def run(cluster: Any, *, pods: int = 5000, namespaces: int = 500, interval: float = 10.0) -> dict:
@@ -170,8 +162,8 @@ def run(cluster: Any, *, pods: int = 5000, namespaces: int = 500, interval: floa
             ok = all(current.get(t, {}).get("runningGPUs") == n for t, n in expected.items())
             return (time.time(), current) if ok else None
 
-        counted_at, snapshot = wait_until("every budget to count every pod", all_counted, timeout=900,
-                                          interval=1)
+        counted_at, snapshot = wait_until(all_counted, timeout=900, interval=1,
+                                          what="every budget to count every pod")
         listed = list(api.iter_objects(PODS, label_selector=f"bench.comptroller.dev/run={run_id}"))
         starts: dict[str, list[float]] = {}
         last_start = 0.0
@@ -196,7 +188,7 @@ def run(cluster: Any, *, pods: int = 5000, namespaces: int = 500, interval: floa
             return all("finops.comptroller.dev/metering" in (p["metadata"].get("finalizers") or ())
                        for p in items)
 
-        wait_until("the metering finalizer on every pod", protected, timeout=600, interval=2)
+        wait_until(protected, timeout=600, interval=2, what="the metering finalizer on every pod")
         result["finalizers_s"] = round(time.monotonic() - began, 1)
         # Steady state: a few more ticks with everything running.
         time.sleep(2 * interval)
