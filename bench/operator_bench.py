@@ -22,10 +22,10 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from controller.engine.timestamps import parse_time
 from e2e.lifecycle_helpers import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,7 +37,11 @@ TEAMS = 10
 
 
 def parse(stamp: str) -> float:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    """A Kubernetes timestamp as Unix seconds, read as the operator reads it."""
+    moment = parse_time(stamp)
+    if moment is None:
+        raise ValueError(f"{stamp!r} is not an RFC 3339 timestamp")
+    return moment.timestamp()
 
 
 class RssSampler(threading.Thread):
