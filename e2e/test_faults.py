@@ -390,3 +390,37 @@ def test_watches_resume_after_the_api_server_restarts(private_plane, tmp_path):
     finally:
         hook.close()
     print(json.dumps({"apiserver_downtime_s": round(downtime, 1), "watch_resume_s": round(caught_up, 1)}))
+
+
+# ---- the largest objects ---------------------------------------------------------------------------
+
+
+# Markup in env values: 400 KB stored, 2.4 MB as the API server's JSON (`<` is written `\u003c`),
+# so an UPDATE's review (object and oldObject) is 4.8 MB; a 3 MiB body limit used to refuse it.
+BLOBS, BLOB_SIZE = 4, 100_000
+
+
+def test_an_update_of_a_large_object_is_judged_not_refused(cluster, scoped, tmp_path):
+    """An UPDATE review carries the object twice (object and oldObject), as escaped JSON. The
+    webhook's body limit must not turn it into a failed call (HTTP 413), which under failurePolicy
+    Fail blocks the update."""
+    namespace, policies = scoped
+    name = unique("faults-big")
+    policies.append(name)
+    cluster.apply([require_label(name, namespace, "team", enforcement="Warn")])
+    hook = OwnWebhook(cluster, tmp_path, namespace=namespace, failure_policy="Fail")
+    try:
+        hook.start()
+        hook.register()
+        big = deployment("big", namespace, replicas=0, expires_at="2099-01-01")
+        container = big["spec"]["template"]["spec"]["containers"][0]
+        container["env"] = [{"name": f"BLOB_{i}", "value": "<" * BLOB_SIZE} for i in range(BLOBS)]
+        created = cluster.kubectl("create", "-f", "-", input=json.dumps(big), check=False)
+        assert created.returncode == 0, created.stderr
+        size = len(cluster.kubectl("get", "deployment", "big", "-n", namespace, "-o", "json").stdout)
+        assert size > 2 * 1024 * 1024  # what makes the review of an UPDATE over 4 MiB
+        updated = cluster.kubectl("label", "deployment", "big", "-n", namespace, "team=nlp", check=False)
+        assert updated.returncode == 0, updated.stderr
+        assert "413" not in hook.log()
+    finally:
+        hook.close()

@@ -222,5 +222,10 @@ def _owned_controller(request: AdmissionRequest) -> bool:
 
 
 def _header_safe(text: str) -> list[str]:
-    """Admission warnings travel as HTTP Warning headers: one line each, no control characters."""
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    """Admission warnings travel as HTTP Warning headers: one line each, no control characters (a
+    user's annotation value quoted in a warning is shown escaped, `\\x1b`, never sent raw)."""
+    return [
+        "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in line.strip())
+        for line in text.splitlines()
+        if line.strip()
+    ]

@@ -10,7 +10,12 @@ from controller.constants import ALWAYS_EXCLUDED_NAMESPACES
 FailureMode = Literal["ignore", "deny"]
 
 DEFAULT_NAMESPACE = "comptroller-system"
-DEFAULT_MAX_BODY_BYTES = 3 * 1024 * 1024
+# An UPDATE's review carries the object twice (object and oldObject), and JSON can spend 6 bytes on
+# one stored byte (the API server writes `<`, `>`, `&` and control characters as \u00XX): a
+# 400 KB Deployment with markup in an env value is a 4.8 MB review. A limit below what the API
+# server can legitimately send fails that call, and under failurePolicy Fail blocks the update.
+# So: two objects at etcd's 1.5 MiB limit, fully escaped (18 MiB), plus the envelope.
+DEFAULT_MAX_BODY_BYTES = 20 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -22,7 +27,7 @@ class WebhookSettings:
     """What an internal error answers: `ignore` admits with a warning, `deny` denies with the error."""
 
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    """Larger request bodies get HTTP 413 (the API server's own object limit is 3 MiB)."""
+    """Larger request bodies get HTTP 413 (see DEFAULT_MAX_BODY_BYTES)."""
 
     extra_excluded_namespaces: frozenset[str] = field(default_factory=frozenset)
     """Namespaces excluded besides kube-system and `namespace`."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import string
 import uuid
+from datetime import datetime
 from typing import Any
 
 from hypothesis import strategies as st
@@ -121,7 +122,9 @@ def metadata(draw, *, namespace: str) -> dict[str, Any]:
         meta["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs",
                                     "uid": "u", "controller": draw(st.booleans())}]
     if draw(st.booleans()):
-        meta["creationTimestamp"] = draw(st.one_of(EXPIRY_VALUES, st.none()))
+        # Set by the API server, never by the user: a real moment (absent on a CREATE's mutation).
+        meta["creationTimestamp"] = draw(st.datetimes(min_value=datetime(2015, 1, 1), max_value=datetime(
+            2100, 1, 1))).strftime("%Y-%m-%dT%H:%M:%SZ")
     return meta
 
 

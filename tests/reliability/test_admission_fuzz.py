@@ -247,3 +247,40 @@ def _pod_review() -> dict:
             },
         },
     }
+
+
+def test_the_largest_review_the_api_server_can_send_is_judged():
+    """Two objects at etcd's 1.5 MiB limit, every byte a character JSON writes as a 6-byte escape:
+    about 18 MiB. The default body limit must take it (a 413 would fail the API server's call)."""
+    import resource
+
+    blob = "\u0001" * (1536 * 1024)
+    review = _pod_review()
+    review["request"]["operation"] = "UPDATE"
+    review["request"]["object"]["spec"]["containers"][0]["env"] = [{"name": "B", "value": blob}]
+    review["request"]["oldObject"] = copy.deepcopy(review["request"]["object"])
+    body = json.dumps(review).encode()
+    assert len(body) > 18 * 1024 * 1024
+    objects = load_objects(REPO / "policies" / "default")
+    app = create_app(view=view_from_objects(objects), settings=WebhookSettings(), clock=lambda: NOW)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    response = check_review(post(TestClient(app), "/validate", body), "u-1")
+    # Judged: what the old object already violated is carried as warnings (the UPDATE adds nothing).
+    assert response["warnings"] and FAILURE_WARNING not in response["warnings"]
+    # What one such request costs at its peak (the chart's limit is 512 MiB).
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 * 1024  # KiB
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("line one\n\n  line two  ", ["line one", "line two"]),
+        ("label team=\x1b[31m not allowed", ["label team=\\x1b[31m not allowed"]),
+        ("a\tb\rc\u2028d", ["a\\tb", "c", "d"]),
+        ("ünïcödé stays", ["ünïcödé stays"]),
+    ],
+)
+def test_warnings_are_single_printable_lines(text, expected):
+    from controller.webhook.app import _header_safe
+
+    assert _header_safe(text) == expected
