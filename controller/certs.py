@@ -540,12 +540,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"comptroller certs {args.action}: {error}", file=sys.stderr)
         return 1
     except Exception as error:
-        from kubernetes.client import ApiException
+        from controller.k8s.certificates import API_ERRORS, describe
 
-        if not isinstance(error, ApiException):
+        if not isinstance(error, API_ERRORS):
             raise
-        from controller.k8s.certificates import describe
-
-        # A Job retries on a non-zero exit (RBAC not bound yet, API server restarting).
+        # One line, and a non-zero exit a Job retries (RBAC not bound yet, API server restarting).
         print(f"comptroller certs {args.action}: {describe(error)}", file=sys.stderr)
         return 1

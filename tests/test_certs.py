@@ -320,3 +320,16 @@ def test_cli_ensure_in_a_dir_is_idempotent(tmp_path, capsys):
     assert main([*argv, "--rotate"]) == 0
     assert (tmp_path / certs.TLS_CERT).stat().st_mtime_ns != stamps[certs.TLS_CERT]
     assert (tmp_path / certs.CA_CERT).stat().st_mtime_ns == stamps[certs.CA_CERT]
+
+
+def test_cli_ensure_reports_an_unreachable_api_server_in_one_line(tmp_path, capsys):
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\n"
+        "users: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\n"
+    )
+    argv = ["certs", "ensure", "--secret", "ns/tls", "--host", "h", "--kubeconfig", str(kubeconfig)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("comptroller certs ensure: ") and "\n" not in err and "Traceback" not in err

@@ -14,7 +14,8 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from kubernetes import client
+import urllib3
+from kubernetes import client, config
 
 log = logging.getLogger(__name__)
 
@@ -155,11 +156,18 @@ def _patch_one(read, patch, *, name: str, bundle: str) -> str | None:
     raise RuntimeError(f"{name} kept changing; caBundle not patched after {PATCH_ATTEMPTS} attempts")
 
 
-def describe(error: client.ApiException) -> str:
+# What talking to the API server can raise besides our own errors: an HTTP error answer, no
+# usable configuration, or no connection at all.
+API_ERRORS = (client.ApiException, config.ConfigException, urllib3.exceptions.HTTPError)
+
+
+def describe(error: Exception) -> str:
     """`HTTP 403 Forbidden: secrets "x" is forbidden: ...`: the status and the server's message,
     without the response headers the library's str() includes."""
     import json
 
+    if not isinstance(error, client.ApiException):
+        return f"{type(error).__name__}: {error}"
     message = ""
     try:
         message = json.loads(error.body or "{}").get("message", "")
