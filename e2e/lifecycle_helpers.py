@@ -98,6 +98,40 @@ def policy(name: str, spec: dict) -> dict:
     }
 
 
+def deployment(name: str, namespace: str, *, replicas: int = 1, labels: dict | None = None,
+               annotations: dict | None = None, instance_type: str = "m5.xlarge",
+               image: str = "busybox") -> dict:
+    """A Deployment of `replicas` pods labelled `app: <name>` (plus `labels`) on a kwok node pool."""
+    template_metadata: dict = {"labels": {"app": name, **(labels or {})}}
+    if annotations:
+        template_metadata["annotations"] = annotations
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": template_metadata,
+                "spec": {
+                    "containers": [{"name": "main", "image": image}],
+                    "nodeSelector": {"node.kubernetes.io/instance-type": instance_type},
+                },
+            },
+        },
+    }
+
+
+def wake(cluster: Any, ref: str, namespace: str, *, timeout: int = 30) -> subprocess.CompletedProcess:
+    """`comptroller wake REF -n NAMESPACE` as a user runs it, waiting up to `timeout` seconds."""
+    return subprocess.run(
+        [str(VENV_BIN / "comptroller"), "wake", ref, "-n", namespace, "--kubeconfig", str(cluster.kubeconfig),
+         "--timeout", str(timeout)],
+        capture_output=True, text=True, timeout=timeout + 30,
+    )
+
+
 class OperatorProcess:
     """`comptroller operator` on the test cluster, with the given extra flags; stopped on exit."""
 

@@ -8,6 +8,7 @@ import pytest
 
 from e2e.lifecycle_helpers import (
     OperatorProcess,
+    deployment,
     fresh_namespace,
     get_json,
     install_crds,
@@ -50,24 +51,6 @@ def pod(name: str, namespace: str, labels: dict) -> dict:
         },
     }
 
-
-def deployment(name: str, namespace: str, *, replicas: int) -> dict:
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {
-                    "containers": [{"name": "main", "image": "busybox"}],
-                    "nodeSelector": {"node.kubernetes.io/instance-type": "m5.xlarge"},
-                },
-            },
-        },
-    }
 
 
 def ours(report: dict | None, policy_name: str) -> list[dict]:

@@ -7,7 +7,6 @@ removes both at the end, so no other operator or test acts on its objects.
 
 from __future__ import annotations
 
-import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -15,8 +14,8 @@ import pytest
 
 from controller import constants
 from e2e.lifecycle_helpers import (
-    VENV_BIN,
     OperatorProcess,
+    deployment,
     events,
     fresh_namespace,
     get_json,
@@ -24,6 +23,7 @@ from e2e.lifecycle_helpers import (
     policy,
     unique,
     wait_until,
+    wake,
 )
 
 
@@ -80,24 +80,6 @@ def bare_pod(name: str, namespace: str, expires_at: str) -> dict:
         },
     }
 
-
-def deployment(name: str, namespace: str, *, replicas: int, expires_at: str) -> dict:
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}, "annotations": {"expires_at": expires_at}},
-                "spec": {
-                    "containers": [{"name": "main", "image": "busybox"}],
-                    "nodeSelector": {"node.kubernetes.io/instance-type": "m5.xlarge"},
-                },
-            },
-        },
-    }
 
 
 def exists(cluster, *args) -> bool:
@@ -159,7 +141,7 @@ def test_expired_deployment_is_scaled_to_zero_and_wake_restores_it(cluster, scop
     with OperatorProcess(
         cluster, "--expiry-interval", "2", "--idle-interval", "3600", "--audit-interval", "3600"
     ):
-        cluster.apply([deployment("notebook", namespace, replicas=2, expires_at=past)])
+        cluster.apply([deployment("notebook", namespace, replicas=2, annotations={"expires_at": past})])
         scaled = wait_until(
             lambda: (
                 (d := get_json(cluster, "deployment", "notebook", "-n", namespace))
@@ -178,22 +160,7 @@ def test_expired_deployment_is_scaled_to_zero_and_wake_restores_it(cluster, scop
             what="the Deployment's pods to be gone",
         )
 
-        woken = subprocess.run(
-            [
-                str(VENV_BIN / "comptroller"),
-                "wake",
-                "deployment/notebook",
-                "-n",
-                namespace,
-                "--kubeconfig",
-                str(cluster.kubeconfig),
-                "--timeout",
-                "30",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        woken = wake(cluster, "deployment/notebook", namespace)
         assert woken.returncode == 0, woken.stderr
         assert "woken: 2 replicas" in woken.stdout
         restored = get_json(cluster, "deployment", "notebook", "-n", namespace)
@@ -209,7 +176,8 @@ def test_dry_run_changes_nothing_but_says_what_it_would_do(cluster, scoped):
     namespace = scoped
     past = stamp(datetime.now(UTC) - timedelta(minutes=1))
     cluster.apply(
-        [bare_pod("kept", namespace, past), deployment("kept-too", namespace, replicas=1, expires_at=past)]
+        [bare_pod("kept", namespace, past),
+         deployment("kept-too", namespace, replicas=1, annotations={"expires_at": past})]
     )
     with OperatorProcess(
         cluster, "--dry-run", "--expiry-interval", "1", "--idle-interval", "3600", "--audit-interval", "3600"

@@ -5,15 +5,14 @@ wake (CLI or annotation) restores replicas, the grace period holds, an HPA-targe
 
 from __future__ import annotations
 
-import subprocess
 import time
 
 import pytest
 
 from controller import constants
 from e2e.lifecycle_helpers import (
-    VENV_BIN,
     OperatorProcess,
+    deployment,
     events,
     fresh_namespace,
     get_json,
@@ -21,6 +20,7 @@ from e2e.lifecycle_helpers import (
     policy,
     unique,
     wait_until,
+    wake,
 )
 from e2e.prometheus import GpuExporter, Prometheus
 
@@ -66,23 +66,10 @@ def setup(cluster, prometheus):
     cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
+
 def endpoint(name: str, namespace: str, *, replicas: int = 1, labels: dict | None = None) -> dict:
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name, **(labels or LABELS)}},
-                "spec": {
-                    "containers": [{"name": "main", "image": "vllm"}],
-                    "nodeSelector": {"node.kubernetes.io/instance-type": "g5.xlarge"},
-                },
-            },
-        },
-    }
+    return deployment(name, namespace, replicas=replicas, labels=labels or LABELS, instance_type="g5.xlarge",
+                      image="vllm")
 
 
 def replicas(cluster, namespace: str, name: str) -> int:
@@ -162,22 +149,7 @@ def test_idle_endpoints_sleep_busy_and_unmeasured_ones_do_not_and_wake_restores(
 
         # Wake by hand (annotation) and by the CLI.
         cluster.kubectl("annotate", "deployment", "hpa", "-n", namespace, f"{constants.WAKE_ANNOTATION}=now")
-        woken = subprocess.run(
-            [
-                str(VENV_BIN / "comptroller"),
-                "wake",
-                "deploy/idle",
-                "-n",
-                namespace,
-                "--kubeconfig",
-                str(cluster.kubeconfig),
-                "--timeout",
-                "30",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        woken = wake(cluster, "deploy/idle", namespace)
         assert woken.returncode == 0, woken.stderr
         woken_at = time.monotonic()
         wait_until(lambda: replicas(cluster, namespace, "hpa") == 2, timeout=20, what="the HPA target's wake")
