@@ -113,3 +113,15 @@ def test_no_default_in_the_past_for_workloads_older_than_the_lifetime():
     assert decision.patch == []
     (violation,) = decision.violations
     assert "required" in violation.message and "no expires_at fits" in violation.fix
+
+
+def test_a_creation_stamp_in_the_future_counts_as_now():
+    """Found by fuzzing: 9999-12-31 + maxLifetime overflowed datetime and the webhook fell back to
+    its failure mode. The API server never stamps the future; hand-made manifests might."""
+    manifest = pod(EXP)
+    manifest["metadata"]["creationTimestamp"] = "9999-12-31T23:59:59Z"
+    decision = judge(manifest)
+    assert decision.allowed
+    assert decision.patch == [
+        {"op": "add", "path": "/metadata/annotations", "value": {"expires_at": at(timedelta(hours=24))}}
+    ]

@@ -67,7 +67,10 @@ def expires_at(view: Any, key: str) -> datetime | None:
 
 
 def created_at(view: Any, now: datetime) -> datetime:
-    return parse_time((view.manifest.get("metadata") or {}).get("creationTimestamp")) or now
+    """When the workload was created; the API server never stamps the future, so a creationTimestamp
+    past `now` (a hand-made manifest, fuzzing) counts as `now` rather than overflowing the cap."""
+    created = parse_time((view.manifest.get("metadata") or {}).get("creationTimestamp"))
+    return min(created, now) if created else now
 
 
 def mutate(policy: Any, view: Any, ctx: Context) -> None:
