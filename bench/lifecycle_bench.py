@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from e2e.lifecycle_helpers import OperatorProcess, install_crds, policy, unique, wait_until
+from e2e.helpers import OperatorProcess, install_crds, policy, unique, wait_until
 
 EXPIRING_LABEL = "bench.comptroller.dev/expiring"
 PODS_PER_NAMESPACE = 1000

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.engine.timestamps import parse_time
-from e2e.lifecycle_helpers import wait_until
+from e2e.helpers import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 COMPTROLLER = Path(sys.executable).parent / "comptroller"

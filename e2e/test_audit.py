@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from e2e.lifecycle_helpers import (
+from e2e.helpers import (
     OperatorProcess,
     deployment,
     fresh_namespace,

@@ -12,7 +12,6 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from controller import certs
 from controller.webhook.registration import webhook_configurations
 from e2e.chart import install_rbac, service_account_kubeconfig
 from e2e.cluster.plane import REPO, free_port
+from e2e.helpers import wait_until
 
 COMPTROLLER = str(Path(sys.executable).parent / "comptroller")
 IGNORE = {"finops.comptroller.dev/ignore": "true"}
@@ -73,13 +73,6 @@ def served_serial(port: int, ca_file: Path) -> int:
 def file_serial(path: Path) -> int:
     return x509.load_pem_x509_certificate(path.read_bytes()).serial_number
 
-
-def wait_until(predicate, *, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 class AdmissionLoop:

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from controller import constants
-from e2e.lifecycle_helpers import (
+from e2e.helpers import (
     OperatorProcess,
     deployment,
     events,

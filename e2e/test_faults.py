@@ -25,7 +25,7 @@ import yaml
 from controller import certs, constants
 from controller.webhook.registration import webhook_configurations
 from e2e.cluster.plane import free_port
-from e2e.lifecycle_helpers import (
+from e2e.helpers import (
     VENV_BIN,
     OperatorProcess,
     events,

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from controller import constants
-from e2e.lifecycle_helpers import (
+from e2e.helpers import (
     OperatorProcess,
     deployment,
     events,

@@ -6,25 +6,14 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from e2e.cluster.plane import REPO, ControlPlane, read_versions
+from e2e.helpers import IGNORE_LABEL, wait_until
 
-# Namespaces carrying this label are skipped by Comptroller's webhook configuration (like
-# Gatekeeper's admission.gatekeeper.sh/ignore), so these tests judge the plane, not the policies.
-IGNORE = {"finops.comptroller.dev/ignore": "true"}
-
-
-def wait_for(predicate, *, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+# Comptroller's webhook configuration skips namespaces with this label (like Gatekeeper's
+# admission.gatekeeper.sh/ignore), so these tests judge the plane, not the policies.
+IGNORE = {IGNORE_LABEL: "true"}
 
 
 def pods(cluster, namespace: str, selector: str) -> list[dict]:
@@ -68,7 +57,7 @@ def test_gpu_deployment_runs_on_the_pinned_instance_type(cluster):
                 },
             },
         }])
-        pod = wait_for(
+        pod = wait_until(
             lambda: next((p for p in pods(cluster, ns, "app=trainer")
                           if p.get("status", {}).get("phase") == "Running"), None),
             timeout=60, what="the trainer pod to run",
@@ -97,7 +86,8 @@ def test_pod_asking_for_more_gpus_than_any_node_stays_pending(cluster):
             return any(c["type"] == "PodScheduled" and c.get("reason") == "Unschedulable"
                        and "nvidia.com/gpu" in c.get("message", "") for c in conditions) and pod
 
-        pod = wait_for(unschedulable, timeout=60, what="the scheduler to report Insufficient nvidia.com/gpu")
+        pod = wait_until(unschedulable, timeout=60,
+                         what="the scheduler to report Insufficient nvidia.com/gpu")
         assert pod["status"]["phase"] == "Pending"
         assert not pod["spec"].get("nodeName")
     finally:

@@ -11,11 +11,12 @@ judging with every other policy. Fixing the policy brings it back, without a res
 from __future__ import annotations
 
 import json
-import time
 import uuid
 
 import pytest
 import yaml
+
+from e2e.helpers import wait_until
 
 API = "finops.comptroller.dev/v1alpha1"
 COMPLIANT = {
@@ -76,16 +77,6 @@ def ready_condition(cluster, name: str) -> dict | None:
     return next((c for c in status.get("conditions") or () if c["type"] == "Ready"), None)
 
 
-def wait_for(predicate, *, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.5)
-
 
 def dry_run_pod(cluster, namespace: str, labels: dict) -> tuple[bool, str]:
     pod = {"apiVersion": "v1", "kind": "Pod",
@@ -105,7 +96,7 @@ def test_a_policy_only_the_engine_can_refuse_is_not_ready_and_the_others_keep_wo
     })
     cluster.apply([broken])
     try:
-        ready = wait_for(lambda: ready_condition(cluster, name), timeout=60, what="the Ready condition")
+        ready = wait_until(lambda: ready_condition(cluster, name), timeout=60, what="the Ready condition")
         assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
         assert "spec.labels.required[0].pattern" in ready["message"], ready["message"]
         printed = cluster.kubectl("get", "finopspolicy", name).stdout
@@ -121,7 +112,7 @@ def test_a_policy_only_the_engine_can_refuse_is_not_ready_and_the_others_keep_wo
         # Fixed, it is Ready again and applies, without restarting anything.
         cluster.kubectl("patch", "finopspolicy", name, "--type=json", "-p", json.dumps([
             {"op": "replace", "path": "/spec/labels/required/0/pattern", "value": "^JIRA-[0-9]+$"}]))
-        ready = wait_for(lambda: (c := ready_condition(cluster, name)) and c["status"] == "True" and c,
+        ready = wait_until(lambda: (c := ready_condition(cluster, name)) and c["status"] == "True" and c,
                          timeout=60, what="Ready=True after the fix")
         assert ready["reason"] == "Compiled"
 
@@ -129,6 +120,6 @@ def test_a_policy_only_the_engine_can_refuse_is_not_ready_and_the_others_keep_wo
             ok, stderr = dry_run_pod(cluster, namespace, COMPLIANT)
             return not ok and name in stderr and "ticket" in stderr and stderr
 
-        assert wait_for(denied_for_ticket, timeout=30, what="the fixed policy to apply at admission")
+        assert wait_until(denied_for_ticket, timeout=30, what="the fixed policy to apply at admission")
     finally:
         cluster.kubectl("delete", "finopspolicy", name, "--ignore-not-found", check=False)

@@ -7,12 +7,12 @@ broken webhook fails these tests instead of silently admitting.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 
 import pytest
 import yaml
 
+from e2e.helpers import wait_until
 from e2e.stack import NAMESPACE
 
 TEAM_LABELS = {
@@ -121,15 +121,6 @@ def cronjob(namespace: str, *, template_labels: dict | None, name: str = "nightl
         },
     }
 
-
-def wait_until(check, *, timeout: float = 30, what: str = "condition") -> None:
-    """Poll (the webhook's cache sees new policies within a watch event)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"{what} not met within {timeout}s")
 
 
 def without_labels(labels: dict[str, str], *keys: str) -> dict[str, str]:

@@ -1,5 +1,5 @@
-"""Helpers for the lifecycle e2e tests (expiry, idle, audit): a private operator process with fast
-intervals, CRDs, namespaces the webhook leaves alone, and polling.
+"""Helpers shared by the e2e tests: polling, CRDs, namespaces the webhook leaves alone, workload
+builders, `comptroller wake`, and a private operator process with fast intervals.
 
 Policies are cluster-scoped, so any operator running in the cluster acts on a test's policies.
 A test's operator therefore joins the stack's kopf peering (when there is one) with a priority
@@ -29,7 +29,7 @@ IGNORE_LABEL = "finops.comptroller.dev/ignore"
 OWN_NAMESPACE = "comptroller-system"
 
 
-def wait_until(predicate: Callable[[], T], *, timeout: float, what: str, interval: float = 0.5) -> T:
+def wait_until(predicate: Callable[[], T], *, timeout: float = 30, what: str, interval: float = 0.5) -> T:
     """Poll until `predicate()` is truthy and return it; fail saying what did not happen."""
     deadline = time.monotonic() + timeout
     while True:
