@@ -64,6 +64,21 @@ E2E_OPERATOR_ARGS = [
 ]
 
 
+@pytest.fixture(scope="module")
+def quiet_stack_operator(cluster):
+    """Stops the stack's operator (when it runs) for a module whose tests run operators of their
+    own, and starts it again afterwards. Pausing it through kopf peering is not enough: between
+    two tests it resumes and acts on the objects the next test has just created."""
+    running = cluster.running("operator")
+    if running:
+        cluster.stop_process("operator")
+    yield
+    if running:
+        from e2e.stack import Stack
+
+        Stack(cluster, operator_args=E2E_OPERATOR_ARGS).start_operator()
+
+
 @pytest.fixture(scope="session")
 def stack(cluster):
     """The Comptroller stack on the session's plane: CRDs, default policies, the webhook

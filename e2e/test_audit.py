@@ -17,6 +17,9 @@ from e2e.helpers import (
     wait_until,
 )
 
+# These tests run operators of their own; the stack's must not act on their objects meanwhile.
+pytestmark = pytest.mark.usefixtures("quiet_stack_operator")
+
 
 @pytest.fixture
 def scoped(cluster):

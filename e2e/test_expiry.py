@@ -26,6 +26,9 @@ from e2e.helpers import (
     wake,
 )
 
+# These tests run operators of their own; the stack's must not act on their objects meanwhile.
+pytestmark = pytest.mark.usefixtures("quiet_stack_operator")
+
 
 @pytest.fixture(scope="module", autouse=True)
 def crds(cluster):

@@ -42,6 +42,9 @@ COMPLIANT_LABELS = {"team": "nlp", "project": "search-ranking", "model_id": "ran
 # ExpirySweep's default `parallelism`: terminations in flight at once.
 EXPIRY_PARALLELISM = 8
 
+# These tests run operators of their own; the stack's must not act on their objects meanwhile.
+pytestmark = pytest.mark.usefixtures("quiet_stack_operator")
+
 
 @pytest.fixture(scope="module", autouse=True)
 def crds(cluster):

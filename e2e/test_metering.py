@@ -123,22 +123,14 @@ def metering_cluster(cluster):
 
 
 @pytest.fixture
-def operator(metering_cluster, tmp_path) -> Iterator[Operator]:
-    stack_operator = metering_cluster.running("operator")
-    if stack_operator:
-        metering_cluster.stop_process("operator")  # one metering operator at a time: we kill ours
-    own = Operator(metering_cluster, tmp_path / "operator.log")
+def operator(metering_cluster, quiet_stack_operator, tmp_path) -> Iterator[Operator]:
+    own = Operator(metering_cluster, tmp_path / "operator.log")  # one metering operator at a time
     try:
         yield own
     finally:
         if own.process and own.process.poll() is None:
             own.process.kill()
             own.process.wait(10)
-        if stack_operator:
-            from e2e.conftest import E2E_OPERATOR_ARGS
-            from e2e.stack import Stack
-
-            Stack(metering_cluster, operator_args=E2E_OPERATOR_ARGS).start_operator()
 
 
 def kubectl_json(cluster, *args: str) -> dict:
@@ -179,6 +171,10 @@ def budget(name: str, team: str, gpu_hours: float, **spec) -> dict:
     return {"apiVersion": "finops.comptroller.dev/v1alpha1", "kind": "GPUBudget", "metadata": {"name": name},
             "spec": {"selector": {"matchLabels": {"team": team}}, "gpuHours": gpu_hours, "period": "Monthly",
                      "pricePerGPUHour": {"default": 2.0}, **spec}}
+
+
+def peers(cluster, peering: str) -> dict:
+    return kubectl_json(cluster, "get", "clusterkopfpeering", peering).get("status") or {}
 
 
 def started_at(cluster, namespace: str, name: str) -> float | None:
@@ -415,6 +411,10 @@ def test_peering_keeps_one_replica_active_and_a_standby_takes_over(metering_clus
     active = Operator(cluster, tmp_path / "active.log", peering=(peering, 200))
     standby = Operator(cluster, tmp_path / "standby.log", peering=(peering, 100))
     active.start()
+    # The standby starts once the active replica is in the peering, or it would be alone there for
+    # a moment and meter a tick of its own.
+    wait_for("the active replica in the peering", lambda: peers(cluster, peering), timeout=30,
+             operator=active)
     standby.start()
     try:
         cluster.apply([gpu_pod("train", ns, team, 4, "g6.12xlarge")])
