@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.engine.timestamps import parse_time
-from e2e.helpers import wait_until
+from e2e.helpers import install_crds, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 COMPTROLLER = Path(sys.executable).parent / "comptroller"
@@ -71,22 +71,6 @@ class RssSampler(threading.Thread):
         return peak
 
 
-def ensure_crds(cluster: Any) -> None:
-    import yaml
-
-    from e2e.test_metering import FALLBACK_BUDGET_CRD
-
-    crd_dir = REPO / "charts" / "comptroller" / "crds"
-    docs = [d for f in sorted(crd_dir.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
-    if not any(d["metadata"]["name"] == "gpubudgets.finops.comptroller.dev" for d in docs):
-        docs.append(FALLBACK_BUDGET_CRD)
-    cluster.apply(docs, server_side=True)
-    for doc in docs:
-        name = doc["metadata"]["name"]
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
-    cluster.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OWN_NAMESPACE}}])
-
-
 def run(cluster: Any, *, pods: int = 5000, namespaces: int = 500, interval: float = 10.0) -> dict:
     from controller.k8s.config import load_api_client
     from controller.k8s.ledgers import BUDGETS
@@ -94,7 +78,8 @@ def run(cluster: Any, *, pods: int = 5000, namespaces: int = 500, interval: floa
     from controller.k8s.workloads import ApiError, Workloads
     from e2e.cluster.plane import free_port, node_manifest
 
-    ensure_crds(cluster)
+    install_crds(cluster)
+    cluster.create_namespace(OWN_NAMESPACE)
     api = Workloads(load_api_client(str(cluster.kubeconfig)), page_size=500)
     run_id = uuid.uuid4().hex[:6]
     label = {"bench.comptroller.dev/run": run_id}

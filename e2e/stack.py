@@ -21,20 +21,12 @@ from pathlib import Path
 import yaml
 
 from e2e.cluster.plane import DEFAULT_DIR, REPO, ControlPlane, free_port
+from e2e.helpers import install_crds
 
 NAMESPACE = "comptroller-system"
 PEERING = "comptroller"
 VENV_BIN = Path(sys.executable).parent
-CRD_DIRS = [REPO / "charts" / "comptroller" / "crds", REPO / "e2e" / "crds"]
 DEFAULT_POLICIES = REPO / "policies" / "default"
-
-
-def load_documents(path: Path) -> list[dict]:
-    docs: list[dict] = []
-    files = sorted(path.rglob("*.yaml")) if path.is_dir() else [path]
-    for file in files:
-        docs.extend(d for d in yaml.safe_load_all(file.read_text()) if d)
-    return docs
 
 
 def policy_documents(path: Path = DEFAULT_POLICIES) -> list[dict]:
@@ -70,11 +62,7 @@ class Stack:
     # ---- pieces ----------------------------------------------------------------------------
 
     def install_crds(self) -> None:
-        docs = [d for directory in CRD_DIRS if directory.exists() for d in load_documents(directory)]
-        self.plane.apply(docs, server_side=True)
-        for crd in docs:
-            self.plane.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                               f"crd/{crd['metadata']['name']}")
+        install_crds(self.plane)
         # The peering the operator replicas share (the chart renders the same object).
         self.plane.apply([{"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering",
                            "metadata": {"name": PEERING}}])

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from e2e.cluster.plane import REPO, free_port
+from e2e.helpers import install_crds
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -32,26 +33,6 @@ OWN_NAMESPACE = "comptroller-system"
 IGNORE_LABEL = "finops.comptroller.dev/ignore"
 INTERVAL = 2.0
 TOLERANCE = 0.01
-
-# Used only when the chart does not ship the GPUBudget CRD yet: enough schema for metering.
-FALLBACK_BUDGET_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "gpubudgets.finops.comptroller.dev"},
-    "spec": {
-        "group": "finops.comptroller.dev",
-        "scope": "Cluster",
-        "names": {"kind": "GPUBudget", "plural": "gpubudgets", "singular": "gpubudget"},
-        "versions": [{
-            "name": "v1alpha1", "served": True, "storage": True, "subresources": {"status": {}},
-            "schema": {"openAPIV3Schema": {"type": "object", "properties": {
-                "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
-                "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
-            }}},
-        }],
-    },
-}
-
 
 def parse(stamp: str) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
@@ -108,17 +89,8 @@ class Operator:
 @pytest.fixture(scope="module")
 def metering_cluster(cluster):
     """The plane with the CRDs metering needs and Comptroller's namespace."""
-    crd_dir = REPO / "charts" / "comptroller" / "crds"
-    import yaml
-
-    docs = [d for f in sorted(crd_dir.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
-    if not any(d["metadata"]["name"] == "gpubudgets.finops.comptroller.dev" for d in docs):
-        docs.append(FALLBACK_BUDGET_CRD)
-    cluster.apply(docs, server_side=True)
-    for doc in docs:
-        name = doc["metadata"]["name"]
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
-    cluster.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OWN_NAMESPACE}}])
+    install_crds(cluster)
+    cluster.create_namespace(OWN_NAMESPACE)
     return cluster
 
 
