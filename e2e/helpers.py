@@ -27,6 +27,15 @@ VENV_BIN = Path(sys.executable).parent
 CRD_DIRS = [REPO / "charts" / "comptroller" / "crds", REPO / "e2e" / "crds"]
 IGNORE_LABEL = "finops.comptroller.dev/ignore"
 OWN_NAMESPACE = "comptroller-system"
+# A label set the default policies admit (for a development workload on an allowed GPU type).
+COMPLIANT_LABELS = {
+    "team": "nlp",
+    "project": "search-ranking",
+    "model_id": "ranker-v7",
+    "environment": "development",
+    "lifecycle_phase": "training",
+    "cost_center": "cc-123",
+}
 
 
 def wait_until(predicate: Callable[[], T], *, timeout: float = 30, what: str, interval: float = 0.5) -> T:

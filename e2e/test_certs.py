@@ -23,18 +23,10 @@ from controller import certs
 from controller.webhook.registration import webhook_configurations
 from e2e.chart import install_rbac, service_account_kubeconfig
 from e2e.cluster.plane import REPO, free_port
-from e2e.helpers import wait_until
+from e2e.helpers import COMPLIANT_LABELS, wait_until
 
 COMPTROLLER = str(Path(sys.executable).parent / "comptroller")
 IGNORE = {"finops.comptroller.dev/ignore": "true"}
-LABELS = {
-    "team": "nlp",
-    "project": "search-ranking",
-    "model_id": "ranker-v7",
-    "environment": "development",
-    "lifecycle_phase": "training",
-    "cost_center": "cc-123",
-}
 
 
 def comptroller_certs(*args: str, kubeconfig: Path | None = None) -> subprocess.CompletedProcess:
@@ -83,7 +75,7 @@ class AdmissionLoop:
         self.cluster = cluster
         self.manifest = yaml.safe_dump({
             "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "rotation-probe", "namespace": namespace, "labels": LABELS},
+            "metadata": {"name": "rotation-probe", "namespace": namespace, "labels": COMPLIANT_LABELS},
             "spec": {"containers": [{"name": "main", "image": "registry.example.com/app:1"}]},
         })
         self.attempts = 0

@@ -26,6 +26,7 @@ from controller import certs, constants
 from controller.webhook.registration import webhook_configurations
 from e2e.cluster.plane import free_port
 from e2e.helpers import (
+    COMPLIANT_LABELS,
     VENV_BIN,
     OperatorProcess,
     events,
@@ -37,8 +38,6 @@ from e2e.helpers import (
     wait_until,
 )
 
-COMPLIANT_LABELS = {"team": "nlp", "project": "search-ranking", "model_id": "ranker-v7",
-                    "environment": "development", "lifecycle_phase": "training", "cost_center": "cc-123"}
 # ExpirySweep's default `parallelism`: terminations in flight at once.
 EXPIRY_PARALLELISM = 8
 

@@ -16,13 +16,9 @@ import uuid
 import pytest
 import yaml
 
-from e2e.helpers import wait_until
+from e2e.helpers import COMPLIANT_LABELS, wait_until
 
 API = "finops.comptroller.dev/v1alpha1"
-COMPLIANT = {
-    "team": "nlp", "project": "search-ranking", "model_id": "ranker-v7", "environment": "development",
-    "lifecycle_phase": "training", "cost_center": "cc-123",
-}
 
 
 def fop(name: str, spec: dict) -> dict:
@@ -104,7 +100,7 @@ def test_a_policy_only_the_engine_can_refuse_is_not_ready_and_the_others_keep_wo
 
         # The webhook judges with the other policies: a compliant pod is admitted (the broken
         # policy's `ticket` label is not demanded), a non-compliant one is denied by finops-labels.
-        admitted, stderr = dry_run_pod(cluster, namespace, COMPLIANT)
+        admitted, stderr = dry_run_pod(cluster, namespace, COMPLIANT_LABELS)
         assert admitted, stderr
         denied, stderr = dry_run_pod(cluster, namespace, {"team": "nlp"})
         assert not denied and "finops-labels" in stderr and name not in stderr, stderr
@@ -117,7 +113,7 @@ def test_a_policy_only_the_engine_can_refuse_is_not_ready_and_the_others_keep_wo
         assert ready["reason"] == "Compiled"
 
         def denied_for_ticket():
-            ok, stderr = dry_run_pod(cluster, namespace, COMPLIANT)
+            ok, stderr = dry_run_pod(cluster, namespace, COMPLIANT_LABELS)
             return not ok and name in stderr and "ticket" in stderr and stderr
 
         assert wait_until(denied_for_ticket, timeout=30, what="the fixed policy to apply at admission")

@@ -12,17 +12,8 @@ import uuid
 import pytest
 import yaml
 
-from e2e.helpers import wait_until
+from e2e.helpers import COMPLIANT_LABELS, wait_until
 from e2e.stack import NAMESPACE
-
-TEAM_LABELS = {
-    "team": "nlp",
-    "project": "search-ranking",
-    "model_id": "ranker-v7",
-    "environment": "development",
-    "lifecycle_phase": "training",
-    "cost_center": "cc-123",
-}
 
 
 def dump(obj: dict) -> str:
@@ -141,13 +132,13 @@ def test_an_unlabelled_gpu_job_is_rejected_with_the_fix_and_the_fix_is_admitted(
     assert "finops-labels" in err  # names the policy
     assert cluster.kubectl("get", "job", "finetune", "-n", namespace, check=False).returncode != 0
 
-    fixed = apply(cluster, gpu_job(namespace, labels=TEAM_LABELS))
+    fixed = apply(cluster, gpu_job(namespace, labels=COMPLIANT_LABELS))
     assert fixed.returncode == 0, fixed.stderr
     assert "job.batch/finetune created" in fixed.stdout
 
 
 def test_a_deployment_gets_its_defaults_mutated_in(stack, cluster, namespace):
-    labels = without_labels(TEAM_LABELS, "environment")
+    labels = without_labels(COMPLIANT_LABELS, "environment")
     created = apply(cluster, deployment(namespace, labels=labels, template_labels=None))
     assert created.returncode == 0, created.stderr
     stored = json.loads(cluster.kubectl("get", "deployment", "serve", "-n", namespace, "-o", "json").stdout)
@@ -161,14 +152,14 @@ def test_a_deployment_gets_its_defaults_mutated_in(stack, cluster, namespace):
 def test_a_gpu_pod_pinned_to_a_disallowed_instance_type_is_rejected_with_the_allowed_list(
     stack, cluster, namespace
 ):
-    result = apply(cluster, pod(namespace, labels=TEAM_LABELS, gpus=1, instance_type="p4d.24xlarge"))
+    result = apply(cluster, pod(namespace, labels=COMPLIANT_LABELS, gpus=1, instance_type="p4d.24xlarge"))
     assert result.returncode != 0
     assert "p4d.24xlarge" in result.stderr
     for allowed in ("g5.xlarge", "g6.xlarge"):
         assert allowed in result.stderr
     assert "nodeSelector" in result.stderr
 
-    ok = apply(cluster, pod(namespace, labels=TEAM_LABELS, gpus=1, instance_type="g5.xlarge"))
+    ok = apply(cluster, pod(namespace, labels=COMPLIANT_LABELS, gpus=1, instance_type="g5.xlarge"))
     assert ok.returncode == 0, ok.stderr
 
 
@@ -186,7 +177,7 @@ def test_a_warn_policy_shows_kubectl_warnings(stack, cluster, namespace):
     }
     assert apply(cluster, policy).returncode == 0
     try:
-        manifest = pod(namespace, labels=TEAM_LABELS)
+        manifest = pod(namespace, labels=COMPLIANT_LABELS)
         wait_until(
             lambda: "notebook_owner" in apply(cluster, manifest, "--dry-run=server").stderr,
             what="the webhook sees the Warn policy",
@@ -225,7 +216,7 @@ def test_an_exhausted_team_budget_is_denied_with_what_remains_while_another_team
     try:
         # An experiment runs until its expires_at (24h by default): 1 GPU x 24h does not fit in 10.
         def experiment(team: str, name: str) -> dict:
-            labels = {**TEAM_LABELS, "team": team, "environment": "experiment"}
+            labels = {**COMPLIANT_LABELS, "team": team, "environment": "experiment"}
             return pod(namespace, name=name, labels=labels, gpus=1, instance_type="g5.xlarge")
 
         wait_until(
@@ -248,9 +239,9 @@ def test_an_exhausted_team_budget_is_denied_with_what_remains_while_another_team
     ("build", "allowed"),
     [
         (lambda ns: gpu_job(ns, labels=None), False),
-        (lambda ns: gpu_job(ns, labels=TEAM_LABELS), True),
-        (lambda ns: pod(ns, labels=TEAM_LABELS, gpus=1, instance_type="p4d.24xlarge"), False),
-        (lambda ns: deployment(ns, labels=None, template_labels=TEAM_LABELS), True),
+        (lambda ns: gpu_job(ns, labels=COMPLIANT_LABELS), True),
+        (lambda ns: pod(ns, labels=COMPLIANT_LABELS, gpus=1, instance_type="p4d.24xlarge"), False),
+        (lambda ns: deployment(ns, labels=None, template_labels=COMPLIANT_LABELS), True),
     ],
     ids=["unlabelled-job", "labelled-job", "disallowed-instance", "labelled-deployment"],
 )
@@ -281,17 +272,17 @@ def test_server_side_dry_run_gives_the_same_verdict(stack, cluster, namespace, b
     ("build", "allowed"),
     [
         (lambda ns: pod(ns, labels=None), False),
-        (lambda ns: pod(ns, labels=TEAM_LABELS), True),
-        (lambda ns: pod(ns, labels=without_labels(TEAM_LABELS, "team")), False),
-        (lambda ns: deployment(ns, labels=None, template_labels=TEAM_LABELS), True),
+        (lambda ns: pod(ns, labels=COMPLIANT_LABELS), True),
+        (lambda ns: pod(ns, labels=without_labels(COMPLIANT_LABELS, "team")), False),
+        (lambda ns: deployment(ns, labels=None, template_labels=COMPLIANT_LABELS), True),
         (lambda ns: deployment(ns, labels=None, template_labels=None), False),
         (
             lambda ns: deployment(
-                ns, labels=None, template_labels=without_labels(TEAM_LABELS, "cost_center")
+                ns, labels=None, template_labels=without_labels(COMPLIANT_LABELS, "cost_center")
             ),
             False,
         ),
-        (lambda ns: cronjob(ns, template_labels=TEAM_LABELS), True),
+        (lambda ns: cronjob(ns, template_labels=COMPLIANT_LABELS), True),
         (lambda ns: cronjob(ns, template_labels=None), False),
     ],
     ids=[
