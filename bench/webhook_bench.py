@@ -24,6 +24,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from e2e.helpers import COMPLIANT_LABELS, stop_process
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_POLICIES = REPO / "policies" / "default"
 
@@ -55,15 +57,7 @@ function done(summary, latency, requests)
 end
 """
 
-LABELS = {
-    "team": "nlp",
-    "project": "search-ranking",
-    "model_id": "ranker-v7",
-    "environment": "development",
-    "lifecycle_phase": "training",
-    "cost_center": "cc-123",
-    "app": "trainer",
-}
+LABELS = {**COMPLIANT_LABELS, "app": "trainer"}
 
 
 def _container(name: str, gpus: int) -> dict:
@@ -311,12 +305,7 @@ class Server:
             return json.loads(response.read())
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, timeout=10)
         self.log.close()
 
 

@@ -50,6 +50,18 @@ def wait_until(predicate: Callable[[], T], *, timeout: float = 30, what: str, in
         time.sleep(interval)
 
 
+def stop_process(process: subprocess.Popen, *, timeout: float) -> None:
+    """SIGTERM a child we started, SIGKILL it if it has not exited after `timeout` seconds."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def install_crds(cluster: Any) -> None:
     import yaml
 
@@ -198,12 +210,7 @@ class OperatorProcess:
         return self._log_file.read_text(errors="replace")
 
     def __exit__(self, *exc: object) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, timeout=30)
         self._log.close()
         self._log_file.unlink(missing_ok=True)

@@ -20,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from e2e.cluster.plane import free_port
+from e2e.helpers import stop_process
 
 METRIC = "DCGM_FI_DEV_GPU_UTIL"
 
@@ -130,13 +131,8 @@ class Prometheus:
         raise RuntimeError("prometheus did not become ready within 60s")
 
     def __exit__(self, *exc: object) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        if self._process is not None:
+            stop_process(self._process, timeout=15)
         if hasattr(self, "_log"):
             self._log.close()
         shutil.rmtree(self._dir, ignore_errors=True)
