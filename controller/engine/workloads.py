@@ -342,7 +342,7 @@ def quantity(value: Any) -> int:
     if isinstance(value, int):
         return value
     if isinstance(value, float):
-        return math.ceil(value)
+        return math.ceil(value) if math.isfinite(value) else 0
     if not isinstance(value, str):
         return 0
     if value.isdigit():
@@ -355,7 +355,7 @@ def quantity(value: Any) -> int:
             if text.endswith(suffix):
                 return math.ceil(Decimal(text[: -len(suffix)]) * _SUFFIXES[suffix])
         return math.ceil(Decimal(text))
-    except (InvalidOperation, ValueError):
+    except (InvalidOperation, ValueError, OverflowError):  # OverflowError: "Infinity", "1e999999E"
         return 0
 
 

@@ -66,7 +66,11 @@ def test_pod_gpus_sums_every_configured_resource():
 
 
 @pytest.mark.parametrize(
-    ("value", "expected"), [(2, 2), ("2", 2), ("1500m", 2), ("1k", 1000), ("x", 0), (None, 0), (1.2, 2)]
+    ("value", "expected"),
+    [(2, 2), ("2", 2), ("1500m", 2), ("1k", 1000), ("x", 0), (None, 0), (1.2, 2),
+     # Not quantities (the API server refuses them); found by fuzzing, they crashed the engine.
+     ("Infinity", 0), ("-Infinity", 0), ("NaN", 0), ("infm", 0), ("InfinityGi", 0),
+     (float("inf"), 0), (float("nan"), 0)],
 )
 def test_quantity(value, expected):
     assert quantity(value) == expected
