@@ -386,6 +386,14 @@ def test_noop_echoes_the_uid(client):
     assert client.post("/noop", content=b"nope").status_code == 400
 
 
+@pytest.mark.parametrize("path", ["/validate", "/mutate", "/noop"])
+def test_an_admission_path_only_takes_post(client, path):
+    http = client.get(path)
+    assert http.status_code == 405
+    assert http.headers["allow"] == "POST"
+    assert "POST" in http.json()["message"]
+
+
 def test_probes(client):
     assert client.get("/healthz").text == "ok\n"
     assert client.get("/readyz").status_code == 200
