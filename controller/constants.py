@@ -18,6 +18,10 @@ ENFORCE_NAMESPACE_LABEL = f"{GROUP}/enforce"
 # admission.gatekeeper.sh/ignore): an escape hatch for break-glass and for infrastructure.
 IGNORE_NAMESPACE_LABEL = f"{GROUP}/ignore"
 
+# The admission webhooks by name, as registered in the Validating/MutatingWebhookConfigurations.
+VALIDATING_WEBHOOK = f"validate.{GROUP}"
+MUTATING_WEBHOOK = f"mutate.{GROUP}"
+
 DEFAULT_EXPIRY_KEY = "expires_at"
 DEFAULT_GPU_RESOURCES = ("nvidia.com/gpu",)
 

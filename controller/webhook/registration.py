@@ -4,6 +4,10 @@ Rendered here once, used by `make up` (URL to 127.0.0.1) and mirrored by the cha
 Both configurations match pods and every supported workload kind (SPEC 3.4) on CREATE and UPDATE,
 exclude kube-system and the webhook's own namespace by `kubernetes.io/metadata.name`, and declare
 `sideEffects: None` so `kubectl apply --dry-run=server` is judged the same.
+
+The mutating webhook may carry the engine's `mutation_condition` as a matchCondition, so the API
+server skips `/mutate` for pods mutation would leave as they are; the operator keeps it in step
+with the policy set (`controller.operator.webhook_scope`).
 """
 
 from __future__ import annotations
@@ -12,11 +16,13 @@ import base64
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from controller import constants
 from controller.constants import IGNORE_NAMESPACE_LABEL
+from controller.engine.mutation_scope import CONDITION_NAME
 from controller.webhook.settings import DEFAULT_NAMESPACE
 
-VALIDATING_NAME = "validate.finops.comptroller.dev"
-MUTATING_NAME = "mutate.finops.comptroller.dev"
+VALIDATING_NAME = constants.VALIDATING_WEBHOOK
+MUTATING_NAME = constants.MUTATING_WEBHOOK
 
 # apiGroup -> resources: pods, the built-in pod controllers and the ML kinds of SPEC 3.4.
 WORKLOAD_RESOURCES: Mapping[str, tuple[str, ...]] = {
@@ -54,11 +60,13 @@ def webhook_configurations(
     exclude_namespaces: Iterable[str] = ("kube-system", DEFAULT_NAMESPACE),
     name: str = "comptroller",
     labels: Mapping[str, str] | None = None,
+    mutation_condition: str | None = None,
 ) -> list[dict[str, Any]]:
     """[ValidatingWebhookConfiguration, MutatingWebhookConfiguration] as dicts for the API server.
 
     `url` is a base such as `https://127.0.0.1:8443`; `service` is `{"namespace", "name", "port"}`.
-    `ca_bundle` is the PEM of the CA that signed the serving certificate.
+    `ca_bundle` is the PEM of the CA that signed the serving certificate. `mutation_condition`,
+    when given, is the CEL expression that must hold for the API server to call `/mutate`.
     """
     if (url is None) == (service is None):
         raise ValueError("give exactly one of url or service")
@@ -119,7 +127,12 @@ def webhook_configurations(
                 # Another webhook may add a container or labels after us: look again.
                 "reinvocationPolicy": "IfNeeded",
                 **common,
+                **({"matchConditions": match_conditions(mutation_condition)} if mutation_condition else {}),
             }
         ],
     }
     return [validating, mutating]
+
+
+def match_conditions(mutation_condition: str) -> list[dict[str, str]]:
+    return [{"name": CONDITION_NAME, "expression": mutation_condition}]

@@ -31,6 +31,8 @@ def test_url_configurations():
         assert hook["failurePolicy"] == "Ignore" and hook["timeoutSeconds"] == 3
     assert m["reinvocationPolicy"] == "IfNeeded"
     assert "reinvocationPolicy" not in v
+    # Without a mutation condition, the API server sends every matched object to /mutate.
+    assert "matchConditions" not in m and "matchConditions" not in v
     # The two documents never share mutable parts.
     validating["metadata"]["labels"]["x"] = "y"
     assert "x" not in mutating["metadata"]["labels"]
@@ -98,3 +100,9 @@ def test_every_supported_kind_is_matched_on_create_and_update(group, resource):
 def test_bad_arguments_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         webhook_configurations(ca_bundle=CA, **kwargs)
+
+
+def test_the_mutation_condition_goes_on_the_mutating_webhook_only():
+    _, _, v, m = _hooks(url="https://127.0.0.1:8443", mutation_condition="!(false)")
+    assert m["matchConditions"] == [{"name": "comptroller-may-mutate", "expression": "!(false)"}]
+    assert "matchConditions" not in v
