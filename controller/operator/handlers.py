@@ -10,5 +10,5 @@ from controller.operator import accounting, policies  # noqa: F401  (registers t
 
 # --- other operator loops: import their handler modules here -----------------------------------
 # isort: split
-from controller.operator import lifecycle  # noqa: F401  (expiry, idle, audit sweeps and wake)
+from controller.operator import lifecycle  # noqa: F401  (expiry, idle, audit, wake, webhook scope)
 # -------------------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from controller.operator.effector import Effector, Outcome
 from controller.operator.expiry import ExpirySweeper
 from controller.operator.idle import idle_rules, sweep_idle
 from controller.operator.settings import OperatorConfig
+from controller.operator.webhook_scope import WebhookScope
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,7 @@ class Lifecycle:
     effector: Effector
     expiry: ExpirySweeper
     auditor: Auditor
+    webhook_scope: WebhookScope | None = None
     executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(3, "lifecycle"))
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     _last: dict[str, float] = field(default_factory=dict)
@@ -156,9 +158,23 @@ class Lifecycle:
             max_results_per_report=config.audit.max_results_per_report,
             on_new_finding=_count_finding,
         )
+        scope = None
+        if config.webhook_configuration:
+            scope = WebhookScope(
+                workloads,
+                config.webhook_configuration,
+                policies=lambda: _compiled(workloads, POLICIES, FinOpsPolicy),
+            )
         if dry_run:
             log.warning("dry-run: expiry and idle only log and emit Events; no workload will be changed")
-        return cls(config=config, workloads=workloads, effector=effector, expiry=expiry, auditor=auditor)
+        return cls(
+            config=config,
+            workloads=workloads,
+            effector=effector,
+            expiry=expiry,
+            auditor=auditor,
+            webhook_scope=scope,
+        )
 
     @property
     def tick_every(self) -> float:
@@ -218,6 +234,17 @@ class Lifecycle:
 
     # -- scheduling --------------------------------------------------------------------------------
 
+    def _sweeps(self) -> list[tuple[str, float, Callable[[], Any]]]:
+        sweeps = [
+            ("expiry", self.config.expiry.interval, self.sweep_expiry),
+            ("idle", self.config.idle.interval, self.sweep_idle),
+            ("audit", self.config.audit.interval, self.sweep_audit),
+        ]
+        if self.webhook_scope is not None:
+            # Cheap (a GET and a LIST), so every tick: it also repairs a condition someone removed.
+            sweeps.append(("webhook-scope", self.tick_every, self.webhook_scope.sync))
+        return sweeps
+
     async def tick(self) -> None:
         """Start each sweep whose interval has elapsed and that is not already running.
 
@@ -226,11 +253,7 @@ class Lifecycle:
         """
         loop = asyncio.get_running_loop()
         now = time.monotonic()
-        for name, interval, fn in (
-            ("expiry", self.config.expiry.interval, self.sweep_expiry),
-            ("idle", self.config.idle.interval, self.sweep_idle),
-            ("audit", self.config.audit.interval, self.sweep_audit),
-        ):
+        for name, interval, fn in self._sweeps():
             if (
                 name in self._running
                 or now - self._last.get(name, self._first_due(name, interval)) < interval
@@ -255,15 +278,25 @@ class Lifecycle:
             return self._started - interval + min(interval, AUDIT_FIRST_DELAY)
         return -math.inf
 
+    async def run_now(self, name: str) -> None:
+        """Run one sweep at once, outside its schedule (a change it must follow has happened)."""
+        fn = next((fn for sweep, _, fn in self._sweeps() if sweep == name), None)
+        if fn is not None:
+            await self._guarded(asyncio.get_running_loop(), name, fn)
+
     async def _run(self, loop: asyncio.AbstractEventLoop, name: str, fn: Callable[[], None]) -> None:
+        try:
+            await self._guarded(loop, name, fn)
+        finally:
+            self._running.discard(name)
+
+    async def _guarded(self, loop: asyncio.AbstractEventLoop, name: str, fn: Callable[[], Any]) -> None:
         try:
             await loop.run_in_executor(self.executor, fn)
         except ApiError as exc:
             log.warning("%s sweep failed, retried next interval: %s", name, exc)
         except Exception:
             log.exception("%s sweep crashed, retried next interval", name)
-        finally:
-            self._running.discard(name)
 
     # -- wake --------------------------------------------------------------------------------------
 

@@ -45,6 +45,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--peering", default="comptroller", metavar="NAME",
                         help="ClusterKopfPeering the replicas share; one is active (default: %(default)s)")
     parser.add_argument("--standalone", action="store_true", help="no peering: always active")
+    parser.add_argument("--webhook-configuration", metavar="NAME",
+                        help="MutatingWebhookConfiguration whose matchCondition follows the policy set, "
+                        "so /mutate is skipped for pods it would not change (default: leave it alone)")
     parser.add_argument("--priority", type=int, default=None,
                         help="this replica's peering priority (default: random, so replicas differ)")
     parser.add_argument("--metering-interval", type=float, default=30.0, metavar="SECONDS",
@@ -93,6 +96,7 @@ def build_config(args: argparse.Namespace) -> OperatorConfig:
     config = OperatorConfig(
         namespace=args.namespace,
         kubeconfig=args.kubeconfig,
+        webhook_configuration=args.webhook_configuration or None,
         dry_run=args.dry_run,
         peering=PeeringSettings(name=args.peering, standalone=args.standalone, priority=priority),
         metering=metering,

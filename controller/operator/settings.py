@@ -104,6 +104,9 @@ class OperatorConfig:
     namespace: str = "comptroller-system"
     """Comptroller's own namespace: where metering ledgers live."""
     kubeconfig: str | None = None
+    webhook_configuration: str | None = None
+    """The MutatingWebhookConfiguration whose matchCondition follows the policy set
+    (`webhook_scope.py`); None leaves it alone."""
     dry_run: bool = False
     """Destructive actions (expiry, idle scale-to-zero) only log and emit what they would do.
     Metering is bookkeeping and runs as usual, except for the pod finalizer."""
