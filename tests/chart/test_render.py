@@ -281,12 +281,17 @@ def test_webhook_probes_use_https_on_the_serving_port():
                                    "--key-file=/certs/tls.key", "--namespace=$(POD_NAMESPACE)"]
 
 
+SCOPE = "--webhook-configuration=comptroller"
+
+
 @pytest.mark.parametrize(
     ("values", "expected_args", "strategy", "pdb"),
     [
-        ({}, [], "Recreate", False),
-        ({"operator": {"dryRun": True}}, ["--dry-run"], "Recreate", False),
-        ({"operator": {"replicas": 2, "extraArgs": ["--verbose"]}}, ["--verbose"], "RollingUpdate", True),
+        ({}, [SCOPE], "Recreate", False),
+        ({"operator": {"dryRun": True}}, [SCOPE, "--dry-run"], "Recreate", False),
+        ({"operator": {"replicas": 2, "extraArgs": ["-v"]}}, [SCOPE, "-v"], "RollingUpdate", True),
+        # Without the mutating webhook there is no condition to keep.
+        ({"webhook": {"mutating": {"enabled": False}}}, [], "Recreate", False),
     ],
 )
 def test_operator_deployment(values, expected_args, strategy, pdb):
@@ -298,6 +303,14 @@ def test_operator_deployment(values, expected_args, strategy, pdb):
         "--metrics-port=9090", "--metering-interval=30", "--expiry-interval=30", "--idle-interval=60",
         "--audit-interval=300", "--max-terminations-per-minute=30", *expected_args,
     ]
+    scoped = [r for r in one(objects, "ClusterRole", "comptroller-operator")["rules"]
+              if "mutatingwebhookconfigurations" in r["resources"]]
+    if SCOPE in expected_args:
+        assert scoped == [{"apiGroups": ["admissionregistration.k8s.io"],
+                           "resources": ["mutatingwebhookconfigurations"],
+                           "resourceNames": ["comptroller"], "verbs": ["get", "patch"]}]
+    else:
+        assert scoped == []
     assert operator["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
     assert deployment["spec"]["strategy"]["type"] == strategy
     pdbs = {p["metadata"]["name"] for p in of_kind(objects, "PodDisruptionBudget")}
