@@ -25,6 +25,8 @@ from e2e.helpers import install_crds
 
 NAMESPACE = "comptroller-system"
 PEERING = "comptroller"
+CONFIGURATION = "comptroller"
+"""The Validating/MutatingWebhookConfigurations' name, as the chart names them for this release."""
 VENV_BIN = Path(sys.executable).parent
 DEFAULT_POLICIES = REPO / "policies" / "default"
 
@@ -94,13 +96,18 @@ class Stack:
         ])
         self.wait_ready("/readyz", what="webhook", timeout=60)
 
-    def register_webhook(self, *, failure_policy: str | None = None) -> None:
+    def register_webhook(
+        self, *, failure_policy: str | None = None, mutation_condition: str | None = None
+    ) -> None:
+        """Register both webhooks. `/mutate`'s matchCondition is the operator's to keep (a running
+        one adds it within a tick); `mutation_condition` sets it here, for runs without one."""
         from controller.webhook.registration import webhook_configurations
 
         self.plane.apply(webhook_configurations(
             url=self.webhook_url, ca_bundle=(self.certs / "ca.crt").read_bytes(),
             failure_policy=failure_policy or self.failure_policy, timeout_seconds=5,
-            exclude_namespaces=("kube-system", NAMESPACE),
+            exclude_namespaces=("kube-system", NAMESPACE), name=CONFIGURATION,
+            mutation_condition=mutation_condition,
         ))
 
     def unregister_webhook(self) -> None:
@@ -113,7 +120,8 @@ class Stack:
         self.plane.spawn("operator", [
             str(VENV_BIN / "comptroller"), "operator", "--kubeconfig", str(self.credentials("operator")),
             "--namespace", NAMESPACE, "--liveness-port", str(free_port()), "--metrics-port", str(free_port()),
-            *self.operator_args,
+            # The configurations register_webhook applies: the operator keeps /mutate's condition.
+            "--webhook-configuration", CONFIGURATION, *self.operator_args,
         ])
 
     def apply_policies(self, path: Path = DEFAULT_POLICIES) -> None:

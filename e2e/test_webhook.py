@@ -7,13 +7,17 @@ broken webhook fails these tests instead of silently admitting.
 from __future__ import annotations
 
 import json
+import ssl
+import urllib.request
 import uuid
 
 import pytest
 import yaml
 
+from controller.constants import MUTATING_WEBHOOK
+from controller.engine.mutation_scope import CONDITION_NAME
 from e2e.helpers import COMPLIANT_LABELS, wait_until
-from e2e.stack import NAMESPACE
+from e2e.stack import CONFIGURATION, NAMESPACE
 
 
 def dump(obj: dict) -> str:
@@ -317,3 +321,76 @@ def test_the_webhooks_own_namespace_and_kube_system_are_never_matched(stack, clu
     for ns in ("kube-system", NAMESPACE):
         result = apply(cluster, pod(ns, name=f"unlabelled-{uuid.uuid4().hex[:6]}"), "--dry-run=server")
         assert result.returncode == 0, result.stderr
+
+
+# -- /mutate only where mutation can change something ----------------------------------------------
+
+
+def mutate_condition(cluster) -> str | None:
+    """The matchCondition the operator keeps on our mutating webhook, as the API server holds it."""
+    config = json.loads(
+        cluster.kubectl("get", "mutatingwebhookconfiguration", CONFIGURATION, "-o", "json").stdout
+    )
+    hook = next(h for h in config["webhooks"] if h["name"] == MUTATING_WEBHOOK)
+    ours = [c["expression"] for c in hook.get("matchConditions") or () if c["name"] == CONDITION_NAME]
+    return ours[0] if ours else None
+
+
+def pods_through_mutate(stack) -> float:
+    """Pod CREATEs the webhook's /mutate has answered so far (its own metrics)."""
+    context = ssl.create_default_context(cafile=str(stack.certs / "ca.crt"))
+    with urllib.request.urlopen(stack.webhook_url + "/metrics", context=context, timeout=5) as response:
+        text = response.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("comptroller_admission_requests_total{")
+        and 'kind="Pod"' in line and 'operation="CREATE"' in line
+        and ('decision="mutated"' in line or 'decision="unchanged"' in line)
+    )
+
+
+def test_the_api_server_calls_mutate_only_for_pods_mutation_would_change(stack, cluster, namespace):
+    wait_until(lambda: mutate_condition(cluster), what="the operator sets /mutate's matchCondition")
+    before = pods_through_mutate(stack)
+    settled = apply(cluster, pod(namespace, name="settled", labels=COMPLIANT_LABELS))
+    assert settled.returncode == 0, settled.stderr
+    assert pods_through_mutate(stack) == before, "a pod with every label went through /mutate"
+
+    unsettled = without_labels(COMPLIANT_LABELS, "environment")
+    defaulted = apply(cluster, pod(namespace, name="defaulted", labels=unsettled))
+    assert defaulted.returncode == 0, defaulted.stderr
+    assert pods_through_mutate(stack) == before + 1
+    stored = json.loads(cluster.kubectl("get", "pod", "defaulted", "-n", namespace, "-o", "json").stdout)
+    assert stored["metadata"]["labels"]["environment"] == "development"
+
+
+def test_the_mutate_condition_follows_the_policy_set(stack, cluster, namespace):
+    name = f"tier-{namespace}"
+    policy = {
+        "apiVersion": "finops.comptroller.dev/v1alpha1",
+        "kind": "FinOpsPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "match": {"namespaces": [namespace]},
+            "labels": {"required": [{"key": "cost_tier", "default": "bronze"}]},
+        },
+    }
+    assert apply(cluster, policy).returncode == 0
+    try:
+        wait_until(lambda: '"cost_tier"' in (mutate_condition(cluster) or ""),
+                   what="the operator adds the new default to /mutate's condition")
+
+        def defaulted() -> bool:  # the API server calls /mutate, and the webhook knows the policy
+            answer = apply(cluster, pod(namespace, labels=COMPLIANT_LABELS), "--dry-run=server", "-o", "json")
+            return answer.returncode == 0 and json.loads(answer.stdout)["metadata"]["labels"].get("cost_tier")
+
+        wait_until(defaulted, what="a dry-run pod gets the new default")
+        created = apply(cluster, pod(namespace, labels=COMPLIANT_LABELS))
+        assert created.returncode == 0, created.stderr
+        stored = json.loads(cluster.kubectl("get", "pod", "trainer", "-n", namespace, "-o", "json").stdout)
+        assert stored["metadata"]["labels"]["cost_tier"] == "bronze"
+    finally:
+        cluster.kubectl("delete", "finopspolicy", name, "--ignore-not-found", check=False)
+    wait_until(lambda: '"cost_tier"' not in (mutate_condition(cluster) or ""),
+               what="the operator drops the deleted policy's default from the condition")
