@@ -226,7 +226,7 @@ def _walk(node: Any, segments: Sequence[str], path: tuple[str | int, ...], bound
     if isinstance(node, Mapping):
         if head in node:
             yield from _walk(node[head], rest, (*path, head), bound)
-    elif isinstance(node, list) and head.isdigit() and int(head) < len(node):
+    elif isinstance(node, list) and head.isdecimal() and int(head) < len(node):
         yield from _walk(node[int(head)], rest, (*path, int(head)), bound)
 
 
@@ -238,7 +238,7 @@ def _get(node: Any, segments: Sequence[str], bound: Sequence[str | int]) -> Any:
             node = node.get(key)
         elif isinstance(node, list):
             index = (
-                key if isinstance(key, int) else int(key) if isinstance(key, str) and key.isdigit() else -1
+                key if isinstance(key, int) else int(key) if isinstance(key, str) and key.isdecimal() else -1
             )
             node = node[index] if 0 <= index < len(node) else None
         else:
@@ -253,7 +253,7 @@ def _count(value: Any) -> int:
         return 1
     if isinstance(value, int):
         return max(value, 0)
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and value.isdecimal():
         return int(value)
     return 1
 
@@ -345,7 +345,7 @@ def quantity(value: Any) -> int:
         return math.ceil(value) if math.isfinite(value) else 0
     if not isinstance(value, str):
         return 0
-    if value.isdigit():
+    if value.isdecimal():  # not isdigit: "¹" is a digit that int() refuses
         return int(value)
     text = value.strip()
     try:

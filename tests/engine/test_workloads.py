@@ -333,3 +333,9 @@ IT = KEYS[0]
 )
 def test_pinned_terms(spec, expected):
     assert pinned_terms(spec, KEYS) == expected
+
+
+def test_a_unicode_digit_int_refuses_counts_as_junk():
+    """"¹".isdigit() is true, yet int("¹") raises: found by the admission fuzzer."""
+    assert quantity("¹") == 0
+    assert quantity("2") == 2
