@@ -290,6 +290,14 @@ def test_mutate_leaves_a_deployments_replicaset_alone(client):
     assert "patch" not in response
 
 
+def test_an_integer_beyond_64_bits_is_still_json_and_judged(client):
+    """orjson refuses it; the review is parsed by pydantic instead, not refused."""
+    request = review(pod(labels={}))
+    request["request"]["object"]["spec"]["priority"] = 2**70
+    response = _response(client.post("/validate", content=json.dumps(request).encode()))
+    assert response["allowed"] is False and "team" in response["status"]["message"]
+
+
 # -- malformed requests ---------------------------------------------------------------------------
 
 
