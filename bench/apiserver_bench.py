@@ -9,7 +9,9 @@ cycle through the modes, so drift (etcd growth, a busy core) falls on every mode
   keeps (`mutation_condition` of the default policies): the pod is settled, so only `/validate`
   is called;
 - `with_webhook_mutate_always`: the same without the condition, both webhooks called (as before
-  the condition existed, or with the operator not running).
+  the condition existed, or with the operator not running);
+- `with_noop_webhook`: one validating webhook on the same server's `/noop` (a constant allowed
+  review): what any webhook round trip costs the API server here, whatever it judges.
 
 The pod is what a Deployment of a labelled GPU inference server creates: every FinOps label, one
 GPU, an allowed instance type. A nodeSelector no node has keeps it Pending, so only the create
@@ -29,12 +31,13 @@ from collections import defaultdict
 
 from controller.engine.models import FinOpsPolicy
 from controller.engine.mutation_scope import mutation_condition
+from controller.webhook.registration import webhook_configurations
 from e2e.helpers import COMPLIANT_LABELS
-from e2e.stack import Stack, policy_documents
+from e2e.stack import CONFIGURATION, Stack, policy_documents
 
 ROUNDS = 8
 PER_BLOCK = 40
-MODES = ("without_webhook", "with_webhook", "with_webhook_mutate_always")
+MODES = ("without_webhook", "with_webhook", "with_webhook_mutate_always", "with_noop_webhook")
 LABELS = {**COMPLIANT_LABELS, "environment": "production", "lifecycle_phase": "inference", "app": "bench"}
 UNSCHEDULABLE = "bench.comptroller.dev/none"
 WEBHOOK_METRIC = re.compile(
@@ -81,6 +84,15 @@ def webhook_totals(conn: http.client.HTTPSConnection) -> dict[tuple[str, str], f
     return totals
 
 
+def register_noop(stack: Stack) -> None:
+    validating, _ = webhook_configurations(
+        url=stack.webhook_url, ca_bundle=(stack.certs / "ca.crt").read_bytes(), failure_policy="Fail",
+        timeout_seconds=5, name=CONFIGURATION,
+    )
+    validating["webhooks"][0]["clientConfig"]["url"] = stack.webhook_url + "/noop"
+    stack.plane.apply([validating])
+
+
 def run(plane) -> dict:
     stack = Stack(plane, failure_policy="Fail", use_chart_rbac=False)
     plane.create_namespace("comptroller-system")
@@ -99,7 +111,9 @@ def run(plane) -> dict:
         for _ in range(ROUNDS):
             for mode in MODES:
                 stack.unregister_webhook()
-                if mode != "without_webhook":
+                if mode == "with_noop_webhook":
+                    register_noop(stack)
+                elif mode != "without_webhook":
                     stack.register_webhook(mutation_condition=condition if mode == "with_webhook" else None)
                 time.sleep(2)  # the API server picks up webhook configuration changes asynchronously
                 before = webhook_totals(conn)
@@ -123,6 +137,7 @@ def run(plane) -> dict:
             **p50,
             "added": round(p50["with_webhook"] - base, 3),
             "added_mutate_always": round(p50["with_webhook_mutate_always"] - base, 3),
+            "added_noop_webhook": round(p50["with_noop_webhook"] - base, 3),
             "samples_per_mode": per_create,
         },
         "apiserver_pod_create_p99_ms": {mode: p99(values) for mode, values in samples.items()},
