@@ -18,7 +18,8 @@ every expiry default, the key is there or `requiredWhen` does not hold. Which po
 which namespace labels exist and which exceptions apply are ignored: each can only take
 mutations away. Only pods are ever settled: they are what every Deployment, Job and scale-up
 creates again and again, and their shape is fixed by the API server, so the expression can never
-fail on one. Workload controllers and the ML kinds are rare by comparison and are always sent.
+fail on one. Workload controllers and the ML kinds are rare by comparison and are always sent,
+unless no policy requires a label or defaults an expiry (then nothing is: the expression is `false`).
 
 `tests/engine/test_mutation_scope.py` holds the engine to this by property, with a CEL evaluator.
 """
@@ -56,24 +57,21 @@ def mutation_condition(policies: Iterable[FinOpsPolicy]) -> str:
         and p.spec.expiry.default is not None
         and p.spec.expiry.required_when_sets is not None
     ]
-    if not fillable and not expiries:
-        return "false"
-    settled = [
-        'request.kind.group == "" && request.kind.kind == "Pod"',
-        f"has(object.metadata) && has({_LABELS})",
-    ]
+    if not expiries and not any(p.spec.labels and p.spec.labels.required for p in policies):
+        return "false"  # nothing to add to anything
+    # A controller is sent whenever a policy requires labels: its own may be copied to its template.
+    settled = ['request.kind.group == "" && request.kind.kind == "Pod" && has(object.metadata)']
     if fillable:
-        settled.append(f"{_literal(fillable)}.all(k, k in {_LABELS})")
+        settled.append(f"has({_LABELS}) && {_literal(fillable)}.all(k, k in {_LABELS})")
     for expiry in expiries:
         key = _literal(expiry.key)
+        present = f"has({_ANNOTATIONS}) && {key} in {_ANNOTATIONS} || has({_LABELS}) && {key} in {_LABELS}"
         when = [
             f"{_literal(label)} in {_LABELS} && {_LABELS}[{_literal(label)}] in {_literal(sorted(values))}"
             for label, values in sorted(expiry.required_when_sets.items())
         ]
-        settled.append(
-            f"(has({_ANNOTATIONS}) && {key} in {_ANNOTATIONS} || {key} in {_LABELS}"
-            f" || !({' && '.join(when) or 'true'}))"
-        )
+        not_required = f" || !(has({_LABELS}) && {' && '.join(when)})" if when else ""
+        settled.append(f"({present}{not_required})")
     return "!(\n  " + " &&\n  ".join(settled) + "\n)"
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import celpy
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from controller.engine import evaluate
@@ -98,7 +98,16 @@ def workloads(draw) -> dict:
 # -- properties ---------------------------------------------------------------------------------------
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+REQUIRED_ONLY = (policy("p1", labels={"required": [{"key": "team"}]}), policy("p2"))
+COPIED_TO_TEMPLATE = {
+    "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "w", "labels": {"team": "a"}},
+    "spec": {"template": {"metadata": {}, "spec": {"containers": []}}},
+}
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Found by this test: no policy can fill a label, yet a controller's own is copied to its template.
+@example(policy_set=REQUIRED_ONLY, manifest=COPIED_TO_TEMPLATE, namespace_labels={}, waived=False)
 @given(
     policy_set=st.tuples(policies("p1"), policies("p2")),
     manifest=workloads(),
@@ -160,9 +169,13 @@ def test_without_anything_to_mutate_nothing_is_sent():
 
 def test_a_label_no_policy_can_fill_does_not_send_a_pod():
     """Required without a default or inheritance: mutation cannot add it to a pod (validation
-    denies it instead), so its absence alone does not cost a /mutate call."""
-    expression = mutation_condition([policy("owner", labels={"required": [{"key": "owner"}]})])
-    assert expression == "false"
+    denies it instead), so its absence alone does not cost a /mutate call. A controller still goes:
+    its own label is copied into its pod template."""
+    required_only = mutation_condition([policy("owner", labels={"required": [{"key": "owner"}]})])
+    assert condition(required_only, {"apiVersion": "v1", "kind": "Pod", "metadata": {}}) is False
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"labels": {"owner": "a"}}}
+    assert condition(required_only, deployment) is True
+
     filled = policy("env", labels={"required": [{"key": "owner"}, {"key": "env", "default": "dev"}]})
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"labels": {"env": "prod"}}}
     assert condition(mutation_condition([filled]), pod) is False
