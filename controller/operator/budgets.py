@@ -15,6 +15,7 @@ from typing import Any
 
 from controller.engine.budgets import period_bounds
 from controller.engine.matching import Selector
+from controller.engine.rules.budget import format_gpu_hours
 from controller.operator.metering import Ledger, PodRecord, format_time, meter, new_ledger, roll_over
 
 PERIODS = ("Daily", "Weekly", "Monthly")
@@ -76,7 +77,7 @@ def threshold_message(budget: Budget, ledger: Ledger, threshold: int) -> str:
     return (
         f"GPUBudget {budget.name} reached {threshold}% of its {budget.gpu_hours:g} GPU-hours "
         f"for the {budget.period.lower()} period starting {format_time(ledger.period_start)}: "
-        f"{used:.2f} used, {remaining:.2f} left"
+        f"{format_gpu_hours(used)} used, {format_gpu_hours(remaining)} left"
     )
 
 
@@ -125,7 +126,7 @@ def project_status(
             "Exhausted",
             "True" if exhausted else "False",
             "BudgetExhausted" if exhausted else "WithinBudget",
-            f"{used:.2f} of {budget.gpu_hours:g} GPU-hours used ({percent:.1f}%)",
+            f"{format_gpu_hours(used)} of {budget.gpu_hours:g} GPU-hours used ({percent:.1f}%)",
             now,
             budget.generation,
         ),

@@ -6,7 +6,7 @@ from engine_cases import NOW, budget, deployment, pod, snapshot
 from controller.engine import evaluate
 from controller.engine.budgets import current_usage, period_bounds
 from controller.engine.expiry import format_annotation
-from controller.engine.rules.budget import _hours
+from controller.engine.rules.budget import format_gpu_hours
 
 NLP = {"team": "nlp"}
 END = "2026-12-01T00:00:00Z"  # NOW is 2026-11-22T12:00Z: 204 hours left in the month
@@ -121,4 +121,4 @@ def test_period_bounds_roll_over_the_year():
      (99.9, "99.9"), (480, "480"), (12345.6, "12,346")],
 )
 def test_gpu_hours_stay_readable_at_every_scale(value, text):
-    assert _hours(value) == text
+    assert format_gpu_hours(value) == text

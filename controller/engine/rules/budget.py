@@ -24,9 +24,9 @@ from controller.engine.rules import Context
 from controller.engine.rules.expiry import expires_at, find
 
 
-def _hours(value: float) -> str:
+def format_gpu_hours(value: float) -> str:
     """GPU-hours as a person reads them; budgets under one GPU-hour keep two significant digits
-    (a tiny daily cap must not read as `0.0 of 0.0`)."""
+    (a tiny daily cap must not read as `0.0 of 0.0`). The operator's Events and conditions use it too."""
     if value >= 100:
         return f"{value:,.0f}"
     if value >= 1 or value <= 0:
@@ -47,14 +47,15 @@ def validate(budget: Any, view: Any, ctx: Context) -> list[Violation]:
     remaining = spec.gpu_hours - used
     resets = format_annotation(period_end)
     if used >= spec.gpu_hours:
+        used_text, limit_text = format_gpu_hours(used), format_gpu_hours(spec.gpu_hours)
         return [
             Violation(
                 policy=budget.name,
                 rule="budget",
                 key=budget.name,
-                message=f"GPU budget {budget.name} is exhausted: {_hours(used)} of {_hours(spec.gpu_hours)} "
+                message=f"GPU budget {budget.name} is exhausted: {used_text} of {limit_text} "
                 f"GPU-hours used this {spec.period.lower()} period; it resets at {resets}",
-                summary=f"GPU budget exhausted ({_hours(used)}/{_hours(spec.gpu_hours)} GPU-hours)",
+                summary=f"GPU budget exhausted ({used_text}/{limit_text} GPU-hours)",
                 fix=f"# nothing fits until {resets}: ask for a larger budget or a FinOpsException "
                 f"(rules: [budget], policies: [{budget.name}])",
             )
@@ -86,12 +87,12 @@ def _projected(
             f"{_gpus(fewer)} fit{'s' * (fewer == 1)} for the requested {_duration(timedelta(hours=hours))}"
         )
     fits = "; ".join(options) or "nothing fits"
+    needed, left = format_gpu_hours(gpus * hours), format_gpu_hours(remaining)
     message = (
-        f"worst case {_gpus(gpus)} x {_hours(hours)}h = {_hours(gpus * hours)} GPU-hours exceeds the "
-        f"{_hours(remaining)} GPU-hours left in budget {budget.name} "
-        f"until {format_annotation(period_end)}: {fits}"
+        f"worst case {_gpus(gpus)} x {format_gpu_hours(hours)}h = {needed} GPU-hours exceeds the "
+        f"{left} GPU-hours left in budget {budget.name} until {format_annotation(period_end)}: {fits}"
     )
-    note = f"{budget.name} has {_hours(remaining)} GPU-hours left: {fits}"
+    note = f"{budget.name} has {left} GPU-hours left: {fits}"
     if fit_until - ctx.now >= timedelta(minutes=1):
         key = ctx.expiry_key
         _, source, path = find(view, key)
@@ -108,7 +109,7 @@ def _projected(
         rule="budget",
         key=budget.name,
         message=message,
-        summary=f"needs {_hours(gpus * hours)} GPU-hours, {_hours(remaining)} left in {budget.name}",
+        summary=f"needs {needed} GPU-hours, {left} left in {budget.name}",
         fix=fix,
     )
 
