@@ -38,7 +38,7 @@ class PolicyReports:
         self._resource: ApiResource | None = None
 
     def available(self) -> bool:
-        """Whether the cluster serves PolicyReport (asked once; a CRD installed later needs a restart)."""
+        """Whether the cluster serves PolicyReport (a CRD installed later is found within a minute)."""
         if self._resource is None:
             self._resource = self.workloads.resolve("PolicyReport", group=GROUP, version=VERSION)
         return self._resource is not None

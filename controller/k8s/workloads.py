@@ -15,6 +15,7 @@ import json
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -104,6 +105,10 @@ def object_ref(obj: Mapping[str, Any]) -> str:
     return f"{obj.get('kind', '?')}/{metadata.get('namespace', '')}/{metadata.get('name', '?')}"
 
 
+NOT_SERVED_RECHECK_SECONDS = 60.0
+"""How long a kind found not served is believed so before discovery asks again."""
+
+
 class Workloads:
     """The operator's client for workloads. Thread-safe: kopf runs sync handlers in a pool."""
 
@@ -119,8 +124,9 @@ class Workloads:
         self.page_size = page_size
         self.timeout = timeout
         self.component = component
-        self._discovered: dict[tuple[str, str], ApiResource | None] = {}
+        self._discovered: dict[tuple[str, str], tuple[ApiResource | None, float]] = {}
         self._lock = threading.Lock()
+        self.clock = time.monotonic
 
     # -- the one REST helper ---------------------------------------------------------------------
 
@@ -169,17 +175,24 @@ class Workloads:
     def resolve(
         self, kind: str, *, group: str | None = None, version: str | None = None
     ) -> ApiResource | None:
-        """Where `kind` is served, or None when the cluster does not serve it (CRD not installed)."""
+        """Where `kind` is served, or None when the cluster does not serve it (CRD not installed).
+
+        Where a kind is served is remembered; that it is not, only for `NOT_SERVED_RECHECK_SECONDS`,
+        so a CRD installed after the operator started (PolicyReport, an ML kind) is found without
+        a restart.
+        """
         builtin = BUILTIN_RESOURCES.get(kind)
         if builtin and (group is None or group == builtin.group):
             return builtin
         key = (group or "", kind)
+        now = self.clock()
         with self._lock:
-            if key in self._discovered:
-                return self._discovered[key]
+            cached = self._discovered.get(key)
+        if cached is not None and (cached[0] is not None or now - cached[1] < NOT_SERVED_RECHECK_SECONDS):
+            return cached[0]
         resource = self._discover(kind, group=group or "", version=version)
         with self._lock:
-            self._discovered[key] = resource
+            self._discovered[key] = (resource, now)
         return resource
 
     def _discover(self, kind: str, *, group: str, version: str | None) -> ApiResource | None:
