@@ -80,12 +80,15 @@ class Inputs:
         )
 
 
-def _compiled(workloads: Workloads, resource: ApiResource, model: Any) -> list[Any]:
-    """Every object of one of our kinds that compiles; none while its CRD is not installed."""
+def _compiled(
+    workloads: Workloads, resource: ApiResource, model: Any, *, with_deleting: bool = False
+) -> list[Any]:
+    """Every object of one of our kinds that compiles; none while its CRD is not installed.
+    Objects being deleted are left out unless `with_deleting`."""
     compiled = []
     try:
         for obj in workloads.iter_objects(resource):
-            if obj["metadata"].get("deletionTimestamp"):
+            if obj["metadata"].get("deletionTimestamp") and not with_deleting:
                 continue  # being deleted (kopf's finalizer holds it until its daemon stops): gone for us
             try:
                 compiled.append(model.from_object(obj))
@@ -163,7 +166,9 @@ class Lifecycle:
             scope = WebhookScope(
                 workloads,
                 config.webhook_configuration,
-                policies=lambda: _compiled(workloads, POLICIES, FinOpsPolicy),
+                # The webhook judges with a policy until it is gone, so its defaults count until then.
+                policies=lambda: _compiled(workloads, POLICIES, FinOpsPolicy, with_deleting=True),
+                skip_settled_pods=config.skip_settled_pods,
             )
         if dry_run:
             log.warning("dry-run: expiry and idle only log and emit Events; no workload will be changed")
@@ -240,9 +245,6 @@ class Lifecycle:
             ("idle", self.config.idle.interval, self.sweep_idle),
             ("audit", self.config.audit.interval, self.sweep_audit),
         ]
-        if self.webhook_scope is not None:
-            # Cheap (a GET and a LIST), so every tick: it also repairs a condition someone removed.
-            sweeps.append(("webhook-scope", self.tick_every, self.webhook_scope.sync))
         return sweeps
 
     async def tick(self) -> None:
@@ -251,6 +253,9 @@ class Lifecycle:
         Sweeps run as tasks of their own: a long audit must not hold up the next expiry sweep of
         the daemon that started it (with one policy there is one daemon).
         """
+        if self.webhook_scope is not None:
+            # Cheap (a GET and a LIST), so every tick: it also repairs a condition someone removed.
+            self.webhook_scope.sync_soon()
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         for name, interval, fn in self._sweeps():
@@ -278,25 +283,15 @@ class Lifecycle:
             return self._started - interval + min(interval, AUDIT_FIRST_DELAY)
         return -math.inf
 
-    async def run_now(self, name: str) -> None:
-        """Run one sweep at once, outside its schedule (a change it must follow has happened)."""
-        fn = next((fn for sweep, _, fn in self._sweeps() if sweep == name), None)
-        if fn is not None:
-            await self._guarded(asyncio.get_running_loop(), name, fn)
-
     async def _run(self, loop: asyncio.AbstractEventLoop, name: str, fn: Callable[[], None]) -> None:
-        try:
-            await self._guarded(loop, name, fn)
-        finally:
-            self._running.discard(name)
-
-    async def _guarded(self, loop: asyncio.AbstractEventLoop, name: str, fn: Callable[[], Any]) -> None:
         try:
             await loop.run_in_executor(self.executor, fn)
         except ApiError as exc:
             log.warning("%s sweep failed, retried next interval: %s", name, exc)
         except Exception:
             log.exception("%s sweep crashed, retried next interval", name)
+        finally:
+            self._running.discard(name)
 
     # -- wake --------------------------------------------------------------------------------------
 
@@ -339,6 +334,8 @@ async def stop_lifecycle(memo: Any, **_: Any) -> None:
     lifecycle: Lifecycle | None = getattr(memo, "lifecycle", None)
     if lifecycle is not None:
         lifecycle.executor.shutdown(wait=False, cancel_futures=True)
+        if lifecycle.webhook_scope is not None:
+            lifecycle.webhook_scope.close()
 
 
 @kopf.daemon(

@@ -48,6 +48,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--webhook-configuration", metavar="NAME",
                         help="MutatingWebhookConfiguration whose matchCondition follows the policy set, "
                         "so /mutate is skipped for pods it would not change (default: leave it alone)")
+    parser.add_argument("--skip-settled-pods", action=argparse.BooleanOptionalAction, default=True,
+                        help="with --webhook-configuration: keep the condition (default), or remove it so "
+                        "every object goes to /mutate (for later mutating webhooks that change labels)")
     parser.add_argument("--priority", type=int, default=None,
                         help="this replica's peering priority (default: random, so replicas differ)")
     parser.add_argument("--metering-interval", type=float, default=30.0, metavar="SECONDS",
@@ -97,6 +100,7 @@ def build_config(args: argparse.Namespace) -> OperatorConfig:
         namespace=args.namespace,
         kubeconfig=args.kubeconfig,
         webhook_configuration=args.webhook_configuration or None,
+        skip_settled_pods=args.skip_settled_pods,
         dry_run=args.dry_run,
         peering=PeeringSettings(name=args.peering, standalone=args.standalone, priority=priority),
         metering=metering,

@@ -107,6 +107,8 @@ class OperatorConfig:
     webhook_configuration: str | None = None
     """The MutatingWebhookConfiguration whose matchCondition follows the policy set
     (`webhook_scope.py`); None leaves it alone."""
+    skip_settled_pods: bool = True
+    """Keep the condition that spares settled pods the /mutate call; off removes it."""
     dry_run: bool = False
     """Destructive actions (expiry, idle scale-to-zero) only log and emit what they would do.
     Metering is bookkeeping and runs as usual, except for the pod finalizer."""

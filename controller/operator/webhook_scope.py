@@ -5,19 +5,26 @@ The API server calls `/mutate` only when the engine's `mutation_condition(polici
 round trip at admission instead of two. The condition follows the policies: the active replica
 recomputes it when a FinOpsPolicy changes and on every lifecycle tick (which also repairs a
 `helm upgrade` or a hand edit that dropped it), and writes it only when it differs. Other
-matchConditions on the webhook are left as they are.
+matchConditions on the webhook are left as they are. With `skip_settled_pods` off, ours is
+removed instead, and every object goes to `/mutate`.
 
-While the condition lags behind a new policy (well under a second when the operator runs), a pod
-lacking a label that policy has just started to default is judged without the default, so
-validation asks for it. A configuration without the condition sends every pod, so an install
-without the operator is only slower, never wrong.
+Syncs run one at a time on a thread of their own, so a long audit never delays one, and a burst
+of policy events costs one more sync, not one each. Policies being deleted still count until
+they are gone: the webhook keeps judging with them until then.
+
+Two things the condition cannot know, both in the README's troubleshooting: while it lags behind
+a new policy (well under a second), a pod lacking a label that policy has just started to default
+is judged without the default; and a pod skipped in the first round is not sent again when a
+later mutating webhook (Kyverno, Gatekeeper) turns it into an experiment. Both end in a denial
+that says what to add, never in a wrong admission.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
@@ -25,7 +32,7 @@ import kopf
 from controller import constants
 from controller.engine.models import FinOpsPolicy
 from controller.engine.mutation_scope import CONDITION_NAME, mutation_condition
-from controller.k8s.workloads import JSON_PATCH, ApiResource, Workloads
+from controller.k8s.workloads import JSON_PATCH, ApiError, ApiResource, Workloads
 
 log = logging.getLogger(__name__)
 
@@ -33,65 +40,137 @@ MUTATING_CONFIGURATIONS = ApiResource(
     "admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations", "MutatingWebhookConfiguration",
     namespaced=False,
 )
+PATCH_ATTEMPTS = 3
 
 
-def wanted_conditions(current: Iterable[dict[str, Any]], expression: str) -> list[dict[str, Any]]:
-    """`current` with ours replaced (or added last), everyone else's kept in place (pure)."""
+def wanted_conditions(current: Iterable[dict[str, Any]], expression: str | None) -> list[dict[str, Any]]:
+    """`current` with ours replaced (or added last, or removed when `expression` is None), everyone
+    else's kept in place (pure)."""
     ours = {"name": CONDITION_NAME, "expression": expression}
     kept = [dict(c) if c.get("name") != CONDITION_NAME else ours for c in current]
+    if expression is None:
+        return [c for c in kept if c is not ours]
     return kept if ours in kept else [*kept, ours]
 
 
 class WebhookScope:
-    """Writes the condition on the named MutatingWebhookConfiguration. Syncs are serialized, and
-    each reads the policies after the one before it wrote, so the last sync always wins with the
-    newest policy set."""
+    """Writes the condition on the named MutatingWebhookConfiguration."""
 
     def __init__(
-        self, workloads: Workloads, configuration: str, policies: Callable[[], list[FinOpsPolicy]]
+        self,
+        workloads: Workloads,
+        configuration: str,
+        policies: Callable[[], list[FinOpsPolicy]],
+        *,
+        skip_settled_pods: bool = True,
     ) -> None:
         self.workloads = workloads
         self.configuration = configuration
         self.policies = policies
-        self._lock = threading.Lock()
-        self._missing_logged = False
+        self.skip_settled_pods = skip_settled_pods
+        self._executor = ThreadPoolExecutor(1, "webhook-scope")
+        self._dirty = False
+        self._draining: asyncio.Future[None] | None = None
+        self._unsupported = False
+        self._reported: set[str] = set()
+
+    # -- scheduling (event loop) -------------------------------------------------------------------
+
+    def sync_soon(self) -> None:
+        """Ask for a sync; requests made while one runs are served by one more, not one each."""
+        self._dirty = True
+        if self._draining is None or self._draining.done():
+            self._draining = asyncio.ensure_future(self._drain())
+
+    async def settle(self) -> None:
+        """Wait for the syncs asked for so far (tests; a clean stop)."""
+        if self._draining is not None:
+            await self._draining
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._dirty:
+            self._dirty = False
+            try:
+                await loop.run_in_executor(self._executor, self.sync)
+            except ApiError as exc:
+                log.warning("mutating webhook condition not updated, retried next tick: %s", exc)
+            except Exception:
+                log.exception("mutating webhook condition sync crashed, retried next tick")
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- the sync (its own thread) -----------------------------------------------------------------
 
     def sync(self) -> bool:
         """Bring the condition up to date; True when it was written."""
-        with self._lock:
+        if self._unsupported:
+            return False
+        for _ in range(PATCH_ATTEMPTS):
             config = self.workloads.get(MUTATING_CONFIGURATIONS, None, self.configuration)
-            if config is None:
-                if not self._missing_logged:
-                    log.warning("MutatingWebhookConfiguration %s not found: /mutate is called for every "
-                                "object until it exists", self.configuration)
-                    self._missing_logged = True
+            index = _our_webhook(config)
+            if config is None or index is None:
+                self._report_once(
+                    "absent",
+                    "MutatingWebhookConfiguration %s (webhook %s) not found: /mutate is called for every "
+                    "object until it exists",
+                    self.configuration,
+                    constants.MUTATING_WEBHOOK,
+                )
                 return False
-            self._missing_logged = False
+            self._reported.discard("absent")
             policies = self.policies()
-            expression = mutation_condition(policies)
-            for index, webhook in enumerate(config.get("webhooks") or ()):
-                if webhook.get("name") != constants.MUTATING_WEBHOOK:
-                    continue
-                current = webhook.get("matchConditions") or []
-                wanted = wanted_conditions(current, expression)
-                if current == wanted:
-                    return False
-                # `test` pins the index to our webhook, should the list change under us.
-                patch = [
-                    {"op": "test", "path": f"/webhooks/{index}/name", "value": constants.MUTATING_WEBHOOK},
-                    {"op": "add", "path": f"/webhooks/{index}/matchConditions", "value": wanted},
-                ]
-                self.workloads.patch(
+            expression = mutation_condition(policies) if self.skip_settled_pods else None
+            current = config["webhooks"][index].get("matchConditions") or []
+            wanted = wanted_conditions(current, expression)
+            if current == wanted:
+                return False
+            # `test`s make a concurrent edit (helm upgrade, a hand edit) fail the patch instead of
+            # being overwritten: then we read the new version and patch that.
+            version = config["metadata"]["resourceVersion"]
+            patch = [
+                {"op": "test", "path": "/metadata/resourceVersion", "value": version},
+                {"op": "test", "path": f"/webhooks/{index}/name", "value": constants.MUTATING_WEBHOOK},
+                {"op": "add", "path": f"/webhooks/{index}/matchConditions", "value": wanted},
+            ]
+            try:
+                stored = self.workloads.patch(
                     MUTATING_CONFIGURATIONS, None, self.configuration, patch, content_type=JSON_PATCH
                 )
-                log.info("mutating webhook condition updated for %d policies", len(policies))
-                return True
-            return False
+            except ApiError as exc:
+                if exc.status not in (409, 422):
+                    raise
+                log.info("%s changed while we patched it; retrying", self.configuration)
+                continue
+            kept = stored["webhooks"][index].get("matchConditions") or []
+            if expression is not None and kept != wanted:
+                # Kubernetes before 1.28 drops the field (alpha gate AdmissionWebhookMatchConditions).
+                self._unsupported = True
+                log.warning("the API server does not keep matchConditions (Kubernetes < 1.28?): /mutate "
+                            "stays called for every object")
+                return False
+            log.info("mutating webhook condition %s (%d policies)",
+                     "updated" if expression is not None else "removed", len(policies))
+            return True
+        raise ApiError(409, f"{self.configuration} kept changing; not patched in {PATCH_ATTEMPTS} attempts")
+
+    def _report_once(self, key: str, message: str, *args: Any) -> None:
+        if key not in self._reported:
+            self._reported.add(key)
+            log.warning(message, *args)
+
+
+def _our_webhook(config: dict[str, Any] | None) -> int | None:
+    for index, webhook in enumerate((config or {}).get("webhooks") or ()):
+        if webhook.get("name") == constants.MUTATING_WEBHOOK:
+            return index
+    return None
 
 
 @kopf.on.event(constants.GROUP, constants.VERSION, constants.POLICY_PLURAL)
 async def policy_changed(memo: Any, **_: Any) -> None:
-    """Any change to a policy may change what mutation can do: sync at once."""
+    """Any change to a policy may change what mutation can do: sync soon."""
     lifecycle = getattr(memo, "lifecycle", None)
-    if lifecycle is not None:
-        await lifecycle.run_now("webhook-scope")
+    if lifecycle is not None and lifecycle.webhook_scope is not None:
+        lifecycle.webhook_scope.sync_soon()
