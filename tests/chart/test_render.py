@@ -290,6 +290,9 @@ SCOPE = "--webhook-configuration=comptroller"
         ({}, [SCOPE], "Recreate", False),
         ({"operator": {"dryRun": True}}, [SCOPE, "--dry-run"], "Recreate", False),
         ({"operator": {"replicas": 2, "extraArgs": ["-v"]}}, [SCOPE, "-v"], "RollingUpdate", True),
+        # The operator removes the condition rather than leaving a stale one behind.
+        ({"webhook": {"mutating": {"skipSettledPods": False}}}, [SCOPE, "--no-skip-settled-pods"], "Recreate",
+         False),
         # Without the mutating webhook there is no condition to keep.
         ({"webhook": {"mutating": {"enabled": False}}}, [], "Recreate", False),
     ],
