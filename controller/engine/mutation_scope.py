@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from controller.engine.models import FinOpsPolicy
+from controller.engine.models import FinOpsPolicy, is_label_value
 
 CONDITION_NAME = "comptroller-may-mutate"
 """The matchCondition Comptroller owns on its mutating webhook; others there are left alone."""
@@ -65,16 +65,21 @@ def mutation_condition(policies: Iterable[FinOpsPolicy]) -> str:
         settled.append(f"has({_LABELS}) && {_literal(fillable)}.all(k, k in {_LABELS})")
     for expiry in expiries:
         key = _literal(expiry.key)
-        present = f"has({_ANNOTATIONS}) && {key} in {_ANNOTATIONS} || has({_LABELS}) && {key} in {_LABELS}"
+        present = f"(has({_ANNOTATIONS}) && {key} in {_ANNOTATIONS} || has({_LABELS}) && {key} in {_LABELS})"
+        # A value no label can hold never matches: leaving it out is exact.
         when = [
-            f"{_literal(label)} in {_LABELS} && {_LABELS}[{_literal(label)}] in {_literal(sorted(values))}"
+            f"{_literal(label)} in {_LABELS} && {_LABELS}[{_literal(label)}] in "
+            + _literal(sorted(v for v in values if is_label_value(v)))
             for label, values in sorted(expiry.required_when_sets.items())
         ]
         not_required = f" || !(has({_LABELS}) && {' && '.join(when)})" if when else ""
-        settled.append(f"({present}{not_required})")
+        clause = f"({present}{not_required})"
+        if clause not in settled:
+            settled.append(clause)
     return "!(\n  " + " &&\n  ".join(settled) + "\n)"
 
 
 def _literal(value: str | list[str]) -> str:
-    """A CEL string or list literal (JSON's double-quoted strings are valid CEL)."""
-    return json.dumps(value)
+    """A CEL string or list literal: JSON's double-quoted strings are valid CEL, with non-ASCII
+    characters kept as they are (CEL has no surrogate pairs to spell them)."""
+    return json.dumps(value, ensure_ascii=False)

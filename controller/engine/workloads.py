@@ -248,12 +248,15 @@ def _get(node: Any, segments: Sequence[str], bound: Sequence[str | int]) -> Any:
     return node
 
 
+_MAX_INT_DIGITS = 4300  # what int() parses from a string before refusing (sys.int_info)
+
+
 def _count(value: Any) -> int:
     if isinstance(value, bool):
         return 1
     if isinstance(value, int):
         return max(value, 0)
-    if isinstance(value, str) and value.isdecimal():
+    if isinstance(value, str) and value.isdecimal() and len(value) <= _MAX_INT_DIGITS:
         return int(value)
     return 1
 
@@ -345,17 +348,18 @@ def quantity(value: Any) -> int:
         return math.ceil(value) if math.isfinite(value) else 0
     if not isinstance(value, str):
         return 0
-    if value.isdecimal():  # not isdigit: "¹" is a digit that int() refuses
-        return int(value)
     text = value.strip()
     try:
+        if value.isdecimal():  # not isdigit: "¹" is a digit that int() refuses
+            return int(value)
         if text.endswith("m"):
             return math.ceil(Decimal(text[:-1]) / 1000)
         for suffix in ("Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "k", "M", "G", "T", "P", "E"):
             if text.endswith(suffix):
                 return math.ceil(Decimal(text[: -len(suffix)]) * _SUFFIXES[suffix])
         return math.ceil(Decimal(text))
-    except (InvalidOperation, ValueError, OverflowError):  # OverflowError: "Infinity", "1e999999E"
+    # OverflowError: "Infinity", "1e999999E"; ValueError: also int()'s limit of 4,300 digits.
+    except (InvalidOperation, ValueError, OverflowError):
         return 0
 
 

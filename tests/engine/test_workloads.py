@@ -339,3 +339,9 @@ def test_a_unicode_digit_int_refuses_counts_as_junk():
     """"¹".isdigit() is true, yet int("¹") raises: found by the admission fuzzer."""
     assert quantity("¹") == 0
     assert quantity("2") == 2
+
+
+def test_a_number_longer_than_int_parses_counts_as_junk():
+    assert quantity("9" * 5000) == 0
+    manifest = deployment({}, replicas="9" * 5000, gpus=1)  # type: ignore[arg-type]
+    assert workload_gpus(manifest, BUILTIN_KINDS) == 1
