@@ -19,6 +19,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import orjson
 from fastapi import FastAPI, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -31,6 +32,10 @@ log = logging.getLogger(__name__)
 JSON = "application/json"
 FAILURE_WARNING = "comptroller: internal error, admitted by failure mode"
 _SKIPPED_OPERATIONS = frozenset({"DELETE", "CONNECT"})
+_JSON_HEADERS = [(b"content-type", JSON.encode())]
+
+Reply = tuple[int, bytes]
+"""An admission endpoint's answer: HTTP status and JSON body."""
 
 
 class PolicyView(Protocol):
@@ -141,8 +146,10 @@ def create_app(
     def noop(body: bytes) -> Reply:
         """The benchmark's ceiling: the same server, TLS and body read, a constant allowed review."""
         try:
-            uid = json.loads(body)["request"]["uid"]
-        except (ValueError, KeyError, TypeError):
+            uid = orjson.loads(body)["request"]["uid"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            uid = None
+        if not isinstance(uid, str):
             return _error(400, "malformed AdmissionReview")
         return 200, response_body(uid, allowed=True)
 
@@ -171,10 +178,6 @@ def create_app(
         return Response(metrics.exposition(), media_type=CONTENT_TYPE)
 
     return app
-
-
-Reply = tuple[int, bytes]
-_JSON_HEADERS = [(b"content-type", JSON.encode())]
 
 
 class AdmissionEndpoints:
@@ -212,8 +215,8 @@ class AdmissionEndpoints:
                 return
             else:
                 status, content = handler(body)
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [*headers, (b"content-length", b"%d" % len(content))]})
+        headers = [*headers, (b"content-length", b"%d" % len(content))]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": content})
 
 

@@ -29,7 +29,7 @@ class WebhookMetrics:
         )
         self.duration = Histogram(
             "comptroller_admission_duration_seconds",
-            "Time spent answering an admission request, from the body read to the response built.",
+            "Time spent answering an admission request, from its body received to the response built.",
             ["webhook"],
             buckets=DURATION_BUCKETS,
             registry=self.registry,

@@ -109,4 +109,5 @@ def response_body(
     if patch:
         response["patchType"] = "JSONPatch"
         response["patch"] = base64.b64encode(orjson.dumps(patch)).decode()
+    # Both parsers refuse lone surrogates, the one string orjson cannot write back.
     return orjson.dumps({"apiVersion": API_VERSION, "kind": KIND, "response": response})

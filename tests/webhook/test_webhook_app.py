@@ -298,6 +298,23 @@ def test_an_integer_beyond_64_bits_is_still_json_and_judged(client):
     assert response["allowed"] is False and "team" in response["status"]["message"]
 
 
+@pytest.mark.parametrize("path", ["/validate", "/mutate", "/noop"])
+def test_a_lone_surrogate_is_refused_not_a_500(client, path):
+    """Not UTF-8, so not something the API server sends, and nothing orjson could write back."""
+    request = review(pod(labels={"team": "\ud800"}))
+    request["request"]["uid"] = "u-\ud800"
+    http = client.post(path, content=json.dumps(request).encode())  # ASCII JSON with \ud800 escapes
+    assert http.status_code == 400, http.text
+    assert "not valid JSON" in http.json()["message"] or path == "/noop"
+
+
+@pytest.mark.parametrize("uid", [10**30, None, ["u"]])
+def test_noop_refuses_a_uid_that_is_not_a_string(client, uid):
+    request = review(pod())
+    request["request"]["uid"] = uid
+    assert client.post("/noop", content=json.dumps(request).encode()).status_code == 400
+
+
 # -- malformed requests ---------------------------------------------------------------------------
 
 
