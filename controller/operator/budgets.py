@@ -75,7 +75,7 @@ def threshold_message(budget: Budget, ledger: Ledger, threshold: int) -> str:
     used = ledger.used_gpu_hours
     remaining = max(budget.gpu_hours - used, 0.0)
     return (
-        f"GPUBudget {budget.name} reached {threshold}% of its {budget.gpu_hours:g} GPU-hours "
+        f"GPUBudget {budget.name} reached {threshold}% of its {format_gpu_hours(budget.gpu_hours)} GPU-hours "
         f"for the {budget.period.lower()} period starting {format_time(ledger.period_start)}: "
         f"{format_gpu_hours(used)} used, {format_gpu_hours(remaining)} left"
     )
@@ -117,6 +117,7 @@ def project_status(
     remaining = max(budget.gpu_hours - used, 0.0)
     percent = budget.percent_used(used)
     exhausted = used >= budget.gpu_hours
+    limit = format_gpu_hours(budget.gpu_hours)
     old_conditions = previous.get("conditions") or ()
     reached = reached_thresholds(budget, ledger)
     levels = ", ".join(f"{t}%" for t in budget.thresholds) or "none"
@@ -126,7 +127,7 @@ def project_status(
             "Exhausted",
             "True" if exhausted else "False",
             "BudgetExhausted" if exhausted else "WithinBudget",
-            f"{format_gpu_hours(used)} of {budget.gpu_hours:g} GPU-hours used ({percent:.1f}%)",
+            f"{format_gpu_hours(used)} of {limit} GPU-hours used ({percent:.1f}%)",
             now,
             budget.generation,
         ),
