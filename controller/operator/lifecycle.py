@@ -239,14 +239,6 @@ class Lifecycle:
 
     # -- scheduling --------------------------------------------------------------------------------
 
-    def _sweeps(self) -> list[tuple[str, float, Callable[[], Any]]]:
-        sweeps = [
-            ("expiry", self.config.expiry.interval, self.sweep_expiry),
-            ("idle", self.config.idle.interval, self.sweep_idle),
-            ("audit", self.config.audit.interval, self.sweep_audit),
-        ]
-        return sweeps
-
     async def tick(self) -> None:
         """Start each sweep whose interval has elapsed and that is not already running.
 
@@ -258,7 +250,11 @@ class Lifecycle:
             self.webhook_scope.sync_soon()
         loop = asyncio.get_running_loop()
         now = time.monotonic()
-        for name, interval, fn in self._sweeps():
+        for name, interval, fn in (
+            ("expiry", self.config.expiry.interval, self.sweep_expiry),
+            ("idle", self.config.idle.interval, self.sweep_idle),
+            ("audit", self.config.audit.interval, self.sweep_audit),
+        ):
             if (
                 name in self._running
                 or now - self._last.get(name, self._first_due(name, interval)) < interval

@@ -72,7 +72,7 @@ class WebhookScope:
         self._dirty = False
         self._draining: asyncio.Future[None] | None = None
         self._unsupported = False
-        self._reported: set[str] = set()
+        self._absent_logged = False
 
     # -- scheduling (event loop) -------------------------------------------------------------------
 
@@ -111,15 +111,16 @@ class WebhookScope:
             config = self.workloads.get(MUTATING_CONFIGURATIONS, None, self.configuration)
             index = _our_webhook(config)
             if config is None or index is None:
-                self._report_once(
-                    "absent",
-                    "MutatingWebhookConfiguration %s (webhook %s) not found: /mutate is called for every "
-                    "object until it exists",
-                    self.configuration,
-                    constants.MUTATING_WEBHOOK,
-                )
+                if not self._absent_logged:
+                    log.warning(
+                        "MutatingWebhookConfiguration %s (webhook %s) not found: /mutate is called for "
+                        "every object until it exists",
+                        self.configuration,
+                        constants.MUTATING_WEBHOOK,
+                    )
+                    self._absent_logged = True
                 return False
-            self._reported.discard("absent")
+            self._absent_logged = False
             policies = self.policies()
             expression = mutation_condition(policies) if self.skip_settled_pods else None
             current = config["webhooks"][index].get("matchConditions") or []
@@ -154,11 +155,6 @@ class WebhookScope:
                      "updated" if expression is not None else "removed", len(policies))
             return True
         raise ApiError(409, f"{self.configuration} kept changing; not patched in {PATCH_ATTEMPTS} attempts")
-
-    def _report_once(self, key: str, message: str, *args: Any) -> None:
-        if key not in self._reported:
-            self._reported.add(key)
-            log.warning(message, *args)
 
 
 def _our_webhook(config: dict[str, Any] | None) -> int | None:
