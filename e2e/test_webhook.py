@@ -16,7 +16,7 @@ import yaml
 
 from controller.constants import MUTATING_WEBHOOK
 from controller.engine.mutation_scope import CONDITION_NAME
-from e2e.helpers import COMPLIANT_LABELS, wait_until
+from e2e.helpers import COMPLIANT_LABELS, policy, wait_until
 from e2e.stack import CONFIGURATION, NAMESPACE
 
 
@@ -169,17 +169,12 @@ def test_a_gpu_pod_pinned_to_a_disallowed_instance_type_is_rejected_with_the_all
 
 def test_a_warn_policy_shows_kubectl_warnings(stack, cluster, namespace):
     name = f"warn-{namespace}"
-    policy = {
-        "apiVersion": "finops.comptroller.dev/v1alpha1",
-        "kind": "FinOpsPolicy",
-        "metadata": {"name": name},
-        "spec": {
-            "enforcement": "Warn",
-            "match": {"namespaces": [namespace]},
-            "labels": {"required": [{"key": "notebook_owner", "description": "who to ask about it"}]},
-        },
-    }
-    assert apply(cluster, policy).returncode == 0
+    warn = policy(name, {
+        "enforcement": "Warn",
+        "match": {"namespaces": [namespace]},
+        "labels": {"required": [{"key": "notebook_owner", "description": "who to ask about it"}]},
+    })
+    assert apply(cluster, warn).returncode == 0
     try:
         manifest = pod(namespace, labels=COMPLIANT_LABELS)
         wait_until(
@@ -368,16 +363,11 @@ def test_the_api_server_calls_mutate_only_for_pods_mutation_would_change(stack, 
 
 def test_the_mutate_condition_follows_the_policy_set(stack, cluster, namespace):
     name = f"tier-{namespace}"
-    policy = {
-        "apiVersion": "finops.comptroller.dev/v1alpha1",
-        "kind": "FinOpsPolicy",
-        "metadata": {"name": name},
-        "spec": {
-            "match": {"namespaces": [namespace]},
-            "labels": {"required": [{"key": "cost_tier", "default": "bronze"}]},
-        },
-    }
-    assert apply(cluster, policy).returncode == 0
+    defaulting = policy(name, {
+        "match": {"namespaces": [namespace]},
+        "labels": {"required": [{"key": "cost_tier", "default": "bronze"}]},
+    })
+    assert apply(cluster, defaulting).returncode == 0
     try:
         wait_until(lambda: '"cost_tier"' in (mutate_condition(cluster) or ""),
                    what="the operator adds the new default to /mutate's condition")
