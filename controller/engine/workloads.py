@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, DecimalException
 from typing import Any
 
 from controller.constants import DEFAULT_GPU_RESOURCES
@@ -248,15 +248,16 @@ def _get(node: Any, segments: Sequence[str], bound: Sequence[str | int]) -> Any:
     return node
 
 
-_MAX_INT_DIGITS = 4300  # what int() parses from a string before refusing (sys.int_info)
+_MAX_REPLICAS = 2**31 - 1  # replica counts are int32 in every API the built-in kinds come from
 
 
 def _count(value: Any) -> int:
+    """A replica-like count; a missing value or junk counts 1, as if the API default applied."""
     if isinstance(value, bool):
         return 1
     if isinstance(value, int):
-        return max(value, 0)
-    if isinstance(value, str) and value.isdecimal() and len(value) <= _MAX_INT_DIGITS:
+        return max(value, 0) if value <= _MAX_REPLICAS else 1
+    if isinstance(value, str) and value.isdecimal() and len(value) <= 10 and int(value) <= _MAX_REPLICAS:
         return int(value)
     return 1
 
@@ -334,12 +335,26 @@ _SUFFIXES = {
 }
 
 
+_MAX_QUANTITY = 2**63 - 1  # the API server stores a quantity in an int64; anything larger is junk
+
+
 def quantity(value: Any) -> int:
     """A resource quantity as a whole count, rounded up (`"2"` -> 2, `"1500m"` -> 2); junk counts 0.
 
     Extended resources such as GPUs are integers, the API server refuses anything else, so this
-    only needs to be total, not exact, for the odd forms.
+    only needs to be total, not exact, for the odd forms. Negative and out-of-range values, which
+    the API server refuses too, are junk.
     """
+    # The common case first: a plain count as a string ("1"). isdecimal, not isdigit: "¹" is a
+    # digit that int() refuses.
+    if type(value) is str and value.isdecimal() and len(value) < 20:
+        count = int(value)
+    else:
+        count = _odd_quantity(value)
+    return count if 0 <= count <= _MAX_QUANTITY else 0
+
+
+def _odd_quantity(value: Any) -> int:
     if isinstance(value, bool):
         return 0
     if isinstance(value, int):
@@ -349,18 +364,22 @@ def quantity(value: Any) -> int:
     if not isinstance(value, str):
         return 0
     text = value.strip()
-    try:
-        if value.isdecimal():  # not isdigit: "¹" is a digit that int() refuses
-            return int(value)
-        if text.endswith("m"):
-            return math.ceil(Decimal(text[:-1]) / 1000)
+    scale = Decimal(1)
+    if text.endswith("m"):
+        text, scale = text[:-1], Decimal("0.001")
+    else:
         for suffix in ("Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "k", "M", "G", "T", "P", "E"):
             if text.endswith(suffix):
-                return math.ceil(Decimal(text[: -len(suffix)]) * _SUFFIXES[suffix])
-        return math.ceil(Decimal(text))
-    # OverflowError: "Infinity", "1e999999E"; ValueError: also int()'s limit of 4,300 digits.
-    except (InvalidOperation, ValueError, OverflowError):
+                text, scale = text[: -len(suffix)], Decimal(_SUFFIXES[suffix])
+                break
+    try:
+        number = Decimal(text) * scale
+    except DecimalException:  # not a number, or beyond even Decimal's range ("1e999999E")
         return 0
+    # NaN, infinities and anything past int64 are junk; checked before ceil() builds a huge int.
+    if not number.is_finite() or number.adjusted() > 19:
+        return 0
+    return math.ceil(number)
 
 
 def container_request(container: Mapping[str, Any], resource: str) -> int:

@@ -70,7 +70,9 @@ def test_pod_gpus_sums_every_configured_resource():
     [(2, 2), ("2", 2), ("1500m", 2), ("1k", 1000), ("x", 0), (None, 0), (1.2, 2),
      # Not quantities (the API server refuses them); found by fuzzing, they crashed the engine.
      ("Infinity", 0), ("-Infinity", 0), ("NaN", 0), ("infm", 0), ("InfinityGi", 0),
-     (float("inf"), 0), (float("nan"), 0)],
+     (float("inf"), 0), (float("nan"), 0),
+     # Negative or past the API server's int64 (found by fuzzing: overflowed budget arithmetic).
+     ("-1", 0), (-3, 0), (10**30, 0), ("9" * 19, 0), ("1e19", 0), (1e300, 0), ("1e100000", 0), ("sNaN", 0)],
 )
 def test_quantity(value, expected):
     assert quantity(value) == expected
@@ -345,3 +347,9 @@ def test_a_number_longer_than_int_parses_counts_as_junk():
     assert quantity("9" * 5000) == 0
     manifest = deployment({}, replicas="9" * 5000, gpus=1)  # type: ignore[arg-type]
     assert workload_gpus(manifest, BUILTIN_KINDS) == 1
+
+
+def test_a_replica_count_past_int32_counts_as_one():
+    assert workload_gpus(deployment({}, replicas=2**31, gpus=2), BUILTIN_KINDS) == 2
+    assert workload_gpus(deployment({}, replicas=str(2**31), gpus=2), BUILTIN_KINDS) == 2  # type: ignore[arg-type]
+    assert workload_gpus(deployment({}, replicas=2**31 - 1, gpus=2), BUILTIN_KINDS) == 2 * (2**31 - 1)
