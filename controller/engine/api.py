@@ -32,7 +32,7 @@ class Violation:
     """A one-line version of `message` for admission warnings (which must stay short)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Decision:
     """The verdict on one workload. Mutation comes first, validation judges the mutated object."""
 
@@ -86,3 +86,6 @@ class Snapshot:
     """controller.engine.workloads.KindRegistry; None means the built-in kinds (SPEC 3.4)."""
     excluded_namespaces: frozenset[str] = frozenset({"kube-system"})
     """Namespaces no policy ever matches (kube-system and Comptroller's own)."""
+    memo: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+    """The evaluator's own cache of what follows from this snapshot alone (which policies can
+    match a kind in a namespace); a new snapshot starts empty, so it is never stale."""

@@ -15,13 +15,13 @@ when two policies default the same label, the first one wins.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from controller.constants import DEFAULT_EXPIRY_KEY, DEFAULT_GPU_RESOURCES
 from controller.engine.api import Decision, Snapshot, Violation
-from controller.engine.matching import namespace_labels_of, policy_matches
+from controller.engine.matching import namespace_labels_of, placement_matches
 from controller.engine.rules import Context
 from controller.engine.rules import budget as budget_rule
 from controller.engine.rules import expiry as expiry_rule
@@ -31,7 +31,7 @@ from controller.engine.view import WorkloadView
 from controller.engine.workloads import BUILTIN_KINDS
 
 _DEFAULT_RESOURCES = tuple(DEFAULT_GPU_RESOURCES)
-_ANY: Mapping[str, str] = {}
+_MAX_SCOPES = 4096
 _ROUTES = {"Enforce": "violations", "Warn": "warnings", "Audit": "audit"}
 
 
@@ -63,15 +63,15 @@ def evaluate(
         name = metadata.get("name") or metadata.get("generateName") or ""
         return Decision(resource=f"{manifest.get('kind', '')}/{ns}/{name}", allowed=True)
 
+    where = _scope(snapshot, spec.kind, ns)
     view = WorkloadView(manifest, spec, namespace=ns)
-    ns_labels = namespace_labels_of(ns, snapshot.namespace_labels)
     old = None
     if operation == "UPDATE" and old_object is not None and kinds.lookup(old_object) is spec:
         old = WorkloadView(old_object, spec, namespace=ns)
-    ctx = Context(now=now, operation=operation, namespace_labels=ns_labels, old=old)
-    live_exceptions = [e for e in snapshot.exceptions if e.namespace == ns and e.spec.expires_at > now]
+    ctx = Context(now=now, operation=operation, namespace_labels=where.namespace_labels, old=old)
+    live_exceptions = [e for e in where.exceptions if e.spec.expires_at > now]
 
-    matcher = _Matcher(snapshot.policies, view, ns_labels)
+    matcher = _Matcher(where.policies, view)
     if mutate:
         exceptions = _exceptions_for(live_exceptions, view.labels())
         for policy in matcher.matching():
@@ -108,16 +108,48 @@ def evaluate(
     return decision
 
 
+@dataclass(frozen=True, slots=True)
+class _Scope:
+    """What a snapshot says about every workload of one kind in one namespace."""
+
+    namespace_labels: Mapping[str, str]
+    policies: tuple[Any, ...]
+    """Policies whose kind and namespace conditions hold; gpuOnly and the label selector depend
+    on the workload."""
+    exceptions: tuple[Any, ...]
+    """FinOpsExceptions of the namespace, expired or not."""
+
+
+def _scope(snapshot: Snapshot, kind: str, namespace: str) -> _Scope:
+    """Worked out once per kind and namespace of a snapshot, then read from `snapshot.memo`."""
+    key = (kind, namespace)
+    scope = snapshot.memo.get(key)
+    if scope is None:
+        ns_labels = namespace_labels_of(namespace, snapshot.namespace_labels)
+        scope = _Scope(
+            namespace_labels=ns_labels,
+            policies=tuple(
+                p
+                for p in snapshot.policies
+                if placement_matches(p.spec.match, kind=kind, namespace=namespace, namespace_labels=ns_labels)
+            ),
+            exceptions=tuple(e for e in snapshot.exceptions if e.namespace == namespace),
+        )
+        if len(snapshot.memo) >= _MAX_SCOPES:  # namespaces come and go; a snapshot may live long
+            snapshot.memo.clear()
+        snapshot.memo[key] = scope
+    return scope
+
+
 class _Matcher:
-    """The policies matching the workload. Kind, namespace and GPU conditions are judged once;
-    label selectors again only when mutation changed the labels."""
+    """The policies matching the workload. Kind and namespace conditions come from the scope,
+    GPUs are counted once, label selectors are judged again only when mutation changed the labels."""
 
     __slots__ = ("view", "_candidates", "_version", "_matched")
 
-    def __init__(self, policies: tuple[Any, ...], view: WorkloadView, ns_labels: Mapping[str, str]) -> None:
+    def __init__(self, policies: tuple[Any, ...], view: WorkloadView) -> None:
         self.view = view
-        # Everything but the label selector, with an empty selector stood in: judged once.
-        self._candidates = [p for p in policies if _matches(p, view, ns_labels)]
+        self._candidates = [p for p in policies if not p.spec.match.gpu_only or _gpus_for(p, view) > 0]
         self._version = -1
         self._matched: list[Any] = []
 
@@ -134,22 +166,10 @@ class _Matcher:
         return self._matched
 
 
-def _matches(policy: Any, view: WorkloadView, ns_labels: Mapping[str, str]) -> bool:
-    """`policy_matches` minus the label selector (which `_Matcher` applies as labels change)."""
-    match = policy.spec.match
-    gpus = 0
-    if match.gpu_only:
-        gpu = policy.spec.gpu
-        gpus = view.gpus(gpu.resource_tuple if gpu is not None else _DEFAULT_RESOURCES)
-    return policy_matches(
-        policy,
-        kind=view.kind,
-        namespace=view.namespace,
-        namespace_labels=ns_labels,
-        labels=_ANY,
-        gpus=gpus,
-        selector=False,
-    )
+def _gpus_for(policy: Any, view: WorkloadView) -> int:
+    """The workload's GPUs as a gpuOnly policy counts them (its own `gpu.resources`, if any)."""
+    gpu = policy.spec.gpu
+    return view.gpus(gpu.resource_tuple if gpu is not None else _DEFAULT_RESOURCES)
 
 
 def _exceptions_for(exceptions: list[Any], labels: Mapping[str, str]) -> list[Any]:

@@ -147,6 +147,20 @@ def policy_matches(
     `selector=False` leaves the label selector out (for callers that apply it themselves).
     """
     match = policy.spec.match
+    if not placement_matches(match, kind=kind, namespace=namespace, namespace_labels=namespace_labels):
+        return False
+    if selector and match.selector is not None and not match.selector.compiled.matches(labels):
+        return False
+    if match.gpu_only and gpus <= 0:
+        return False
+    return True
+
+
+def placement_matches(match: Any, *, kind: str, namespace: str, namespace_labels: Mapping[str, str]) -> bool:
+    """The conditions of a `spec.match` that depend only on the workload's kind and namespace.
+
+    The evaluator judges these once per kind and namespace of a configuration snapshot.
+    """
     # Plain list truthiness first: most policies leave most conditions unset.
     if match.kinds and kind not in match.kind_set:
         return False
@@ -155,10 +169,4 @@ def policy_matches(
     if match.exclude_namespaces and match.exclude_globs.matches(namespace):
         return False
     namespace_selector = match.namespace_selector
-    if namespace_selector is not None and not namespace_selector.compiled.matches(namespace_labels):
-        return False
-    if selector and match.selector is not None and not match.selector.compiled.matches(labels):
-        return False
-    if match.gpu_only and gpus <= 0:
-        return False
-    return True
+    return namespace_selector is None or namespace_selector.compiled.matches(namespace_labels)
