@@ -34,7 +34,7 @@ from pydantic.alias_generators import to_camel
 from controller.constants import API_VERSION, DEFAULT_EXPIRY_KEY, DEFAULT_GPU_RESOURCES
 from controller.engine.api import BudgetState
 from controller.engine.durations import format_duration, parse_duration
-from controller.engine.matching import EVERYTHING, GlobSet, Selector
+from controller.engine.matching import EVERYTHING, GlobSet, Selector, when_matches
 
 # Kubernetes label syntax (apimachinery validation.IsQualifiedName / IsValidLabelValue).
 _NAME = r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
@@ -197,6 +197,9 @@ class MatchSpec(_Model):
         return frozenset(self.kinds)
 
 
+_MAX_VERDICTS = 1024
+
+
 class RequiredLabel(_Model):
     """A label every matched workload must carry; `allowedValues` and `pattern` both apply if given."""
 
@@ -231,12 +234,21 @@ class RequiredLabel(_Model):
     def regex(self) -> re.Pattern[str] | None:
         return re.compile(self.pattern) if self.pattern is not None else None
 
+    @cached_property
+    def verdicts(self) -> dict[str, bool]:
+        """`accepts` remembered per value: a cluster's label values repeat (a few teams, four
+        environments) and a regex costs several times a dict lookup. Bounded."""
+        return {}
+
     def accepts(self, value: str) -> bool:
-        allowed = self.allowed_set
-        if allowed is not None and value not in allowed:
-            return False
-        regex = self.regex
-        return regex is None or regex.fullmatch(value) is not None
+        verdict = self.verdicts.get(value)
+        if verdict is None:
+            allowed = self.allowed_set
+            regex = self.regex
+            verdict = (allowed is None or value in allowed) and (regex is None or regex.fullmatch(value) is not None)
+            if len(self.verdicts) < _MAX_VERDICTS:
+                self.verdicts[value] = verdict
+        return verdict
 
 
 class LabelsSpec(_Model):
@@ -309,7 +321,7 @@ class GPUSpec(_Model):
     def allowlist_for(self, labels: dict[str, str]) -> InstanceTypeRule | None:
         """The first entry whose `when` matches; None means no allowlist constrains this workload."""
         for rule in self.allowed_instance_types:
-            if all(labels.get(k) in v for k, v in rule.compiled_when.items()):
+            if when_matches(rule.compiled_when, labels):
                 return rule
         return None
 
@@ -343,7 +355,7 @@ class ExpirySpec(_Model):
         when = self.required_when_sets
         if when is None:
             return False
-        return all(labels.get(k) in v for k, v in when.items())
+        return when_matches(when, labels)
 
 
 class PrometheusSpec(_Model):

@@ -63,6 +63,11 @@ class WorkloadView:
         return self._template_labels[index]
 
     @property
+    def labels_per_template(self) -> list[Mapping[str, str]]:
+        """Each pod template's labels after mutation, in template order (read-only)."""
+        return self._template_labels
+
+    @property
     def meta_labels(self) -> Mapping[str, str]:
         return self._meta_labels
 
@@ -93,7 +98,10 @@ class WorkloadView:
 
     def gpus(self, resources: tuple[str, ...]) -> int:
         """GPUs of the whole workload at once (per-pod GPUs x pods, summed over templates)."""
-        return sum(n * t.replicas for n, t in zip(self.pod_gpus(resources), self.templates, strict=True))
+        total = 0
+        for count, template in zip(self.pod_gpus(resources), self.templates, strict=True):
+            total += count * template.replicas
+        return total
 
     # -- mutating ------------------------------------------------------------------------------
 

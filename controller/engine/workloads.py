@@ -420,7 +420,10 @@ def effective_request(pod_spec: Mapping[str, Any], resource: str) -> int:
 
 def pod_gpus(pod_spec: Mapping[str, Any], resources: Sequence[str] = DEFAULT_GPU_RESOURCES) -> int:
     """GPUs one pod takes, as the scheduler sees it, summed over the resources counted as GPUs."""
-    return sum(effective_request(pod_spec, resource) for resource in resources)
+    total = 0
+    for resource in resources:  # a loop, not sum(generator): this runs on every admission
+        total += effective_request(pod_spec, resource)
+    return total
 
 
 def workload_gpus(

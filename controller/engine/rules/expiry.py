@@ -102,8 +102,6 @@ def validate(policy: Any, view: Any, ctx: Context) -> list[Violation]:
         return []
     key = expiry.key
     raw, source, path = find(view, key)
-    created = created_at(view, ctx.now)
-    suggestion = _fitting(expiry, created, ctx.now)
     if source is None:
         if not expiry.required_for(view.labels()):
             return []
@@ -118,7 +116,7 @@ def validate(policy: Any, view: Any, ctx: Context) -> list[Violation]:
                 f"{key} is required when {when}: set it{lifetime}, as an annotation ({ANNOTATION_FORMATS}) "
                 f"or a label ({LABEL_FORMATS})",
                 f"{key} required{lifetime}",
-                _fix(key, "annotation", (), suggestion, ctx.now),
+                _fix(expiry, "annotation", (), view, ctx.now),
             )
         ]
     try:
@@ -126,11 +124,7 @@ def validate(policy: Any, view: Any, ctx: Context) -> list[Violation]:
     except ValueError as exc:
         return [
             _violation(
-                policy.name,
-                key,
-                str(exc),
-                f"{key}={raw!r} unparseable",
-                _fix(key, source, path, suggestion, ctx.now),
+                policy.name, key, str(exc), f"{key}={raw!r} unparseable", _fix(expiry, source, path, view, ctx.now)
             )
         ]
     out = []
@@ -141,21 +135,23 @@ def validate(policy: Any, view: Any, ctx: Context) -> list[Violation]:
                 key,
                 f"{key} {format_annotation(moment)} is in the past (now {format_annotation(ctx.now)})",
                 f"{key} {format_annotation(moment)} is in the past",
-                _fix(key, source, path, suggestion, ctx.now),
+                _fix(expiry, source, path, view, ctx.now),
             )
         )
-    if expiry.max_lifetime is not None and moment - created > expiry.max_lifetime:
-        limit = format_duration(expiry.max_lifetime)
-        out.append(
-            _violation(
-                policy.name,
-                key,
-                f"{key} {format_annotation(moment)} is {format_duration(moment - created)} after creation; "
-                f"at most {limit} allowed (until {format_annotation(created + expiry.max_lifetime)})",
-                f"{key} more than {limit} after creation",
-                _fix(key, source, path, suggestion, ctx.now),
+    if expiry.max_lifetime is not None:
+        created = created_at(view, ctx.now)
+        if moment - created > expiry.max_lifetime:
+            limit = format_duration(expiry.max_lifetime)
+            out.append(
+                _violation(
+                    policy.name,
+                    key,
+                    f"{key} {format_annotation(moment)} is {format_duration(moment - created)} after creation; "
+                    f"at most {limit} allowed (until {format_annotation(created + expiry.max_lifetime)})",
+                    f"{key} more than {limit} after creation",
+                    _fix(expiry, source, path, view, ctx.now),
+                )
             )
-        )
     return out
 
 
@@ -163,9 +159,11 @@ def _violation(policy: str, key: str, message: str, summary: str, fix: str) -> V
     return Violation(policy=policy, rule="expiry", key=key, message=message, summary=summary, fix=fix)
 
 
-def _fix(key: str, source: Source, path: tuple[str | int, ...], moment: datetime, now: datetime) -> str:
+def _fix(expiry: ExpirySpec, source: Source, path: tuple[str | int, ...], view: Any, now: datetime) -> str:
+    """The `expires_at` to paste: a moment the policy accepts, where the user keeps it."""
+    moment = _fitting(expiry, created_at(view, now), now)
     if moment <= now:
         return "# no expires_at fits: the workload is older than the policy's maxLifetime; recreate it"
     if source == "label":
-        return render_fix([((*path, "metadata", "labels"), {key: format_label(moment)})])
-    return render_fix([((*path, "metadata", "annotations"), {key: format_annotation(moment)})])
+        return render_fix([((*path, "metadata", "labels"), {expiry.key: format_label(moment)})])
+    return render_fix([((*path, "metadata", "annotations"), {expiry.key: format_annotation(moment)})])

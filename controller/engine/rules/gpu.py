@@ -32,16 +32,17 @@ def validate(policy: Any, view: Any, ctx: Context) -> list[Violation]:
     if not any(counts):
         return []
     allow = gpu.allowlist_for(view.labels())
+    limit = gpu.max_gpus_per_pod
     too_many: list[tuple[int, int]] = []
     unpinned: list[int] = []
     disallowed: list[tuple[int, list[str]]] = []
     for index, count in enumerate(counts):
         if not count:
             continue
-        if gpu.max_gpus_per_pod is not None and count > gpu.max_gpus_per_pod:
+        if limit is not None and count > limit:
             too_many.append((index, count))
         terms = pinned_terms(view.templates[index].spec, gpu.key_tuple)
-        if gpu.require_instance_type and any(not pins for pins in terms):
+        if gpu.require_instance_type and not all(terms):  # a way to be scheduled that pins nothing
             unpinned.append(index)
         if allow is not None:
             bad = _disallowed_values(terms, allow)
@@ -58,11 +59,13 @@ def validate(policy: Any, view: Any, ctx: Context) -> list[Violation]:
 
 
 def _disallowed_values(terms: list[list[tuple[str, tuple[str, ...]]]], allow: InstanceTypeRule) -> list[str]:
+    """The pinned values of every way to be scheduled that no pin restricts to allowed types."""
+    allowed = allow.globs.matches
     bad: list[str] = []
     for pins in terms:
-        if not pins or any(values and all(allow.globs.matches(v) for v in values) for _, values in pins):
+        if not pins or any(values and all(map(allowed, values)) for _, values in pins):
             continue
-        bad.extend(v for _, values in pins for v in values if not allow.globs.matches(v) and v not in bad)
+        bad.extend(v for _, values in pins for v in values if not allowed(v) and v not in bad)
     return bad
 
 

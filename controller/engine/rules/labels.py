@@ -63,11 +63,12 @@ def validate(policy: Any, view: WorkloadView, ctx: Context) -> list[Violation]:
     if spec is None:
         return []
     out = []
+    per_template = view.labels_per_template
     for rule in spec.required:
         missing: list[int] = []
         wrong: list[tuple[int, str]] = []
-        for index in range(len(view.templates)):
-            value = view.template_labels(index).get(rule.key)
+        for index, labels in enumerate(per_template):
+            value = labels.get(rule.key)
             if value is None:
                 missing.append(index)
             elif not rule.accepts(value):
