@@ -139,8 +139,13 @@ def create_app(
             else:
                 log.exception("internal error judging %s %s", admission.kind.kind, admission.uid)
             content, decision = failure_review(admission, error), "error"
-        metrics.requests.labels(admission.operation, admission.kind.kind, decision).inc()
-        metrics.duration.labels(webhook).observe(time.perf_counter() - started)
+        metrics.count_request(
+            operation=admission.operation,
+            kind=admission.kind.kind,
+            decision=decision,
+            webhook=webhook,
+            seconds=time.perf_counter() - started,
+        )
         return 200, content
 
     def noop(body: bytes) -> Reply:
