@@ -62,21 +62,33 @@ def validate(policy: Any, view: WorkloadView, ctx: Context) -> list[Violation]:
     spec = policy.spec.labels
     if spec is None:
         return []
-    out = []
+    out: list[Violation] = []
     per_template = view.labels_per_template
     for rule in spec.required:
-        missing: list[int] = []
-        wrong: list[tuple[int, str]] = []
-        for index, labels in enumerate(per_template):
-            value = labels.get(rule.key)
-            if value is None:
-                missing.append(index)
-            elif not rule.accepts(value):
-                wrong.append((index, value))
-        if missing:
-            out.append(_missing(policy.name, rule, view, missing, ctx))
-        if wrong:
-            out.append(_wrong(policy.name, rule, view, wrong))
+        key = rule.key
+        for labels in per_template:
+            value = labels.get(key)
+            if value is None or not rule.accepts(value):
+                out += _violations(policy.name, rule, view, ctx)
+                break
+    return out
+
+
+def _violations(policy: str, rule: RequiredLabel, view: WorkloadView, ctx: Context) -> list[Violation]:
+    """A missing label and a wrong value of one rule, each naming every template concerned."""
+    missing: list[int] = []
+    wrong: list[tuple[int, str]] = []
+    for index, labels in enumerate(view.labels_per_template):
+        value = labels.get(rule.key)
+        if value is None:
+            missing.append(index)
+        elif not rule.accepts(value):
+            wrong.append((index, value))
+    out = []
+    if missing:
+        out.append(_missing(policy, rule, view, missing, ctx))
+    if wrong:
+        out.append(_wrong(policy, rule, view, wrong))
     return out
 
 
