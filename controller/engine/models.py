@@ -318,7 +318,7 @@ class GPUSpec(_Model):
     def key_tuple(self) -> tuple[str, ...]:
         return tuple(self.instance_type_keys)
 
-    def allowlist_for(self, labels: dict[str, str]) -> InstanceTypeRule | None:
+    def allowlist_for(self, labels: Mapping[str, str]) -> InstanceTypeRule | None:
         """The first entry whose `when` matches; None means no allowlist constrains this workload."""
         for rule in self.allowed_instance_types:
             if when_matches(rule.compiled_when, labels):
@@ -351,7 +351,7 @@ class ExpirySpec(_Model):
     def required_when_sets(self) -> dict[str, frozenset[str]] | None:
         return _compile_when(self.required_when)
 
-    def required_for(self, labels: dict[str, str]) -> bool:
+    def required_for(self, labels: Mapping[str, str]) -> bool:
         when = self.required_when_sets
         if when is None:
             return False

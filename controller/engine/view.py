@@ -48,7 +48,7 @@ class WorkloadView:
         self._meta_annotations: Mapping[str, str] = metadata.get("annotations") or {}
         self._added_meta_labels: dict[str, str] = {}
         self._added_annotations: dict[str, str] = {}
-        self._labels: dict[str, str] | None = None
+        self._labels: Mapping[str, str] | None = None
         self._gpus: dict[tuple[str, ...], list[int]] = {}
         self.version = 0
         """Bumped by every label change, so callers can cache what depends on labels."""
@@ -75,14 +75,15 @@ class WorkloadView:
     def meta_annotations(self) -> Mapping[str, str]:
         return self._meta_annotations
 
-    def labels(self) -> dict[str, str]:
-        """Effective labels: those every pod template carries alike (a Pod's own labels)."""
+    def labels(self) -> Mapping[str, str]:
+        """Effective labels: those every pod template carries alike (a Pod's own labels). Read-only:
+        with one template, they are that template's labels themselves."""
         if self._labels is None:
             if not self._template_labels:
-                self._labels = dict(self._meta_labels)
+                self._labels = self._meta_labels
             else:
                 first, *rest = self._template_labels
-                labels = dict(first)
+                labels = first
                 for other in rest:
                     labels = {k: v for k, v in labels.items() if other.get(k) == v}
                 self._labels = labels

@@ -451,10 +451,11 @@ def pinned_terms(pod_spec: Mapping[str, Any], keys: Sequence[str]) -> list[list[
     """
     selector = pod_spec.get("nodeSelector") or {}
     base: list[Pin] = [(key, (str(selector[key]),)) for key in keys if key in selector]
-    affinity = ((pod_spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
-        "requiredDuringSchedulingIgnoredDuringExecution"
-    ) or {}
-    terms = affinity.get("nodeSelectorTerms") or ()
+    affinity = pod_spec.get("affinity")
+    if not affinity:  # the common case: a nodeSelector alone
+        return [base]
+    required = (affinity.get("nodeAffinity") or {}).get("requiredDuringSchedulingIgnoredDuringExecution") or {}
+    terms = required.get("nodeSelectorTerms") or ()
     if not terms:
         return [base]
     out = []

@@ -40,9 +40,12 @@ FALLBACK_LIFETIME = timedelta(hours=24)
 
 def find(view: Any, key: str) -> tuple[str | None, Source | None, tuple[str | int, ...]]:
     """`(raw value, label|annotation, path of the metadata holding it)` after mutation."""
-    raw, source = read_expires_at({"labels": view.meta_labels, "annotations": view.meta_annotations}, key=key)
-    if source is not None:
-        return raw, source, ()
+    annotations = view.meta_annotations
+    if key in annotations:  # an annotation wins over a label, as in `read_expires_at`
+        return annotations[key], "annotation", ()
+    labels = view.meta_labels
+    if key in labels:
+        return labels[key], "label", ()
     for index, template in enumerate(view.templates):
         if template.pointer == "":
             continue
