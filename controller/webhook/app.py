@@ -70,7 +70,15 @@ def create_app(
     metrics = WebhookMetrics()
     excluded = settings.excluded_namespaces
 
-    app = FastAPI(title="comptroller admission webhook", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="comptroller admission webhook",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        # Prometheus metrics are our own (/metrics). FastAPI's OpenTelemetry hooks would otherwise
+        # look up the global providers, through environment variables, on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
     app.state.metrics = metrics
     app.state.settings = settings
 
@@ -128,7 +136,7 @@ def create_app(
     def answer(body: bytes, webhook: str, review: Callable[[AdmissionRequest], tuple[bytes, str]]) -> Reply:
         started = time.perf_counter()
         try:
-            admission = parse_review(body).request
+            admission = parse_review(body)
         except MalformedReview as error:
             return _error(400, str(error))
         try:
@@ -137,11 +145,11 @@ def create_app(
             if isinstance(error, NotReady):
                 log.warning("%s %s: %s", webhook, admission.uid, error)
             else:
-                log.exception("internal error judging %s %s", admission.kind.kind, admission.uid)
+                log.exception("internal error judging %s %s", admission.kind, admission.uid)
             content, decision = failure_review(admission, error), "error"
         metrics.count_request(
             operation=admission.operation,
-            kind=admission.kind.kind,
+            kind=admission.kind,
             decision=decision,
             webhook=webhook,
             seconds=time.perf_counter() - started,
@@ -274,7 +282,7 @@ def _owned_controller(request: AdmissionRequest) -> bool:
     template that differs from its own and roll out a new child, again and again. Pods are still
     mutated: nothing compares a pod with its template.
     """
-    if request.kind.kind == "Pod":
+    if request.kind == "Pod":
         return False
     owners = (request.object.get("metadata") or {}).get("ownerReferences") or ()
     return any(isinstance(o, dict) and o.get("controller") for o in owners)
