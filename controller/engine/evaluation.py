@@ -71,7 +71,7 @@ def evaluate(
     ctx = Context(now=now, operation=operation, namespace_labels=where.namespace_labels, old=old)
     live_exceptions = [e for e in where.exceptions if e.spec.expires_at > now]
 
-    matcher = _Matcher(where.policies, view)
+    matcher = _Matcher(where, view)
     if mutate:
         exceptions = _exceptions_for(live_exceptions, view.labels())
         for policy in matcher.matching():
@@ -118,6 +118,8 @@ class _Scope:
     on the workload."""
     exceptions: tuple[Any, ...]
     """FinOpsExceptions of the namespace, expired or not."""
+    selective: bool
+    """Whether any of the policies has a label selector."""
 
 
 def _scope(snapshot: Snapshot, kind: str, namespace: str) -> _Scope:
@@ -126,14 +128,16 @@ def _scope(snapshot: Snapshot, kind: str, namespace: str) -> _Scope:
     scope = snapshot.memo.get(key)
     if scope is None:
         ns_labels = namespace_labels_of(namespace, snapshot.namespace_labels)
+        policies = tuple(
+            p
+            for p in snapshot.policies
+            if placement_matches(p.spec.match, kind=kind, namespace=namespace, namespace_labels=ns_labels)
+        )
         scope = _Scope(
             namespace_labels=ns_labels,
-            policies=tuple(
-                p
-                for p in snapshot.policies
-                if placement_matches(p.spec.match, kind=kind, namespace=namespace, namespace_labels=ns_labels)
-            ),
+            policies=policies,
             exceptions=tuple(e for e in snapshot.exceptions if e.namespace == namespace),
+            selective=any(p.spec.match.selector is not None for p in policies),
         )
         if len(snapshot.memo) >= _MAX_SCOPES:  # namespaces come and go; a snapshot may live long
             snapshot.memo.clear()
@@ -145,15 +149,18 @@ class _Matcher:
     """The policies matching the workload. Kind and namespace conditions come from the scope,
     GPUs are counted once, label selectors are judged again only when mutation changed the labels."""
 
-    __slots__ = ("view", "_candidates", "_version", "_matched")
+    __slots__ = ("view", "_candidates", "_selective", "_version", "_matched")
 
-    def __init__(self, policies: tuple[Any, ...], view: WorkloadView) -> None:
+    def __init__(self, scope: _Scope, view: WorkloadView) -> None:
         self.view = view
-        self._candidates = [p for p in policies if not p.spec.match.gpu_only or _gpus_for(p, view) > 0]
+        self._candidates = [p for p in scope.policies if not p.spec.match.gpu_only or _gpus_for(p, view) > 0]
+        self._selective = scope.selective
         self._version = -1
         self._matched: list[Any] = []
 
     def matching(self) -> list[Any]:
+        if not self._selective:
+            return self._candidates
         view = self.view
         if view.version != self._version:
             self._version = view.version

@@ -43,7 +43,8 @@ class WorkloadView:
         self.templates: list[PodTemplate] = pod_templates_of(manifest, spec)
         self.is_pod = len(self.templates) == 1 and self.templates[0].pointer == ""
         self._template_labels: list[Mapping[str, str]] = [t.labels for t in self.templates]
-        self._added_template: list[dict[str, str]] = [{} for _ in self.templates]
+        self._added_template: dict[int, dict[str, str]] = {}
+        """Labels added to each template, by template index (most workloads get none)."""
         self._meta_labels: Mapping[str, str] = metadata.get("labels") or {}
         self._meta_annotations: Mapping[str, str] = metadata.get("annotations") or {}
         self._added_meta_labels: dict[str, str] = {}
@@ -93,14 +94,15 @@ class WorkloadView:
         """GPUs per pod, per template."""
         counts = self._gpus.get(resources)
         if counts is None:
-            counts = [pod_gpus(t.spec, resources) for t in self.templates]
-            self._gpus[resources] = counts
+            counts = self._gpus[resources] = []
+            for template in self.templates:
+                counts.append(pod_gpus(template.spec, resources))
         return counts
 
     def gpus(self, resources: tuple[str, ...]) -> int:
         """GPUs of the whole workload at once (per-pod GPUs x pods, summed over templates)."""
         total = 0
-        for count, template in zip(self.pod_gpus(resources), self.templates, strict=True):
+        for count, template in zip(self.pod_gpus(resources), self.templates):
             total += count * template.replicas
         return total
 
@@ -110,7 +112,7 @@ class WorkloadView:
         if self.is_pod:
             self.add_meta_label(key, value)
             return
-        self._added_template[index][key] = value
+        self._added_template.setdefault(index, {})[key] = value
         self._template_labels[index] = {**self._template_labels[index], key: value}
         self._labels = None
         self.version += 1
@@ -132,9 +134,9 @@ class WorkloadView:
         ops: list[dict[str, Any]] = []
         meta_maps = {"labels": self._added_meta_labels, "annotations": self._added_annotations}
         _metadata_ops(ops, "", self.manifest, meta_maps)
-        for template, added in zip(self.templates, self._added_template, strict=True):
-            if added:
-                _metadata_ops(ops, template.pointer, template.template, {"labels": added})
+        for index, added in sorted(self._added_template.items()):
+            template = self.templates[index]
+            _metadata_ops(ops, template.pointer, template.template, {"labels": added})
         return ops
 
 

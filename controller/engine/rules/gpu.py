@@ -13,13 +13,14 @@ applies): list a catch-all last (no `when`) to forbid everything else.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from controller.engine.api import Violation
 from controller.engine.messages import location, render_fix
 from controller.engine.models import GPUSpec, InstanceTypeRule, is_label_value
 from controller.engine.rules import Context, when_text
-from controller.engine.workloads import PodTemplate, container_request, pinned_terms
+from controller.engine.workloads import Pin, PodTemplate, container_request, pinned_terms
 
 PLACEHOLDER = "INSTANCE-TYPE"
 
@@ -58,15 +59,26 @@ def validate(policy: Any, view: Any, ctx: Context) -> list[Violation]:
     return out
 
 
-def _disallowed_values(terms: list[list[tuple[str, tuple[str, ...]]]], allow: InstanceTypeRule) -> list[str]:
+def _disallowed_values(terms: list[list[Pin]], allow: InstanceTypeRule) -> list[str]:
     """The pinned values of every way to be scheduled that no pin restricts to allowed types."""
     allowed = allow.globs.matches
     bad: list[str] = []
     for pins in terms:
-        if not pins or any(values and all(map(allowed, values)) for _, values in pins):
+        if _restricted(pins, allowed):
             continue
-        bad.extend(v for _, values in pins for v in values if not allowed(v) and v not in bad)
+        for _, values in pins:
+            for value in values:
+                if not allowed(value) and value not in bad:
+                    bad.append(value)
     return bad
+
+
+def _restricted(pins: list[Pin], allowed: Callable[[str], bool]) -> bool:
+    """Whether one of the pins restricts the pod to allowed types (it names some, all allowed)."""
+    for _, values in pins:
+        if values and all(map(allowed, values)):
+            return True
+    return False
 
 
 def _where(view: Any, indexes: list[int]) -> str:

@@ -65,10 +65,11 @@ def validate(policy: Any, view: WorkloadView, ctx: Context) -> list[Violation]:
     out: list[Violation] = []
     per_template = view.labels_per_template
     for rule in spec.required:
-        key = rule.key
+        key, verdicts = rule.key, rule.verdicts
         for labels in per_template:
             value = labels.get(key)
-            if value is None or not rule.accepts(value):
+            # `verdicts` first: the verdict on a value seen before, without a call.
+            if value is None or not (verdicts.get(value) or rule.accepts(value)):
                 out += _violations(policy.name, rule, view, ctx)
                 break
     return out
