@@ -3,16 +3,29 @@ tests and several apps in one process never collide on the global registry."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from bisect import bisect_left
+from collections import Counter as Tally
+from collections.abc import Iterable, Iterator
+from itertools import accumulate
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.utils import floatToGoString
 
 # Admission latency lives in single milliseconds; the default buckets start at 5 ms.
 DURATION_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.5, 1.0, 3.0)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+REQUESTS = "comptroller_admission_requests"
+REQUESTS_HELP = (
+    "Admission requests answered, by operation, workload kind and decision "
+    "(validate: allowed|warned|audited|denied|skipped; mutate: mutated|unchanged|skipped; either: error)."
+)
+REQUEST_LABELS = ["operation", "kind", "decision"]
+DURATION = "comptroller_admission_duration_seconds"
+DURATION_HELP = "Time spent answering an admission request, from its body received to the response built."
 
 
 class WebhookMetrics:
@@ -20,21 +33,8 @@ class WebhookMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
-            "comptroller_admission_requests_total",
-            "Admission requests answered, by operation, workload kind and decision "
-            "(validate: allowed|warned|audited|denied|skipped; mutate: mutated|unchanged|skipped; "
-            "either: error).",
-            ["operation", "kind", "decision"],
-            registry=self.registry,
-        )
-        self.duration = Histogram(
-            "comptroller_admission_duration_seconds",
-            "Time spent answering an admission request, from its body received to the response built.",
-            ["webhook"],
-            buckets=DURATION_BUCKETS,
-            registry=self.registry,
-        )
+        self.admissions = AdmissionTally()
+        self.registry.register(self.admissions)
         self.violations = Counter(
             "comptroller_policy_violations_total",
             "Policy violations found at admission (Enforce, Warn and Audit alike), by policy, rule and team.",
@@ -42,25 +42,57 @@ class WebhookMetrics:
             registry=self.registry,
         )
 
-        # Label children by label values: `labels()` validates and locks on every call, which
-        # costs more than the increment itself on the admission path.
-        self._children: dict[tuple[Any, ...], Any] = {}
-
-    def _child(self, metric: Any, *values: str) -> Any:
-        key = (metric, *values)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*values)
-        return child
-
     def count_request(self, *, operation: str, kind: str, decision: str, webhook: str, seconds: float) -> None:
         """One admission request answered, and how long it took."""
-        self._child(self.requests, operation, kind, decision).inc()
-        self._child(self.duration, webhook).observe(seconds)
+        self.admissions.count(operation, kind, decision, webhook, seconds)
 
     def count_violations(self, violations: Iterable, *, team: str) -> None:
         for violation in violations:
-            self._child(self.violations, violation.policy, violation.rule, team or "").inc()
+            self.violations.labels(violation.policy, violation.rule, team or "").inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class AdmissionTally:
+    """`comptroller_admission_requests_total` and `comptroller_admission_duration_seconds`, kept as
+    plain numbers and handed to prometheus_client as metric families when scraped.
+
+    They change on every admission request, always on the event loop's thread (the admission
+    handlers and /metrics both run there), so they need none of the locks a prometheus_client
+    Counter and Histogram take: three per request, which cost more than the rest of the
+    bookkeeping on the API server's critical path.
+    """
+
+    def __init__(self) -> None:
+        self.requests: Tally[tuple[str, str, str]] = Tally()
+        self.buckets: dict[str, list[int]] = {}
+        """Per webhook, requests per latency bucket (not cumulative); the last one is +Inf."""
+        self.seconds: dict[str, float] = {}
+
+    def count(self, operation: str, kind: str, decision: str, webhook: str, seconds: float) -> None:
+        self.requests[(operation, kind, decision)] += 1
+        buckets = self.buckets.get(webhook)
+        if buckets is None:
+            buckets = self.buckets[webhook] = [0] * (len(DURATION_BUCKETS) + 1)
+            self.seconds[webhook] = 0.0
+        buckets[bisect_left(DURATION_BUCKETS, seconds)] += 1  # the first bound with seconds <= le
+        self.seconds[webhook] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(REQUESTS, REQUESTS_HELP, labels=REQUEST_LABELS)
+        for labels, count in self.requests.items():
+            requests.add_metric(labels, count)
+        yield requests
+        duration = HistogramMetricFamily(DURATION, DURATION_HELP, labels=["webhook"])
+        bounds = [*map(floatToGoString, DURATION_BUCKETS), "+Inf"]
+        for webhook, counts in self.buckets.items():
+            duration.add_metric(
+                [webhook], list(zip(bounds, accumulate(counts), strict=True)), sum_value=self.seconds[webhook]
+            )
+        yield duration
+
+    def describe(self) -> Iterator[Metric]:
+        """The names, so the registry refuses another metric by the same name."""
+        yield CounterMetricFamily(REQUESTS, REQUESTS_HELP, labels=REQUEST_LABELS)
+        yield HistogramMetricFamily(DURATION, DURATION_HELP, labels=["webhook"])
