@@ -69,7 +69,7 @@ def evaluate(
     if operation == "UPDATE" and old_object is not None and kinds.lookup(old_object) is spec:
         old = WorkloadView(old_object, spec, namespace=ns)
     ctx = Context(now=now, operation=operation, namespace_labels=where.namespace_labels, old=old)
-    live_exceptions = [e for e in where.exceptions if e.spec.expires_at > now]
+    live_exceptions = [e for e in where.exceptions if e.spec.expires_at > now] if where.exceptions else []
 
     matcher = _Matcher(where, view)
     if mutate:

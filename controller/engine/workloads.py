@@ -198,14 +198,15 @@ class PodTemplate:
     """The same as segments, list indexes as ints (for fix hints)."""
     template: Mapping[str, Any]
     replicas: int
+    labels: Mapping[str, str] = field(init=False)
+    """The template's own labels (read once: rules read them many times)."""
+    spec: Mapping[str, Any] = field(init=False)
+    """The pod spec."""
 
-    @property
-    def labels(self) -> Mapping[str, str]:
-        return ((self.template.get("metadata") or {}).get("labels")) or {}
-
-    @property
-    def spec(self) -> Mapping[str, Any]:
-        return self.template.get("spec") or {}
+    def __post_init__(self) -> None:
+        metadata = self.template.get("metadata")
+        self.labels = (metadata.get("labels") if isinstance(metadata, Mapping) else None) or {}
+        self.spec = self.template.get("spec") or {}
 
 
 def _walk(node: Any, segments: Sequence[str], path: tuple[str | int, ...], bound: tuple[str | int, ...]):
