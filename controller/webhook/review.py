@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import StringConstraints, TypeAdapter, ValidationError
+from pydantic import InstanceOf, StringConstraints, TypeAdapter, ValidationError
 from typing_extensions import NotRequired, TypedDict
 
 API_VERSION = "admission.k8s.io/v1"
@@ -43,8 +43,9 @@ class _Request(TypedDict):
     operation: Operation
     namespace: NotRequired[str]
     name: NotRequired[str]
-    object: NotRequired[dict[str, Any] | None]
-    oldObject: NotRequired[dict[str, Any] | None]
+    # InstanceOf: checked to be a map, not copied into a new one.
+    object: NotRequired[InstanceOf[dict] | None]
+    oldObject: NotRequired[InstanceOf[dict] | None]
     dryRun: NotRequired[bool]
 
 
