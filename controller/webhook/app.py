@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Protocol
 
 import orjson
@@ -66,7 +67,7 @@ def create_app(
     from controller.engine.messages import render_denial, render_warning
 
     evaluate = evaluate or engine_evaluate
-    clock = clock or (lambda: datetime.now(UTC))
+    clock = clock or partial(datetime.now, UTC)
     metrics = WebhookMetrics()
     excluded = settings.excluded_namespaces
 
@@ -171,8 +172,8 @@ def create_app(
     app.add_middleware(
         AdmissionEndpoints,
         handlers={
-            "/validate": lambda body: answer(body, "validate", validate_review),
-            "/mutate": lambda body: answer(body, "mutate", mutate_review),
+            "/validate": partial(answer, webhook="validate", review=validate_review),
+            "/mutate": partial(answer, webhook="mutate", review=mutate_review),
             "/noop": noop,
         },
         max_body_bytes=settings.max_body_bytes,
