@@ -14,6 +14,7 @@ once, at load; evaluation never parses or compiles.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Annotated, Any, Literal, Self
@@ -234,21 +235,12 @@ class RequiredLabel(_Model):
     def regex(self) -> re.Pattern[str] | None:
         return re.compile(self.pattern) if self.pattern is not None else None
 
-    @cached_property
-    def verdicts(self) -> dict[str, bool]:
-        """`accepts` remembered per value: a cluster's label values repeat (a few teams, four
-        environments) and a regex costs several times a dict lookup. Bounded."""
-        return {}
-
     def accepts(self, value: str) -> bool:
-        verdict = self.verdicts.get(value)
-        if verdict is None:
-            allowed = self.allowed_set
-            regex = self.regex
-            verdict = (allowed is None or value in allowed) and (regex is None or regex.fullmatch(value) is not None)
-            if len(self.verdicts) < _MAX_VERDICTS:
-                self.verdicts[value] = verdict
-        return verdict
+        allowed = self.allowed_set
+        if allowed is not None and value not in allowed:
+            return False
+        regex = self.regex
+        return regex is None or regex.fullmatch(value) is not None
 
 
 class LabelsSpec(_Model):
@@ -265,6 +257,29 @@ class LabelsSpec(_Model):
                 raise ValueError(f"label {item.key!r} is listed twice")
             seen.add(item.key)
         return value
+
+    def model_post_init(self, context: Any) -> None:
+        _compile_now(self)
+
+    @cached_property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(rule.key for rule in self.required)
+
+    @cached_property
+    def verdicts(self) -> dict[tuple[str | None, ...], bool]:
+        """`satisfied_by`, remembered per combination of values (bounded): a cluster's workloads
+        carry a few teams, projects and environments, so the combinations repeat."""
+        return {}
+
+    def satisfied_by(self, labels: Mapping[str, str]) -> bool:
+        """Whether `labels` carry every required label with a value its rule accepts."""
+        values = tuple(map(labels.get, self.keys))
+        verdict = self.verdicts.get(values)
+        if verdict is None:
+            verdict = all(v is not None and r.accepts(v) for v, r in zip(values, self.required, strict=True))
+            if len(self.verdicts) < _MAX_VERDICTS:
+                self.verdicts[values] = verdict
+        return verdict
 
 
 def _when(value: dict[str, list[str]]) -> dict[str, list[str]]:

@@ -102,7 +102,7 @@ class WorkloadView:
     def gpus(self, resources: tuple[str, ...]) -> int:
         """GPUs of the whole workload at once (per-pod GPUs x pods, summed over templates)."""
         total = 0
-        for count, template in zip(self.pod_gpus(resources), self.templates):
+        for count, template in zip(self.pod_gpus(resources), self.templates, strict=True):
             total += count * template.replicas
         return total
 

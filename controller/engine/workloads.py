@@ -455,7 +455,8 @@ def pinned_terms(pod_spec: Mapping[str, Any], keys: Sequence[str]) -> list[list[
     affinity = pod_spec.get("affinity")
     if not affinity:  # the common case: a nodeSelector alone
         return [base]
-    required = (affinity.get("nodeAffinity") or {}).get("requiredDuringSchedulingIgnoredDuringExecution") or {}
+    node_affinity = affinity.get("nodeAffinity") or {}
+    required = node_affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}
     terms = required.get("nodeSelectorTerms") or ()
     if not terms:
         return [base]

@@ -42,7 +42,9 @@ class WebhookMetrics:
             registry=self.registry,
         )
 
-    def count_request(self, *, operation: str, kind: str, decision: str, webhook: str, seconds: float) -> None:
+    def count_request(
+        self, *, operation: str, kind: str, decision: str, webhook: str, seconds: float
+    ) -> None:
         """One admission request answered, and how long it took."""
         self.admissions.count(operation, kind, decision, webhook, seconds)
 

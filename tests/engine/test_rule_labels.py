@@ -113,3 +113,29 @@ def test_examples_for_patterns(pattern, example):
     from controller.engine.rules.labels import example_for
 
     assert example_for(pattern) == example
+
+
+def test_remembered_verdicts_never_let_a_wrong_value_through():
+    """The rule remembers its verdict per combination of values; each combination is its own."""
+    required = [{"key": "team", "pattern": "^[a-z]+$"}, {"key": "env", "allowedValues": ["dev"]}]
+    p = policy(labels={"required": required})
+    snap = snapshot(p)
+    for _ in range(2):  # the second round is answered from memory
+        assert evaluate(pod({"team": "nlp", "env": "dev"}), snapshot=snap, now=NOW).allowed
+        assert not evaluate(pod({"team": "nlp", "env": "prod"}), snapshot=snap, now=NOW).allowed
+        assert not evaluate(pod({"team": "NLP", "env": "dev"}), snapshot=snap, now=NOW).allowed
+        assert not evaluate(pod({"team": "nlp"}), snapshot=snap, now=NOW).allowed
+    assert p.spec.labels.verdicts == {
+        ("nlp", "dev"): True,
+        ("nlp", "prod"): False,
+        ("NLP", "dev"): False,
+        ("nlp", None): False,
+    }
+
+
+def test_remembered_verdicts_are_bounded():
+    p = policy(labels={"required": [{"key": "team"}]})
+    snap = snapshot(p)
+    for i in range(3000):
+        assert evaluate(pod({"team": f"t{i}"}), snapshot=snap, now=NOW).allowed
+    assert len(p.spec.labels.verdicts) == 1024

@@ -127,7 +127,11 @@ def validate(policy: Any, view: Any, ctx: Context) -> list[Violation]:
     except ValueError as exc:
         return [
             _violation(
-                policy.name, key, str(exc), f"{key}={raw!r} unparseable", _fix(expiry, source, path, view, ctx.now)
+                policy.name,
+                key,
+                str(exc),
+                f"{key}={raw!r} unparseable",
+                _fix(expiry, source, path, view, ctx.now),
             )
         ]
     out = []
@@ -145,11 +149,12 @@ def validate(policy: Any, view: Any, ctx: Context) -> list[Violation]:
         created = created_at(view, ctx.now)
         if moment - created > expiry.max_lifetime:
             limit = format_duration(expiry.max_lifetime)
+            lifetime = format_duration(moment - created)
             out.append(
                 _violation(
                     policy.name,
                     key,
-                    f"{key} {format_annotation(moment)} is {format_duration(moment - created)} after creation; "
+                    f"{key} {format_annotation(moment)} is {lifetime} after creation; "
                     f"at most {limit} allowed (until {format_annotation(created + expiry.max_lifetime)})",
                     f"{key} more than {limit} after creation",
                     _fix(expiry, source, path, view, ctx.now),
