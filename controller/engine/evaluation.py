@@ -89,8 +89,6 @@ def evaluate(
     exceptions = _exceptions_for(live_exceptions, labels)
     for policy in matcher.matching():
         pspec = policy.spec
-        if pspec.expiry is not None and ctx.expiry_key == DEFAULT_EXPIRY_KEY:
-            ctx.expiry_key = pspec.expiry.key
         found: list[Violation] = []
         if pspec.labels is not None:
             found += labels_rule.validate(policy, view, ctx)
@@ -100,6 +98,10 @@ def evaluate(
             found += expiry_rule.validate(policy, view, ctx)
         if found:
             _route(decision, found, pspec.enforcement, exceptions)
+    if snapshot.budgets:
+        # Budgets project up to the workload's expires_at, under the key the matching policies use.
+        keys = (p.spec.expiry.key for p in matcher.matching() if p.spec.expiry is not None)
+        ctx.expiry_key = next((key for key in keys if key != DEFAULT_EXPIRY_KEY), DEFAULT_EXPIRY_KEY)
     for budget in snapshot.budgets:
         found = budget_rule.validate(budget, view, ctx)
         if found:

@@ -188,7 +188,7 @@ class KindRegistry:
 BUILTIN_KINDS = KindRegistry(BUILTIN_KIND_SPECS)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class PodTemplate:
     """One pod template found in a workload."""
 
@@ -198,15 +198,21 @@ class PodTemplate:
     """The same as segments, list indexes as ints (for fix hints)."""
     template: Mapping[str, Any]
     replicas: int
-    labels: Mapping[str, str] = field(init=False)
+    labels: Mapping[str, str]
     """The template's own labels (read once: rules read them many times)."""
-    spec: Mapping[str, Any] = field(init=False)
+    spec: Mapping[str, Any]
     """The pod spec."""
 
-    def __post_init__(self) -> None:
-        metadata = self.template.get("metadata")
+    def __init__(
+        self, pointer: Pointer, path: tuple[str | int, ...], template: Mapping[str, Any], replicas: int
+    ) -> None:
+        self.pointer = pointer
+        self.path = path
+        self.template = template
+        self.replicas = replicas
+        metadata = template.get("metadata")
         self.labels = (metadata.get("labels") if isinstance(metadata, Mapping) else None) or {}
-        self.spec = self.template.get("spec") or {}
+        self.spec = template.get("spec") or {}
 
 
 def _walk(node: Any, segments: Sequence[str], path: tuple[str | int, ...], bound: tuple[str | int, ...]):

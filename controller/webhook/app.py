@@ -150,12 +150,8 @@ def create_app(
             else:
                 log.exception("internal error judging %s %s", admission.kind, admission.uid)
             content, decision = failure_review(admission, error), "error"
-        metrics.count_request(
-            operation=admission.operation,
-            kind=admission.kind,
-            decision=decision,
-            webhook=webhook,
-            seconds=time.perf_counter() - started,
+        metrics.admissions.count(
+            admission.operation, admission.kind, decision, webhook, time.perf_counter() - started
         )
         return 200, content
 

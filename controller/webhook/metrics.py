@@ -42,12 +42,6 @@ class WebhookMetrics:
             registry=self.registry,
         )
 
-    def count_request(
-        self, *, operation: str, kind: str, decision: str, webhook: str, seconds: float
-    ) -> None:
-        """One admission request answered, and how long it took."""
-        self.admissions.count(operation, kind, decision, webhook, seconds)
-
     def count_violations(self, violations: Iterable, *, team: str) -> None:
         for violation in violations:
             self.violations.labels(violation.policy, violation.rule, team or "").inc()
@@ -73,6 +67,7 @@ class AdmissionTally:
         self.seconds: dict[str, float] = {}
 
     def count(self, operation: str, kind: str, decision: str, webhook: str, seconds: float) -> None:
+        """One admission request answered, and how long it took."""
         self.requests[(operation, kind, decision)] += 1
         buckets = self.buckets.get(webhook)
         if buckets is None:
