@@ -274,12 +274,18 @@ class LabelsSpec(_Model):
     def satisfied_by(self, labels: Mapping[str, str]) -> bool:
         """Whether `labels` carry every required label with a value its rule accepts."""
         values = tuple(map(labels.get, self.keys))
-        verdict = self.verdicts.get(values)
+        try:
+            verdict = self.verdicts.get(values)
+        except TypeError:  # a list or map where a label value belongs (an unchecked CR): not remembered
+            return self._judge(values)
         if verdict is None:
-            verdict = all(v is not None and r.accepts(v) for v, r in zip(values, self.required, strict=True))
+            verdict = self._judge(values)
             if len(self.verdicts) < _MAX_VERDICTS:
                 self.verdicts[values] = verdict
         return verdict
+
+    def _judge(self, values: tuple[Any, ...]) -> bool:
+        return all(v is not None and r.accepts(v) for v, r in zip(values, self.required, strict=True))
 
 
 def _when(value: dict[str, list[str]]) -> dict[str, list[str]]:

@@ -380,7 +380,9 @@ def _odd_quantity(value: Any) -> int:
                 text, scale = text[: -len(suffix)], Decimal(_SUFFIXES[suffix])
                 break
     try:
-        number = Decimal(text) * scale
+        number = Decimal(text)
+        if scale != 1:  # multiplying rounds to the context's 28 digits: only when there is a suffix
+            number *= scale
     except DecimalException:  # not a number, or beyond even Decimal's range ("1e999999E")
         return 0
     # NaN, infinities and anything past int64 are junk; checked before ceil() builds a huge int.

@@ -139,3 +139,11 @@ def test_remembered_verdicts_are_bounded():
     for i in range(3000):
         assert evaluate(pod({"team": f"t{i}"}), snapshot=snap, now=NOW).allowed
     assert len(p.spec.labels.verdicts) == 1024
+
+
+def test_a_label_value_that_is_not_a_string_is_judged_without_being_remembered():
+    """Custom resources reach the mutating webhook before their schema is checked."""
+    p = policy(labels={"required": [{"key": "team"}]})
+    for _ in range(2):
+        assert evaluate(pod({"team": ["a"]}), snapshot=snapshot(p), now=NOW).allowed
+    assert p.spec.labels.verdicts == {}

@@ -72,7 +72,9 @@ def test_pod_gpus_sums_every_configured_resource():
      ("Infinity", 0), ("-Infinity", 0), ("NaN", 0), ("infm", 0), ("InfinityGi", 0),
      (float("inf"), 0), (float("nan"), 0),
      # Negative or past the API server's int64 (found by fuzzing: overflowed budget arithmetic).
-     ("-1", 0), (-3, 0), (10**30, 0), ("9" * 19, 0), ("1e19", 0), (1e300, 0), ("1e100000", 0), ("sNaN", 0)],
+     ("-1", 0), (-3, 0), (10**30, 0), ("9" * 19, 0), ("1e19", 0), (1e300, 0), ("1e100000", 0), ("sNaN", 0),
+     # Without a suffix, exact: no rounding to Decimal's 28 digits.
+     ("1.0000000000000000000000000001", 2)],
 )
 def test_quantity(value, expected):
     assert quantity(value) == expected
