@@ -3,14 +3,15 @@ tests and several apps in one process never collide on the global registry."""
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
-from collections import Counter as Tally
 from collections.abc import Iterable, Iterator
 from itertools import accumulate
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 # Admission latency lives in single milliseconds; the default buckets start at 5 ms.
@@ -61,25 +62,33 @@ class AdmissionTally:
     """
 
     def __init__(self) -> None:
-        self.requests: Tally[tuple[str, str, str]] = Tally()
+        self.requests: dict[tuple[str, str, str], int] = {}
         self.buckets: dict[str, list[int]] = {}
         """Per webhook, requests per latency bucket (not cumulative); the last one is +Inf."""
         self.seconds: dict[str, float] = {}
+        self.created: dict[tuple[str, ...], float] = {}
+        """When each series first counted, exported as `_created` like prometheus_client does."""
 
     def count(self, operation: str, kind: str, decision: str, webhook: str, seconds: float) -> None:
         """One admission request answered, and how long it took."""
-        self.requests[(operation, kind, decision)] += 1
+        key = (operation, kind, decision)
+        counted = self.requests.get(key)
+        if counted is None:
+            counted = 0
+            self.created[key] = time.time()
+        self.requests[key] = counted + 1
         buckets = self.buckets.get(webhook)
         if buckets is None:
             buckets = self.buckets[webhook] = [0] * (len(DURATION_BUCKETS) + 1)
             self.seconds[webhook] = 0.0
+            self.created[(webhook,)] = time.time()
         buckets[bisect_left(DURATION_BUCKETS, seconds)] += 1  # the first bound with seconds <= le
         self.seconds[webhook] += seconds
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(REQUESTS, REQUESTS_HELP, labels=REQUEST_LABELS)
         for labels, count in self.requests.items():
-            requests.add_metric(labels, count)
+            requests.add_metric(labels, count, created=self.created[labels])
         yield requests
         duration = HistogramMetricFamily(DURATION, DURATION_HELP, labels=["webhook"])
         bounds = [*map(floatToGoString, DURATION_BUCKETS), "+Inf"]
@@ -87,6 +96,9 @@ class AdmissionTally:
             duration.add_metric(
                 [webhook], list(zip(bounds, accumulate(counts), strict=True)), sum_value=self.seconds[webhook]
             )
+            # HistogramMetricFamily has no `created`; a Histogram exports this sample beside _sum.
+            created = self.created[(webhook,)]
+            duration.samples.append(Sample(f"{DURATION}_created", {"webhook": webhook}, created))
         yield duration
 
     def describe(self) -> Iterator[Metric]:
