@@ -60,9 +60,6 @@ class WorkloadView:
     def resource(self) -> str:
         return f"{self.kind}/{self.namespace}/{self.name}"
 
-    def template_labels(self, index: int) -> Mapping[str, str]:
-        return self._template_labels[index]
-
     @property
     def labels_per_template(self) -> list[Mapping[str, str]]:
         """Each pod template's labels after mutation, in template order (read-only)."""

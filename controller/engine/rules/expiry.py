@@ -51,7 +51,7 @@ def find(view: Any, key: str) -> tuple[str | None, Source | None, tuple[str | in
             continue
         metadata = template.template.get("metadata") or {}
         raw, source = read_expires_at(
-            {"labels": view.template_labels(index), "annotations": metadata.get("annotations")}, key=key
+            {"labels": view.labels_per_template[index], "annotations": metadata.get("annotations")}, key=key
         )
         if source is not None:
             return raw, source, template.path

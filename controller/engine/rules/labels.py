@@ -37,7 +37,7 @@ def mutate(policy: Any, view: WorkloadView, ctx: Context) -> None:
         key = rule.key
         added = None
         for index in range(len(view.templates)):
-            if key in view.template_labels(index):
+            if key in view.labels_per_template[index]:
                 continue
             if not view.is_pod and key in view.meta_labels:
                 view.add_template_label(index, key, view.meta_labels[key])
