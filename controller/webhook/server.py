@@ -148,6 +148,7 @@ def build_server(args: argparse.Namespace, settings: WebhookSettings, *, view=No
     import uvicorn
 
     from controller.webhook.app import create_app
+    from controller.webhook.transport import GatheringHttpProtocol
 
     app = create_app(view=view if view is not None else build_view(args, settings), settings=settings)
     config = uvicorn.Config(
@@ -161,6 +162,7 @@ def build_server(args: argparse.Namespace, settings: WebhookSettings, *, view=No
         access_log=False,
         lifespan="off",
         server_header=False,
+        http=GatheringHttpProtocol,  # each response in one TLS record and one write
         # The API server keeps connections to webhooks alive; keep ours a little longer than its idle.
         timeout_keep_alive=95,
     )

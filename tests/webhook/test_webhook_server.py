@@ -3,6 +3,7 @@ and certificate rotation without a restart."""
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
 import subprocess
@@ -106,6 +107,28 @@ def test_validate_over_tls(webhook, labels, allowed):
         body = client.post("/validate", json=request).json()
     assert body["response"]["uid"] == request["request"]["uid"]
     assert body["response"]["allowed"] is allowed
+
+
+@pytest.mark.parametrize("path", ["/validate", "/mutate", "/noop", "/healthz"])
+def test_each_response_is_one_tls_record(webhook, path):
+    """Head and body arrive together: one read of the TLS socket (one record) holds the whole
+    response, on a kept-alive connection too."""
+    context = ssl.create_default_context(cafile=str(webhook.paths.ca_cert))
+    payload = json.dumps(review(pod(labels=GOOD_LABELS))).encode()
+    method = "GET" if path == "/healthz" else "POST"
+    request = (
+        f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload) if method == 'POST' else 0}\r\n\r\n"
+    ).encode() + (payload if method == "POST" else b"")
+    with socket.create_connection(("127.0.0.1", webhook.port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            for _ in range(3):
+                tls.sendall(request)
+                first = tls.recv(1 << 20)  # SSL_read returns at most one record
+                head, _, body = first.partition(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 200 "), head
+                fields = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:])
+                assert len(body) == int(fields[b"content-length"]) > 0
 
 
 @pytest.mark.parametrize(
