@@ -41,8 +41,10 @@ class WorkloadView:
         self.name: str = metadata.get("name") or f"{metadata.get('generateName') or ''}<generated>"
         self.namespace = namespace
         self.templates: list[PodTemplate] = pod_templates_of(manifest, spec)
+        self._template_labels: list[Mapping[str, str]] = []
+        for template in self.templates:  # a loop, not a comprehension: no frame of its own
+            self._template_labels.append(template.labels)
         self.is_pod = len(self.templates) == 1 and self.templates[0].pointer == ""
-        self._template_labels: list[Mapping[str, str]] = [t.labels for t in self.templates]
         self._added_template: dict[int, dict[str, str]] = {}
         """Labels added to each template, by template index (most workloads get none)."""
         self._meta_labels: Mapping[str, str] = metadata.get("labels") or {}
@@ -50,7 +52,8 @@ class WorkloadView:
         self._added_meta_labels: dict[str, str] = {}
         self._added_annotations: dict[str, str] = {}
         self._labels: Mapping[str, str] | None = None
-        self._gpus: dict[tuple[str, ...], list[int]] = {}
+        self._gpus: dict[tuple[str, ...], tuple[list[int], int]] = {}
+        """Per resource set: GPUs per pod of each template, and of the whole workload."""
         self.version = 0
         """Bumped by every label change, so callers can cache what depends on labels."""
 
@@ -89,19 +92,21 @@ class WorkloadView:
 
     def pod_gpus(self, resources: tuple[str, ...]) -> list[int]:
         """GPUs per pod, per template."""
-        counts = self._gpus.get(resources)
-        if counts is None:
-            counts = self._gpus[resources] = []
-            for template in self.templates:
-                counts.append(pod_gpus(template.spec, resources))
-        return counts
+        return (self._gpus.get(resources) or self._count_gpus(resources))[0]
 
     def gpus(self, resources: tuple[str, ...]) -> int:
         """GPUs of the whole workload at once (per-pod GPUs x pods, summed over templates)."""
+        return (self._gpus.get(resources) or self._count_gpus(resources))[1]
+
+    def _count_gpus(self, resources: tuple[str, ...]) -> tuple[list[int], int]:
+        per_pod = []
         total = 0
-        for count, template in zip(self.pod_gpus(resources), self.templates, strict=True):
+        for template in self.templates:
+            count = pod_gpus(template.spec, resources)
+            per_pod.append(count)
             total += count * template.replicas
-        return total
+        counted = self._gpus[resources] = (per_pod, total)
+        return counted
 
     # -- mutating ------------------------------------------------------------------------------
 
