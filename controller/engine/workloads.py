@@ -188,6 +188,12 @@ class KindRegistry:
 BUILTIN_KINDS = KindRegistry(BUILTIN_KIND_SPECS)
 
 
+def _is_map(value: Any) -> bool:
+    """isinstance(value, Mapping), with parsed JSON's dicts answered first: the ABC check costs six
+    times a type check, and admission runs it on every step into a manifest."""
+    return type(value) is dict or isinstance(value, Mapping)
+
+
 @dataclass(slots=True, init=False)
 class PodTemplate:
     """One pod template found in a workload."""
@@ -211,7 +217,7 @@ class PodTemplate:
         self.template = template
         self.replicas = replicas
         metadata = template.get("metadata")
-        self.labels = (metadata.get("labels") if isinstance(metadata, Mapping) else None) or {}
+        self.labels = (metadata.get("labels") if _is_map(metadata) else None) or {}
         self.spec = template.get("spec") or {}
 
 
@@ -241,7 +247,7 @@ def _get(node: Any, segments: Sequence[str], bound: Sequence[str | int]) -> Any:
     wildcard = iter(bound)
     for segment in segments:
         key: str | int | None = next(wildcard, None) if segment == "*" else segment
-        if isinstance(node, Mapping) and isinstance(key, str):
+        if _is_map(node) and isinstance(key, str):
             node = node.get(key)
         elif isinstance(node, list):
             index = (
@@ -278,7 +284,7 @@ def pod_templates_of(manifest: Mapping[str, Any], spec: KindSpec) -> list[PodTem
             continue
         if "*" not in tspec._segments:  # the common case (Deployment, Job, ...): plain lookups
             template = _get(manifest, tspec._segments, ())
-            if isinstance(template, Mapping):
+            if _is_map(template):
                 replicas = 1
                 for segments in tspec._replica_segments:
                     replicas *= _count(_get(manifest, segments, ()))
@@ -412,25 +418,31 @@ def effective_request(pod_spec: Mapping[str, Any], resource: str) -> int:
     while it runs). Sidecars are init containers with `restartPolicy: Always`: they keep running,
     so they add up like app containers and also to every init container started after them.
     """
-    sidecars = 0
-    init_peak = 0
-    for container in pod_spec.get("initContainers") or ():
-        request = container_request(container, resource)
-        if container.get("restartPolicy") == "Always":
-            sidecars += request
-            init_peak = max(init_peak, sidecars)
-        else:
-            init_peak = max(init_peak, request + sidecars)
     app = 0
     for container in pod_spec.get("containers") or ():
         app += container_request(container, resource)
-    return max(app + sidecars, init_peak)
+    sidecars = 0
+    init_peak = 0
+    for container in pod_spec.get("initContainers") or ():
+        # Comparisons, not max(): this runs for every container of every admission.
+        running = container_request(container, resource)
+        if container.get("restartPolicy") == "Always":
+            sidecars += running
+            running = sidecars
+        else:
+            running += sidecars
+        if running > init_peak:
+            init_peak = running
+    app += sidecars
+    return app if app > init_peak else init_peak
 
 
 def pod_gpus(pod_spec: Mapping[str, Any], resources: Sequence[str] = DEFAULT_GPU_RESOURCES) -> int:
     """GPUs one pod takes, as the scheduler sees it, summed over the resources counted as GPUs."""
+    if len(resources) == 1:  # the common case, and this runs on every admission
+        return effective_request(pod_spec, resources[0])
     total = 0
-    for resource in resources:  # a loop, not sum(generator): this runs on every admission
+    for resource in resources:
         total += effective_request(pod_spec, resource)
     return total
 
@@ -458,8 +470,13 @@ def pinned_terms(pod_spec: Mapping[str, Any], keys: Sequence[str]) -> list[list[
     every term. Within a term, `In` on one of `keys` pins (to its values); `NotIn`, `Exists`,
     `Gt`/`Lt` do not: they leave other types possible. No required terms: one way, the nodeSelector.
     """
-    selector = pod_spec.get("nodeSelector") or {}
-    base: list[Pin] = [(key, (str(selector[key]),)) for key in keys if key in selector]
+    base: list[Pin] = []
+    selector = pod_spec.get("nodeSelector")
+    if selector:
+        for key in keys:  # a loop, not a comprehension: this runs for every GPU pod admitted
+            if key in selector:
+                value = selector[key]
+                base.append((key, (value if type(value) is str else str(value),)))
     affinity = pod_spec.get("affinity")
     if not affinity:  # the common case: a nodeSelector alone
         return [base]
