@@ -163,6 +163,7 @@ def build_server(args: argparse.Namespace, settings: WebhookSettings, *, view=No
         lifespan="off",
         server_header=False,
         http=GatheringHttpProtocol,  # each response in one TLS record and one write
+        ws="none",  # admission is plain HTTP; never hand the connection to another protocol
         # The API server keeps connections to webhooks alive; keep ours a little longer than its idle.
         timeout_keep_alive=95,
     )

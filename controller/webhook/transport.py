@@ -5,7 +5,8 @@ uvicorn writes a response's status line and headers as soon as the app sends
 and a `send(2)` of its own, and a client waiting for the response is woken for the head and again
 for the body. Gathering what one step of the event loop writes into a single write halves the
 segments, records and wake-ups per admission; the gathered bytes go out on the very next step, so
-nothing waits on a timer.
+nothing waits on a timer, or at once when they reach uvicorn's write high-water mark, so a streamed
+response still meets the transport's backpressure.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
@@ -23,20 +25,27 @@ class GatheredWrites:
     followed by `Connection: close` is never cut off.
     """
 
-    __slots__ = ("transport", "_loop", "_pending")
+    __slots__ = ("transport", "_loop", "_pending", "_size")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self.transport = transport
         self._loop = loop
         self._pending: list[bytes] | None = None
+        self._size = 0
 
     def write(self, data: bytes) -> None:
         pending = self._pending
         if pending is None:
             self._pending = [data]
+            self._size = len(data)
             self._loop.call_soon(self.flush)
         else:
             pending.append(data)
+            self._size += len(data)
+        # uvicorn only waits for the transport to drain once a write has paused it: a response
+        # streamed without a pause of its own must reach the transport before it grows past that.
+        if self._size >= HIGH_WATER_LIMIT:
+            self.flush()
 
     def flush(self) -> None:
         pending, self._pending = self._pending, None

@@ -3,6 +3,7 @@ and certificate rotation without a restart."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import socket
 import ssl
@@ -17,7 +18,9 @@ import yaml
 from webhook_fixtures import GOOD_LABELS, ML_PLATFORM, pod, review
 
 from controller import certs
-from controller.webhook.server import CertificateReloader
+from controller.webhook.server import CertificateReloader, build_server
+from controller.webhook.settings import WebhookSettings
+from controller.webhook.transport import GatheringHttpProtocol
 
 
 def _free_port() -> int:
@@ -217,3 +220,15 @@ def test_missing_files_are_reported(args, message):
     )
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def test_the_server_gathers_its_writes_and_never_switches_protocols(tmp_path):
+    """Each response in one write (GatheringHttpProtocol), and no WebSocket upgrade that would hand
+    the wrapped transport to a protocol expecting more of it."""
+    paths = certs.generate(tmp_path, hosts=["127.0.0.1"])
+    args = argparse.Namespace(
+        host="127.0.0.1", port=0, cert_file=paths.tls_cert, key_file=paths.tls_key, log_level="warning"
+    )
+    server, _ = build_server(args, WebhookSettings(), view=object())
+    assert server.config.http_protocol_class is GatheringHttpProtocol
+    assert server.config.ws_protocol_class is None
