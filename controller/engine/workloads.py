@@ -227,7 +227,7 @@ def _walk(node: Any, segments: Sequence[str], path: tuple[str | int, ...], bound
         return
     head, rest = segments[0], segments[1:]
     if head == "*":
-        if isinstance(node, Mapping):
+        if _is_map(node):
             items: Iterable[tuple[str | int, Any]] = node.items()
         elif isinstance(node, list):
             items = enumerate(node)
@@ -236,7 +236,7 @@ def _walk(node: Any, segments: Sequence[str], path: tuple[str | int, ...], bound
         for key, child in items:
             yield from _walk(child, rest, (*path, key), (*bound, key))
         return
-    if isinstance(node, Mapping):
+    if _is_map(node):
         if head in node:
             yield from _walk(node[head], rest, (*path, head), bound)
     elif isinstance(node, list) and head.isdecimal() and int(head) < len(node):
@@ -291,7 +291,7 @@ def pod_templates_of(manifest: Mapping[str, Any], spec: KindSpec) -> list[PodTem
                 found.append(PodTemplate(tspec.path, tspec._segments, template, replicas))
             continue
         for path, template, bound in _walk(manifest, tspec._segments, (), ()):
-            if not isinstance(template, Mapping):
+            if not _is_map(template):
                 continue
             replicas = 1
             for segments in tspec._replica_segments:
