@@ -60,14 +60,19 @@ def format_label(moment: datetime) -> str:
 
 
 def read_expires_at(metadata: Mapping[str, Any] | None, *, key: str) -> tuple[str | None, Source | None]:
-    """The raw value and where it was found; an annotation wins over a label of the same key."""
+    """The raw value and where it was found in one object's metadata."""
     if not metadata:
         return None, None
-    annotations = metadata.get("annotations") or {}
-    if key in annotations:
+    return expires_at_in(metadata.get("annotations"), metadata.get("labels"), key=key)
+
+
+def expires_at_in(
+    annotations: Mapping[str, Any] | None, labels: Mapping[str, Any] | None, *, key: str
+) -> tuple[str | None, Source | None]:
+    """The raw value and where it was found; an annotation wins over a label of the same key."""
+    if annotations and key in annotations:
         return annotations[key], "annotation"
-    labels = metadata.get("labels") or {}
-    if key in labels:
+    if labels and key in labels:
         return labels[key], "label"
     return None, None
 

@@ -25,10 +25,10 @@ from controller.engine.expiry import (
     ANNOTATION_FORMATS,
     LABEL_FORMATS,
     Source,
+    expires_at_in,
     format_annotation,
     format_label,
     parse_expires_at,
-    read_expires_at,
 )
 from controller.engine.messages import render_fix
 from controller.engine.models import ExpirySpec
@@ -40,19 +40,14 @@ FALLBACK_LIFETIME = timedelta(hours=24)
 
 def find(view: Any, key: str) -> tuple[str | None, Source | None, tuple[str | int, ...]]:
     """`(raw value, label|annotation, path of the metadata holding it)` after mutation."""
-    annotations = view.meta_annotations
-    if key in annotations:  # an annotation wins over a label, as in `read_expires_at`
-        return annotations[key], "annotation", ()
-    labels = view.meta_labels
-    if key in labels:
-        return labels[key], "label", ()
+    raw, source = expires_at_in(view.meta_annotations, view.meta_labels, key=key)
+    if source is not None:
+        return raw, source, ()
     for index, template in enumerate(view.templates):
         if template.pointer == "":
             continue
         metadata = template.template.get("metadata") or {}
-        raw, source = read_expires_at(
-            {"labels": view.labels_per_template[index], "annotations": metadata.get("annotations")}, key=key
-        )
+        raw, source = expires_at_in(metadata.get("annotations"), view.labels_per_template[index], key=key)
         if source is not None:
             return raw, source, template.path
     return None, None, ()
