@@ -27,12 +27,14 @@ from controller.engine.rules import budget as budget_rule
 from controller.engine.rules import expiry as expiry_rule
 from controller.engine.rules import gpu as gpu_rule
 from controller.engine.rules import labels as labels_rule
+from controller.engine.update import Update
 from controller.engine.view import WorkloadView
 from controller.engine.workloads import BUILTIN_KINDS
 
 _DEFAULT_RESOURCES = tuple(DEFAULT_GPU_RESOURCES)
 _MAX_SCOPES = 4096
 _ROUTES = {"Enforce": "violations", "Warn": "warnings", "Audit": "audit"}
+_CARRIED = {"Enforce": "Warn", "Warn": "Warn", "Audit": "Audit"}
 
 
 def evaluate(
@@ -49,7 +51,9 @@ def evaluate(
 
     `namespace` overrides `metadata.namespace` (admission requests may omit it from the object).
     `mutate=False` judges the object as given (the validating webhook, after mutation ran).
-    `old_object`, at UPDATE, lets budgets judge only an increase in GPUs.
+    `old_object`, at UPDATE, is the object before it: what it already violated is only warned
+    about unless the update adds to its cost, and budgets judge only the increase
+    (`controller.engine.update`).
     Objects that are not a supported workload kind, in an excluded namespace, or operations other
     than CREATE and UPDATE are allowed with an empty decision.
     """
@@ -65,10 +69,10 @@ def evaluate(
 
     where = _scope(snapshot, spec.kind, ns)
     view = WorkloadView(manifest, spec, namespace=ns)
-    old = None
+    update = None
     if operation == "UPDATE" and old_object is not None and kinds.lookup(old_object) is spec:
-        old = WorkloadView(old_object, spec, namespace=ns)
-    ctx = Context(now=now, operation=operation, namespace_labels=where.namespace_labels, old=old)
+        update = Update(WorkloadView(old_object, spec, namespace=ns), view)
+    ctx = Context(now=now, operation=operation, namespace_labels=where.namespace_labels, update=update)
     live_exceptions = [e for e in where.exceptions if e.spec.expires_at > now] if where.exceptions else []
 
     matcher = _Matcher(where, view)
@@ -87,17 +91,17 @@ def evaluate(
     if mutate:
         decision.patch = view.patch()
     exceptions = _exceptions_for(live_exceptions, labels)
+    old_matching: list[Any] | None = None
     for policy in matcher.matching():
-        pspec = policy.spec
-        found: list[Violation] = []
-        if pspec.labels is not None:
-            found += labels_rule.validate(policy, view, ctx)
-        if pspec.gpu is not None:
-            found += gpu_rule.validate(policy, view, ctx)
-        if pspec.expiry is not None:
-            found += expiry_rule.validate(policy, view, ctx)
+        found = _validate(policy, view, ctx)
+        if found and update is not None:
+            if old_matching is None:
+                old_matching = _Matcher(where, update.old).matching()
+            found, carried = _preexisting(policy, found, update, ctx, matched_before=policy in old_matching)
+            if carried:  # what the object violated before the update is warned about, not denied
+                _route(decision, carried, _CARRIED[policy.spec.enforcement], exceptions)
         if found:
-            _route(decision, found, pspec.enforcement, exceptions)
+            _route(decision, found, policy.spec.enforcement, exceptions)
     if snapshot.budgets:
         # Budgets project up to the workload's expires_at, under the key the matching policies use.
         keys = (p.spec.expiry.key for p in matcher.matching() if p.spec.expiry is not None)
@@ -108,6 +112,53 @@ def evaluate(
             _route(decision, found, budget.spec.enforcement, exceptions)
     decision.allowed = not decision.violations
     return decision
+
+
+def _validate(policy: Any, view: WorkloadView, ctx: Context) -> list[Violation]:
+    pspec = policy.spec
+    found: list[Violation] = []
+    if pspec.labels is not None:
+        found += labels_rule.validate(policy, view, ctx)
+    if pspec.gpu is not None:
+        found += gpu_rule.validate(policy, view, ctx)
+    if pspec.expiry is not None:
+        found += expiry_rule.validate(policy, view, ctx)
+    return found
+
+
+def _preexisting(
+    policy: Any, found: list[Violation], update: Update, ctx: Context, *, matched_before: bool
+) -> tuple[list[Violation], list[Violation]]:
+    """`(introduced, carried)`: which of an UPDATE's violations the update itself brings, and which
+    the object had already (see controller.engine.update for when a rule is judged in full)."""
+    gpu = policy.spec.gpu
+    resources = gpu.resource_tuple if gpu is not None else _DEFAULT_RESOURCES
+    if not matched_before or update.gpus_grew(resources):
+        return found, []
+    before = {(v.rule, v.key) for v in _validate(policy, update.old, ctx)}
+    if not before:
+        return found, []
+    introduced: list[Violation] = []
+    carried: list[Violation] = []
+    for violation in found:
+        if (violation.rule, violation.key) in before and not _widened(violation, policy, update):
+            carried.append(violation)
+        else:
+            introduced.append(violation)
+    return introduced, carried
+
+
+def _widened(violation: Violation, policy: Any, update: Update) -> bool:
+    """Whether the update widened what this violation is about: a GPU template's instance type
+    changed (rule gpu), or `expires_at` moved later or went away (rule expiry)."""
+    if violation.rule == "gpu":
+        gpu = policy.spec.gpu
+        return bool(update.retyped(gpu.resource_tuple, gpu.key_tuple))
+    if violation.rule == "expiry":
+        key = policy.spec.expiry.key
+        before, after = expiry_rule.expires_at(update.old, key), expiry_rule.expires_at(update.new, key)
+        return update.expiry_extended(before, after)
+    return False
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,8 +20,9 @@ class Context:
     now: datetime
     operation: str
     namespace_labels: Mapping[str, str]
-    old: Any = None
-    """WorkloadView of the object before an UPDATE, when the caller passed it."""
+    update: Any = None
+    """controller.engine.update.Update: the object before and after an UPDATE, when the caller
+    passed the old object."""
     expiry_key: str = "expires_at"
     """The `expires_at` key of the matching policies (budgets project up to it)."""
 

@@ -6,8 +6,10 @@ whose worst case does not fit in what remains: all its GPUs (per-pod GPUs x repl
 from now until its `expires_at`, capped at the end of the period (what it draws from this
 period's budget), or until the period ends when it has no `expires_at`.
 
-At UPDATE, when the caller passes the old object, only an increase of GPUs is judged (and only
-the increase is projected): relabelling or restarting a running workload never hits the budget.
+At UPDATE, when the caller passes the old object, only what the update adds is judged: more GPUs
+(a template whose instance type changed counts in full), and under `Projected` the extra hours a
+later `expires_at` gives the GPUs it keeps. Relabelling, restarting or scaling down a running
+workload never hits the budget (controller.engine.update).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from controller.engine.api import Violation
 from controller.engine.budgets import current_usage, hours_between, max_gpus_for
 from controller.engine.expiry import format_annotation, format_label
 from controller.engine.messages import render_fix
+from controller.engine.models import DEFAULT_INSTANCE_TYPE_KEYS
 from controller.engine.rules import Context
 from controller.engine.rules.expiry import expires_at, find
 
@@ -39,36 +42,63 @@ def validate(budget: Any, view: Any, ctx: Context) -> list[Violation]:
     gpus = view.gpus(spec.resource_tuple)
     if gpus <= 0 or not spec.selector.compiled.matches(view.labels()):
         return []
-    if ctx.operation == "UPDATE" and ctx.old is not None:
-        gpus -= ctx.old.gpus(spec.resource_tuple)
-        if gpus <= 0:
-            return []
+    update = ctx.update
+    # At UPDATE only what the update adds is charged: new GPUs (a retyped template in full), and
+    # under Projected the extra time a later expires_at gives the GPUs it keeps.
+    added = gpus if update is None else update.added_gpus(spec.resource_tuple, DEFAULT_INSTANCE_TYPE_KEYS)
+    projected = spec.admission == "Projected"
     used, period_end = current_usage(budget, ctx.now)
+    hours = extended = 0.0
+    if projected:
+        hours = _hours_left(view, ctx, period_end)
+        if update is not None and gpus > added:
+            extended = (gpus - added) * max(hours - _hours_left(update.old, ctx, period_end), 0.0)
+    if added <= 0 and extended <= 0:
+        return []
     remaining = spec.gpu_hours - used
     resets = format_annotation(period_end)
     if used >= spec.gpu_hours:
         used_text, limit_text = format_gpu_hours(used), format_gpu_hours(spec.gpu_hours)
+        adds = ""
+        if update is not None:
+            adds = f"; this update adds {_gpus(added)}" if added else "; this update runs its GPUs longer"
         return [
             Violation(
                 policy=budget.name,
                 rule="budget",
                 key=budget.name,
                 message=f"GPU budget {budget.name} is exhausted: {used_text} of {limit_text} "
-                f"GPU-hours used this {spec.period.lower()} period; it resets at {resets}",
+                f"GPU-hours used this {spec.period.lower()} period{adds}; it resets at {resets}",
                 summary=f"GPU budget exhausted ({used_text}/{limit_text} GPU-hours)",
                 fix=f"# nothing fits until {resets}: ask for a larger budget or a FinOpsException "
                 f"(rules: [budget], policies: [{budget.name}])",
             )
         ]
-    if spec.admission != "Projected":
+    if not projected:
         return []
+    needed = added * hours + extended
+    if needed <= remaining + 1e-9:
+        return []
+    charged = added or gpus
+    return [
+        _projected(
+            budget,
+            view,
+            ctx,
+            gpus=charged,
+            hours=needed / charged,
+            remaining=remaining,
+            period_end=period_end,
+        )
+    ]
+
+
+def _hours_left(view: Any, ctx: Context, period_end: datetime) -> float:
+    """Hours the workload may still run in this period: until its expires_at, else (none, or one
+    already past, which nothing may act on) until the period ends."""
     until = expires_at(view, ctx.expiry_key)
     end = min(until, period_end) if until is not None and until > ctx.now else period_end
-    hours = hours_between(ctx.now, end)
-    worst = gpus * hours
-    if worst <= remaining + 1e-9:
-        return []
-    return [_projected(budget, view, ctx, gpus=gpus, hours=hours, remaining=remaining, period_end=period_end)]
+    return hours_between(ctx.now, end)
 
 
 def _projected(
