@@ -62,6 +62,9 @@ class KindSpec:
     """API group (`apps`, `kubeflow.org`); `""` for the core group."""
     kind: str
     templates: tuple[TemplateSpec, ...]
+    scale_replicas: Pointer | None = None
+    """Where the `scale` subresource's `spec.replicas` lands in the object (its CRD's
+    `specReplicasPath`), for kinds that have one: `kubectl scale` and HPAs change only that."""
 
     @property
     def scale_path(self) -> Pointer | None:
@@ -79,7 +82,12 @@ class KindSpec:
         )
         if not templates:
             raise ValueError(f"kind {config.get('kind')!r}: list at least one template path")
-        return cls(group=config.get("group", ""), kind=config["kind"], templates=templates)
+        return cls(
+            group=config.get("group", ""),
+            kind=config["kind"],
+            templates=templates,
+            scale_replicas=config.get("scaleReplicas"),
+        )
 
 
 def _t(path: str, *replicas: str) -> TemplateSpec:
@@ -97,9 +105,9 @@ def _ray(prefix: str) -> tuple[TemplateSpec, ...]:
 
 BUILTIN_KIND_SPECS: tuple[KindSpec, ...] = (
     KindSpec("", "Pod", (_t(""),)),
-    KindSpec("apps", "Deployment", (_t("/spec/template", "/spec/replicas"),)),
-    KindSpec("apps", "StatefulSet", (_t("/spec/template", "/spec/replicas"),)),
-    KindSpec("apps", "ReplicaSet", (_t("/spec/template", "/spec/replicas"),)),
+    KindSpec("apps", "Deployment", (_t("/spec/template", "/spec/replicas"),), "/spec/replicas"),
+    KindSpec("apps", "StatefulSet", (_t("/spec/template", "/spec/replicas"),), "/spec/replicas"),
+    KindSpec("apps", "ReplicaSet", (_t("/spec/template", "/spec/replicas"),), "/spec/replicas"),
     # A DaemonSet runs one pod per eligible node, a number the manifest does not say: counted as 1.
     KindSpec("apps", "DaemonSet", (_t("/spec/template"),)),
     KindSpec("batch", "Job", (_t("/spec/template", "/spec/parallelism"),)),
@@ -107,11 +115,12 @@ BUILTIN_KIND_SPECS: tuple[KindSpec, ...] = (
         "batch", "CronJob", (_t("/spec/jobTemplate/spec/template", "/spec/jobTemplate/spec/parallelism"),)
     ),
     *(
-        KindSpec("kubeflow.org", kind, (_t(f"/spec/{field}/*/template", f"/spec/{field}/*/replicas"),))
-        for kind, field in (
-            ("PyTorchJob", "pytorchReplicaSpecs"),
-            ("TFJob", "tfReplicaSpecs"),
-            ("MPIJob", "mpiReplicaSpecs"),
+        KindSpec("kubeflow.org", kind, (_t(f"/spec/{field}/*/template", f"/spec/{field}/*/replicas"),), scale)
+        for kind, field, scale in (
+            # PyTorchJob's scale subresource (elastic training) sets the Worker replicas.
+            ("PyTorchJob", "pytorchReplicaSpecs", "/spec/pytorchReplicaSpecs/Worker/replicas"),
+            ("TFJob", "tfReplicaSpecs", None),
+            ("MPIJob", "mpiReplicaSpecs", None),
         )
     ),
     KindSpec("ray.io", "RayCluster", _ray("/spec")),
@@ -142,6 +151,7 @@ BUILTIN_KIND_SPECS: tuple[KindSpec, ...] = (
                 "/spec/leaderWorkerTemplate/size",
             ),
         ),
+        "/spec/replicas",
     ),
 )
 
@@ -309,6 +319,23 @@ def pod_templates(
     if spec is None:
         return []
     return [(t.pointer, t.template) for t in pod_templates_of(manifest, spec)]
+
+
+def scaled(manifest: Mapping[str, Any], replicas: Any, kinds: KindRegistry | None = None) -> dict | None:
+    """The workload as its `scale` subresource would leave it: `replicas` set at the kind's scale
+    path (copying only the maps on the way). None when the kind has no scale path we know."""
+    spec = (kinds or BUILTIN_KINDS).lookup(manifest)
+    if spec is None or spec.scale_replicas is None:
+        return None
+    *parents, leaf = _split(spec.scale_replicas)
+    top: dict[str, Any] = dict(manifest)
+    node = top
+    for key in parents:
+        child = node.get(key)
+        node[key] = dict(child) if _is_map(child) else {}
+        node = node[key]
+    node[leaf] = replicas
+    return top
 
 
 def common_labels(templates: Sequence[PodTemplate]) -> dict[str, str]:
