@@ -37,9 +37,17 @@ class _GroupVersionKind(TypedDict):
     kind: str
 
 
+class _GroupVersionResource(TypedDict):
+    group: NotRequired[str]
+    version: NotRequired[str]
+    resource: str
+
+
 class _Request(TypedDict):
     uid: Annotated[str, StringConstraints(min_length=1)]
     kind: _GroupVersionKind
+    resource: NotRequired[_GroupVersionResource]
+    subResource: NotRequired[str]
     operation: Operation
     namespace: NotRequired[str]
     name: NotRequired[str]
@@ -71,6 +79,10 @@ class AdmissionRequest:
     object: dict[str, Any] | None = None
     old_object: dict[str, Any] | None = None
     dry_run: bool = False
+    resource: tuple[str, str, str] = ("", "", "")
+    """`(group, version, plural)` of the resource requested (`request.resource`)."""
+    sub_resource: str = ""
+    """`scale`, `status`, ... when a subresource was requested."""
 
 
 def parse_review(body: bytes) -> AdmissionRequest:
@@ -86,6 +98,7 @@ def parse_review(body: bytes) -> AdmissionRequest:
     else:
         review = _validated(_REVIEW.validate_python, data)
     request = review["request"]
+    resource = request.get("resource")
     return AdmissionRequest(
         uid=request["uid"],
         kind=request["kind"]["kind"],
@@ -95,6 +108,10 @@ def parse_review(body: bytes) -> AdmissionRequest:
         object=request.get("object"),
         old_object=request.get("oldObject"),
         dry_run=request.get("dryRun", False),
+        resource=(resource.get("group", ""), resource.get("version", ""), resource["resource"])
+        if resource
+        else ("", "", ""),
+        sub_resource=request.get("subResource", ""),
     )
 
 

@@ -102,6 +102,23 @@ def build_view(args: argparse.Namespace, settings: WebhookSettings):
     return cache
 
 
+def workload_reader(args: argparse.Namespace):
+    """How `/scale` reads the workload it scales: a GET through the API server. Serving policy
+    files without `--kubeconfig`, there is no API access; scale reviews are then admitted with a
+    warning."""
+    if args.policies is not None and not args.kubeconfig:
+        return None
+    from controller.k8s.config import load_api_client
+    from controller.k8s.workloads import ApiResource, Workloads
+
+    workloads = Workloads(load_api_client(args.kubeconfig), timeout=1.0, component="comptroller-webhook")
+
+    def fetch(group: str, version: str, plural: str, namespace: str, name: str):
+        return workloads.get(ApiResource(group, version, plural, kind=""), namespace, name)
+
+    return fetch
+
+
 class CertificateReloader:
     """Re-load the certificate into `context` whenever either file changes.
 
@@ -150,7 +167,11 @@ def build_server(args: argparse.Namespace, settings: WebhookSettings, *, view=No
     from controller.webhook.app import create_app
     from controller.webhook.transport import GatheringHttpProtocol
 
-    app = create_app(view=view if view is not None else build_view(args, settings), settings=settings)
+    if view is None:  # from the command line; tests and benchmarks pass a view of their own
+        view, fetch_workload = build_view(args, settings), workload_reader(args)
+    else:
+        fetch_workload = None
+    app = create_app(view=view, settings=settings, fetch_workload=fetch_workload)
     config = uvicorn.Config(
         app,
         host=args.host,

@@ -281,6 +281,6 @@ def test_the_largest_review_the_api_server_can_send_is_judged():
     ],
 )
 def test_warnings_are_single_printable_lines(text, expected):
-    from controller.webhook.app import _header_safe
+    from controller.webhook.admission import header_safe as _header_safe
 
     assert _header_safe(text) == expected

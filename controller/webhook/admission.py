@@ -1,0 +1,271 @@
+"""How an AdmissionReview becomes a response: the webhook's decision path.
+
+`/mutate` returns the engine's JSON Patch and never denies; `/validate` judges the already mutated
+object (and, at UPDATE, the object before it: the engine decides what the update introduces) and
+denies with every violation in one message; `/scale` judges a `scale` subresource update as the
+update of its workload's replica count. Every request gets an AdmissionReview or an explicit HTTP
+error: a malformed one gets 400, and an internal error is answered per the configured failure
+mode, never with a 500. See docs/crds.md#updates-and-scaling.
+
+The app factory (`controller.webhook.app`) only wires these handlers to paths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any, Protocol
+
+import orjson
+
+from controller.webhook.metrics import WebhookMetrics
+from controller.webhook.review import AdmissionRequest, MalformedReview, parse_review, response_body
+from controller.webhook.settings import WebhookSettings
+
+log = logging.getLogger(__name__)
+
+FAILURE_WARNING = "comptroller: internal error, admitted by failure mode"
+SCALE_UNJUDGED_WARNING = "comptroller: could not read the workload being scaled; admitted unjudged"
+_SKIPPED_OPERATIONS = frozenset({"DELETE", "CONNECT"})
+PARENT_TIMEOUT_SECONDS = 1.5
+"""How long a scale review waits for the workload it scales (the webhook's own timeout is 3 s)."""
+
+Reply = tuple[int, bytes]
+"""An admission endpoint's answer: HTTP status and JSON body."""
+
+FetchWorkload = Callable[[str, str, str, str, str], Mapping[str, Any] | None]
+"""`(group, version, plural, namespace, name)` -> the object, None when it does not exist. Blocking."""
+
+
+class PolicyView(Protocol):
+    """What admission needs of the policy view: a consistent snapshot, and whether it is synced."""
+
+    def snapshot(self) -> Any: ...
+
+    def ready(self) -> bool: ...
+
+
+class NotReady(RuntimeError):
+    """The policy view has not completed its first sync: answered per the failure mode."""
+
+
+class Admission:
+    """The three admission reviews, their metrics and their failure mode."""
+
+    def __init__(
+        self,
+        *,
+        view: PolicyView,
+        settings: WebhookSettings,
+        metrics: WebhookMetrics,
+        evaluate: Callable[..., Any],
+        clock: Callable[[], datetime],
+        fetch_workload: FetchWorkload | None = None,
+    ) -> None:
+        from controller.engine.messages import render_denial, render_warning
+
+        self.view = view
+        self.settings = settings
+        self.metrics = metrics
+        self.evaluate = evaluate
+        self.clock = clock
+        self.fetch_workload = fetch_workload
+        self._excluded = settings.excluded_namespaces
+        self._render_denial = render_denial
+        self._render_warning = render_warning
+
+    # -- the endpoints -------------------------------------------------------------------------
+
+    def validate(self, body: bytes) -> Reply:
+        return self._answer(body, "validate", self._validate)
+
+    def mutate(self, body: bytes) -> Reply:
+        return self._answer(body, "mutate", self._mutate)
+
+    async def scale(self, body: bytes) -> Reply:
+        """A `scale` subresource update: the workload it scales is read from the API server (off
+        the event loop, with a deadline), then judged like a replica-count update of it."""
+        started = time.perf_counter()
+        try:
+            request = parse_review(body)
+        except MalformedReview as error:
+            return error_reply(400, str(error))
+        workload = None
+        if not self._passes_untouched(request) and request.sub_resource == "scale":
+            try:
+                workload = await asyncio.wait_for(
+                    asyncio.to_thread(self._fetch_scaled, request), PARENT_TIMEOUT_SECONDS
+                )
+            except Exception as error:  # API server away or slow: guardrails, not gates
+                log.warning("scale %s %s/%s: %s", request.resource, request.namespace, request.name, error)
+                self._count(request, "error", "scale", started)
+                return 200, response_body(request.uid, allowed=True, warnings=[SCALE_UNJUDGED_WARNING])
+        return self._answer_parsed(request, "scale", lambda r: self._scale(r, workload), started)
+
+    def noop(self, body: bytes) -> Reply:
+        """The benchmark's ceiling: the same server, TLS and body read, a constant allowed review."""
+        try:
+            uid = orjson.loads(body)["request"]["uid"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            uid = None
+        if not isinstance(uid, str):
+            return error_reply(400, "malformed AdmissionReview")
+        return 200, response_body(uid, allowed=True)
+
+    # -- from body to reply --------------------------------------------------------------------
+
+    def _answer(
+        self, body: bytes, webhook: str, review: Callable[[AdmissionRequest], tuple[bytes, str]]
+    ) -> Reply:
+        started = time.perf_counter()
+        try:
+            request = parse_review(body)
+        except MalformedReview as error:
+            return error_reply(400, str(error))
+        return self._answer_parsed(request, webhook, review, started)
+
+    def _answer_parsed(
+        self,
+        request: AdmissionRequest,
+        webhook: str,
+        review: Callable[[AdmissionRequest], tuple[bytes, str]],
+        started: float,
+    ) -> Reply:
+        try:
+            content, decision = review(request)
+        except Exception as error:  # the catch-all: an admission answer, never a 500
+            if isinstance(error, NotReady):
+                log.warning("%s %s: %s", webhook, request.uid, error)
+            else:
+                log.exception("internal error judging %s %s", request.kind, request.uid)
+            content, decision = self._failure(request, error), "error"
+        self._count(request, decision, webhook, started)
+        return 200, content
+
+    def _count(self, request: AdmissionRequest, decision: str, webhook: str, started: float) -> None:
+        self.metrics.admissions.count(
+            request.operation, request.kind, decision, webhook, time.perf_counter() - started
+        )
+
+    def _failure(self, request: AdmissionRequest, error: Exception) -> bytes:
+        if self.settings.failure_mode == "deny":
+            return response_body(
+                request.uid, allowed=False, code=500, message=f"comptroller: internal error: {error}"
+            )
+        return response_body(request.uid, allowed=True, warnings=[FAILURE_WARNING])
+
+    # -- the reviews ---------------------------------------------------------------------------
+
+    def _passes_untouched(self, request: AdmissionRequest) -> bool:
+        if request.operation in _SKIPPED_OPERATIONS or request.object is None:
+            return True
+        if request.namespace in self._excluded:
+            return True
+        # An object on its way out (finalizers being removed) must never be blocked from leaving.
+        metadata = request.object.get("metadata")
+        return isinstance(metadata, dict) and bool(metadata.get("deletionTimestamp"))
+
+    def _judge(self, request: AdmissionRequest, *, mutate: bool) -> Any:
+        if not self.view.ready():
+            raise NotReady("policy view not synced with the API server yet")
+        return self.evaluate(
+            request.object,
+            snapshot=self.view.snapshot(),
+            now=self.clock(),
+            mutate=mutate,
+            operation=request.operation,
+            namespace=request.namespace or None,
+            old_object=request.old_object if request.operation == "UPDATE" else None,
+        )
+
+    def _validate(self, request: AdmissionRequest) -> tuple[bytes, str]:
+        if self._passes_untouched(request):
+            return response_body(request.uid, allowed=True), "skipped"
+        return self._render(request, self._judge(request, mutate=False))
+
+    def _render(self, request: AdmissionRequest, decision: Any) -> tuple[bytes, str]:
+        if decision.allowed and not decision.warnings and not decision.audit:
+            return response_body(request.uid, allowed=True), "allowed"  # the common case
+        self.metrics.count_violations(decision.all_violations, team=decision.team)
+        warnings = [line for v in decision.warnings for line in header_safe(self._render_warning(v))]
+        if not decision.allowed:
+            body = response_body(
+                request.uid, allowed=False, message=self._render_denial(decision), warnings=warnings
+            )
+            return body, "denied"
+        label = "warned" if decision.warnings else "audited" if decision.audit else "allowed"
+        return response_body(request.uid, allowed=True, warnings=warnings), label
+
+    def _mutate(self, request: AdmissionRequest) -> tuple[bytes, str]:
+        if self._passes_untouched(request) or owned_controller(request):
+            return response_body(request.uid, allowed=True), "skipped"
+        decision = self._judge(request, mutate=True)
+        patch = decision.patch
+        return response_body(request.uid, allowed=True, patch=patch), "mutated" if patch else "unchanged"
+
+    def _fetch_scaled(self, request: AdmissionRequest) -> Mapping[str, Any] | None:
+        if self.fetch_workload is None:
+            raise RuntimeError("no API access to read the workload (webhook serving policy files)")
+        group, version, plural = request.resource
+        return self.fetch_workload(group, version, plural, request.namespace, request.name)
+
+    def _scale(self, request: AdmissionRequest, workload: Mapping[str, Any] | None) -> tuple[bytes, str]:
+        from controller.engine.workloads import BUILTIN_KINDS, scaled
+
+        if self._passes_untouched(request) or workload is None:
+            return response_body(request.uid, allowed=True), "skipped"
+        snapshot = self.view.snapshot() if self.view.ready() else None
+        if snapshot is None:
+            raise NotReady("policy view not synced with the API server yet")
+        kinds = snapshot.kinds or BUILTIN_KINDS
+        before = scaled(workload, _replicas(request.old_object), kinds)
+        after = scaled(workload, _replicas(request.object), kinds)
+        if before is None or after is None:  # a kind without a known replica path: nothing to judge
+            return response_body(request.uid, allowed=True), "skipped"
+        decision = self.evaluate(
+            after,
+            snapshot=snapshot,
+            now=self.clock(),
+            mutate=False,
+            operation="UPDATE",
+            namespace=request.namespace or None,
+            old_object=before,
+        )
+        return self._render(request, decision)
+
+
+def _replicas(scale: Mapping[str, Any] | None) -> Any:
+    """`spec.replicas` of an autoscaling/v1 Scale (absent means 0, as the API defaults it)."""
+    spec = (scale or {}).get("spec")
+    return spec.get("replicas", 0) if isinstance(spec, dict) else 0
+
+
+def owned_controller(request: AdmissionRequest) -> bool:
+    """A controller object made by another controller (a Deployment's ReplicaSet, a JobSet's Job).
+
+    Its parent was mutated already; patching the child's template would make the parent see a
+    template that differs from its own and roll out a new child, again and again. Pods are still
+    mutated: nothing compares a pod with its template.
+    """
+    if request.kind == "Pod":
+        return False
+    owners = (request.object.get("metadata") or {}).get("ownerReferences") or ()
+    return any(isinstance(o, dict) and o.get("controller") for o in owners)
+
+
+def header_safe(text: str) -> list[str]:
+    """Admission warnings travel as HTTP Warning headers: one line each, no control characters (a
+    user's annotation value quoted in a warning is shown escaped, `\\x1b`, never sent raw)."""
+    return [
+        "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in line.strip())
+        for line in text.splitlines()
+        if line.strip()
+    ]
+
+
+def error_reply(status: int, message: str) -> Reply:
+    return status, json.dumps({"message": message}).encode()

@@ -1,0 +1,146 @@
+"""UPDATE and the scale subresource at the webhook: the old object reaches the engine, a spent
+budget refuses a scale-up whichever way it comes, and `/scale` fails open when it cannot read the
+workload it scales."""
+
+from __future__ import annotations
+
+import copy
+import threading
+
+import pytest
+from webhook_fixtures import API, GOOD_LABELS, ML_PLATFORM, deployment, make_client, review
+
+from controller.webhook.admission import SCALE_UNJUDGED_WARNING
+
+SPENT = {
+    "apiVersion": API,
+    "kind": "GPUBudget",
+    "metadata": {"name": "team-nlp"},
+    "spec": {"selector": {"matchLabels": {"team": "nlp"}}, "gpuHours": 100, "period": "Monthly"},
+    "status": {"usedGPUHours": 100, "period": {"end": "2026-12-01T00:00:00Z"}},
+}
+
+
+def _response(http):
+    assert http.status_code == 200, http.text
+    return http.json()["response"]
+
+
+def running(replicas=1, gpus=1):
+    manifest = deployment(template_labels=GOOD_LABELS, gpus=gpus)
+    manifest["spec"]["replicas"] = replicas
+    return manifest
+
+
+def test_a_replica_patch_past_a_spent_budget_is_denied_not_warned():
+    """The bypass: the old object was judged as over budget too, and the denial became a warning."""
+    client = make_client(ML_PLATFORM, SPENT)
+    response = _response(
+        client.post("/validate", json=review(running(8), operation="UPDATE", old=running(1)))
+    )
+    assert response["allowed"] is False
+    assert "team-nlp" in response["status"]["message"]
+    assert "this update adds 7 GPUs" in response["status"]["message"]
+
+
+@pytest.mark.parametrize("new", [running(1), running(0)], ids=["unchanged", "scaled-down"])
+def test_updates_that_add_no_gpus_pass_a_spent_budget(new):
+    client = make_client(ML_PLATFORM, SPENT)
+    response = _response(client.post("/validate", json=review(new, operation="UPDATE", old=running(1))))
+    assert response["allowed"] is True
+
+
+# -- /scale ----------------------------------------------------------------------------------------
+
+
+def scale_review(
+    replicas, old_replicas, *, name="serve", namespace="ml-team", resource=("apps", "v1", "deployments")
+):
+    def scale(count):
+        return {
+            "apiVersion": "autoscaling/v1",
+            "kind": "Scale",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"replicas": count},
+        }
+
+    group, version, plural = resource
+    body = review(scale(replicas), operation="UPDATE", old=scale(old_replicas))
+    body["request"]["kind"] = {"group": "autoscaling", "version": "v1", "kind": "Scale"}
+    body["request"]["resource"] = {"group": group, "version": version, "resource": plural}
+    body["request"]["subResource"] = "scale"
+    return body
+
+
+class Workloads:
+    """Stands in for the API server's GET of the scaled workload; counts calls."""
+
+    def __init__(self, *objects, error=None):
+        self.objects = {(o["metadata"]["namespace"], o["metadata"]["name"]): o for o in objects}
+        self.error = error
+        self.calls = []
+
+    def __call__(self, group, version, plural, namespace, name):
+        self.calls.append((group, version, plural, namespace, name))
+        if self.error:
+            raise self.error
+        return copy.deepcopy(self.objects.get((namespace, name)))
+
+
+@pytest.mark.parametrize(("replicas", "allowed"), [(8, False), (1, True), (0, True)])
+def test_scale_is_judged_as_an_update_of_the_workload(replicas, allowed):
+    workloads = Workloads(running(1))
+    client = make_client(ML_PLATFORM, SPENT, fetch_workload=workloads)
+    response = _response(client.post("/scale", json=scale_review(replicas, 1)))
+    assert response["allowed"] is allowed
+    assert workloads.calls == [("apps", "v1", "deployments", "ml-team", "serve")]
+    if not allowed:
+        assert "GPU budget team-nlp is exhausted" in response["status"]["message"]
+
+
+def test_scale_fails_open_with_a_warning_when_the_workload_cannot_be_read():
+    client = make_client(ML_PLATFORM, SPENT, fetch_workload=Workloads(error=ConnectionError("refused")))
+    response = _response(client.post("/scale", json=scale_review(8, 1)))
+    assert response["allowed"] is True
+    assert response["warnings"] == [SCALE_UNJUDGED_WARNING]
+
+
+def test_scale_without_api_access_fails_open_with_a_warning():
+    client = make_client(ML_PLATFORM, SPENT)  # serving policy files: no fetch_workload
+    response = _response(client.post("/scale", json=scale_review(8, 1)))
+    assert response["allowed"] is True and response["warnings"] == [SCALE_UNJUDGED_WARNING]
+
+
+def test_scale_of_a_workload_that_is_gone_is_admitted():
+    client = make_client(ML_PLATFORM, SPENT, fetch_workload=Workloads())
+    assert _response(client.post("/scale", json=scale_review(8, 1)))["allowed"] is True
+
+
+def test_a_slow_api_server_does_not_hold_the_scale_review(monkeypatch):
+    from controller.webhook import admission
+
+    monkeypatch.setattr(admission, "PARENT_TIMEOUT_SECONDS", 0.05)
+    release = threading.Event()
+
+    def stuck(*_):
+        release.wait(5)
+        return running(1)
+
+    client = make_client(ML_PLATFORM, SPENT, fetch_workload=stuck)
+    try:
+        response = _response(client.post("/scale", json=scale_review(8, 1)))
+    finally:
+        release.set()
+    assert response["allowed"] is True and response["warnings"] == [SCALE_UNJUDGED_WARNING]
+
+
+def test_scale_in_an_excluded_namespace_is_never_read():
+    workloads = Workloads(running(1))
+    client = make_client(ML_PLATFORM, SPENT, fetch_workload=workloads)
+    response = _response(client.post("/scale", json=scale_review(8, 1, namespace="kube-system")))
+    assert response["allowed"] is True and workloads.calls == []
+
+
+def test_malformed_scale_review_is_a_400():
+    client = make_client(ML_PLATFORM, fetch_workload=Workloads())
+    assert client.post("/scale", content=b"{").status_code == 400
