@@ -21,6 +21,7 @@ IGNORE_NAMESPACE_LABEL = f"{GROUP}/ignore"
 # The admission webhooks by name, as registered in the Validating/MutatingWebhookConfigurations.
 VALIDATING_WEBHOOK = f"validate.{GROUP}"
 MUTATING_WEBHOOK = f"mutate.{GROUP}"
+SCALE_WEBHOOK = f"scale.{GROUP}"
 
 DEFAULT_EXPIRY_KEY = "expires_at"
 DEFAULT_GPU_RESOURCES = ("nvidia.com/gpu",)

@@ -1,7 +1,8 @@
 """The Validating and Mutating WebhookConfigurations that point the API server at the webhook.
 
 Rendered here once, used by `make up` (URL to 127.0.0.1) and mirrored by the chart (Service).
-Both configurations match pods and every supported workload kind (SPEC 3.4) on CREATE and UPDATE,
+Both configurations match pods and every supported workload kind (docs/crds.md#workload-kinds) on
+CREATE and UPDATE; the validating one also judges `scale` subresource updates at `/scale`. They
 exclude kube-system and the webhook's own namespace by `kubernetes.io/metadata.name`, and declare
 `sideEffects: None` so `kubectl apply --dry-run=server` is judged the same.
 
@@ -23,6 +24,7 @@ from controller.webhook.settings import DEFAULT_NAMESPACE
 
 VALIDATING_NAME = constants.VALIDATING_WEBHOOK
 MUTATING_NAME = constants.MUTATING_WEBHOOK
+SCALE_NAME = constants.SCALE_WEBHOOK
 
 # apiGroup -> resources: pods, the built-in pod controllers and the ML kinds of SPEC 3.4.
 WORKLOAD_RESOURCES: Mapping[str, tuple[str, ...]] = {
@@ -36,13 +38,24 @@ WORKLOAD_RESOURCES: Mapping[str, tuple[str, ...]] = {
 }
 
 
-def webhook_rules(resources: Mapping[str, Iterable[str]] = WORKLOAD_RESOURCES) -> list[dict[str, Any]]:
+# The scale subresources `/scale` judges: `kubectl scale` and HPAs change replicas through them, and
+# the main resource's webhooks never see those requests (docs/crds.md#updates-and-scaling).
+SCALE_RESOURCES: Mapping[str, tuple[str, ...]] = {
+    "apps": ("deployments/scale", "statefulsets/scale", "replicasets/scale"),
+    "kubeflow.org": ("pytorchjobs/scale",),
+    "leaderworkerset.x-k8s.io": ("leaderworkersets/scale",),
+}
+
+
+def webhook_rules(
+    resources: Mapping[str, Iterable[str]] = WORKLOAD_RESOURCES,
+    operations: tuple[str, ...] = ("CREATE", "UPDATE"),
+) -> list[dict[str, Any]]:
     return [
         {
             "apiGroups": [group],
             "apiVersions": ["*"],
-            "operations": ["CREATE", "UPDATE"],
-            # The main resource only: status and scale subresources are never judged.
+            "operations": list(operations),
             "resources": sorted(resources_),
             "scope": "*",
         }
@@ -114,7 +127,15 @@ def webhook_configurations(
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingWebhookConfiguration",
         "metadata": metadata(),
-        "webhooks": [{"name": VALIDATING_NAME, "clientConfig": client_config("/validate"), **common}],
+        "webhooks": [
+            {"name": VALIDATING_NAME, "clientConfig": client_config("/validate"), **common},
+            {
+                "name": SCALE_NAME,
+                "clientConfig": client_config("/scale"),
+                **common,
+                "rules": webhook_rules(SCALE_RESOURCES, ("UPDATE",)),
+            },
+        ],
     }
     mutating = {
         "apiVersion": "admissionregistration.k8s.io/v1",

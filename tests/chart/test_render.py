@@ -102,23 +102,63 @@ def test_long_release_names_keep_names_within_63_characters():
 # ---- webhook configurations ---------------------------------------------------------------------
 
 
+PATHS = {"validate": "/validate", "scale": "/scale", "mutate": "/mutate"}
+
+
+def main_webhook(objects, kind):
+    """The webhook judging the workloads themselves (not the scale subresource)."""
+    name = ("validate" if kind.startswith("Validating") else "mutate") + ".finops.comptroller.dev"
+    return next(w for w in one(objects, kind)["webhooks"] if w["name"] == name)
+
+
+def every_webhook(objects):
+    return [w for kind in WEBHOOK_CONFIG_KINDS for w in one(objects, kind)["webhooks"]]
+
+
+def test_the_validating_configuration_judges_workloads_and_their_scale_subresource():
+    names = [w["name"] for w in one(rendered(), "ValidatingWebhookConfiguration")["webhooks"]]
+    assert names == ["validate.finops.comptroller.dev", "scale.finops.comptroller.dev"]
+
+
+def test_the_scale_webhook_is_the_one_registration_renders():
+    """The chart and `make up` (controller/webhook/registration.py) register the same scale rules."""
+    from controller.webhook.registration import SCALE_RESOURCES
+
+    scale = next(w for w in every_webhook(rendered()) if w["name"].startswith("scale."))
+    covered = {}
+    for rule in scale["rules"]:
+        assert rule["operations"] == ["UPDATE"]
+        for group in rule["apiGroups"]:
+            covered.setdefault(group, set()).update(rule["resources"])
+    assert covered == {group: set(resources) for group, resources in SCALE_RESOURCES.items()}
+
+
+def test_the_webhook_may_read_what_it_scales_and_nothing_more():
+    from controller.webhook.registration import SCALE_RESOURCES
+
+    rules = one(rendered(), "ClusterRole", "comptroller-webhook")["rules"]
+    gets = [rule for rule in rules if rule["verbs"] == ["get"]]
+    reads = {(g, r) for rule in gets for g in rule["apiGroups"] for r in rule["resources"]}
+    assert reads == {(g, r.split("/")[0]) for g, resources in SCALE_RESOURCES.items() for r in resources}
+
+
 @pytest.mark.parametrize("kind", WEBHOOK_CONFIG_KINDS)
 def test_webhook_configuration_defaults(kind):
-    (webhook,) = one(rendered(), kind)["webhooks"]
-    assert webhook["failurePolicy"] == "Ignore"
-    assert webhook["timeoutSeconds"] == 3
-    assert webhook["sideEffects"] == "None"
-    assert webhook["admissionReviewVersions"] == ["v1"]
-    assert webhook["matchPolicy"] == "Equivalent"
-    assert webhook["clientConfig"]["service"] == {
-        "name": "comptroller-webhook", "namespace": NAMESPACE, "port": 443,
-        "path": "/validate" if kind.startswith("Validating") else "/mutate",
-    }
-    assert "caBundle" not in webhook["clientConfig"]  # filled by the certs job, never blanked by helm
-    assert webhook["namespaceSelector"]["matchExpressions"] == [
-        {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", NAMESPACE]},
-        {"key": "finops.comptroller.dev/ignore", "operator": "NotIn", "values": ["true"]},
-    ]
+    for webhook in one(rendered(), kind)["webhooks"]:
+        assert webhook["failurePolicy"] == "Ignore"
+        assert webhook["timeoutSeconds"] == 3
+        assert webhook["sideEffects"] == "None"
+        assert webhook["admissionReviewVersions"] == ["v1"]
+        assert webhook["matchPolicy"] == "Equivalent"
+        assert webhook["clientConfig"]["service"] == {
+            "name": "comptroller-webhook", "namespace": NAMESPACE, "port": 443,
+            "path": PATHS[webhook["name"].split(".")[0]],
+        }
+        assert "caBundle" not in webhook["clientConfig"]  # filled by the certs job, never blanked by helm
+        assert webhook["namespaceSelector"]["matchExpressions"] == [
+            {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", NAMESPACE]},
+            {"key": "finops.comptroller.dev/ignore", "operator": "NotIn", "values": ["true"]},
+        ]
 
 
 def test_only_the_mutating_webhook_is_reinvoked():
@@ -129,7 +169,7 @@ def test_only_the_mutating_webhook_is_reinvoked():
 
 @pytest.mark.parametrize("kind", WEBHOOK_CONFIG_KINDS)
 def test_webhooks_intercept_every_supported_kind_on_create_and_update(kind):
-    (webhook,) = one(rendered(), kind)["webhooks"]
+    webhook = main_webhook(rendered(), kind)
     covered: dict[str, set[str]] = {}
     for rule in webhook["rules"]:
         assert rule["operations"] == ["CREATE", "UPDATE"]
@@ -152,8 +192,7 @@ def test_failure_policy_and_timeout_reach_both_configurations_and_the_server(
     values, failure_policy, timeout, failure_mode
 ):
     objects = rendered(values)
-    for kind in WEBHOOK_CONFIG_KINDS:
-        (webhook,) = one(objects, kind)["webhooks"]
+    for webhook in every_webhook(objects):
         assert (webhook["failurePolicy"], webhook["timeoutSeconds"]) == (failure_policy, timeout)
     assert f"--failure-mode={failure_mode}" in container(objects, "Deployment", "comptroller-webhook")["args"]
 
@@ -164,11 +203,11 @@ def test_extra_excludes_and_selectors_are_added_to_the_builtin_ones():
         "namespaceSelectorExpressions": [{"key": "team", "operator": "Exists"}],
         "objectSelector": {"matchLabels": {"finops": "on"}},
     }})
-    (webhook,) = one(objects, "ValidatingWebhookConfiguration")["webhooks"]
-    exclude, _ignore, extra = webhook["namespaceSelector"]["matchExpressions"]
-    assert exclude["values"] == ["kube-system", NAMESPACE, "monitoring"]
-    assert extra == {"key": "team", "operator": "Exists"}
-    assert webhook["objectSelector"] == {"matchLabels": {"finops": "on"}}
+    for webhook in every_webhook(objects):
+        exclude, _ignore, extra = webhook["namespaceSelector"]["matchExpressions"]
+        assert exclude["values"] == ["kube-system", NAMESPACE, "monitoring"]
+        assert extra == {"key": "team", "operator": "Exists"}
+        assert webhook["objectSelector"] == {"matchLabels": {"finops": "on"}}
 
 
 @pytest.mark.parametrize(

@@ -106,3 +106,13 @@ def test_the_mutation_condition_goes_on_the_mutating_webhook_only():
     _, _, v, m = _hooks(url="https://127.0.0.1:8443", mutation_condition="!(false)")
     assert m["matchConditions"] == [{"name": "comptroller-may-mutate", "expression": "!(false)"}]
     assert "matchConditions" not in v
+
+
+def test_the_scale_webhook_judges_scale_subresource_updates_only():
+    validating, _, _, _ = _hooks(url="https://127.0.0.1:8443")
+    scale = next(h for h in validating["webhooks"] if h["name"] == "scale.finops.comptroller.dev")
+    assert scale["clientConfig"]["url"] == "https://127.0.0.1:8443/scale"
+    resources = {r for rule in scale["rules"] for r in rule["resources"]}
+    assert resources == {"deployments/scale", "statefulsets/scale", "replicasets/scale",
+                         "pytorchjobs/scale", "leaderworkersets/scale"}
+    assert all(rule["operations"] == ["UPDATE"] for rule in scale["rules"])

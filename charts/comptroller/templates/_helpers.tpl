@@ -142,6 +142,24 @@ serve several versions over their lifetimes; the engine reads pod templates by p
 {{- end }}
 {{- end }}
 
+{{/* The scale subresources the scale webhook judges (`kubectl scale`, HPAs): a scale-up must not
+slip past a spent budget (docs/crds.md#updates-and-scaling). Keep in step with
+controller/webhook/registration.py SCALE_RESOURCES. */}}
+{{- define "comptroller.webhook.scaleRules" -}}
+{{- $rules := list
+  (dict "apiGroups" (list "apps") "apiVersions" (list "v1") "resources" (list "deployments/scale" "statefulsets/scale" "replicasets/scale"))
+  (dict "apiGroups" (list "kubeflow.org") "apiVersions" (list "*") "resources" (list "pytorchjobs/scale"))
+  (dict "apiGroups" (list "leaderworkerset.x-k8s.io") "apiVersions" (list "*") "resources" (list "leaderworkersets/scale"))
+}}
+{{- range $rules }}
+- apiGroups: {{ toJson .apiGroups }}
+  apiVersions: {{ toJson .apiVersions }}
+  resources: {{ toJson .resources }}
+  operations: ["UPDATE"]
+  scope: Namespaced
+{{- end }}
+{{- end }}
+
 {{/* Never the control plane's namespace nor our own: a broken webhook must not be able to block
 the pods that would fix it. A namespace labelled `finops.comptroller.dev/ignore=true` opts out too
 (like Gatekeeper's `admission.gatekeeper.sh/ignore`); labelling namespaces is a cluster-admin right. */}}
@@ -158,7 +176,8 @@ matchExpressions:
 {{- end }}
 {{- end }}
 
-{{/* Common fields of one webhook entry: call with (dict "ctx" $ "path" "/validate"). */}}
+{{/* Common fields of one webhook entry: call with (dict "ctx" $ "path" "/validate"), and
+"rules" "comptroller.webhook.scaleRules" for the scale webhook. */}}
 {{- define "comptroller.webhook.entry" -}}
 {{- $ctx := .ctx -}}
 clientConfig:
@@ -171,7 +190,7 @@ clientConfig:
   caBundle: {{ . }}
   {{- end }}
 rules:
-  {{- include "comptroller.webhook.rules" $ctx | trim | nindent 2 }}
+  {{- include (default "comptroller.webhook.rules" .rules) $ctx | trim | nindent 2 }}
 namespaceSelector:
   {{- include "comptroller.webhook.namespaceSelector" $ctx | nindent 2 }}
 {{- with $ctx.Values.webhook.objectSelector }}
