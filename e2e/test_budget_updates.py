@@ -1,0 +1,114 @@
+"""A spent budget on the real control plane: every way a data scientist adds GPUs to a running
+workload is refused, through the same API server paths kubectl uses (a merge patch of the
+Deployment, `kubectl scale` through the scale subresource, a new GPU count or instance type),
+and every way of keeping or shedding GPUs (relabel, rollout restart, scale down) is admitted.
+See docs/crds.md#updates-and-scaling."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import yaml
+
+from e2e.helpers import COMPLIANT_LABELS, wait_until
+
+
+def apply(cluster, obj: dict, *extra: str):
+    return cluster.kubectl("apply", "-f", "-", *extra, input=yaml.safe_dump(obj), check=False)
+
+
+def budget(team: str, hours: float) -> dict:
+    return {
+        "apiVersion": "finops.comptroller.dev/v1alpha1",
+        "kind": "GPUBudget",
+        "metadata": {"name": f"team-{team}"},
+        "spec": {
+            "selector": {"matchLabels": {"team": team}},
+            "gpuHours": hours,
+            "period": "Monthly",
+            "enforcement": "Enforce",
+            "admission": "Exhausted",
+        },
+    }
+
+
+def gpu_deployment(namespace: str, labels: dict, *, name: str = "serve", replicas: int = 1) -> dict:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name, **labels}},
+                "spec": {
+                    "nodeSelector": {"node.kubernetes.io/instance-type": "g5.xlarge"},
+                    "containers": [
+                        {
+                            "name": "serve",
+                            "image": "registry.example.com/serve:1",
+                            "resources": {"limits": {"nvidia.com/gpu": "1"}},
+                        }
+                    ],
+                },
+            },
+        },
+    }
+
+
+def test_a_spent_budget_refuses_every_gpu_increase_and_admits_the_rest(stack, cluster, namespace):
+    team = f"scale-{uuid.uuid4().hex[:6]}"
+    labels = {**COMPLIANT_LABELS, "team": team}
+    spent = f"team-{team}"
+    assert apply(cluster, budget(team, 1000)).returncode == 0
+    try:
+        created = apply(cluster, gpu_deployment(namespace, labels))
+        assert created.returncode == 0, created.stderr
+        # The team spends its budget (here: the platform team cuts it to nothing).
+        assert apply(cluster, budget(team, 0)).returncode == 0
+        probe = gpu_deployment(namespace, labels, name="probe")
+        wait_until(
+            lambda: spent in apply(cluster, probe, "--dry-run=server").stderr,
+            what="the webhook sees the budget spent",
+        )
+
+        def kubectl(*args: str):
+            return cluster.kubectl(*args, "-n", namespace, check=False)
+
+        def patch(body: dict):
+            return kubectl("patch", "deployment", "serve", "-p", json.dumps(body))  # strategic, as kubectl
+
+        def template(**spec):
+            return {"spec": {"template": spec}}
+
+        container_patch = {"name": "serve", "resources": {"limits": {"nvidia.com/gpu": "2"}}}
+        pricier = {"node.kubernetes.io/instance-type": "g5.2xlarge"}
+        refused = {
+            "patch replicas up": patch({"spec": {"replicas": 8}}),
+            "kubectl scale up": kubectl("scale", "deployment/serve", "--replicas=8"),
+            "more GPUs per pod": patch(template(spec={"containers": [container_patch]})),
+            "a pricier instance type": patch(template(spec={"nodeSelector": pricier})),
+        }
+        for what, result in refused.items():
+            assert result.returncode != 0, f"{what} was admitted: {result.stdout}"
+            assert f"GPU budget {spent} is exhausted" in result.stderr, f"{what}: {result.stderr}"
+            assert "this update adds" in result.stderr, f"{what}: {result.stderr}"
+
+        admitted = {
+            "relabel": kubectl("label", "deployment", "serve", "owner=alice"),
+            "relabel the pods": patch(template(metadata={"labels": {"model_id": "ranker-v8"}})),
+            "rollout restart": kubectl("rollout", "restart", "deployment/serve"),
+            "kubectl scale down": kubectl("scale", "deployment/serve", "--replicas=0"),
+        }
+        for what, result in admitted.items():
+            assert result.returncode == 0, f"{what} was refused: {result.stderr}"
+
+        # Scaled to zero, coming back is new spend again.
+        back = kubectl("scale", "deployment/serve", "--replicas=1")
+        assert back.returncode != 0 and spent in back.stderr
+        replicas = kubectl("get", "deployment", "serve", "-o", "jsonpath={.spec.replicas}").stdout.strip()
+        assert replicas == "0"
+    finally:
+        cluster.kubectl("delete", "gpubudget", spent, "--ignore-not-found", check=False)
