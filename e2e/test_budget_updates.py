@@ -112,3 +112,76 @@ def test_a_spent_budget_refuses_every_gpu_increase_and_admits_the_rest(stack, cl
         assert replicas == "0"
     finally:
         cluster.kubectl("delete", "gpubudget", spent, "--ignore-not-found", check=False)
+
+
+def test_an_hpa_cannot_scale_past_a_spent_budget(stack, cluster, namespace):
+    """The HPA controller scales through the scale subresource, as `kubectl scale` does. Below its
+    minReplicas it scales up without needing any metrics, so no metrics server is involved."""
+    team = f"hpa-{uuid.uuid4().hex[:6]}"
+    labels = {**COMPLIANT_LABELS, "team": team}
+    spent = f"team-{team}"
+    assert apply(cluster, budget(team, 1000)).returncode == 0
+    try:
+        # A GPU Deployment admitted while the team had budget (an HPA leaves one at 0 replicas alone).
+        assert apply(cluster, gpu_deployment(namespace, labels, name="gpu", replicas=1)).returncode == 0
+        assert apply(cluster, budget(team, 0)).returncode == 0
+        wait_until(
+            lambda: (
+                spent
+                in apply(cluster, gpu_deployment(namespace, labels, name="probe"), "--dry-run=server").stderr
+            ),
+            what="the webhook sees the budget spent",
+        )
+        # A CPU-only Deployment is not charged; the HPA is allowed to scale it.
+        cpu = gpu_deployment(namespace, labels, name="cpu")
+        cpu["spec"]["template"]["spec"]["containers"][0]["resources"] = {}
+        assert apply(cluster, cpu).returncode == 0
+        for name in ("gpu", "cpu"):
+            hpa = {
+                "apiVersion": "autoscaling/v2",
+                "kind": "HorizontalPodAutoscaler",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {
+                    "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+                    "minReplicas": 3,
+                    "maxReplicas": 4,
+                    "metrics": [
+                        {
+                            "type": "Resource",
+                            "resource": {
+                                "name": "cpu",
+                                "target": {"type": "Utilization", "averageUtilization": 80},
+                            },
+                        }
+                    ],
+                },
+            }
+            assert apply(cluster, hpa).returncode == 0
+
+        def replicas(name: str) -> str:
+            return cluster.kubectl(
+                "get", "deployment", name, "-n", namespace, "-o", "jsonpath={.spec.replicas}", check=False
+            ).stdout.strip()
+
+        wait_until(lambda: replicas("cpu") == "3", timeout=60, what="the HPA scales the CPU Deployment")
+
+        def refused() -> bool:
+            events = cluster.kubectl(
+                "get",
+                "events",
+                "-n",
+                namespace,
+                "--field-selector",
+                "involvedObject.name=gpu",
+                "-o",
+                "jsonpath={range .items[*]}{.reason} {.message}{'\\n'}{end}",
+                check=False,
+            ).stdout
+            # The Event keeps the start of the denial: which webhook refused, and for what.
+            denial = 'admission webhook "scale.finops.comptroller.dev" denied the request'
+            return any("FailedRescale" in line and denial in line for line in events.splitlines())
+
+        wait_until(refused, timeout=60, what="the HPA's scale-up refused by the budget")
+        assert replicas("gpu") == "1"
+    finally:
+        cluster.kubectl("delete", "gpubudget", spent, "--ignore-not-found", check=False)

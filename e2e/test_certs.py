@@ -161,8 +161,8 @@ def test_ensure_keeps_the_secret_and_patches_the_configurations_once_they_exist(
     assert second.returncode == 0, second.stderr
     assert "kept certificates" in second.stdout
     assert second.stdout.count("(patched)") == 2
-    assert ca_bundles(cluster, ident["config"]) == {
-        "validatingwebhookconfiguration": [data["ca.crt"]],
+    assert ca_bundles(cluster, ident["config"]) == {  # every webhook: validate and scale, mutate
+        "validatingwebhookconfiguration": [data["ca.crt"]] * 2,
         "mutatingwebhookconfiguration": [data["ca.crt"]]}
     assert read_secret(cluster, ident["namespace"], ident["secret"])[1] == version  # not rewritten
 
@@ -284,7 +284,8 @@ def test_a_ca_rollover_fails_no_admission(cluster, own_webhook):
         trust = x509.load_pem_x509_certificates(ca_file.read_bytes())
         assert len(trust) == 2 and ca_file.read_bytes().endswith(old_ca)
         assert file_serial(tls_file) == serving_before
-        assert ca_bundles(cluster, hook["config"])["validatingwebhookconfiguration"] == [ca_file.read_bytes()]
+        validating = ca_bundles(cluster, hook["config"])["validatingwebhookconfiguration"]
+        assert validating == [ca_file.read_bytes()] * 2
         mark = loop.attempts
         wait_until(lambda: loop.attempts >= mark + 5, timeout=60, what="admissions after the new bundle")
 
