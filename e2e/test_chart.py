@@ -135,7 +135,7 @@ def test_upgrades_keep_the_ca_bundle_the_certs_job_patched_in(cluster, release, 
     bundles = {o["kind"]: [w["clientConfig"].get("caBundle") for w in o["webhooks"]]
                for o in objects if o["kind"].endswith("WebhookConfiguration")}
     expected = base64.b64encode(ca).decode()
-    assert bundles == {"ValidatingWebhookConfiguration": [expected],
+    assert bundles == {"ValidatingWebhookConfiguration": [expected, expected],  # validate, scale
                        "MutatingWebhookConfiguration": [expected]}
 
 
