@@ -2,7 +2,8 @@
 
     decision = evaluate(manifest, snapshot=Snapshot(policies=..., budgets=...), now=now)
 
-The webhook, the operator's background audit and `comptroller check` all call `evaluate`.
+The webhook, the operator's background audit and `comptroller check` all call `evaluate`; the
+operator's expiry and idle loops ask `matching_policies` which policies select a workload.
 
     api.py         Snapshot in, Decision / Violation out
     models.py      FinOpsPolicy, GPUBudget, FinOpsException: validated, compiled at load
@@ -15,7 +16,7 @@ The webhook, the operator's background audit and `comptroller check` all call `e
 """
 
 from controller.engine.api import BudgetState, Decision, Snapshot, Violation
-from controller.engine.evaluation import evaluate
+from controller.engine.evaluation import PolicyMatch, evaluate, matching_policies
 from controller.engine.models import FinOpsException, FinOpsPolicy, GPUBudget, PolicyError
 
 __all__ = [
@@ -25,7 +26,9 @@ __all__ = [
     "FinOpsPolicy",
     "GPUBudget",
     "PolicyError",
+    "PolicyMatch",
     "Snapshot",
     "Violation",
     "evaluate",
+    "matching_policies",
 ]

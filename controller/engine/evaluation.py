@@ -22,6 +22,7 @@ from typing import Any
 from controller.constants import DEFAULT_EXPIRY_KEY, DEFAULT_GPU_RESOURCES
 from controller.engine.api import Decision, Snapshot, Violation
 from controller.engine.matching import namespace_labels_of, placement_matches
+from controller.engine.models import RULE_FAMILIES
 from controller.engine.rules import Context
 from controller.engine.rules import budget as budget_rule
 from controller.engine.rules import expiry as expiry_rule
@@ -224,6 +225,48 @@ class _Matcher:
                 if p.spec.match.selector is None or p.spec.match.selector.compiled.matches(labels)
             ]
         return self._matched
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyMatch:
+    """A policy that matches a workload, as `evaluate` would apply it."""
+
+    policy: Any
+    gpus: int
+    """The workload's GPUs as this policy counts them (its own `gpu.resources`, if any)."""
+    waived: frozenset[str]
+    """Rule families a live FinOpsException waives for this policy on this workload."""
+
+
+def matching_policies(
+    manifest: Mapping[str, Any],
+    *,
+    snapshot: Snapshot,
+    now: datetime | None = None,
+    namespace: str | None = None,
+) -> list[PolicyMatch]:
+    """The policies of `snapshot` that match a workload (kind, namespace, namespaceSelector,
+    gpuOnly with each policy's own GPU resources, label selector on the effective labels), in
+    snapshot order. The operator's expiry and idle loops ask this instead of matching themselves,
+    so they select exactly what admission judges. `waived` is worked out from the snapshot's
+    FinOpsExceptions live at `now` (none without `now`)."""
+    kinds = snapshot.kinds or BUILTIN_KINDS
+    ns = namespace or (manifest.get("metadata") or {}).get("namespace") or ""
+    spec = kinds.lookup(manifest)
+    if spec is None or ns in snapshot.excluded_namespaces:
+        return []
+    where = _scope(snapshot, spec.kind, ns)
+    view = WorkloadView(manifest, spec, namespace=ns)
+    live = [e for e in where.exceptions if e.spec.expires_at > now] if now is not None else []
+    exceptions = _exceptions_for(live, view.labels())
+    return [
+        PolicyMatch(
+            policy=policy,
+            gpus=_gpus_for(policy, view),
+            waived=frozenset(r for r in RULE_FAMILIES if _waived(exceptions, policy.name, r)),
+        )
+        for policy in _Matcher(where, view).matching()
+    ]
 
 
 def _gpus_for(policy: Any, view: WorkloadView) -> int:
