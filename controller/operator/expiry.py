@@ -1,5 +1,5 @@
 """Expiry: workloads whose `expires_at` has passed are terminated at their top-level owner
-(SPEC 3.1 `spec.expiry`, section 4), with an `ExpiringSoon` Event `notifyBefore` ahead.
+(docs/crds.md#finopspolicy, `spec.expiry`), with an `ExpiringSoon` Event `notifyBefore` ahead.
 
 Only workloads that a policy with an `expiry` section matches are touched, never in an excluded
 namespace (kube-system, Comptroller's own), never one a FinOpsException exempts from `expiry`.
@@ -24,10 +24,10 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from controller import constants
+from controller.engine import Snapshot, matching_policies
 from controller.engine.expiry import expires_at_of, format_annotation
-from controller.engine.matching import namespace_labels_of, policy_matches
 from controller.engine.timestamps import parse_time
-from controller.engine.workloads import BUILTIN_KINDS, KindRegistry, effective_labels, workload_gpus
+from controller.engine.workloads import BUILTIN_KINDS, KindRegistry
 from controller.k8s.workloads import ApiError, Workloads, object_ref
 from controller.operator.brake import Brake
 from controller.operator.effector import Effector, Outcome, current_replicas, termination_of
@@ -49,67 +49,62 @@ class ExpiryTerms:
 # -- pure decisions --------------------------------------------------------------------------------
 
 
-def exempted(
-    exceptions: Iterable[Any], *, policy: str, namespace: str, labels: Mapping[str, str], now: datetime
-) -> bool:
-    """Whether a live FinOpsException in the workload's namespace exempts it from `policy`'s expiry."""
-    for exception in exceptions:
-        spec = exception.spec
-        if exception.namespace != namespace or spec.expires_at <= now:
-            continue
-        if spec.covers(policy, "expiry") and spec.selector.compiled.matches(labels):
-            return True
-    return False
+def expiry_snapshot(
+    policies: Iterable[Any],
+    *,
+    namespace_labels: Mapping[str, Mapping[str, str]] | None = None,
+    excluded_namespaces: frozenset[str] = constants.ALWAYS_EXCLUDED_NAMESPACES,
+    exceptions: Sequence[Any] = (),
+    kinds: KindRegistry | None = None,
+) -> Snapshot:
+    """What the engine matches with: the policies with an `expiry` section, and the rest as given."""
+    return Snapshot(
+        policies=tuple(p for p in policies if p.spec.expiry is not None),
+        exceptions=tuple(exceptions),
+        namespace_labels=namespace_labels or {},
+        kinds=kinds,
+        excluded_namespaces=frozenset(excluded_namespaces),
+    )
 
 
 def expiry_terms(
     manifest: Mapping[str, Any],
-    policies: Iterable[Any],
+    policies: Iterable[Any] = (),
     *,
     now: datetime,
     namespace_labels: Mapping[str, Mapping[str, str]] | None = None,
     excluded_namespaces: frozenset[str] = constants.ALWAYS_EXCLUDED_NAMESPACES,
     exceptions: Sequence[Any] = (),
     kinds: KindRegistry | None = None,
+    snapshot: Snapshot | None = None,
 ) -> ExpiryTerms | None:
     """The earliest expiry that a matching policy's `expiry` section gives this workload (or None).
 
-    An unparseable `expires_at` is no expiry at all here: terminating on a guess is worse than
-    not terminating; the admission webhook and the audit report the bad value instead.
+    Which policies match, with how many GPUs (each policy's own `gpu.resources`) and under which
+    exceptions, is the engine's answer (`matching_policies`), the same admission uses. An
+    unparseable `expires_at` is no expiry at all here: terminating on a guess is worse than not
+    terminating; the admission webhook and the audit report the bad value instead. A sweep passes
+    one `snapshot` for all workloads; otherwise it is built from the other arguments.
     """
-    metadata = manifest.get("metadata") or {}
-    namespace = metadata.get("namespace") or ""
-    if namespace in excluded_namespaces:
-        return None
-    kinds = kinds or BUILTIN_KINDS
-    labels: dict[str, str] | None = None
-    gpus: int | None = None
+    if snapshot is None:
+        snapshot = expiry_snapshot(
+            policies,
+            namespace_labels=namespace_labels,
+            excluded_namespaces=excluded_namespaces,
+            exceptions=exceptions,
+            kinds=kinds,
+        )
+    kinds = snapshot.kinds or BUILTIN_KINDS
     best: ExpiryTerms | None = None
-    for policy in policies:
-        expiry = policy.spec.expiry
-        if expiry is None:
+    for match in matching_policies(manifest, snapshot=snapshot, now=now):
+        expiry = match.policy.spec.expiry
+        if expiry is None or "expiry" in match.waived:
             continue
         expires_at, _error = expires_at_of(manifest, key=expiry.key, kinds=kinds)
         if expires_at is None:
             continue
-        if labels is None:
-            labels = effective_labels(manifest, kinds)
-        if gpus is None:
-            gpus = workload_gpus(manifest, kinds) if policy.spec.match.gpu_only else 0
-        ns_labels = namespace_labels_of(namespace, namespace_labels or {})
-        if not policy_matches(
-            policy,
-            kind=manifest.get("kind", ""),
-            namespace=namespace,
-            namespace_labels=ns_labels,
-            labels=labels,
-            gpus=gpus,
-        ):
-            continue
-        if exempted(exceptions, policy=policy.name, namespace=namespace, labels=labels, now=now):
-            continue
         if best is None or expires_at < best.expires_at:
-            best = ExpiryTerms(expires_at, expiry.notify_before, policy.name)
+            best = ExpiryTerms(expires_at, expiry.notify_before, match.policy.name)
     return best
 
 
@@ -227,18 +222,17 @@ def plan_expiry(
 ) -> list[Due]:
     """Everything due, one entry per top-level workload, terminations first, oldest expiry first."""
     earliest: dict[str, tuple[Mapping[str, Any], ExpiryTerms]] = {}
+    snapshot = expiry_snapshot(
+        policies,
+        namespace_labels=namespace_labels,
+        excluded_namespaces=excluded_namespaces,
+        exceptions=exceptions,
+        kinds=kinds,
+    )
     for obj in objects:
         if (obj.get("metadata") or {}).get("deletionTimestamp"):
             continue
-        terms = expiry_terms(
-            obj,
-            policies,
-            now=now,
-            namespace_labels=namespace_labels,
-            excluded_namespaces=excluded_namespaces,
-            exceptions=exceptions,
-            kinds=kinds,
-        )
+        terms = expiry_terms(obj, now=now, snapshot=snapshot)
         if terms is None:
             continue
         top, why = top_level_owner(obj, owners, kinds=kinds)

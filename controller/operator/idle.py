@@ -1,5 +1,5 @@
 """Idle scale-to-zero: endpoints a policy's `spec.idle` selects, whose Prometheus metric stayed
-below the threshold for `idleAfter`, are scaled to zero (SPEC 3.1, 4).
+below the threshold for `idleAfter`, are scaled to zero (docs/crds.md#finopspolicy, `spec.idle`).
 
 The decision is deliberately conservative. A workload is idle only when Prometheus has data
 covering the whole `idleAfter` window and every sample in it is below the threshold. No data, a
@@ -20,9 +20,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from controller import constants
-from controller.engine.matching import namespace_labels_of, policy_matches
+from controller.engine import Snapshot, matching_policies
 from controller.engine.timestamps import parse_time
-from controller.engine.workloads import BUILTIN_KINDS, KindRegistry, effective_labels, workload_gpus
+from controller.engine.workloads import BUILTIN_KINDS, KindRegistry, effective_labels
 from controller.k8s.prometheus import Prometheus, PrometheusError
 from controller.k8s.workloads import ApiError, Workloads, object_ref
 from controller.operator.effector import Effector, Outcome, current_replicas
@@ -145,8 +145,16 @@ def idle_rules(
 ) -> list[IdleRule]:
     """One rule per policy with an `idle` section that says how to measure (`prometheus`)."""
     kinds = kinds or BUILTIN_KINDS
+    # The engine says which policies select a workload (with their own GPU resources for gpuOnly),
+    # exactly as admission does; the idle selector narrows that to the endpoints it names.
+    snapshot = Snapshot(
+        policies=tuple(p for p in policies if p.spec.idle is not None),
+        namespace_labels=namespace_labels or {},
+        kinds=kinds,
+        excluded_namespaces=frozenset(excluded_namespaces),
+    )
     rules = []
-    for policy in policies:
+    for policy in snapshot.policies:
         idle = policy.spec.idle
         if idle is None:
             continue
@@ -157,21 +165,9 @@ def idle_rules(
             continue
 
         def matches(obj: Mapping[str, Any], *, policy: Any = policy, selector: Any = idle.selector) -> bool:
-            namespace = (obj.get("metadata") or {}).get("namespace") or ""
-            if namespace in excluded_namespaces:
+            if not selector.compiled.matches(effective_labels(obj, kinds)):
                 return False
-            labels = effective_labels(obj, kinds)
-            if not selector.compiled.matches(labels):
-                return False
-            gpus = workload_gpus(obj, kinds) if policy.spec.match.gpu_only else 0
-            return policy_matches(
-                policy,
-                kind=obj.get("kind", ""),
-                namespace=namespace,
-                namespace_labels=namespace_labels_of(namespace, namespace_labels or {}),
-                labels=labels,
-                gpus=gpus,
-            )
+            return any(m.policy is policy for m in matching_policies(obj, snapshot=snapshot))
 
         rules.append(
             IdleRule(

@@ -87,6 +87,24 @@ def pod_devices(spec: Mapping[str, Any], resources: Iterable[str]) -> dict[str, 
     return devices
 
 
+ACCELERATOR_PREFIXES = ("nvidia.com/", "amd.com/", "gpu.intel.com/", "habana.ai/", "aws.amazon.com/neuron")
+"""Extended resources recorded for every GPU pod whatever `--gpu-resource` says, so a budget that
+counts one of them (`spec.resources: [amd.com/gpu]`) is charged without restarting the operator."""
+
+
+def accelerator_resources(spec: Mapping[str, Any]) -> set[str]:
+    """The accelerator resources a pod's containers, init containers and overhead name."""
+    names: set[str] = set()
+    lists = [spec.get("overhead") or ()]
+    for containers in ("containers", "initContainers"):
+        for container in spec.get(containers) or ():
+            resources = (container.get("resources") if isinstance(container, Mapping) else None) or {}
+            lists += [resources.get("requests") or (), resources.get("limits") or ()]
+    for names_of in lists:
+        names.update(n for n in names_of if isinstance(n, str) and n.startswith(ACCELERATOR_PREFIXES))
+    return names
+
+
 def pod_gpus(spec: Mapping[str, Any], resources: Iterable[str] = constants.DEFAULT_GPU_RESOURCES) -> int:
     """GPUs one pod holds, summed over the resources counted as GPUs."""
     return sum(pod_devices(spec, resources).values())
@@ -105,7 +123,8 @@ class PodRecord:
     name: str
     labels: Mapping[str, str]
     gpus: int
-    """GPUs held, over the resources the operator counts (`--gpu-resource`)."""
+    """GPUs held, over the resources the operator counts (`--gpu-resource`); `devices` also holds
+    the other accelerator resources the pod asks for, for budgets that name them."""
     started: datetime | None
     """When it began to run on its node (first container start); None while Pending."""
     finished: datetime | None = None
@@ -221,7 +240,8 @@ def pod_record(
 ) -> PodRecord | None:
     """The metering view of a pod object, or None when it requests no GPUs."""
     spec = pod.get("spec") or {}
-    devices = pod_devices(spec, gpu_resources)
+    counted = tuple(gpu_resources)
+    devices = pod_devices(spec, {*counted, *accelerator_resources(spec)})
     if not devices:
         return None
     metadata = pod.get("metadata") or {}
@@ -253,7 +273,7 @@ def pod_record(
         namespace=str(metadata.get("namespace", "")),
         name=str(metadata.get("name", "")),
         labels=dict(metadata.get("labels") or {}),
-        gpus=sum(devices.values()),
+        gpus=sum(devices.get(resource, 0) for resource in counted),
         started=started,
         finished=finished,
         deleted=parse_time(metadata.get("deletionTimestamp")),
