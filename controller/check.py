@@ -146,17 +146,48 @@ def read_documents(paths: Iterable[str | Path], *, stdin: Any = None) -> Inputs:
                     f"{source} (document {index}): expected a mapping, got {type(body).__name__}"
                 )
                 continue
-            if body.get("kind") == "List" or (
-                body.get("kind", "").endswith("List") and isinstance(body.get("items"), list)
-            ):
-                for item in body.get("items") or ():
-                    if isinstance(item, dict):
+            problem = shape_problem(body)
+            if problem is not None:
+                out.errors.append(f"{source} (document {index}): {problem}")
+                continue
+            kind = body.get("kind") or ""
+            if kind == "List" or (kind.endswith("List") and isinstance(body.get("items"), list)):
+                for number, item in enumerate(body.get("items") or (), start=1):
+                    problem = shape_problem(item) if isinstance(item, dict) else "is not a mapping"
+                    if problem is None:
                         out.documents.append(Document(source, index, item))
                     else:
-                        out.errors.append(f"{source} (document {index}): List item is not a mapping")
+                        out.errors.append(f"{source} (document {index}): List item {number} {problem}")
                 continue
             out.documents.append(Document(source, index, body))
     return out
+
+
+def shape_problem(body: dict[str, Any]) -> str | None:
+    """What makes a document unjudgeable as a Kubernetes object, before any rule reads it: the
+    fields every object has, of the wrong type (the API server refuses these too)."""
+    for key in ("apiVersion", "kind"):
+        if key in body and not isinstance(body[key], str):
+            return f"`{key}` must be a string, not {_type_name(body[key])}"
+    metadata = body.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        return f"`metadata` must be a mapping, not {_type_name(metadata)}"
+    for key in ("labels", "annotations"):
+        values = (metadata or {}).get(key)
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            return f"`metadata.{key}` must be a mapping, not {_type_name(values)}"
+        for name, value in values.items():
+            if not isinstance(name, str) or not isinstance(value, str):
+                shown = f"quote it: \"{value}\"" if isinstance(name, str) else "keys are strings"
+                return f"`metadata.{key}.{name}` must be a string ({shown}), not {_type_name(value)}"
+    return None
+
+
+def _type_name(value: Any) -> str:
+    return {type(None): "null", bool: "a boolean", int: "a number", float: "a number", list: "a list",
+            dict: "a mapping", str: "a string"}.get(type(value), type(value).__name__)
 
 
 _STR, _MAP, _SEQ = "tag:yaml.org,2002:str", "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"
@@ -288,16 +319,28 @@ def read_kinds(path: str) -> KindRegistry:
 
 
 def check_documents(
-    documents: Iterable[Document], *, snapshot: Snapshot, now: datetime, namespace: str = "default"
+    documents: Iterable[Document],
+    *,
+    snapshot: Snapshot,
+    now: datetime,
+    namespace: str = "default",
+    errors: list[str] | None = None,
 ) -> list[Decision]:
-    """A Decision for every supported workload among `documents` (others skipped)."""
+    """A Decision for every supported workload among `documents` (others skipped). A document the
+    engine cannot judge is named in `errors` (when given; else the error is raised) and skipped,
+    so the others are still checked."""
     kinds = snapshot.kinds or BUILTIN_KINDS
     decisions = []
     for doc in documents:
         if kinds.lookup(doc.body) is None:
             continue
         ns = (doc.body.get("metadata") or {}).get("namespace") or namespace
-        decisions.append(evaluate(doc.body, snapshot=snapshot, now=now, namespace=ns))
+        try:
+            decisions.append(evaluate(doc.body, snapshot=snapshot, now=now, namespace=ns))
+        except Exception as exc:  # a shape no rule expected: say where, keep checking the rest
+            if errors is None:
+                raise
+            errors.append(f"{doc.where}: cannot be judged: {type(exc).__name__}: {exc}")
     return decisions
 
 
@@ -475,7 +518,11 @@ def run(args: argparse.Namespace) -> int:
     snapshot, policy_errors = load_snapshot(policy_paths, namespace_labels=namespace_labels, kinds=kinds)
     errors += policy_errors
     decisions = check_documents(
-        inputs.documents, snapshot=snapshot, now=args.now or datetime.now(UTC), namespace=args.namespace
+        inputs.documents,
+        snapshot=snapshot,
+        now=args.now or datetime.now(UTC),
+        namespace=args.namespace,
+        errors=errors,
     )
     for error in errors:
         print(f"error: {error}", file=sys.stderr)

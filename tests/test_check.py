@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from controller.cli import main
 
@@ -279,3 +281,58 @@ def test_fast_yaml_loading_matches_pyyaml(text):
             load_yaml(text)
         return
     assert load_yaml(text) == yaml.load(text, Loader=yaml.SafeLoader)
+
+
+@pytest.mark.parametrize(
+    ("document", "problem"),
+    [
+        ("apiVersion: v1\nkind:\nmetadata: {name: a}\n", "`kind` must be a string, not null"),
+        ("apiVersion: v1\nkind: 5\n", "`kind` must be a string, not a number"),
+        ("apiVersion: v1\nkind: [Pod]\n", "`kind` must be a string, not a list"),
+        ("apiVersion: 1\nkind: Pod\n", "`apiVersion` must be a string, not a number"),
+        ("apiVersion: v1\nkind: Pod\nmetadata: [a]\n", "`metadata` must be a mapping, not a list"),
+        ("apiVersion: v1\nkind: Pod\nmetadata: {labels: [a]}\n", "`metadata.labels` must be a mapping"),
+        (
+            "apiVersion: v1\nkind: Pod\nmetadata: {labels: {team: 1}}\n",
+            "`metadata.labels.team` must be a string",
+        ),
+        ("apiVersion: v1\nkind: List\nitems: [{kind: null}]\n", "List item 1 `kind` must be a string"),
+    ],
+)
+def test_a_document_of_the_wrong_shape_is_named_and_the_rest_is_checked(
+    tmp_path, policies, capsys, document, problem
+):
+    raw = yaml.safe_dump(GOOD) + "---\n" + document + "---\n" + yaml.safe_dump(BAD)
+    manifests = write(tmp_path / "m.yaml", raw=raw)
+    code, out, err = check(capsys, "-p", policies, manifests, *NOW)
+    assert code == 2
+    assert f"{manifests} (document 2): {problem}" in err
+    assert "Traceback" not in err
+    assert "PASS  Pod/ml/good" in out and "FAIL  Pod/ml/bad" in out
+
+
+_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8)
+_json = st.recursive(
+    _scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=12,
+)
+_field = st.sampled_from(["Pod", "Deployment", "Job", "PyTorchJob", "RayJob", "JobSet", None, 5, []])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    kind=_field,
+    api=st.sampled_from(
+        ["v1", "apps/v1", "batch/v1", "kubeflow.org/v1", "ray.io/v1", "jobset.x-k8s.io/v1alpha2"]
+    ),
+    metadata=_json,
+    spec=_json,
+)
+def test_check_never_raises_on_any_document(tmp_path, policies, capsys, kind, api, metadata, spec):
+    """Whatever shape a document has, check answers 0, 1 or 2 with no traceback."""
+    document = {"apiVersion": api, "kind": kind, "metadata": metadata, "spec": spec}
+    manifests = write(tmp_path / "fuzz.yaml", raw=json.dumps(document))
+    code, _, err = check(capsys, "-p", policies, manifests, *NOW)
+    assert code in (0, 1, 2)
+    assert "Traceback" not in err
