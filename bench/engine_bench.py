@@ -1,4 +1,4 @@
-"""Engine and `comptroller check` throughput (SPEC 2: `engine_evals_per_s`, `check_10k_s`).
+"""Engine and `comptroller check` throughput (`engine_evals_per_s`, `check_10k_s` in bench/results.json).
 
 - `engine_evals_per_s`: `evaluate()` of a typical GPU Deployment (six FinOps labels, some filled
   in by mutation from the namespace, pinned to p4d.24xlarge, 8 GPUs x 2 replicas, sidecar) against

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(module_name)
     if plane is not None:
         plane.down(quiet=True)
-    # SPEC's `operator` entry gathers both scale runs: metering (5,000 GPU pods) and expiry
+    # The `operator` entry gathers both scale runs: metering (5,000 GPU pods) and expiry
     # (10,000 pods, 1,000 expiring at once); each part keeps its full figures under its own key.
     if "lifecycle" in results:
         operator = results.setdefault("operator", {})

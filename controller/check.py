@@ -1,4 +1,5 @@
-"""`comptroller check`: evaluate manifests offline against policy files, for CI (SPEC section 6).
+"""`comptroller check`: evaluate manifests offline against policy files, for CI
+(README.md, "Offline checks in CI").
 
     comptroller check -p policies/default deploy/            # text, one line per admitted resource
     comptroller check -p policies/ -o json - < manifests.yaml
@@ -345,7 +346,7 @@ def check_documents(
 
 
 def result_json(decision: Decision) -> dict[str, Any]:
-    """One entry of `check -o json`'s `results` (SPEC section 6), exactly these keys."""
+    """One entry of `check -o json`'s `results` (README.md, "Offline checks in CI"), exactly these keys."""
     return {
         "resource": decision.resource,
         "allowed": decision.allowed,

@@ -8,7 +8,7 @@ POLICY_PLURAL = "finopspolicies"
 BUDGET_PLURAL = "gpubudgets"
 EXCEPTION_PLURAL = "finopsexceptions"
 
-# Workload annotations (SPEC section 4).
+# Workload annotations (docs/crds.md#workload-conventions).
 ORIGINAL_REPLICAS_ANNOTATION = f"{GROUP}/original-replicas"
 WAKE_ANNOTATION = f"{GROUP}/wake"
 WOKEN_AT_ANNOTATION = f"{GROUP}/woken-at"
@@ -26,7 +26,7 @@ SCALE_WEBHOOK = f"scale.{GROUP}"
 DEFAULT_EXPIRY_KEY = "expires_at"
 DEFAULT_GPU_RESOURCES = ("nvidia.com/gpu",)
 
-# Event reasons (SPEC section 4).
+# Event reasons (docs/crds.md#workload-conventions).
 REASON_POLICY_VIOLATION = "PolicyViolation"
 REASON_EXPIRING_SOON = "ExpiringSoon"
 REASON_EXPIRED = "Expired"

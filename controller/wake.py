@@ -1,9 +1,9 @@
 """`comptroller wake KIND/NAME -n NS`: restore a workload Comptroller scaled to zero or suspended.
 
-The command only sets the wake annotation (SPEC section 4), exactly what a user without the CLI
-does with `kubectl annotate`; the operator restores the workload, so there is one code path and
-it needs no more RBAC than annotating. By default the command then waits for the operator to
-finish and prints what was restored.
+The command only sets the wake annotation (docs/crds.md#workload-conventions), exactly what a
+user without the CLI does with `kubectl annotate`; the operator restores the workload, so there
+is one code path and it needs no more RBAC than annotating. By default the command then waits for
+the operator to finish and prints what was restored.
 
 Exit status: 0 woken (or nothing to wake), 1 not woken within --timeout (is the operator
 running?), 2 bad input or no such workload.

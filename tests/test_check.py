@@ -1,4 +1,4 @@
-"""`comptroller check`: inputs, outputs and exit codes (SPEC section 6)."""
+"""`comptroller check`: inputs, outputs and exit codes (README.md, "Offline checks in CI")."""
 
 import json
 import subprocess

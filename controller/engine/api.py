@@ -83,7 +83,8 @@ class Snapshot:
     namespace_labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     """Labels of each known Namespace, for namespaceSelector and inheritFromNamespace."""
     kinds: Any = None
-    """controller.engine.workloads.KindRegistry; None means the built-in kinds (SPEC 3.4)."""
+    """controller.engine.workloads.KindRegistry; None means the built-in kinds
+    (docs/crds.md#workload-kinds)."""
     excluded_namespaces: frozenset[str] = frozenset({"kube-system"})
     """Namespaces no policy ever matches (kube-system and Comptroller's own)."""
     memo: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)

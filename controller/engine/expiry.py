@@ -1,4 +1,5 @@
-"""The `expires_at` convention (SPEC section 4): where it is read from and which formats it takes.
+"""The `expires_at` convention (docs/crds.md#workload-conventions): where it is read from and
+which formats it takes.
 
 Annotations hold RFC 3339 (`2026-11-23T18:00:00Z`) or a date (`2026-11-23`, midnight UTC).
 Label values cannot hold `:`, so labels hold a date, `2026-11-23T18-00-00Z`, or Unix seconds.

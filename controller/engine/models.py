@@ -1,4 +1,4 @@
-"""Typed, validated CRs: FinOpsPolicy, GPUBudget and FinOpsException (SPEC sections 3.1-3.3).
+"""Typed, validated CRs: FinOpsPolicy, GPUBudget and FinOpsException (docs/crds.md).
 
 `from_object(obj)` validates a whole CR as read from a file or the API server and raises
 `PolicyError` naming the object and the path of the offending field, e.g.

@@ -4,7 +4,7 @@ A kind is known by its API group and kind, the JSON-pointer paths of its pod tem
 each template, the paths whose values multiply into how many pods run from it (Deployment
 `/spec/replicas`; JobSet `replicatedJobs[*].replicas` x `parallelism`). `*` in a path stands for
 every element of a list or every value of a map, and binds the same way in the replica paths of
-that template. The built-in kinds are SPEC section 3.4; `KindRegistry.with_extra` adds more from
+that template. The built-in kinds are docs/crds.md#workload-kinds; `KindRegistry.with_extra` adds more from
 configuration.
 
 The operator reuses `effective_labels`, `pod_gpus` and `KindSpec.scale_path`.
@@ -350,8 +350,8 @@ def common_labels(templates: Sequence[PodTemplate]) -> dict[str, str]:
 
 
 def effective_labels(manifest: Mapping[str, Any], kinds: KindRegistry | None = None) -> dict[str, str]:
-    """The labels policies judge (SPEC 3.1): a Pod's own; for controllers and ML kinds, the labels
-    every pod template carries alike. Unknown kinds: the object's own labels."""
+    """The labels policies judge (docs/crds.md#effective-labels): a Pod's own; for controllers and
+    ML kinds, the labels every pod template carries alike. Unknown kinds: the object's own labels."""
     spec = (kinds or BUILTIN_KINDS).lookup(manifest)
     if spec is None:
         return dict((manifest.get("metadata") or {}).get("labels") or {})

@@ -111,7 +111,7 @@ def project_status(
     previous: Mapping[str, Any] | None,
     now: datetime,
 ) -> dict[str, Any]:
-    """The GPUBudget status for this ledger (SPEC 3.2)."""
+    """The GPUBudget status for this ledger (docs/crds.md#gpubudget, docs/metering.md)."""
     previous = previous or {}
     used = ledger.used_gpu_hours
     remaining = max(budget.gpu_hours - used, 0.0)

@@ -1,4 +1,5 @@
-"""The operator's Prometheus metrics (SPEC 8), in one registry served on `--metrics-port`.
+"""The operator's Prometheus metrics (README.md, "Metrics and alerts"), in one registry served on
+`--metrics-port`.
 
 Budget gauges are set from each committed ledger, so they agree with the GPUBudget status, and
 are removed with the budget. Only the active replica meters, so a standby exports no budget

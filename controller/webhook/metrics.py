@@ -1,5 +1,5 @@
-"""The webhook's Prometheus metrics (SPEC section 8), on a registry owned by one app instance so
-tests and several apps in one process never collide on the global registry."""
+"""The webhook's Prometheus metrics (README.md, "Metrics and alerts"), on a registry owned by one
+app instance so tests and several apps in one process never collide on the global registry."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ VALIDATING_NAME = constants.VALIDATING_WEBHOOK
 MUTATING_NAME = constants.MUTATING_WEBHOOK
 SCALE_NAME = constants.SCALE_WEBHOOK
 
-# apiGroup -> resources: pods, the built-in pod controllers and the ML kinds of SPEC 3.4.
+# apiGroup -> resources: pods, the built-in pod controllers and the ML kinds of docs/crds.md#workload-kinds.
 WORKLOAD_RESOURCES: Mapping[str, tuple[str, ...]] = {
     "": ("pods",),
     "apps": ("deployments", "statefulsets", "replicasets", "daemonsets"),

@@ -14,7 +14,7 @@ from tests.chart.rendering import CI_VALUES, NAMESPACE, of_kind, one, pod_specs,
 
 WEBHOOK_CONFIG_KINDS = ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration")
 
-# SPEC 3.4: every supported kind, by API group.
+# docs/crds.md#workload-kinds: every supported kind, by API group.
 SUPPORTED_RESOURCES = {
     "": {"pods"},
     "apps": {"deployments", "statefulsets", "replicasets", "daemonsets"},

@@ -1,4 +1,4 @@
-"""Fuzzing `/validate`, `/mutate` and `/noop` (SPEC 7): random bytes, random JSON, mutated and
+"""Fuzzing `/validate`, `/mutate` and `/noop`: random bytes, random JSON, mutated and
 hostile-but-well-formed AdmissionReviews, oversized bodies, deep nesting, wrong types, unknown
 kinds. The contract: never a 500; a malformed request gets 400 (413 when too large) with a
 message; every 200 is a valid AdmissionReview with the request's uid echoed; a review the API

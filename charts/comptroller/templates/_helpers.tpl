@@ -121,7 +121,7 @@ securityContext:
       fieldPath: metadata.name
 {{- end }}
 
-{{/* The kinds both webhooks intercept (SPEC 3.4), one rule per API group. The ML operators' CRDs
+{{/* The kinds both webhooks intercept (docs/crds.md#workload-kinds), one rule per API group. The ML operators' CRDs
 serve several versions over their lifetimes; the engine reads pod templates by path, not version. */}}
 {{- define "comptroller.webhook.rules" -}}
 {{- $rules := list

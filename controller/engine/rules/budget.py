@@ -1,4 +1,4 @@
-"""Rule family `budget`: GPU-hour budgets at admission (SPEC 3.2).
+"""Rule family `budget`: GPU-hour budgets at admission (docs/crds.md#gpubudget).
 
 A budget applies to a workload that requests GPUs and whose effective labels match its selector.
 `Exhausted` denies once the period's usage reached `gpuHours`. `Projected` also denies a workload
