@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export COMPTROLLER_CACHE ?= $(HOME)/.cache/comptroller
 
-.PHONY: install test unit e2e e2e-tools lint demo up plane down bench build-plane clean
+.PHONY: install test unit e2e lint demo up plane down bench build-plane preflight clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,8 +15,11 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed  ## create .venv and install the package with dev extras
 
-build-plane:  ## build etcd, kube-*, kubectl, kwok and helm from Go modules (cached by version)
-	bash e2e/cluster/build.sh all
+preflight:  ## what the local stack needs (Python, Go, disk), with the command that fixes what is missing
+	@PYTHON=$(PYTHON) bash e2e/cluster/preflight.sh
+
+build-plane: preflight  ## build etcd, kube-*, kubectl, kwok, helm and Prometheus from Go modules (cached by version)
+	@bash e2e/cluster/build.sh all
 
 lint: install
 	$(VENV)/bin/ruff check controller tests e2e
@@ -25,28 +28,25 @@ lint: install
 unit: install  ## fast tests: engine, webhook, operator logic, policies (no control plane)
 	$(PY) -m pytest -q tests policies
 
-e2e: install build-plane e2e-tools  ## end-to-end tests on the local control plane
+e2e: preflight install build-plane  ## end-to-end tests on the local control plane
 	$(PY) -m pytest -q e2e
 
-test: install build-plane e2e-tools  ## the whole suite: unit + e2e
+test: preflight install build-plane  ## the whole suite: unit + e2e
 	$(PY) -m pytest -q tests policies e2e
 
-e2e-tools:  ## Debian packages the e2e suite uses (Prometheus)
-	@command -v prometheus >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null)
-
-up: install build-plane  ## start the local stack in the background (kubeconfig: .cluster/kubeconfig)
+up: preflight install build-plane  ## start the local stack in the background (kubeconfig: .cluster/kubeconfig)
 	$(PY) -m e2e.stack up
 
-plane: install build-plane  ## only the local control plane, without Comptroller (to install the chart by hand)
+plane: preflight install build-plane  ## only the local control plane, without Comptroller (to install the chart by hand)
 	$(PY) -m e2e.cluster.plane up
 
 down:  ## stop the local stack, leaving no process behind
 	$(PY) -m e2e.stack down 2>/dev/null || bash e2e/cluster/down.sh
 
-demo: install build-plane  ## scripted data-scientist session on the local stack
+demo: preflight install build-plane  ## scripted data-scientist session on the local stack
 	$(PY) -m e2e.demo
 
-bench: install build-plane  ## benchmarks -> bench/results.json
+bench: preflight install build-plane  ## benchmarks -> bench/results.json
 	$(PY) -m bench.run
 
 clean: down

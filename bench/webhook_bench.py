@@ -241,7 +241,7 @@ def wrk_binary() -> str:
     found = shutil.which("wrk")
     if found:
         return found
-    # Like `make e2e-tools`: a Debian package, installed on first use.
+    # A Debian package, installed on first use (as root: `make bench` is not part of `make test`).
     subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
     subprocess.run(
         ["apt-get", "install", "-y", "-qq", "wrk"],

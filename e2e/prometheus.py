@@ -2,8 +2,9 @@
 
 `GpuExporter` serves `DCGM_FI_DEV_GPU_UTIL{namespace, pod, gpu}` (the metric NVIDIA's DCGM
 exporter publishes) from an http.server on 127.0.0.1, one settable value per pod. `Prometheus`
-runs Debian's `prometheus` binary on 127.0.0.1 with a temporary config that scrapes it every
-second. Both are context managers and leave nothing running behind them.
+runs Prometheus, built from its Go module by e2e/cluster/build.sh (pinned in versions.env, cached
+by version), on 127.0.0.1 with a temporary config that scrapes it every second. Both are context
+managers and leave nothing running behind them.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from e2e.cluster.plane import free_port
+from e2e.cluster.plane import free_port, prometheus_path
 from e2e.helpers import stop_process
 
 METRIC = "DCGM_FI_DEV_GPU_UTIL"
@@ -81,10 +82,10 @@ class GpuExporter:
 
 
 class Prometheus:
-    """Debian's `prometheus` on 127.0.0.1, scraping `targets` every second, data in a temp dir."""
+    """Prometheus on 127.0.0.1, scraping `targets` every second, data in a temp dir."""
 
     def __init__(self, *targets: str, binary: str | None = None) -> None:
-        self.binary = binary or shutil.which("prometheus") or "/usr/bin/prometheus"
+        self.binary = binary or str(prometheus_path())
         self.targets = targets
         self.port = free_port()
         self._dir = Path(tempfile.mkdtemp(prefix="comptroller-prometheus-"))
@@ -107,7 +108,7 @@ class Prometheus:
 
     def __enter__(self) -> Prometheus:
         if not Path(self.binary).exists():
-            raise RuntimeError("prometheus is not installed: run `make e2e-tools` (apt-get install it)")
+            raise RuntimeError(f"{self.binary} is missing: run `bash e2e/cluster/build.sh prometheus`")
         config = self._dir / "prometheus.yml"
         config.write_text(self._config())
         self._log = open(self._dir / "prometheus.log", "wb")  # noqa: SIM115 (closed in __exit__)

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Builds the local control plane from Go modules into a cache outside the repo:
+# Builds the local control plane and Prometheus from Go modules into a cache outside the repo:
 #   $COMPTROLLER_CACHE/bin/<component>-<version>/<binary>
 # Idempotent: a component whose binaries already exist is not rebuilt.
-# Usage: build.sh [all|kubernetes|etcd|kwok|helm]...
+# Prints one line per component; each one's full output goes to .cluster/logs/build-<name>.log,
+# whose last lines are shown only if it fails.
+# Usage: build.sh [all|kubernetes|etcd|kwok|helm|prometheus]...
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
 # shellcheck source=versions.env
 source "$here/versions.env"
 
@@ -13,8 +16,12 @@ CACHE="${COMPTROLLER_CACHE:-$HOME/.cache/comptroller}"
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
 export GOPROXY="${GOPROXY:-https://proxy.golang.org,direct}"
 mkdir -p "$CACHE/bin" "$CACHE/src"
+LOGS="$repo/.cluster/logs"
+mkdir -p "$LOGS"
 
+exec 3>&2  # the terminal: what `say` prints; everything else goes to the component's log
 log() { printf '[build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+say() { printf '[build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&3; log "$*"; }
 
 # A wrapper module per component, so each one's dependency graph stays its own.
 new_module() {  # new_module DIR MODULE_PATH
@@ -25,7 +32,7 @@ new_module() {  # new_module DIR MODULE_PATH
 build_kubernetes() {
   local v="$KUBERNETES_VERSION" out="$CACHE/bin/kubernetes-$KUBERNETES_VERSION"
   if [[ -x "$out/kubectl" && -x "$out/kube-apiserver" && -x "$out/kube-controller-manager" && -x "$out/kube-scheduler" ]]; then
-    log "kubernetes $v: cached in $out"; return
+    say "kubernetes $v: cached"; return
   fi
   local src="$CACHE/src/kubernetes-$v" staging_v="v0.${v#v1.}"
   log "kubernetes $v: preparing wrapper module (staging modules at $staging_v)"
@@ -60,18 +67,18 @@ GO
     ld+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$date"
   done
   mkdir -p "$out.tmp"
-  log "kubernetes $v: compiling kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (cold: tens of minutes on 2 cores)"
+  say "kubernetes $v: compiling kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (cold: about 15 minutes on 2 cores)"
   go build -v -ldflags "$ld" -o "$out.tmp/" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
     k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl 2>&1 \
-    | awk '{n++} n%200==0 {printf "[build] kubernetes: %d packages compiled\n", n > "/dev/stderr"}'
+    | tee /dev/stderr | awk '{n++} n%400==0 {printf "[build]   kubernetes: %d packages compiled\n", n; fflush()}' >&3
   rm -rf "$out"; mv "$out.tmp" "$out"
   log "kubernetes $v: done -> $out"
 }
 
 build_etcd() {
   local v="$ETCD_VERSION" out="$CACHE/bin/etcd-$ETCD_VERSION"
-  if [[ -x "$out/etcd" ]]; then log "etcd $v: cached in $out"; return; fi
+  if [[ -x "$out/etcd" ]]; then say "etcd $v: cached"; return; fi
   local src="$CACHE/src/etcd-$v"
   log "etcd $v: preparing wrapper module"
   new_module "$src" comptroller.dev/localplane/etcd
@@ -91,7 +98,7 @@ GO
   go mod edit -require="go.etcd.io/etcd/server/v3@$v"
   for m in api/v3 client/pkg/v3 client/v3 pkg/v3; do go mod edit -require="go.etcd.io/etcd/$m@$v"; done
   go mod tidy >/dev/null
-  log "etcd $v: compiling"
+  say "etcd $v: compiling"
   mkdir -p "$out.tmp"
   go build -ldflags "-s -w" -o "$out.tmp/etcd" .
   rm -rf "$out"; mv "$out.tmp" "$out"
@@ -100,8 +107,8 @@ GO
 
 build_go_install() {  # build_go_install NAME VERSION PACKAGE BINARY [CACHE_KEY [LDFLAGS]]
   local name="$1" v="$2" pkg="$3" bin="$4" out="$CACHE/bin/$1-${5:-$2}"
-  if [[ -x "$out/$bin" ]]; then log "$name $v: cached in $out"; return; fi
-  log "$name $v: compiling $pkg"
+  if [[ -x "$out/$bin" ]]; then say "$name $v: cached"; return; fi
+  say "$name $v: compiling $pkg"
   rm -rf "$out.tmp"; mkdir -p "$out.tmp"
   GOBIN="$out.tmp" go install -ldflags "-s -w ${6:-}" "$pkg@$v"
   rm -rf "$out"; mv "$out.tmp" "$out"
@@ -109,6 +116,13 @@ build_go_install() {  # build_go_install NAME VERSION PACKAGE BINARY [CACHE_KEY 
 }
 
 build_kwok() { build_go_install kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok kwok; }
+# Prometheus 3.x publishes its Go module as v0.3XX.Y. Without the `builtinassets` tag the web UI
+# is not embedded: the HTTP API, which is all the e2e suite and the demo query, works the same.
+build_prometheus() {
+  local minor="${PROMETHEUS_VERSION#v0.3}"  # v0.316.0 -> 16.0 -> 3.16.0
+  build_go_install prometheus "$PROMETHEUS_VERSION" github.com/prometheus/prometheus/cmd/prometheus prometheus \
+    "$PROMETHEUS_VERSION" "-X github.com/prometheus/common/version.Version=3.${minor}"
+}
 build_helm() {
   # Without a cluster, helm assumes the Kubernetes version of its own client libraries' defaults
   # (v1.20), which charts' kubeVersion constraints refuse; default it to the plane's version.
@@ -119,7 +133,24 @@ build_helm() {
   build_go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm helm "$HELM_VERSION-k8s$KUBERNETES_VERSION" "$ld"
 }
 
-targets=("$@"); [[ ${#targets[@]} -eq 0 || "${targets[0]}" == all ]] && targets=(etcd kwok kubernetes helm)
+targets=("$@"); [[ ${#targets[@]} -eq 0 || "${targets[0]}" == all ]] && targets=(etcd kwok kubernetes helm prometheus)
 start=$SECONDS
-for t in "${targets[@]}"; do "build_$t"; done
-log "all requested components ready in $((SECONDS - start))s"
+for t in "${targets[@]}"; do
+  declare -F "build_$t" >/dev/null || { echo "build.sh: unknown component $t" >&2; exit 2; }
+  log_file="$LOGS/build-$t.log"
+  began=$SECONDS
+  set +e
+  (set -e; "build_$t") >"$log_file" 2>&1
+  rc=$?
+  set -e
+  if [[ $rc -ne 0 ]]; then
+    printf '[build] %s FAILED after %ds (exit %d); the last lines of %s:\n' "$t" $((SECONDS - began)) "$rc" "$log_file" >&2
+    tail -n 30 "$log_file" | sed 's/^/    /' >&2
+    exit "$rc"
+  fi
+  if (( SECONDS - began > 2 )); then
+    printf '[build %s] %s: ready in %ds\n' "$(date +%H:%M:%S)" "$t" $((SECONDS - began)) >&2
+  fi
+done
+printf '[build %s] all components ready in %ds (logs: .cluster/logs/build-*.log)\n' "$(date +%H:%M:%S)" \
+  $((SECONDS - start)) >&2

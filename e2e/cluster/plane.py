@@ -66,6 +66,14 @@ def binaries() -> dict[str, Path]:
     return paths
 
 
+def prometheus_path() -> Path:
+    """Where build.sh puts Prometheus (built from its Go module, like the plane), building it if absent."""
+    path = cache_dir() / "bin" / f"prometheus-{read_versions()['PROMETHEUS_VERSION']}" / "prometheus"
+    if not path.exists():
+        subprocess.run(["bash", str(HERE / "build.sh"), "prometheus"], check=True)
+    return path
+
+
 def helm_path() -> Path:
     """Where build.sh puts helm (keyed by its version and the Kubernetes version it defaults to)."""
     v = read_versions()
