@@ -7,7 +7,6 @@ Both use `period_bounds` so the admission check and the metering agree on when a
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -32,11 +31,6 @@ def period_bounds(period: str, now: datetime) -> tuple[datetime, datetime]:
         end = start.replace(month=start.month + 1)
         return start, end
     raise ValueError(f"unknown budget period {period!r}; use Daily, Weekly or Monthly")
-
-
-def budget_matches(budget: Any, labels: Mapping[str, str]) -> bool:
-    """Whether a workload with these effective labels draws on this GPUBudget."""
-    return budget.spec.selector.compiled.matches(labels)
 
 
 def current_usage(budget: Any, now: datetime) -> tuple[float, datetime]:

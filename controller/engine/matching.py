@@ -46,10 +46,6 @@ class Selector:
         ]
         return cls(selector.get("matchLabels") or {}, expressions)
 
-    @property
-    def is_empty(self) -> bool:
-        return not self.match_labels and not self.expressions
-
     def matches(self, labels: Mapping[str, str]) -> bool:
         for key, value in self.match_labels:
             if labels.get(key) != value:
