@@ -21,9 +21,10 @@ preflight:  ## what the local stack needs (Python, Go, disk), with the command t
 build-plane: preflight  ## build etcd, kube-*, kubectl, kwok, helm and Prometheus from Go modules (cached by version)
 	@bash e2e/cluster/build.sh all
 
-lint: install
-	$(VENV)/bin/ruff check controller tests e2e
+lint: install  ## ruff, the import-layer contracts, and strict types on the engine
+	$(VENV)/bin/ruff check controller tests e2e bench
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 unit: install  ## fast tests: engine, webhook, operator logic, policies (no control plane)
 	$(PY) -m pytest -q tests policies
@@ -31,7 +32,7 @@ unit: install  ## fast tests: engine, webhook, operator logic, policies (no cont
 e2e: preflight install build-plane  ## end-to-end tests on the local control plane
 	$(PY) -m pytest -q e2e
 
-test: preflight install build-plane  ## the whole suite: unit + e2e
+test: preflight install lint build-plane  ## the whole suite: lint and types, unit, e2e
 	$(PY) -m pytest -q tests policies e2e
 
 up: preflight install build-plane  ## start the local stack in the background (kubeconfig: .cluster/kubeconfig)

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from controller.constants import DEFAULT_EXPIRY_KEY, DEFAULT_GPU_RESOURCES
-from controller.engine.api import Decision, Snapshot, Violation
+from controller.engine.api import Decision, Enforcement, Snapshot, Violation
 from controller.engine.matching import namespace_labels_of, placement_matches
 from controller.engine.models import RULE_FAMILIES
 from controller.engine.rules import Context
@@ -30,12 +30,12 @@ from controller.engine.rules import gpu as gpu_rule
 from controller.engine.rules import labels as labels_rule
 from controller.engine.update import Update
 from controller.engine.view import WorkloadView
-from controller.engine.workloads import BUILTIN_KINDS
+from controller.engine.workloads import BUILTIN_KINDS, KindRegistry
 
 _DEFAULT_RESOURCES = tuple(DEFAULT_GPU_RESOURCES)
 _MAX_SCOPES = 4096
 _ROUTES = {"Enforce": "violations", "Warn": "warnings", "Audit": "audit"}
-_CARRIED = {"Enforce": "Warn", "Warn": "Warn", "Audit": "Audit"}
+_CARRIED: dict[str, Enforcement] = {"Enforce": "Warn", "Warn": "Warn", "Audit": "Audit"}
 
 
 def evaluate(
@@ -60,7 +60,7 @@ def evaluate(
     """
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
-    kinds = snapshot.kinds or BUILTIN_KINDS
+    kinds: KindRegistry = snapshot.kinds or BUILTIN_KINDS
     metadata = manifest.get("metadata") or {}
     ns = namespace or metadata.get("namespace") or ""
     spec = kinds.lookup(manifest)
@@ -283,7 +283,9 @@ def _waived(exceptions: list[Any], policy: str, rule: str) -> bool:
     return any(e.spec.covers(policy, rule) for e in exceptions)
 
 
-def _route(decision: Decision, found: list[Violation], enforcement: str, exceptions: list[Any]) -> None:
+def _route(
+    decision: Decision, found: list[Violation], enforcement: Enforcement, exceptions: list[Any]
+) -> None:
     for violation in found:
         if enforcement != "Enforce":
             violation = _with_enforcement(violation, enforcement)
@@ -293,5 +295,5 @@ def _route(decision: Decision, found: list[Violation], enforcement: str, excepti
             getattr(decision, _ROUTES[enforcement]).append(violation)
 
 
-def _with_enforcement(violation: Violation, enforcement: str) -> Violation:
+def _with_enforcement(violation: Violation, enforcement: Enforcement) -> Violation:
     return replace(violation, enforcement=enforcement)

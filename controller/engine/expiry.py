@@ -30,7 +30,7 @@ ANNOTATION_FORMATS = (
 )
 
 
-def parse_expires_at(value: str, *, source: Source) -> datetime:
+def parse_expires_at(value: object, *, source: Source) -> datetime:
     """Parse an `expires_at` value read from a label or an annotation; ValueError names the formats."""
     text = value.strip() if isinstance(value, str) else ""
     try:
@@ -39,9 +39,11 @@ def parse_expires_at(value: str, *, source: Source) -> datetime:
             text = re.sub(r"(\.\d{6})\d+", r"\1", text.replace("z", "Z"))
             return datetime.fromisoformat(text).astimezone(UTC)
         if match := _DATE.fullmatch(text):
-            return datetime(*(int(part) for part in match.groups()), tzinfo=UTC)
+            year, month, day = map(int, match.groups())
+            return datetime(year, month, day, tzinfo=UTC)
         if match := _LABEL_TIME.fullmatch(text):
-            return datetime(*(int(part) for part in match.groups()), tzinfo=UTC)
+            year, month, day, hour, minute, second = map(int, match.groups())
+            return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
         if _UNIX.fullmatch(text):
             return datetime.fromtimestamp(int(text), tz=UTC)
     except (ValueError, OverflowError, OSError) as exc:

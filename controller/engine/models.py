@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, cast
 
 from pydantic import (
     AfterValidator,
@@ -386,11 +386,12 @@ class PrometheusSpec(_Model):
     threshold: float = 5.0
 
 
+_IDLE_KINDS: tuple[Literal["Deployment", "StatefulSet"], ...] = ("Deployment", "StatefulSet")
+
+
 class IdleSpec(_Model):
     selector: LabelSelector = Field(default_factory=LabelSelector)
-    kinds: list[Literal["Deployment", "StatefulSet"]] = Field(
-        default_factory=lambda: ["Deployment", "StatefulSet"]
-    )
+    kinds: list[Literal["Deployment", "StatefulSet"]] = Field(default_factory=lambda: [*_IDLE_KINDS])
     idle_after: Duration = timedelta(minutes=30)
     prometheus: PrometheusSpec | None = None
 
@@ -526,7 +527,8 @@ class _Resource(BaseModel):
         if not isinstance(obj, dict):
             problem = ("", f"expected a mapping, got {type(obj).__name__}")
             raise PolicyError(f"{cls.__name__}/<unknown>", [problem])
-        meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+        raw_meta = obj.get("metadata")
+        meta = raw_meta if isinstance(raw_meta, dict) else {}
         name = f"{cls.__name__}/{meta.get('name') or '<unnamed>'}"
         if obj.get("kind") != cls.__name__:
             raise PolicyError(name, [("kind", f"expected {cls.__name__}, got {obj.get('kind')!r}")])
@@ -583,4 +585,4 @@ def load_object(obj: dict[str, Any]) -> FinOpsPolicy | GPUBudget | FinOpsExcepti
     if model is None:
         name = (obj.get("metadata") or {}).get("name", "<unnamed>") if isinstance(obj, dict) else "<unknown>"
         raise PolicyError(f"{kind}/{name}", [("kind", f"expected one of {', '.join(MODELS)}")])
-    return model.from_object(obj)
+    return cast(FinOpsPolicy | GPUBudget | FinOpsException, model.from_object(obj))

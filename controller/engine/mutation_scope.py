@@ -51,7 +51,7 @@ def mutation_condition(policies: Iterable[FinOpsPolicy]) -> str:
         }
     )
     expiries = [
-        p.spec.expiry
+        (p.spec.expiry, p.spec.expiry.required_when_sets)
         for p in policies
         if p.spec.expiry is not None
         and p.spec.expiry.default is not None
@@ -63,14 +63,14 @@ def mutation_condition(policies: Iterable[FinOpsPolicy]) -> str:
     settled = ['request.kind.group == "" && request.kind.kind == "Pod" && has(object.metadata)']
     if fillable:
         settled.append(f"has({_LABELS}) && {_literal(fillable)}.all(k, k in {_LABELS})")
-    for expiry in expiries:
+    for expiry, required_when in expiries:
         key = _literal(expiry.key)
         present = f"(has({_ANNOTATIONS}) && {key} in {_ANNOTATIONS} || has({_LABELS}) && {key} in {_LABELS})"
         # A value no label can hold never matches: leaving it out is exact.
         when = [
             f"{_literal(label)} in {_LABELS} && {_LABELS}[{_literal(label)}] in "
             + _literal(sorted(v for v in values if is_label_value(v)))
-            for label, values in sorted(expiry.required_when_sets.items())
+            for label, values in sorted(required_when.items())
         ]
         not_required = f" || !(has({_LABELS}) && {' && '.join(when)})" if when else ""
         clause = f"({present}{not_required})"

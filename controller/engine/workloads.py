@@ -16,7 +16,7 @@ import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, DecimalException
-from typing import Any
+from typing import Any, TypeGuard
 
 from controller.constants import DEFAULT_GPU_RESOURCES
 
@@ -198,7 +198,7 @@ class KindRegistry:
 BUILTIN_KINDS = KindRegistry(BUILTIN_KIND_SPECS)
 
 
-def _is_map(value: Any) -> bool:
+def _is_map(value: Any) -> TypeGuard[Mapping[str, Any]]:
     """isinstance(value, Mapping), with parsed JSON's dicts answered first: the ABC check costs six
     times a type check, and admission runs it on every step into a manifest."""
     return type(value) is dict or isinstance(value, Mapping)
@@ -231,7 +231,9 @@ class PodTemplate:
         self.spec = template.get("spec") or {}
 
 
-def _walk(node: Any, segments: Sequence[str], path: tuple[str | int, ...], bound: tuple[str | int, ...]):
+def _walk(
+    node: Any, segments: Sequence[str], path: tuple[str | int, ...], bound: tuple[str | int, ...]
+) -> Iterator[tuple[tuple[str | int, ...], Any, tuple[str | int, ...]]]:
     if not segments:
         yield path, node, bound
         return
@@ -313,7 +315,7 @@ def pod_templates_of(manifest: Mapping[str, Any], spec: KindSpec) -> list[PodTem
 
 def pod_templates(
     manifest: Mapping[str, Any], kinds: KindRegistry | None = None
-) -> list[tuple[Pointer, dict]]:
+) -> list[tuple[Pointer, Mapping[str, Any]]]:
     """`[(json_pointer, pod_template)]` of a workload; `[]` when the kind is not a known workload."""
     spec = (kinds or BUILTIN_KINDS).lookup(manifest)
     if spec is None:
@@ -321,7 +323,9 @@ def pod_templates(
     return [(t.pointer, t.template) for t in pod_templates_of(manifest, spec)]
 
 
-def scaled(manifest: Mapping[str, Any], replicas: Any, kinds: KindRegistry | None = None) -> dict | None:
+def scaled(
+    manifest: Mapping[str, Any], replicas: Any, kinds: KindRegistry | None = None
+) -> dict[str, Any] | None:
     """The workload as its `scale` subresource would leave it: `replicas` set at the kind's scale
     path (copying only the maps on the way). None when the kind has no scale path we know."""
     spec = (kinds or BUILTIN_KINDS).lookup(manifest)
@@ -332,8 +336,9 @@ def scaled(manifest: Mapping[str, Any], replicas: Any, kinds: KindRegistry | Non
     node = top
     for key in parents:
         child = node.get(key)
-        node[key] = dict(child) if _is_map(child) else {}
-        node = node[key]
+        copied: dict[str, Any] = dict(child) if _is_map(child) else {}
+        node[key] = copied
+        node = copied
     node[leaf] = replicas
     return top
 

@@ -13,7 +13,7 @@ applies): list a catch-all last (no `when`) to forbid everything else.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from controller.engine.api import Violation
@@ -143,7 +143,7 @@ def _unpinned(
 def _disallowed(
     policy: str, gpu: GPUSpec, allow: InstanceTypeRule | None, view: Any, found: list[tuple[int, list[str]]]
 ) -> Violation:
-    values = []
+    values: list[str] = []
     for _, bad in found:
         values.extend(v for v in bad if v not in values)
     indexes = [i for i, _ in found]
@@ -182,14 +182,16 @@ def _too_many(policy: str, gpu: GPUSpec, view: Any, found: list[tuple[int, int]]
     )
 
 
-def _reduce(template: PodTemplate, resources: tuple[str, ...], limit: int) -> list[tuple[tuple, dict]]:
+def _reduce(
+    template: PodTemplate, resources: tuple[str, ...], limit: int
+) -> list[tuple[tuple[str | int, ...], dict[str, dict[str, int]]]]:
     """New GPU requests that fit `limit`: sidecars, then app containers, share it as they run together;
     each init container gets what the sidecars started before it leave over."""
     spec = template.spec
     pool = limit
     entries = []
 
-    def fit(container: dict, path: tuple, allowance: int) -> int:
+    def fit(container: Mapping[str, Any], path: tuple[str | int, ...], allowance: int) -> int:
         used = 0
         resources_fix: dict[str, dict[str, int]] = {}
         for resource in resources:

@@ -22,7 +22,7 @@ from controller.engine.rules import Context
 from controller.engine.view import WorkloadView
 
 try:  # The regex parser is private API; hints degrade to a placeholder if it ever moves.
-    import re._parser as _sre
+    import re._parser as _sre  # type: ignore[import-not-found]
 except ImportError:  # pragma: no cover
     _sre = None
 
