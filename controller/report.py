@@ -18,8 +18,8 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from controller.operator.budgets import PERIODS, Budget, period_bounds
-from controller.operator.metering import PodRecord, format_time, pod_record, price_for
+from controller.metering.budgets import PERIODS, Budget, period_bounds
+from controller.metering.usage import PodRecord, format_time, pod_record, price_for
 
 NONE = "(none)"
 CSV_FIELDS = ("scope", "name", "team", "cost_center", "gpu_hours", "estimated_cost", "running_gpus",
@@ -257,11 +257,11 @@ def render_csv(report: Mapping[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from controller.engine.models import DEFAULT_INSTANCE_TYPE_KEYS
     from controller.k8s.config import load_api_client
     from controller.k8s.ledgers import list_budgets
     from controller.k8s.pods import PODS
     from controller.k8s.workloads import ApiError, Workloads
-    from controller.operator.settings import DEFAULT_INSTANCE_TYPE_KEYS
 
     resources = tuple(args.gpu_resource or ("nvidia.com/gpu",))
     try:

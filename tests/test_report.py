@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from controller import constants
-from controller.operator.metering import PodRecord
+from controller.metering.usage import PodRecord
 from controller.report import CSV_FIELDS, build_report, render_csv, render_table
 
 NOW = datetime(2026, 11, 10, 12, 0, tzinfo=UTC)

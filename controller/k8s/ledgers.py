@@ -1,6 +1,6 @@
 """Where metering state is persisted: each GPUBudget's ledger ConfigMap, and the budget's status.
 
-The ledger ConfigMap (see `controller.operator.metering` for why it exists) is written with a
+The ledger ConfigMap (see `controller.metering.usage` for why it exists) is written with a
 compare-and-swap on its resourceVersion: two replicas overlapping during a peering hand-over, or
 a write whose response was lost, can never interleave two different histories; the loser gets
 `Conflict`, rereads, and recomputes (metering is idempotent, so nothing is lost or doubled).

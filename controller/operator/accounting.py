@@ -31,15 +31,15 @@ from controller.k8s import ledgers as ledger_store
 from controller.k8s import pods as pod_api
 from controller.k8s.pods import PodWatch
 from controller.k8s.workloads import ApiError, Conflict, Workloads
-from controller.operator import metrics
-from controller.operator.budgets import Budget, advance, project_status, threshold_message
-from controller.operator.metering import (
+from controller.metering.budgets import Budget, advance, project_status, threshold_message
+from controller.metering.usage import (
     Ledger,
     PodRecord,
     needs_finalizer,
     pod_record,
     releasable,
 )
+from controller.operator import metrics
 from controller.operator.settings import OperatorConfig
 
 log = logging.getLogger(__name__)

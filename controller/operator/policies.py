@@ -15,7 +15,7 @@ import kopf
 
 from controller import constants
 from controller.engine.models import FinOpsPolicy, PolicyError
-from controller.operator.metering import format_time
+from controller.metering.usage import format_time
 
 MAX_MESSAGE = 1024
 

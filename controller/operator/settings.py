@@ -11,13 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from controller import constants
-
-DEFAULT_INSTANCE_TYPE_KEYS = (
-    "node.kubernetes.io/instance-type",
-    "karpenter.k8s.aws/instance-type",
-    "cloud.google.com/gke-accelerator",
-    "nvidia.com/gpu.product",
-)
+from controller.engine.models import DEFAULT_INSTANCE_TYPE_KEYS
 
 
 @dataclass(frozen=True)

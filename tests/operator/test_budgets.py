@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from controller.operator.budgets import Budget, advance, period_bounds, project_status
-from controller.operator.metering import Ledger, PodRecord
+from controller.metering.budgets import Budget, advance, period_bounds, project_status
+from controller.metering.usage import Ledger, PodRecord
 
 
 def utc(*args) -> datetime:

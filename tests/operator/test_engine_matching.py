@@ -9,10 +9,10 @@ from controller import constants
 from controller.engine import Snapshot, matching_policies
 from controller.engine.expiry import format_annotation
 from controller.engine.models import FinOpsException, FinOpsPolicy
-from controller.operator.budgets import Budget
+from controller.metering.budgets import Budget
+from controller.metering.usage import pod_record
 from controller.operator.expiry import expiry_terms
 from controller.operator.idle import idle_rules
-from controller.operator.metering import pod_record
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 PAST = format_annotation(NOW - timedelta(hours=1))

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from controller import constants
-from controller.operator.metering import (
+from controller.metering.usage import (
     Entry,
     Ledger,
     PodRecord,

@@ -14,10 +14,10 @@ import pytest
 from controller import constants
 from controller.k8s.ledgers import ledger_name
 from controller.k8s.workloads import Conflict, NotFound
+from controller.metering.budgets import Budget
+from controller.metering.usage import Entry, Ledger, PodRecord
 from controller.operator import accounting
 from controller.operator.accounting import MeteringState, plan_finalizers, tick
-from controller.operator.budgets import Budget
-from controller.operator.metering import Entry, Ledger, PodRecord
 from controller.operator.settings import MeteringSettings, OperatorConfig
 
 T0 = datetime(2026, 11, 10, 12, 0, tzinfo=UTC)

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 
 from controller.k8s.pods import PodWatch
+from controller.metering.usage import pod_record
 from controller.operator.accounting import end_at_deletion
-from controller.operator.metering import pod_record
 
 
 def pod(name: str, gpus: int = 1, *, phase: str = "Running") -> dict:

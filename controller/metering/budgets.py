@@ -16,7 +16,7 @@ from typing import Any
 from controller.engine.budgets import period_bounds
 from controller.engine.matching import Selector
 from controller.engine.rules.budget import format_gpu_hours
-from controller.operator.metering import Ledger, PodRecord, format_time, meter, new_ledger, roll_over
+from controller.metering.usage import Ledger, PodRecord, format_time, meter, new_ledger, roll_over
 
 PERIODS = ("Daily", "Weekly", "Monthly")
 DEFAULT_THRESHOLDS = (50, 80, 100)
