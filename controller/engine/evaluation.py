@@ -77,7 +77,7 @@ def evaluate(
     live_exceptions = [e for e in where.exceptions if e.spec.expires_at > now] if where.exceptions else []
 
     matcher = _Matcher(where, view)
-    if mutate:
+    if mutate and not _made_by_a_controller(manifest, view):
         exceptions = _exceptions_for(live_exceptions, view.labels())
         for policy in matcher.matching():
             if policy.spec.labels is not None and not _waived(exceptions, policy.name, "labels"):
@@ -225,6 +225,17 @@ class _Matcher:
                 if p.spec.match.selector is None or p.spec.match.selector.compiled.matches(labels)
             ]
         return self._matched
+
+
+def _made_by_a_controller(manifest: Mapping[str, Any], view: WorkloadView) -> bool:
+    """A controller object made by another controller (a Deployment's ReplicaSet, a JobSet's Job)
+    is not mutated: its parent was, and patching the child's template would make the parent see a
+    template that differs from its own and roll out a new child, again and again. Pods are still
+    mutated: nothing compares a pod with its template."""
+    if view.is_pod:
+        return False
+    owners = (manifest.get("metadata") or {}).get("ownerReferences") or ()
+    return any(isinstance(o, Mapping) and o.get("controller") for o in owners)
 
 
 @dataclass(frozen=True, slots=True)

@@ -201,7 +201,7 @@ class Admission:
         return response_body(request.uid, allowed=True, warnings=warnings), label
 
     def _mutate(self, request: AdmissionRequest) -> tuple[bytes, str]:
-        if self._passes_untouched(request) or owned_controller(request):
+        if self._passes_untouched(request):
             return response_body(request.uid, allowed=True), "skipped"
         decision = self._judge(request, mutate=True)
         patch = decision.patch
@@ -242,19 +242,6 @@ def _replicas(scale: Mapping[str, Any] | None) -> Any:
     """`spec.replicas` of an autoscaling/v1 Scale (absent means 0, as the API defaults it)."""
     spec = (scale or {}).get("spec")
     return spec.get("replicas", 0) if isinstance(spec, dict) else 0
-
-
-def owned_controller(request: AdmissionRequest) -> bool:
-    """A controller object made by another controller (a Deployment's ReplicaSet, a JobSet's Job).
-
-    Its parent was mutated already; patching the child's template would make the parent see a
-    template that differs from its own and roll out a new child, again and again. Pods are still
-    mutated: nothing compares a pod with its template.
-    """
-    if request.kind == "Pod":
-        return False
-    owners = (request.object.get("metadata") or {}).get("ownerReferences") or ()
-    return any(isinstance(o, dict) and o.get("controller") for o in owners)
 
 
 def header_safe(text: str) -> list[str]:
