@@ -38,10 +38,9 @@ from typing import Any
 
 import yaml
 
-from controller.constants import GROUP
 from controller.engine import Decision, Snapshot, evaluate
+from controller.engine.loading import POLICY_KINDS, build_snapshot, compile_object, is_policy_object
 from controller.engine.messages import render_warning
-from controller.engine.models import PolicyError, load_object
 from controller.engine.timestamps import parse_time
 from controller.engine.workloads import BUILTIN_KINDS, KindRegistry
 
@@ -258,22 +257,19 @@ def load_snapshot(
     """Policies, budgets and exceptions found under `policy_paths`, and the errors loading them."""
     inputs = read_documents(policy_paths)
     errors = list(inputs.errors)
-    policies, budgets, exceptions = [], [], []
+    models: dict[str, list[Any]] = {kind: [] for kind in POLICY_KINDS}
     for doc in inputs.documents:
-        api_version = doc.body.get("apiVersion")
-        if not (isinstance(api_version, str) and api_version.startswith(f"{GROUP}/")):
+        if not is_policy_object(doc.body):
             continue  # test resources, Namespaces, anything else living beside the policies
         try:
-            obj = load_object(doc.body)
-        except PolicyError as exc:
+            models[doc.body["kind"]].append(compile_object(doc.body["kind"], doc.body))
+        except ValueError as exc:  # the model's PolicyError names the object and the field
             errors.append(f"{doc.where}: {exc}")
-            continue
-        {"FinOpsPolicy": policies, "GPUBudget": budgets, "FinOpsException": exceptions}[obj.kind].append(obj)
-    snapshot = Snapshot(
-        policies=tuple(sorted(policies, key=lambda p: p.name)),
-        budgets=tuple(sorted(budgets, key=lambda b: b.name)),
-        exceptions=tuple(exceptions),
-        namespace_labels=namespace_labels or {},
+    snapshot = build_snapshot(
+        policies=models["FinOpsPolicy"],
+        budgets=models["GPUBudget"],
+        exceptions=models["FinOpsException"],
+        namespace_labels=namespace_labels,
         kinds=kinds,
     )
     return snapshot, errors

@@ -18,7 +18,7 @@ import functools
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,7 @@ from kubernetes import client
 
 from controller import constants
 from controller.engine.api import Snapshot
+from controller.engine.loading import build_snapshot, compile_object, object_key
 from controller.k8s import watching
 
 log = logging.getLogger(__name__)
@@ -35,42 +36,6 @@ log = logging.getLogger(__name__)
 class Resource:
     kind: str
     list_fn: Callable[..., Any]
-
-
-def compile_object(kind: str, obj: Mapping[str, Any]) -> Any:
-    """A CR as the engine's validated model (raises the model's PolicyError on a bad spec)."""
-    from controller.engine.models import FinOpsException, FinOpsPolicy, GPUBudget
-
-    model = {"FinOpsPolicy": FinOpsPolicy, "GPUBudget": GPUBudget, "FinOpsException": FinOpsException}[kind]
-    return model.from_object(dict(obj))
-
-
-def object_key(kind: str, obj: Mapping[str, Any]) -> str:
-    """`Kind/name` or `Kind/namespace/name`: how objects are stored and how errors are reported."""
-    metadata = obj.get("metadata") or {}
-    namespace = metadata.get("namespace")
-    return f"{kind}/{namespace}/{metadata.get('name')}" if namespace else f"{kind}/{metadata.get('name')}"
-
-
-def build_snapshot(
-    *,
-    policies: Iterable[Any],
-    budgets: Iterable[Any],
-    exceptions: Iterable[Any],
-    namespace_labels: Mapping[str, Mapping[str, str]],
-    excluded_namespaces: frozenset[str],
-) -> Snapshot:
-    # Sorted by name so evaluation order (and so message order) does not depend on event order.
-    def by_name(models: Iterable[Any]) -> tuple[Any, ...]:
-        return tuple(sorted(models, key=lambda m: (getattr(m, "namespace", "") or "", m.name)))
-
-    return Snapshot(
-        policies=by_name(policies),
-        budgets=by_name(budgets),
-        exceptions=by_name(exceptions),
-        namespace_labels=dict(namespace_labels),
-        excluded_namespaces=constants.ALWAYS_EXCLUDED_NAMESPACES | excluded_namespaces,
-    )
 
 
 def api_resources(api_client: client.ApiClient) -> tuple[Resource, ...]:

@@ -33,6 +33,7 @@ import kopf
 
 from controller import constants
 from controller.engine import Snapshot
+from controller.engine.loading import build_snapshot
 from controller.engine.models import FinOpsException, FinOpsPolicy, PolicyError
 from controller.engine.workloads import BUILTIN_KINDS
 from controller.k8s.workloads import ApiError, ApiResource, Conflict, NotFound, Workloads
@@ -72,7 +73,7 @@ class Inputs:
 
     @property
     def snapshot(self) -> Snapshot:
-        return Snapshot(
+        return build_snapshot(
             policies=self.policies,
             exceptions=self.exceptions,
             namespace_labels=self.namespace_labels,

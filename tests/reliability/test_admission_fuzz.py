@@ -23,9 +23,10 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from controller.check import read_documents
 from controller.webhook.app import FAILURE_WARNING, create_app
 from controller.webhook.settings import WebhookSettings
-from controller.webhook.views import load_objects, view_from_objects
+from controller.webhook.views import view_from_objects
 
 REPO = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
@@ -37,7 +38,8 @@ FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 @pytest.fixture(scope="module")
 def client() -> TestClient:
     """The default policies and the example budgets and exceptions, so every rule family runs."""
-    objects = load_objects(REPO / "policies" / "default") + load_objects(REPO / "policies" / "examples")
+    paths = [REPO / "policies" / "default", REPO / "policies" / "examples"]
+    objects = [d.body for d in read_documents(paths).documents]
     view = view_from_objects(objects)
     assert not view.errors()
     app = create_app(view=view, settings=WebhookSettings(max_body_bytes=MAX_BODY), clock=lambda: NOW)
@@ -261,7 +263,7 @@ def test_the_largest_review_the_api_server_can_send_is_judged():
     review["request"]["oldObject"] = copy.deepcopy(review["request"]["object"])
     body = json.dumps(review).encode()
     assert len(body) > 18 * 1024 * 1024
-    objects = load_objects(REPO / "policies" / "default")
+    objects = [d.body for d in read_documents([REPO / "policies" / "default"]).documents]
     app = create_app(view=view_from_objects(objects), settings=WebhookSettings(), clock=lambda: NOW)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     response = check_review(post(TestClient(app), "/validate", body), "u-1")
