@@ -39,7 +39,7 @@ from typing import Any
 import yaml
 
 from controller.engine import Decision, Snapshot, evaluate
-from controller.engine.loading import POLICY_KINDS, build_snapshot, compile_object, is_policy_object
+from controller.engine.loading import snapshot_from_objects
 from controller.engine.messages import render_warning
 from controller.engine.timestamps import parse_time
 from controller.engine.workloads import BUILTIN_KINDS, KindRegistry
@@ -256,23 +256,15 @@ def load_snapshot(
 ) -> tuple[Snapshot, list[str]]:
     """Policies, budgets and exceptions found under `policy_paths`, and the errors loading them."""
     inputs = read_documents(policy_paths)
-    errors = list(inputs.errors)
-    models: dict[str, list[Any]] = {kind: [] for kind in POLICY_KINDS}
-    for doc in inputs.documents:
-        if not is_policy_object(doc.body):
-            continue  # test resources, Namespaces, anything else living beside the policies
-        try:
-            models[doc.body["kind"]].append(compile_object(doc.body["kind"], doc.body))
-        except ValueError as exc:  # the model's PolicyError names the object and the field
-            errors.append(f"{doc.where}: {exc}")
-    snapshot = build_snapshot(
-        policies=models["FinOpsPolicy"],
-        budgets=models["GPUBudget"],
-        exceptions=models["FinOpsException"],
+    # Test resources, Namespaces, anything else living beside the policies is skipped.
+    where = {id(doc.body): doc.where for doc in inputs.documents}
+    snapshot, broken = snapshot_from_objects(
+        (doc.body for doc in inputs.documents),
         namespace_labels=namespace_labels,
         kinds=kinds,
+        where=lambda body: where[id(body)],
     )
-    return snapshot, errors
+    return snapshot, [*inputs.errors, *(f"{at}: {error}" for at, error in broken.items())]
 
 
 def namespace_labels_from(documents: Iterable[Document]) -> dict[str, dict[str, str]]:

@@ -8,7 +8,7 @@ policies the same way (by name: when two policies default the same label, the fi
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from controller.constants import ALWAYS_EXCLUDED_NAMESPACES, GROUP
@@ -68,9 +68,11 @@ def snapshot_from_objects(
     namespace_labels: Mapping[str, Mapping[str, str]] | None = None,
     excluded_namespaces: Iterable[str] = (),
     kinds: Any = None,
+    where: Callable[[Mapping[str, Any]], str] | None = None,
 ) -> tuple[Snapshot, dict[str, str]]:
     """Compile every policy object among `objects` (others are skipped); a broken one is left out
-    and named in the errors (`Kind/name` -> what is wrong, with the field's path)."""
+    and named in the errors: `where(obj)` (a file and document, say), by default `Kind/name`, ->
+    what is wrong, with the field's path."""
     models: dict[str, list[Any]] = {kind: [] for kind in POLICY_KINDS}
     errors: dict[str, str] = {}
     for obj in objects:
@@ -80,7 +82,7 @@ def snapshot_from_objects(
         try:
             models[kind].append(compile_object(kind, obj))
         except ValueError as error:  # PolicyError, or a spec pydantic could not even read
-            errors[object_key(kind, obj)] = str(error)
+            errors[where(obj) if where else object_key(kind, obj)] = str(error)
     snapshot = build_snapshot(
         policies=models["FinOpsPolicy"],
         budgets=models["GPUBudget"],
