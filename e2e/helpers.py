@@ -110,6 +110,43 @@ def events(cluster: Any, namespace: str, *, reason: str | None = None, name: str
     ]
 
 
+def team_budget(team: str, hours: float, *, admission: str = "Exhausted") -> dict:
+    """A monthly, enforced GPUBudget `team-<team>` for the workloads labelled `team: <team>`."""
+    return {
+        "apiVersion": "finops.comptroller.dev/v1alpha1",
+        "kind": "GPUBudget",
+        "metadata": {"name": f"team-{team}"},
+        "spec": {
+            "selector": {"matchLabels": {"team": team}},
+            "gpuHours": hours,
+            "period": "Monthly",
+            "enforcement": "Enforce",
+            "admission": admission,
+        },
+    }
+
+
+def cpu_hpa(name: str, namespace: str, *, min_replicas: int, max_replicas: int) -> dict:
+    """An autoscaling/v2 HPA on the Deployment `name`, at 80 % CPU (no metrics server here: below
+    minReplicas it scales up regardless, above it it holds)."""
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicas": min_replicas,
+            "maxReplicas": max_replicas,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}},
+                }
+            ],
+        },
+    }
+
+
 def policy(name: str, spec: dict) -> dict:
     return {
         "apiVersion": "finops.comptroller.dev/v1alpha1",

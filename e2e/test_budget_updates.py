@@ -11,26 +11,11 @@ import uuid
 
 import yaml
 
-from e2e.helpers import COMPLIANT_LABELS, wait_until
+from e2e.helpers import COMPLIANT_LABELS, cpu_hpa, team_budget, wait_until
 
 
 def apply(cluster, obj: dict, *extra: str):
     return cluster.kubectl("apply", "-f", "-", *extra, input=yaml.safe_dump(obj), check=False)
-
-
-def budget(team: str, hours: float) -> dict:
-    return {
-        "apiVersion": "finops.comptroller.dev/v1alpha1",
-        "kind": "GPUBudget",
-        "metadata": {"name": f"team-{team}"},
-        "spec": {
-            "selector": {"matchLabels": {"team": team}},
-            "gpuHours": hours,
-            "period": "Monthly",
-            "enforcement": "Enforce",
-            "admission": "Exhausted",
-        },
-    }
 
 
 def gpu_deployment(namespace: str, labels: dict, *, name: str = "serve", replicas: int = 1) -> dict:
@@ -62,12 +47,12 @@ def test_a_spent_budget_refuses_every_gpu_increase_and_admits_the_rest(stack, cl
     team = f"scale-{uuid.uuid4().hex[:6]}"
     labels = {**COMPLIANT_LABELS, "team": team}
     spent = f"team-{team}"
-    assert apply(cluster, budget(team, 1000)).returncode == 0
+    assert apply(cluster, team_budget(team, 1000)).returncode == 0
     try:
         created = apply(cluster, gpu_deployment(namespace, labels))
         assert created.returncode == 0, created.stderr
         # The team spends its budget (here: the platform team cuts it to nothing).
-        assert apply(cluster, budget(team, 0)).returncode == 0
+        assert apply(cluster, team_budget(team, 0)).returncode == 0
         probe = gpu_deployment(namespace, labels, name="probe")
         wait_until(
             lambda: spent in apply(cluster, probe, "--dry-run=server").stderr,
@@ -120,11 +105,11 @@ def test_an_hpa_cannot_scale_past_a_spent_budget(stack, cluster, namespace):
     team = f"hpa-{uuid.uuid4().hex[:6]}"
     labels = {**COMPLIANT_LABELS, "team": team}
     spent = f"team-{team}"
-    assert apply(cluster, budget(team, 1000)).returncode == 0
+    assert apply(cluster, team_budget(team, 1000)).returncode == 0
     try:
         # A GPU Deployment admitted while the team had budget (an HPA leaves one at 0 replicas alone).
         assert apply(cluster, gpu_deployment(namespace, labels, name="gpu", replicas=1)).returncode == 0
-        assert apply(cluster, budget(team, 0)).returncode == 0
+        assert apply(cluster, team_budget(team, 0)).returncode == 0
         wait_until(
             lambda: (
                 spent
@@ -137,25 +122,7 @@ def test_an_hpa_cannot_scale_past_a_spent_budget(stack, cluster, namespace):
         cpu["spec"]["template"]["spec"]["containers"][0]["resources"] = {}
         assert apply(cluster, cpu).returncode == 0
         for name in ("gpu", "cpu"):
-            hpa = {
-                "apiVersion": "autoscaling/v2",
-                "kind": "HorizontalPodAutoscaler",
-                "metadata": {"name": name, "namespace": namespace},
-                "spec": {
-                    "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-                    "minReplicas": 3,
-                    "maxReplicas": 4,
-                    "metrics": [
-                        {
-                            "type": "Resource",
-                            "resource": {
-                                "name": "cpu",
-                                "target": {"type": "Utilization", "averageUtilization": 80},
-                            },
-                        }
-                    ],
-                },
-            }
+            hpa = cpu_hpa(name, namespace, min_replicas=3, max_replicas=4)
             assert apply(cluster, hpa).returncode == 0
 
         def replicas(name: str) -> str:

@@ -12,6 +12,7 @@ import pytest
 from controller import constants
 from e2e.helpers import (
     OperatorProcess,
+    cpu_hpa,
     deployment,
     events,
     fresh_namespace,
@@ -91,25 +92,7 @@ def test_idle_endpoints_sleep_busy_and_unmeasured_ones_do_not_and_wake_restores(
             endpoint("hpa", namespace, replicas=2),
             # Idle too, but not what the policy's idle selector picks (a production endpoint).
             endpoint("prod", namespace, labels={"environment": "production", "workload_type": "inference"}),
-            {
-                "apiVersion": "autoscaling/v2",
-                "kind": "HorizontalPodAutoscaler",
-                "metadata": {"name": "hpa", "namespace": namespace},
-                "spec": {
-                    "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "hpa"},
-                    "minReplicas": 2,
-                    "maxReplicas": 4,
-                    "metrics": [
-                        {
-                            "type": "Resource",
-                            "resource": {
-                                "name": "cpu",
-                                "target": {"type": "Utilization", "averageUtilization": 80},
-                            },
-                        }
-                    ],
-                },
-            },
+            cpu_hpa("hpa", namespace, min_replicas=2, max_replicas=4),
         ]
     )
     prometheus.wait_for_series(f'DCGM_FI_DEV_GPU_UTIL{{namespace="{namespace}"}}', count=4)

@@ -16,7 +16,7 @@ import yaml
 
 from controller.constants import MUTATING_WEBHOOK
 from controller.engine.mutation_scope import CONDITION_NAME
-from e2e.helpers import COMPLIANT_LABELS, policy, wait_until
+from e2e.helpers import COMPLIANT_LABELS, policy, team_budget, wait_until
 from e2e.stack import CONFIGURATION, NAMESPACE
 
 
@@ -196,22 +196,8 @@ def test_an_exhausted_team_budget_is_denied_with_what_remains_while_another_team
     suffix = uuid.uuid4().hex[:6]
     tight, roomy = f"tight-{suffix}", f"roomy-{suffix}"
 
-    def budget(team: str, hours: float) -> dict:
-        return {
-            "apiVersion": "finops.comptroller.dev/v1alpha1",
-            "kind": "GPUBudget",
-            "metadata": {"name": f"team-{team}"},
-            "spec": {
-                "selector": {"matchLabels": {"team": team}},
-                "gpuHours": hours,
-                "period": "Monthly",
-                "enforcement": "Enforce",
-                "admission": "Projected",
-            },
-        }
-
-    assert apply(cluster, budget(tight, 10)).returncode == 0
-    assert apply(cluster, budget(roomy, 10000)).returncode == 0
+    assert apply(cluster, team_budget(tight, 10, admission="Projected")).returncode == 0
+    assert apply(cluster, team_budget(roomy, 10000, admission="Projected")).returncode == 0
     try:
         # An experiment runs until its expires_at (24h by default): 1 GPU x 24h does not fit in 10.
         def experiment(team: str, name: str) -> dict:
