@@ -13,8 +13,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+from controller.constants import API_VERSION
 from controller.engine.budgets import period_bounds
 from controller.engine.matching import Selector
+from controller.engine.models import GPUBudget
 from controller.engine.rules.budget import format_gpu_hours
 from controller.metering.usage import Ledger, PodRecord, format_time, meter, new_ledger, roll_over
 
@@ -39,23 +41,28 @@ class Budget:
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any]) -> Budget:
+        """Validated by the engine's GPUBudget model, the one loader every door uses: a spec that
+        admission would leave out is not metered either (PolicyError names the field)."""
+        spec_object = {
+            "apiVersion": API_VERSION,
+            "kind": "GPUBudget",
+            "metadata": _plain(obj.get("metadata") or {}),
+            "spec": _plain(obj.get("spec") or {}),
+        }
+        model = GPUBudget.from_object(spec_object)  # status is the operator's own: not validated here
+        spec = model.spec
         metadata = obj.get("metadata") or {}
-        spec = obj.get("spec") or {}
-        period = spec.get("period") or "Monthly"
-        if period not in PERIODS:
-            raise ValueError(f"spec.period: {period!r} is not one of {', '.join(PERIODS)}")
-        thresholds = spec.get("alertThresholds")
-        thresholds = DEFAULT_THRESHOLDS if thresholds is None else thresholds
         return cls(
-            name=str(metadata.get("name", "")),
+            name=model.name,
             uid=str(metadata.get("uid", "")),
-            generation=int(metadata.get("generation") or 0),
-            selector=Selector.from_dict(spec.get("selector")),
-            gpu_hours=float(spec.get("gpuHours") or 0),
-            period=period,
-            thresholds=tuple(sorted({int(t) for t in thresholds})),
-            prices=dict(spec.get("pricePerGPUHour") or {}),
-            resources=tuple(spec["resources"]) if spec.get("resources") else None,
+            generation=int(model.metadata.generation or 0),
+            selector=spec.selector.compiled,
+            gpu_hours=float(spec.gpu_hours),
+            period=spec.period,
+            thresholds=tuple(sorted(set(spec.alert_thresholds))),
+            prices=dict(spec.price_per_gpu_hour),
+            # Unset: every resource the operator counts (`--gpu-resource`), as before.
+            resources=tuple(spec.resources) if (obj.get("spec") or {}).get("resources") else None,
         )
 
     def percent_used(self, used: float) -> float:
@@ -183,3 +190,12 @@ def advance(
     if announce:
         ledger = replace(ledger, thresholds=tuple(sorted({*ledger.thresholds, *announce})))
     return ledger, announce
+
+
+def _plain(value: Any) -> Any:
+    """kopf hands handlers read-only Mapping views; the models validate plain dicts and lists."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
