@@ -236,3 +236,66 @@ def test_the_brake_caps_terminations_per_minute(cluster, scoped):
     ]
     assert len(remaining) == 5
     assert "the brake (3 terminations per 60s) holds back 5 expired workloads" in log
+
+
+# A key of its own, so that no other expiry policy in the cluster (the default one reads
+# `expires_at`) selects these pods and hides what the test's own policies do.
+OWN_KEY = "e2e.example.com/expires-at"
+
+
+def gpu_pod(name: str, namespace: str, expires_at: str, *, resource: str = "nvidia.com/gpu") -> dict:
+    pod = bare_pod(name, namespace, expires_at)
+    pod["metadata"]["annotations"] = {OWN_KEY: expires_at}
+    pod["spec"]["nodeSelector"] = {"node.kubernetes.io/instance-type": "g5.xlarge"}
+    pod["spec"]["containers"][0]["resources"] = {"limits": {resource: "1"}}
+    return pod
+
+
+def test_the_operator_selects_gpu_experiments_as_admission_does(cluster):
+    """Two defects of the operator's own matching, now the engine's: a gpuOnly expiry policy named
+    after a policy that is not gpuOnly never matched (the GPUs were counted once, as 0, for the
+    first), and only nvidia.com/gpu was counted, whatever a policy's gpu.resources said."""
+    namespace = fresh_namespace(cluster, "e2e-exp")
+    first, gpu_only, amd_only = unique("aaa-jobs"), unique("mmm-gpu"), unique("zzz-amd")
+    expiry = {"key": OWN_KEY, "notifyBefore": "15s"}
+    cluster.apply(
+        [
+            # Sorts first, has an expiry, matches none of the pods below (Jobs only).
+            policy(first, {"match": {"namespaces": [namespace], "kinds": ["Job"]}, "expiry": expiry}),
+            policy(gpu_only, {"match": {"namespaces": [namespace], "gpuOnly": True}, "expiry": expiry}),
+            policy(
+                amd_only,
+                {
+                    "match": {"namespaces": [namespace], "gpuOnly": True},
+                    "gpu": {"resources": ["amd.com/gpu"]},
+                    "expiry": expiry,
+                },
+            ),
+        ]
+    )
+    try:
+        expires = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=15)
+        with OperatorProcess(
+            cluster, "--expiry-interval", "2", "--idle-interval", "3600", "--audit-interval", "3600"
+        ):
+            cluster.apply(
+                [
+                    gpu_pod("nvidia-experiment", namespace, stamp(expires)),
+                    # No node offers amd.com/gpu: it stays Pending, and expires all the same.
+                    gpu_pod("amd-experiment", namespace, stamp(expires), resource="amd.com/gpu"),
+                    gpu_pod("cpu-only", namespace, stamp(expires), resource="cpu"),  # no policy selects it
+                ]
+            )
+            for name in ("nvidia-experiment", "amd-experiment"):
+                wait_until(
+                    lambda name=name: not exists(cluster, "pod", name, "-n", namespace),
+                    timeout=(expires - datetime.now(UTC)).total_seconds() + 40,
+                    what=f"the expired {name} to be terminated",
+                )
+            assert events(cluster, namespace, reason="Expired", name="nvidia-experiment")
+            assert exists(cluster, "pod", "cpu-only", "-n", namespace)
+    finally:
+        for name in (first, gpu_only, amd_only):
+            cluster.kubectl("delete", "finopspolicy", name, "--ignore-not-found", "--wait=false", check=False)
+        cluster.kubectl("delete", "pods", "--all", "-n", namespace, "--wait=false", check=False)
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
