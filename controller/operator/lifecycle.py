@@ -23,7 +23,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -33,8 +33,8 @@ import kopf
 
 from controller import constants
 from controller.engine import Snapshot
-from controller.engine.loading import build_snapshot
-from controller.engine.models import FinOpsException, FinOpsPolicy, PolicyError
+from controller.engine.loading import snapshot_from_objects
+from controller.engine.models import FinOpsException, FinOpsPolicy
 from controller.engine.workloads import BUILTIN_KINDS
 from controller.k8s.workloads import ApiError, ApiResource, Conflict, NotFound, Workloads
 from controller.operator import metrics
@@ -64,55 +64,70 @@ WAKE_KINDS = (
 
 @dataclass(frozen=True)
 class Inputs:
-    """What every sweep decides with, read fresh from the cluster."""
+    """What every sweep decides with, read fresh from the cluster: the engine's Snapshot, compiled
+    by the loader every door uses (`controller.engine.loading`)."""
 
-    policies: tuple[FinOpsPolicy, ...]
-    exceptions: tuple[FinOpsException, ...]
-    namespace_labels: dict[str, dict[str, str]]
-    excluded_namespaces: frozenset[str]
+    snapshot: Snapshot
 
     @property
-    def snapshot(self) -> Snapshot:
-        return build_snapshot(
-            policies=self.policies,
-            exceptions=self.exceptions,
-            namespace_labels=self.namespace_labels,
-            excluded_namespaces=self.excluded_namespaces,
-        )
+    def policies(self) -> tuple[FinOpsPolicy, ...]:
+        return self.snapshot.policies
+
+    @property
+    def exceptions(self) -> tuple[FinOpsException, ...]:
+        return self.snapshot.exceptions
+
+    @property
+    def namespace_labels(self) -> Mapping[str, Mapping[str, str]]:
+        return self.snapshot.namespace_labels
+
+    @property
+    def excluded_namespaces(self) -> frozenset[str]:
+        return self.snapshot.excluded_namespaces
 
 
-def _compiled(
-    workloads: Workloads, resource: ApiResource, model: Any, *, with_deleting: bool = False
-) -> list[Any]:
-    """Every object of one of our kinds that compiles; none while its CRD is not installed.
-    Objects being deleted are left out unless `with_deleting`."""
-    compiled = []
+def _listed(
+    workloads: Workloads, resource: ApiResource, *, with_deleting: bool = False
+) -> list[dict[str, Any]]:
+    """Every object of one of our kinds; none while its CRD is not installed. Objects being deleted
+    are left out unless `with_deleting`."""
     try:
-        for obj in workloads.iter_objects(resource):
-            if obj["metadata"].get("deletionTimestamp") and not with_deleting:
-                continue  # being deleted (kopf's finalizer holds it until its daemon stops): gone for us
-            try:
-                compiled.append(model.from_object(obj))
-            except PolicyError as exc:  # its status says why (policies.py); no need to shout here
-                log.debug("skipping %s: %s", resource.kind, exc)
+        return [
+            obj
+            for obj in workloads.iter_objects(resource)
+            # Being deleted (kopf's finalizer holds it until its daemon stops): gone for us.
+            if with_deleting or not obj["metadata"].get("deletionTimestamp")
+        ]
     except NotFound:
         log.debug("%s is not served (CRD not installed)", resource.kind)
-    return compiled
+        return []
+
+
+def _compiled(objects: list[dict[str, Any]], **context: Any) -> Snapshot:
+    """The engine's loader: what does not compile is left out, as admission leaves it out; its
+    status says why (policies.py), so no need to shout here."""
+    snapshot, errors = snapshot_from_objects(objects, **context)
+    for key, error in errors.items():
+        log.debug("skipping %s: %s", key, error)
+    return snapshot
+
+
+def read_policies(workloads: Workloads, *, with_deleting: bool = False) -> tuple[FinOpsPolicy, ...]:
+    """The FinOpsPolicies that compile, by name."""
+    return _compiled(_listed(workloads, POLICIES, with_deleting=with_deleting)).policies
 
 
 def read_inputs(workloads: Workloads, *, own_namespace: str) -> Inputs:
-    policies = _compiled(workloads, POLICIES, FinOpsPolicy)
-    exceptions = _compiled(workloads, EXCEPTIONS, FinOpsException)
     namespace_labels = {
         ns["metadata"]["name"]: dict(ns["metadata"].get("labels") or {})
         for ns in workloads.iter_objects(NAMESPACES)
     }
-    return Inputs(
-        policies=tuple(sorted(policies, key=lambda p: p.name)),
-        exceptions=tuple(exceptions),
+    snapshot = _compiled(
+        [*_listed(workloads, POLICIES), *_listed(workloads, EXCEPTIONS)],
         namespace_labels=namespace_labels,
-        excluded_namespaces=constants.ALWAYS_EXCLUDED_NAMESPACES | {own_namespace},
+        excluded_namespaces={own_namespace},
     )
+    return Inputs(snapshot)
 
 
 def _count_terminated(outcome: Outcome) -> None:
@@ -168,7 +183,7 @@ class Lifecycle:
                 workloads,
                 config.webhook_configuration,
                 # The webhook judges with a policy until it is gone, so its defaults count until then.
-                policies=lambda: _compiled(workloads, POLICIES, FinOpsPolicy, with_deleting=True),
+                policies=lambda: list(read_policies(workloads, with_deleting=True)),
                 skip_settled_pods=config.skip_settled_pods,
             )
         if dry_run:

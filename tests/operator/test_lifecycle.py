@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from lifecycle_fakes import FakeWorkloads
 
 from controller import constants
-from controller.operator.lifecycle import Lifecycle, read_inputs
+from controller.operator.lifecycle import Lifecycle, read_inputs, read_policies
 from controller.operator.settings import AuditSettings, ExpirySettings, IdleSettings, OperatorConfig
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -113,6 +113,39 @@ def test_read_inputs_skips_broken_and_deleted_policies_and_excludes_our_namespac
     assert [p.name for p in inputs.policies] == ["b"]
     assert inputs.namespace_labels == {"ml": {"team": "nlp"}}
     assert inputs.excluded_namespaces == frozenset({"kube-system", "comptroller"})
+
+
+def test_the_operator_reads_policies_through_the_engines_loader():
+    """What admission leaves out (a policy or exception that does not compile) the sweeps leave out
+    too, with policies ordered by name; the webhook scope also sees policies being deleted."""
+    policies = [
+        {
+            "apiVersion": constants.API_VERSION,
+            "kind": "FinOpsPolicy",
+            "metadata": {"name": name, **extra},
+            "spec": {"expiry": {}},
+        }
+        for name, extra in (("z", {}), ("a", {}), ("m", {"deletionTimestamp": "2026-11-22T11:00:00Z"}))
+    ]
+    exception = {
+        "apiVersion": constants.API_VERSION,
+        "kind": "FinOpsException",
+        "metadata": {"name": "ok", "namespace": "ml"},
+        "spec": {
+            "policies": ["a"],
+            "rules": ["expiry"],
+            "selector": {"matchLabels": {"team": "nlp"}},
+            "expiresAt": "2030-01-01T00:00:00Z",
+            "reason": "a demo",
+        },
+    }
+    broken = {**exception, "metadata": {"name": "broken", "namespace": "ml"}, "spec": {"reason": "no rules"}}
+    fake = FakeWorkloads(*policies, exception, broken)
+    inputs = read_inputs(fake, own_namespace="comptroller")
+    assert [p.name for p in inputs.policies] == ["a", "z"]
+    assert [e.name for e in inputs.exceptions] == ["ok"]
+    assert inputs.snapshot.policies == inputs.policies
+    assert [p.name for p in read_policies(fake, with_deleting=True)] == ["a", "m", "z"]
 
 
 def asleep_deployment(annotations: dict[str, str]) -> dict:
