@@ -17,8 +17,9 @@ labels, or Namespace objects), provide the labels for `namespaceSelector` and
 as `kubectl apply` would put them. Non-workload documents (ConfigMaps, Services) are skipped.
 
 Exit codes: 0 every resource admitted, 1 some resource denied, 2 bad input (a document or policy
-that does not parse or validate: reported on stderr with its file and document number, while all
-other documents are still checked). 2 wins over 1: with bad input the verdict is incomplete.
+that does not parse or validate, or a field the engine reads that has the wrong type: reported on
+stderr with its file, document number, first line and the field, while all other documents are
+still checked). 2 wins over 1: with bad input the verdict is incomplete.
 
 Imports stay light (no kubernetes, kopf or fastapi): a check of 10,000 manifests is mostly YAML
 parsing, done with libyaml's C loader when available.
@@ -42,9 +43,16 @@ from controller.engine import Decision, Snapshot, evaluate
 from controller.engine.loading import snapshot_from_objects
 from controller.engine.messages import render_warning
 from controller.engine.timestamps import parse_time
-from controller.engine.workloads import BUILTIN_KINDS, KindRegistry
+from controller.engine.workloads import BUILTIN_KINDS, KindRegistry, KindSpec
 
-Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+class Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """YAML as kubectl reads it: an unquoted timestamp (`expires_at: 2026-11-23`) stays the string
+    it is written as (sigs.k8s.io/yaml does so), where PyYAML would make it a datetime that no
+    label or annotation can hold."""
+
+
+Loader.add_constructor("tag:yaml.org,2002:timestamp", Loader.construct_yaml_str)
 SUFFIXES = (".yaml", ".yml", ".json")
 DEFAULT_POLICIES = Path("policies/default")
 _SEPARATOR = re.compile(r"^---(?=\s|$)", re.MULTILINE)
@@ -58,10 +66,17 @@ class Document:
     index: int
     """1-based position of the document in its file."""
     body: Any
+    line: int = 1
+    """The file's line where the document's content starts."""
 
     @property
     def where(self) -> str:
-        return f"{self.source} (document {self.index})"
+        return _where(self.source, self.index, self.line)
+
+
+def _where(source: str, index: int, line: int) -> str:
+    """How every error names a document: `deploy.yaml (document 2, from line 14)`."""
+    return f"{source} (document {index}, from line {line})"
 
 
 @dataclass
@@ -132,34 +147,39 @@ def read_documents(paths: Iterable[str | Path], *, stdin: Any = None) -> Inputs:
             out.errors.append(f"{source}: cannot read: {exc}")
             continue
         for index, (offset, chunk) in enumerate(split_documents(text), start=1):
+            line = offset + _first_content_line(chunk)
+            where = _where(source, index, line)
             try:
                 body = load_yaml(chunk)
             except yaml.YAMLError as exc:
-                start = offset + _first_content_line(chunk)
-                problem = _yaml_problem(exc, offset)
-                out.errors.append(f"{source} (document {index}, from line {start}): invalid YAML: {problem}")
+                out.errors.append(f"{where}: invalid YAML: {_yaml_problem(exc, offset)}")
                 continue
             if body is None:
                 continue
             if not isinstance(body, dict):
-                out.errors.append(
-                    f"{source} (document {index}): expected a mapping, got {type(body).__name__}"
-                )
+                out.errors.append(f"{where}: expected a mapping, got {_type_name(body)}")
                 continue
             problem = shape_problem(body)
             if problem is not None:
-                out.errors.append(f"{source} (document {index}): {problem}")
+                out.errors.append(f"{where}: {problem}")
                 continue
             kind = body.get("kind") or ""
             if kind == "List" or (kind.endswith("List") and isinstance(body.get("items"), list)):
-                for number, item in enumerate(body.get("items") or (), start=1):
-                    problem = shape_problem(item) if isinstance(item, dict) else "is not a mapping"
-                    if problem is None:
-                        out.documents.append(Document(source, index, item))
+                items = body.get("items") or ()
+                if not isinstance(items, list):
+                    out.errors.append(f"{where}: `items` must be a list, not {_type_name(items)}")
+                    continue
+                for number, item in enumerate(items, start=1):
+                    if not isinstance(item, dict):
+                        problem = f"must be a mapping, not {_type_name(item)}"
                     else:
-                        out.errors.append(f"{source} (document {index}): List item {number} {problem}")
+                        problem = shape_problem(item)
+                    if problem is None:
+                        out.documents.append(Document(source, index, item, line))
+                    else:
+                        out.errors.append(f"{where}: List item {number} {problem}")
                 continue
-            out.documents.append(Document(source, index, body))
+            out.documents.append(Document(source, index, body, line))
     return out
 
 
@@ -169,20 +189,133 @@ def shape_problem(body: dict[str, Any]) -> str | None:
     for key in ("apiVersion", "kind"):
         if key in body and not isinstance(body[key], str):
             return f"`{key}` must be a string, not {_type_name(body[key])}"
-    metadata = body.get("metadata")
-    if metadata is not None and not isinstance(metadata, dict):
-        return f"`metadata` must be a mapping, not {_type_name(metadata)}"
-    for key in ("labels", "annotations"):
-        values = (metadata or {}).get(key)
-        if values is None:
-            continue
-        if not isinstance(values, dict):
-            return f"`metadata.{key}` must be a mapping, not {_type_name(values)}"
-        for name, value in values.items():
-            if not isinstance(name, str) or not isinstance(value, str):
-                shown = f"quote it: \"{value}\"" if isinstance(name, str) else "keys are strings"
-                return f"`metadata.{key}.{name}` must be a string ({shown}), not {_type_name(value)}"
+    return _shape(body.get("metadata"), _OBJECT_META, ("metadata",))
+
+
+def workload_problem(body: dict[str, Any], kind: KindSpec) -> str | None:
+    """What the engine reads from a workload, of a type it cannot read: `spec`, the way to each pod
+    template, and in each its labels, annotations, containers and their resources, node selector
+    and node affinity. (A replica count that is no number is not among them: the engine counts it
+    as 1, as the webhook does, see controller/engine/workloads.py `_count`.)"""
+    problem = _shape(body.get("spec"), {}, ("spec",))
+    for template in kind.templates:
+        problem = problem or _template_problem(body, _pointer(template.path), ())
+    return problem
+
+
+_STRINGS = "strings"
+"""Schema of a map of strings to strings (labels, annotations, nodeSelector)."""
+_OBJECT_META = {
+    "name": str,
+    "namespace": str,
+    "generateName": str,
+    "labels": _STRINGS,
+    "annotations": _STRINGS,
+    "ownerReferences": [{}],
+}
+_CONTAINER = {"restartPolicy": str, "resources": {"requests": {}, "limits": {}}}
+_REQUIREMENT = {"key": str, "operator": str, "values": [str]}
+_POD_TEMPLATE = {
+    "metadata": _OBJECT_META,
+    "spec": {
+        "containers": [_CONTAINER],
+        "initContainers": [_CONTAINER],
+        "nodeSelector": _STRINGS,
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [{"matchExpressions": [_REQUIREMENT]}]
+                }
+            }
+        },
+    },
+}
+"""The fields of a pod template (or a Pod) the engine reads, with their types; `{}` is a mapping
+of anything, `[x]` a list of x. Fields not listed are not looked at; a null field is absent."""
+
+
+def _shape(value: Any, schema: Any, path: tuple[str | int, ...]) -> str | None:
+    if value is None:
+        return None
+    if schema is str:
+        if isinstance(value, str):
+            return None
+        return f"`{_dotted(path)}` must be a string, not {_type_name(value)}"
+    if isinstance(schema, list):
+        if not isinstance(value, list):
+            return f"`{_dotted(path)}` must be a list, not {_type_name(value)}"
+        for index, item in enumerate(value):
+            if item is None:
+                return f"`{_dotted((*path, index))}` must not be null"
+            problem = _shape(item, schema[0], (*path, index))
+            if problem:
+                return problem
+        return None
+    if not isinstance(value, dict):
+        return f"`{_dotted(path)}` must be a mapping, not {_type_name(value)}"
+    if schema == _STRINGS:
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"`{_dotted(path)}` keys must be strings, not {_type_name(key)}: {key!r}"
+            if not isinstance(item, str):
+                hint = f" (quote it: \"{_yaml_text(item)}\")" if isinstance(item, int | float) else ""
+                return f"`{_dotted((*path, key))}` must be a string{hint}, not {_type_name(item)}"
+        return None
+    for key, field_schema in schema.items():
+        problem = _shape(value.get(key), field_schema, (*path, key))
+        if problem:
+            return problem
     return None
+
+
+def _template_problem(node: Any, segments: tuple[str, ...], path: tuple[str | int, ...]) -> str | None:
+    """Walk a template pointer (`*`: every item of a list or value of a map) to each pod template."""
+    if node is None:
+        return None
+    if not segments:
+        return _shape(node, _POD_TEMPLATE, path)
+    children = _children(node, segments[0])
+    if children is None:
+        wanted = "a list or a mapping" if segments[0] == "*" else "a mapping"
+        return f"`{_dotted(path)}` must be {wanted}, not {_type_name(node)}"
+    for key, child in children:
+        problem = _template_problem(child, segments[1:], (*path, key))
+        if problem:
+            return problem
+    return None
+
+
+def _children(node: Any, segment: str) -> list[tuple[str | int, Any]] | None:
+    """What one pointer segment reaches from `node`, as the engine walks it; None when `node`
+    cannot have children."""
+    if isinstance(node, dict):
+        return list(node.items()) if segment == "*" else [(segment, node.get(segment))]
+    if isinstance(node, list):
+        if segment == "*":
+            return list(enumerate(node))
+        if segment.isdecimal():
+            index = int(segment)
+            return [(index, node[index] if index < len(node) else None)]
+    return None
+
+
+def _pointer(pointer: str) -> tuple[str, ...]:
+    """A JSON pointer's reference tokens (`/spec/template` -> `("spec", "template")`)."""
+    if not pointer:
+        return ()
+    return tuple(part.replace("~1", "/").replace("~0", "~") for part in pointer.lstrip("/").split("/"))
+
+
+def _dotted(path: Iterable[str | int]) -> str:
+    """`spec.template.spec.containers[0].resources`."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
+    return out
+
+
+def _yaml_text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _type_name(value: Any) -> str:
@@ -195,7 +328,7 @@ _MERGE = "tag:yaml.org,2002:merge"
 
 
 def load_yaml(text: str) -> Any:
-    """One YAML document, as `yaml.load(text, Loader=CSafeLoader)` returns it, about 25 % faster.
+    """One YAML document, as `yaml.load(text, Loader=Loader)` returns it, about 25 % faster.
 
     libyaml parses and composes in C, but PyYAML then constructs objects in Python through
     generators; most nodes of a manifest are plain strings, maps and lists, built here directly.
@@ -300,8 +433,22 @@ def read_kinds(path: str) -> KindRegistry:
         raise ValueError("; ".join(inputs.errors))
     extra = []
     for doc in inputs.documents:
-        extra.extend(doc.body.get("kinds") or [])
+        problem = _shape(doc.body.get("kinds"), _KINDS_SCHEMA, ("kinds",))
+        if problem is None:
+            try:
+                extra.extend(KindSpec.from_config(config) for config in doc.body.get("kinds") or ())
+            except KeyError as exc:
+                problem = f"every kind needs `{exc.args[0]}`"
+            except ValueError as exc:  # no templates, or a path that is no JSON pointer
+                problem = str(exc)
+        if problem:
+            raise ValueError(f"{doc.where}: {problem}")
     return BUILTIN_KINDS.with_extra(extra)
+
+
+_KINDS_SCHEMA = [
+    {"group": str, "kind": str, "scaleReplicas": str, "templates": [{"path": str, "replicas": [str]}]}
+]
 
 
 # -- judging ---------------------------------------------------------------------------------------
@@ -315,21 +462,26 @@ def check_documents(
     namespace: str = "default",
     errors: list[str] | None = None,
 ) -> list[Decision]:
-    """A Decision for every supported workload among `documents` (others skipped). A document the
-    engine cannot judge is named in `errors` (when given; else the error is raised) and skipped,
-    so the others are still checked."""
+    """A Decision for every supported workload among `documents` (others skipped). A workload with
+    a field of the wrong type (`workload_problem`), or one the engine fails on, is named in
+    `errors` (when given; else ValueError is raised) and skipped, so the others are still checked."""
     kinds = snapshot.kinds or BUILTIN_KINDS
     decisions = []
     for doc in documents:
-        if kinds.lookup(doc.body) is None:
+        kind = kinds.lookup(doc.body)
+        if kind is None:
             continue
-        ns = (doc.body.get("metadata") or {}).get("namespace") or namespace
-        try:
-            decisions.append(evaluate(doc.body, snapshot=snapshot, now=now, namespace=ns))
-        except Exception as exc:  # a shape no rule expected: say where, keep checking the rest
-            if errors is None:
-                raise
-            errors.append(f"{doc.where}: cannot be judged: {type(exc).__name__}: {exc}")
+        problem = workload_problem(doc.body, kind)
+        if problem is None:
+            ns = (doc.body.get("metadata") or {}).get("namespace") or namespace
+            try:
+                decisions.append(evaluate(doc.body, snapshot=snapshot, now=now, namespace=ns))
+                continue
+            except Exception as exc:  # a shape no check above foresaw: say where, keep checking the rest
+                problem = f"cannot be judged (a bug in comptroller): {type(exc).__name__}: {exc}"
+        if errors is None:
+            raise ValueError(f"{doc.where}: {problem}")
+        errors.append(f"{doc.where}: {problem}")
     return decisions
 
 
@@ -399,17 +551,21 @@ def run_test_file(path: Path) -> tuple[list[CaseResult], list[str]]:
         spec = yaml.load(path.read_text(encoding="utf-8"), Loader=Loader) or {}
     except (OSError, yaml.YAMLError) as exc:
         return [], [f"{path}: {exc}"]
+    problem = _test_file_problem(spec)
+    if problem:
+        return [], [f"{path}: {problem}"]
     base = path.parent
     policy_paths = [base / p for p in spec.get("policies") or [".."]]
     resources = read_documents([base / r for r in spec.get("resources") or ["."]])
     errors += resources.errors
     documents = [d for d in resources.documents if Path(d.source).name != TEST_FILE]
     labels = namespace_labels_from(documents)
-    labels.update({k: dict(v) for k, v in (spec.get("namespaceLabels") or {}).items()})
+    labels.update({k: dict(v or {}) for k, v in (spec.get("namespaceLabels") or {}).items()})
     snapshot, policy_errors = load_snapshot(policy_paths, namespace_labels=labels)
     errors += policy_errors
     now = parse_now(str(spec.get("now"))) if spec.get("now") else datetime.now(UTC)
-    decisions = {d.resource: d for d in check_documents(documents, snapshot=snapshot, now=now)}
+    judged = check_documents(documents, snapshot=snapshot, now=now, errors=errors)
+    decisions = {d.resource: d for d in judged}
     results = []
     for case in spec.get("cases") or ():
         resource = case.get("resource", "")
@@ -437,6 +593,29 @@ def run_test_file(path: Path) -> tuple[list[CaseResult], list[str]]:
                     problems.append(f"patch lacks {op}; patch is {decision.patch}")
         results.append(CaseResult(str(path), resource, not problems, problems, decision))
     return results, errors
+
+
+_TEST_FILE_SCHEMA = {
+    "policies": [str],
+    "resources": [str],
+    "namespaceLabels": {},
+    "cases": [
+        {"resource": str, "expect": str, "rules": [str], "warnings": [str], "audit": [str],
+         "exempted": [str], "patch": [{}]}
+    ],
+}
+
+
+def _test_file_problem(spec: Any) -> str | None:
+    """What makes a `tests.yaml` unreadable: a field of the wrong type, or a `now` that is no time."""
+    if not isinstance(spec, dict):
+        return f"expected a mapping, got {_type_name(spec)}"
+    problem = _shape(spec, _TEST_FILE_SCHEMA, ())
+    for namespace, labels in (spec.get("namespaceLabels") or {}).items():
+        problem = problem or _shape(labels, _STRINGS, ("namespaceLabels", str(namespace)))
+    if problem is None and spec.get("now") and parse_time(str(spec["now"])) is None:
+        problem = f"`now` must be an RFC 3339 time (2026-11-23T18:00:00Z), not {spec['now']!r}"
+    return problem
 
 
 def find_test_files(paths: Iterable[str | Path]) -> list[Path]:
