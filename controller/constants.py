@@ -13,7 +13,6 @@ ORIGINAL_REPLICAS_ANNOTATION = f"{GROUP}/original-replicas"
 WAKE_ANNOTATION = f"{GROUP}/wake"
 WOKEN_AT_ANNOTATION = f"{GROUP}/woken-at"
 EXPIRED_ANNOTATION = f"{GROUP}/expired"
-ENFORCE_NAMESPACE_LABEL = f"{GROUP}/enforce"
 # A namespace labelled `<this>=true` is never sent to the webhook (cf. Gatekeeper's
 # admission.gatekeeper.sh/ignore): an escape hatch for break-glass and for infrastructure.
 IGNORE_NAMESPACE_LABEL = f"{GROUP}/ignore"
@@ -27,7 +26,6 @@ DEFAULT_EXPIRY_KEY = "expires_at"
 DEFAULT_GPU_RESOURCES = ("nvidia.com/gpu",)
 
 # Event reasons (docs/crds.md#workload-conventions).
-REASON_POLICY_VIOLATION = "PolicyViolation"
 REASON_EXPIRING_SOON = "ExpiringSoon"
 REASON_EXPIRED = "Expired"
 REASON_SCALED_TO_ZERO = "ScaledToZero"
@@ -53,4 +51,3 @@ METERING_FINALIZER = f"{GROUP}/metering"
 LEDGER_PREFIX = "comptroller-ledger-"
 LEDGER_LABEL = f"{GROUP}/ledger-of"
 LEDGER_KEY = "ledger.json"
-REASON_METERING = "Metering"

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 from controller.engine.timestamps import parse_time
-
-Period = Literal["Daily", "Weekly", "Monthly"]
 
 
 def period_bounds(period: str, now: datetime) -> tuple[datetime, datetime]:

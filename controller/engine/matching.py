@@ -35,17 +35,6 @@ class Selector:
             compiled.append((key, operator, frozenset(values)))
         self.expressions: tuple[tuple[str, str, frozenset[str]], ...] = tuple(compiled)
 
-    @classmethod
-    def from_dict(cls, selector: Mapping[str, Any] | None) -> Selector:
-        """Compile a raw `{matchLabels, matchExpressions}` mapping (None or {} match everything)."""
-        if not selector:
-            return EVERYTHING
-        expressions = [
-            (expr["key"], expr["operator"], expr.get("values") or ())
-            for expr in selector.get("matchExpressions") or ()
-        ]
-        return cls(selector.get("matchLabels") or {}, expressions)
-
     def matches(self, labels: Mapping[str, str]) -> bool:
         for key, value in self.match_labels:
             if labels.get(key) != value:
@@ -71,13 +60,6 @@ class Selector:
 
 
 EVERYTHING = Selector()
-
-
-def selector_matches(selector: Mapping[str, Any] | Selector | None, labels: Mapping[str, str]) -> bool:
-    """Convenience for one-off checks on raw selectors; hot paths keep a compiled `Selector`."""
-    if not isinstance(selector, Selector):
-        selector = Selector.from_dict(selector)
-    return selector.matches(labels)
 
 
 class GlobSet:
@@ -124,32 +106,6 @@ def namespace_labels_of(namespace: str, known: Mapping[str, Mapping[str, str]]) 
     if NAMESPACE_NAME_LABEL in labels:
         return labels
     return {**labels, NAMESPACE_NAME_LABEL: namespace}
-
-
-def policy_matches(
-    policy: Any,
-    *,
-    kind: str,
-    namespace: str,
-    namespace_labels: Mapping[str, str],
-    labels: Mapping[str, str],
-    gpus: int,
-    selector: bool = True,
-) -> bool:
-    """Whether a FinOpsPolicy's `spec.match` selects this workload.
-
-    All given conditions must hold (like Kyverno's `match.any[0]` with several fields). `labels`
-    are the workload's effective labels; `gpus` its total GPU request (for `gpuOnly`).
-    `selector=False` leaves the label selector out (for callers that apply it themselves).
-    """
-    match = policy.spec.match
-    if not placement_matches(match, kind=kind, namespace=namespace, namespace_labels=namespace_labels):
-        return False
-    if selector and match.selector is not None and not match.selector.compiled.matches(labels):
-        return False
-    if match.gpu_only and gpus <= 0:
-        return False
-    return True
 
 
 def placement_matches(match: Any, *, kind: str, namespace: str, namespace_labels: Mapping[str, str]) -> bool:

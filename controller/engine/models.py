@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from typing import Annotated, Any, Literal, Self, cast
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -576,13 +576,3 @@ class FinOpsException(_Resource):
 
 
 MODELS: dict[str, type[_Resource]] = {m.__name__: m for m in (FinOpsPolicy, GPUBudget, FinOpsException)}
-
-
-def load_object(obj: dict[str, Any]) -> FinOpsPolicy | GPUBudget | FinOpsException:
-    """Validate any of the three CRs by its `kind`."""
-    kind = obj.get("kind") if isinstance(obj, dict) else None
-    model = MODELS.get(kind) if isinstance(kind, str) else None
-    if model is None:
-        name = (obj.get("metadata") or {}).get("name", "<unnamed>") if isinstance(obj, dict) else "<unknown>"
-        raise PolicyError(f"{kind}/{name}", [("kind", f"expected one of {', '.join(MODELS)}")])
-    return cast(FinOpsPolicy | GPUBudget | FinOpsException, model.from_object(obj))

@@ -7,7 +7,7 @@ every element of a list or every value of a map, and binds the same way in the r
 that template. The built-in kinds are docs/crds.md#workload-kinds; `KindRegistry.with_extra` adds more from
 configuration.
 
-The operator reuses `effective_labels`, `pod_gpus` and `KindSpec.scale_path`.
+The operator reuses `effective_labels`; the scale webhook `scaled`.
 """
 
 from __future__ import annotations
@@ -65,13 +65,6 @@ class KindSpec:
     scale_replicas: Pointer | None = None
     """Where the `scale` subresource's `spec.replicas` lands in the object (its CRD's
     `specReplicasPath`), for kinds that have one: `kubectl scale` and HPAs change only that."""
-
-    @property
-    def scale_path(self) -> Pointer | None:
-        """The replica count to set to scale the workload to zero (one template, one replica path)."""
-        if len(self.templates) == 1 and len(self.templates[0].replicas) == 1:
-            return self.templates[0].replicas[0]
-        return None
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> KindSpec:

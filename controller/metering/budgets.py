@@ -21,7 +21,6 @@ from controller.engine.rules.budget import format_gpu_hours
 from controller.metering.usage import Ledger, PodRecord, format_time, meter, new_ledger, roll_over
 
 PERIODS = ("Daily", "Weekly", "Monthly")
-DEFAULT_THRESHOLDS = (50, 80, 100)
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,9 @@
 import pytest
-from engine_cases import policy
+from engine_cases import deployment, pod, policy, snapshot
 
-from controller.engine.matching import (
-    GlobSet,
-    Selector,
-    namespace_labels_of,
-    policy_matches,
-    selector_matches,
-)
+from controller.engine import matching_policies
+from controller.engine.matching import GlobSet, Selector, namespace_labels_of
+from controller.engine.models import LabelSelector
 
 
 @pytest.mark.parametrize(
@@ -45,8 +41,8 @@ from controller.engine.matching import (
     ],
 )
 def test_selector(selector, labels, expected):
-    assert selector_matches(selector, labels) is expected
-    assert Selector.from_dict(selector).matches(labels) is expected
+    """A selector as a policy, budget or exception compiles it (`LabelSelector.compiled`)."""
+    assert LabelSelector.model_validate(selector or {}).compiled.matches(labels) is expected
 
 
 def test_unknown_operator_is_refused():
@@ -105,5 +101,9 @@ def test_namespace_labels_always_carry_the_name_label():
     ],
 )
 def test_policy_matches(match, kw, expected):
+    """Each condition of `spec.match`, as the engine applies it to a workload."""
     args = {"kind": "Pod", "namespace": "ml-nlp", "namespace_labels": {}, "labels": {}, "gpus": 0, **kw}
-    assert policy_matches(policy(match=match), **args) is expected
+    build = deployment if args["kind"] == "Deployment" else pod
+    workload = build(args["labels"], namespace=args["namespace"], gpus=args["gpus"])
+    config = snapshot(policy(match=match), namespace_labels={args["namespace"]: args["namespace_labels"]})
+    assert bool(matching_policies(workload, snapshot=config)) is expected

@@ -250,12 +250,6 @@ def test_kinds_are_addable_by_configuration():
     assert registry.get("apps", "Deployment") is not None  # built-ins stay
 
 
-def test_scale_path():
-    assert BUILTIN_KINDS.get("apps", "Deployment").scale_path == "/spec/replicas"
-    assert BUILTIN_KINDS.get("", "Pod").scale_path is None
-    assert BUILTIN_KINDS.get("ray.io", "RayCluster").scale_path is None
-
-
 def test_replica_paths_cannot_have_more_wildcards_than_the_template():
     with pytest.raises(ValueError, match="more"):
         KindSpec("x", "Y", (TemplateSpec("/spec/template", ("/spec/*/replicas",)),))
