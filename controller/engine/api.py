@@ -14,6 +14,23 @@ Enforcement = Literal["Enforce", "Warn", "Audit"]
 RuleFamily = Literal["labels", "gpu", "expiry", "budget"]
 
 
+@dataclass(frozen=True, slots=True)
+class Edit:
+    """One value a fix sets: the manifest's value at `path` becomes `value` (maps created as needed).
+
+    The engine's joint fix (controller.engine.fixing) applies edits, re-judges and repeats; the
+    snippet, the JSON Patch and `comptroller fix` are all rendered from the same edits."""
+
+    path: tuple[str | int, ...]
+    """Keys and list indexes from the top of the manifest to the value."""
+    value: Any
+    note: str = ""
+    """What the value is (a label's description), shown as a comment beside it."""
+    choose: str = ""
+    """Set when only a person can choose the value (a team, a cost center): what to put there.
+    The value is then a placeholder that satisfies the rule, so the rest of the fix can be checked."""
+
+
 @dataclass(frozen=True)
 class Violation:
     """One thing wrong with a workload, and how to fix it."""
@@ -30,6 +47,8 @@ class Violation:
     """The label, resource or field the violation is about (for metrics and grouping)."""
     summary: str = ""
     """A one-line version of `message` for admission warnings (which must stay short)."""
+    edits: tuple[Edit, ...] = ()
+    """The same fix as data, for the joint fix; empty when nothing can be pasted (a spent budget)."""
 
 
 @dataclass(slots=True)
@@ -51,6 +70,10 @@ class Decision:
     """The workload's `team` label after mutation, if any (for metrics)."""
     exempted: list[Violation] = field(default_factory=list)
     """Violations a FinOpsException waived: not enforced, kept for audit and reports."""
+    fix: Any = None
+    """For a denial whose caller asked (`controller.engine.fixing.explain`): the JointFix, one set of
+    changes that admits the workload, which the denial message then prints instead of each
+    violation's own fix."""
 
     @property
     def all_violations(self) -> list[Violation]:

@@ -9,6 +9,7 @@ round may surface the next problem, as it would for a user).
 from datetime import timedelta
 from pathlib import Path
 
+import jsonpatch
 import pytest
 from engine_cases import NOW, apply_fix, budget
 from hypothesis import HealthCheck, given, settings
@@ -17,6 +18,8 @@ from hypothesis import strategies as st
 from controller.check import load_snapshot, namespace_labels_from, read_documents
 from controller.engine import evaluate
 from controller.engine.expiry import format_annotation, format_label
+from controller.engine.fixing import joint_fix
+from controller.engine.messages import snippet
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 
@@ -159,3 +162,24 @@ def workloads(draw):
 def test_fix_hints_lead_to_admission(manifest):
     admitted, decision = _converges(manifest, SNAPSHOT)
     assert admitted, [(v.policy, v.rule, v.message, v.fix) for v in decision.violations]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(workloads())
+def test_the_joint_fix_admits_on_the_first_paste(manifest):
+    """The joint fix (one snippet per denial) admits the workload pasted once, with no second round,
+    unless what is left is something no paste can fix (a budget); its YAML snippet pasted as a
+    person would, and its JSON Patch applied as kubectl would, give that same manifest."""
+    decision = evaluate(manifest, snapshot=SNAPSHOT, now=NOW)
+    if decision.allowed:
+        return
+    fix = joint_fix(manifest, snapshot=SNAPSHOT, now=NOW)
+    fixed = fix.apply()
+    again = evaluate(fixed, snapshot=SNAPSHOT, now=NOW)
+    assert again.allowed == fix.admitted
+    if not fix.admitted:
+        assert fix.unresolved and all(v.rule == "budget" for v in fix.unresolved), fix.unresolved
+    assert jsonpatch.apply_patch(manifest, fix.json_patch()) == fixed
+    if not any(isinstance(part, int) for edit in fix.edits for part in edit.path):
+        # Through a list, a merge replaces the whole list: that is what the JSON Patch is for.
+        assert apply_fix(manifest, "\n".join(snippet(fix.edits, manifest))) == fixed

@@ -2,12 +2,14 @@ import pytest
 from engine_cases import NOW, deployment, policy, snapshot
 
 from controller.engine import Decision, Violation, evaluate
+from controller.engine.fixing import explain
 from controller.engine.messages import WARNING_LIMIT, render_denial, render_fix, render_warning, scalar
 
 
 def test_denial_names_the_workload_policy_values_and_fix():
     pol = policy("ml-platform", labels={"required": [{"key": "team", "allowedValues": ["nlp", "vision"]}]})
-    decision = evaluate(deployment({}, name="trainer", namespace="ml-nlp"), snapshot=snapshot(pol), now=NOW)
+    manifest = deployment({}, name="trainer", namespace="ml-nlp")
+    decision = evaluate(manifest, snapshot=snapshot(pol), now=NOW)
     assert render_denial(decision) == (
         "Comptroller denied Deployment ml-nlp/trainer:\n"
         '- [ml-platform/labels] missing required label "team" in spec.template.metadata.labels; '
@@ -18,6 +20,19 @@ def test_denial_names_the_workload_policy_values_and_fix():
         "        metadata:\n"
         "          labels:\n"
         "            team: nlp"
+    )
+    # With the joint fix (what the webhook and `check` print): the violations, then one snippet.
+    explain(decision, manifest, snapshot=snapshot(pol), now=NOW)
+    assert render_denial(decision) == (
+        "Comptroller denied Deployment ml-nlp/trainer:\n"
+        '- [ml-platform/labels] missing required label "team" in spec.template.metadata.labels; '
+        "allowed values: nlp, vision\n"
+        "fix (admitted with it), to merge into the manifest:\n"
+        "  spec:\n"
+        "    template:\n"
+        "      metadata:\n"
+        "        labels:\n"
+        "          team: nlp"
     )
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from controller.engine.api import Violation
 from controller.engine.budgets import current_usage, hours_between, max_gpus_for
 from controller.engine.expiry import format_annotation, format_label
-from controller.engine.messages import render_fix
+from controller.engine.messages import fix_fields
 from controller.engine.models import DEFAULT_INSTANCE_TYPE_KEYS
 from controller.engine.rules import Context
 from controller.engine.rules.expiry import expires_at, find
@@ -127,20 +127,20 @@ def _projected(
         key = ctx.expiry_key
         _, source, path = find(view, key)
         if source == "label":
-            fix = render_fix([((*path, "metadata", "labels"), {key: format_label(fit_until)})], note=note)
+            fix = fix_fields([((*path, "metadata", "labels"), {key: format_label(fit_until)})], note=note)
         else:
-            fix = render_fix(
+            fix = fix_fields(
                 [((*path, "metadata", "annotations"), {key: format_annotation(fit_until)})], note=note
             )
     else:
-        fix = f"# {note}"
+        fix = {"fix": f"# {note}"}
     return Violation(
         policy=budget.name,
         rule="budget",
         key=budget.name,
         message=message,
         summary=f"needs {needed} GPU-hours, {left} left in {budget.name}",
-        fix=fix,
+        **fix,
     )
 
 

@@ -30,7 +30,7 @@ from controller.engine.expiry import (
     format_label,
     parse_expires_at,
 )
-from controller.engine.messages import render_fix
+from controller.engine.messages import fix_fields
 from controller.engine.models import ExpirySpec
 from controller.engine.rules import Context, when_text
 from controller.engine.timestamps import parse_time
@@ -158,15 +158,19 @@ def validate(policy: Any, view: Any, ctx: Context) -> list[Violation]:
     return out
 
 
-def _violation(policy: str, key: str, message: str, summary: str, fix: str) -> Violation:
-    return Violation(policy=policy, rule="expiry", key=key, message=message, summary=summary, fix=fix)
+def _violation(policy: str, key: str, message: str, summary: str, fix: dict[str, Any]) -> Violation:
+    return Violation(policy=policy, rule="expiry", key=key, message=message, summary=summary, **fix)
 
 
-def _fix(expiry: ExpirySpec, source: Source, path: tuple[str | int, ...], view: Any, now: datetime) -> str:
+def _fix(
+    expiry: ExpirySpec, source: Source, path: tuple[str | int, ...], view: Any, now: datetime
+) -> dict[str, Any]:
     """The `expires_at` to paste: a moment the policy accepts, where the user keeps it."""
     moment = _fitting(expiry, created_at(view, now), now)
     if moment <= now:
-        return "# no expires_at fits: the workload is older than the policy's maxLifetime; recreate it"
+        return {
+            "fix": "# no expires_at fits: the workload is older than the policy's maxLifetime; recreate it"
+        }
     if source == "label":
-        return render_fix([((*path, "metadata", "labels"), {expiry.key: format_label(moment)})])
-    return render_fix([((*path, "metadata", "annotations"), {expiry.key: format_annotation(moment)})])
+        return fix_fields([((*path, "metadata", "labels"), {expiry.key: format_label(moment)})])
+    return fix_fields([((*path, "metadata", "annotations"), {expiry.key: format_annotation(moment)})])

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from controller.engine.api import Violation
-from controller.engine.messages import location, render_fix
+from controller.engine.messages import Commented, fix_fields, location, shorten
 from controller.engine.models import GPUSpec, InstanceTypeRule, is_label_value
 from controller.engine.rules import Context, when_text
 from controller.engine.workloads import Pin, PodTemplate, container_request, pinned_terms
@@ -104,22 +104,55 @@ def suggest_type(gpu: GPUSpec, allow: InstanceTypeRule | None) -> str:
 
 def _selector_fix(
     gpu: GPUSpec, allow: InstanceTypeRule | None, view: Any, indexes: list[int], note: str = ""
-) -> str:
+) -> dict[str, Any]:
     value = suggest_type(gpu, allow)
-    entries = []
+    shown: Any = value
+    if value == PLACEHOLDER:
+        shown = Commented(value, "you choose: an allowed instance type", choose=True)
+    allowed = allow.globs.matches if allow is not None else None
+    entries: list[tuple[tuple[str | int, ...], dict[str, Any]]] = []
     for index in indexes:
-        selector = view.templates[index].spec.get("nodeSelector") or {}
+        template = view.templates[index]
+        selector = template.spec.get("nodeSelector") or {}
         # Reuse the key the pod already pins with, so the fix replaces its value, not contradicts it.
         key = next((k for k in gpu.key_tuple if k in selector), gpu.key_tuple[0])
-        entries.append(((*view.templates[index].path, "spec", "nodeSelector"), {key: value}))
-    return render_fix(entries, note=note)
+        entries.append(((*template.path, "spec", "nodeSelector"), {key: shown}))
+        if allowed is not None and value != PLACEHOLDER:
+            entries += _affinity_entries(template, gpu.key_tuple, allowed, value)
+    return fix_fields(entries, note=note)
+
+
+def _affinity_entries(
+    template: PodTemplate, keys: tuple[str, ...], allowed: Callable[[str], bool], value: str
+) -> list[tuple[tuple[str | int, ...], dict[str, Any]]]:
+    """Required node-affinity `In` terms that pin other types get the suggested type instead, so the
+    nodeSelector the fix sets and the affinity the pod keeps do not contradict each other."""
+    affinity = template.spec.get("affinity") or {}
+    required = (affinity.get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ) or {}
+    out: list[tuple[tuple[str | int, ...], dict[str, Any]]] = []
+    base = (
+        *template.path,
+        "spec",
+        "affinity",
+        "nodeAffinity",
+        "requiredDuringSchedulingIgnoredDuringExecution",
+    )
+    for t, term in enumerate(required.get("nodeSelectorTerms") or ()):
+        for e, expr in enumerate((term or {}).get("matchExpressions") or ()):
+            if not isinstance(expr, Mapping) or expr.get("operator") != "In" or expr.get("key") not in keys:
+                continue
+            if not all(allowed(str(v)) for v in expr.get("values") or ()):
+                out.append(((*base, "nodeSelectorTerms", t, "matchExpressions", e), {"values": [value]}))
+    return out
 
 
 def _allowed_text(allow: InstanceTypeRule | None) -> str:
     if allow is None:
         return ""
     scope = f" when {when_text(allow.compiled_when)}" if allow.when else ""
-    return f"; allowed{scope}: {', '.join(allow.instance_types)}"
+    return f"; allowed{scope}: {shorten(allow.instance_types)}"
 
 
 def _unpinned(
@@ -136,7 +169,7 @@ def _unpinned(
         ),
         summary="GPU pod must pin an instance type (nodeSelector)"
         + (f"; allowed: {', '.join(allow.instance_types)}" if allow else ""),
-        fix=_selector_fix(gpu, allow, view, idx),
+        **_selector_fix(gpu, allow, view, idx),
     )
 
 
@@ -153,7 +186,8 @@ def _disallowed(
         )
         for i in indexes
     )
-    note = "and drop the required node affinity terms pinning other types" if affinity else ""
+    # The fix also re-pins required node-affinity `In` terms, so nothing is left to drop by hand.
+    note = "the required node affinity terms are re-pinned to the same type" if affinity else ""
     return Violation(
         policy=policy,
         rule="gpu",
@@ -161,7 +195,7 @@ def _disallowed(
         message=f"instance type {', '.join(values)} not allowed{_where(view, indexes)}{_allowed_text(allow)}",
         summary=f"instance type {values[0]} not allowed"
         + (f"; allowed: {', '.join(allow.instance_types)}" if allow else ""),
-        fix=_selector_fix(gpu, allow, view, indexes, note=note),
+        **_selector_fix(gpu, allow, view, indexes, note=note),
     )
 
 
@@ -178,7 +212,7 @@ def _too_many(policy: str, gpu: GPUSpec, view: Any, found: list[tuple[int, int]]
         message=f"{worst} GPUs per pod{_where(view, [i for i, _ in found])}; at most {limit} per pod allowed "
         "(split the work over more pods)",
         summary=f"{worst} GPUs per pod; at most {limit} allowed",
-        fix=render_fix(entries),
+        **fix_fields(entries),
     )
 
 

@@ -16,7 +16,7 @@ import re
 from typing import Any
 
 from controller.engine.api import Violation
-from controller.engine.messages import Commented, location, render_fix
+from controller.engine.messages import Commented, fix_fields, location, shorten
 from controller.engine.models import RequiredLabel, is_label_value
 from controller.engine.rules import Context
 from controller.engine.view import WorkloadView
@@ -101,7 +101,7 @@ def _where(view: WorkloadView, indexes: list[int]) -> str:
 def constraint(rule: RequiredLabel) -> str:
     parts = []
     if rule.allowed_values is not None:
-        parts.append(f"allowed values: {', '.join(rule.allowed_values)}")
+        parts.append(f"allowed values: {shorten(rule.allowed_values)}")
     if rule.pattern is not None:
         parts.append(f"must match {rule.pattern}")
     return "; ".join(parts) or "any value"
@@ -115,24 +115,35 @@ def _short(rule: RequiredLabel) -> str:
     return ""
 
 
-def _fix(rule: RequiredLabel, view: WorkloadView, indexes: list[int], value: str) -> str:
+def _fix(
+    rule: RequiredLabel, view: WorkloadView, indexes: list[int], value: str, *, chosen: bool
+) -> dict[str, Any]:
+    """`chosen`: the value came from the Namespace, the rule's default or its allowed values; otherwise
+    it is a placeholder the rule accepts, and only a person can choose the real one."""
+    what = rule.description or f"the workload's {rule.key}"
     shown: Any = Commented(value, rule.description) if rule.description else value
-    if value == PLACEHOLDER:
-        shown = Commented(value, rule.description or f"replace with the workload's {rule.key}")
-    return render_fix((_labels_path(view, i), {rule.key: shown}) for i in indexes)
+    if value == PLACEHOLDER or not chosen:
+        shown = Commented(value, f"you choose: {what}", choose=True)
+    return fix_fields((_labels_path(view, i), {rule.key: shown}) for i in indexes)
+
+
+def _chosen(rule: RequiredLabel, value: str, namespace_value: str | None = None) -> bool:
+    return value in (rule.default, namespace_value) or value in (rule.allowed_values or ())
 
 
 def _missing(
     policy: str, rule: RequiredLabel, view: WorkloadView, indexes: list[int], ctx: Context
 ) -> Violation:
     about = f" ({rule.description})" if rule.description else ""
+    namespace_value = ctx.namespace_labels.get(rule.key)
+    value = suggest(rule, namespace_value=namespace_value)
     return Violation(
         policy=policy,
         rule="labels",
         key=rule.key,
         message=f'missing required label "{rule.key}"{about}{_where(view, indexes)}; {constraint(rule)}',
         summary=f"missing label {rule.key}{_short(rule)}",
-        fix=_fix(rule, view, indexes, suggest(rule, namespace_value=ctx.namespace_labels.get(rule.key))),
+        **_fix(rule, view, indexes, value, chosen=_chosen(rule, value, namespace_value)),
     )
 
 
@@ -140,13 +151,14 @@ def _wrong(policy: str, rule: RequiredLabel, view: WorkloadView, wrong: list[tup
     values = sorted({value for _, value in wrong})
     shown = ", ".join(f'"{v}"' for v in values)
     where = _where(view, [i for i, _ in wrong])
+    value = suggest(rule, wrong=values[0])
     return Violation(
         policy=policy,
         rule="labels",
         key=rule.key,
         message=f'label "{rule.key}" has value {shown}{where}; {constraint(rule)}',
         summary=f"label {rule.key}={values[0]} not allowed{_short(rule)}",
-        fix=_fix(rule, view, [i for i, _ in wrong], suggest(rule, wrong=values[0])),
+        **_fix(rule, view, [i for i, _ in wrong], value, chosen=_chosen(rule, value)),
     )
 
 
