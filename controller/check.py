@@ -39,9 +39,9 @@ from typing import Any
 
 import yaml
 
-from controller.engine import Decision, Snapshot, evaluate
+from controller.engine import Decision, Snapshot, evaluate, fixing
 from controller.engine.loading import snapshot_from_objects
-from controller.engine.messages import render_warning
+from controller.engine.messages import render_joint_fix, render_warning, snippet
 from controller.engine.timestamps import parse_time
 from controller.engine.workloads import BUILTIN_KINDS, KindRegistry, KindSpec
 
@@ -108,16 +108,25 @@ def split_documents(text: str) -> list[tuple[int, str]]:
     holding only blanks and comments (before a leading `---`) are dropped, so document numbers
     count real documents from 1.
     """
+    return [
+        (text.count("\n", 0, begin), text[begin:end])
+        for begin, end in document_spans(text)
+        if has_content(text[begin:end])
+    ]
+
+
+def document_spans(text: str) -> list[tuple[int, int]]:
+    """`(start, end)` of the text of every chunk between `---` lines, content or not."""
     if "---" not in text:
-        return [(0, text)]
+        return [(0, len(text))]
     out = []
     start = 0
     # The lookahead keeps content that follows `---` on its line (`--- {a: 1}`) with its document.
     for match in _SEPARATOR.finditer(text):
-        out.append((start, text[start : match.start()]))
+        out.append((start, match.start()))
         start = match.end()
-    out.append((start, text[start:]))
-    return [(text.count("\n", 0, begin), chunk) for begin, chunk in out if _has_content(chunk)]
+    out.append((start, len(text)))
+    return out
 
 
 def _first_content_line(chunk: str) -> int:
@@ -128,7 +137,7 @@ def _first_content_line(chunk: str) -> int:
     return 1
 
 
-def _has_content(chunk: str) -> bool:
+def has_content(chunk: str) -> bool:
     for line in chunk.splitlines():
         stripped = line.strip()
         if stripped and not stripped.startswith("#"):
@@ -258,7 +267,7 @@ def _shape(value: Any, schema: Any, path: tuple[str | int, ...]) -> str | None:
             if not isinstance(key, str):
                 return f"`{_dotted(path)}` keys must be strings, not {_type_name(key)}: {key!r}"
             if not isinstance(item, str):
-                hint = f" (quote it: \"{_yaml_text(item)}\")" if isinstance(item, int | float) else ""
+                hint = f' (quote it: "{_yaml_text(item)}")' if isinstance(item, int | float) else ""
                 return f"`{_dotted((*path, key))}` must be a string{hint}, not {_type_name(item)}"
         return None
     for key, field_schema in schema.items():
@@ -319,8 +328,15 @@ def _yaml_text(value: Any) -> str:
 
 
 def _type_name(value: Any) -> str:
-    return {type(None): "null", bool: "a boolean", int: "a number", float: "a number", list: "a list",
-            dict: "a mapping", str: "a string"}.get(type(value), type(value).__name__)
+    return {
+        type(None): "null",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        list: "a list",
+        dict: "a mapping",
+        str: "a string",
+    }.get(type(value), type(value).__name__)
 
 
 _STR, _MAP, _SEQ = "tag:yaml.org,2002:str", "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"
@@ -461,10 +477,12 @@ def check_documents(
     now: datetime,
     namespace: str = "default",
     errors: list[str] | None = None,
+    explain: bool = False,
 ) -> list[Decision]:
     """A Decision for every supported workload among `documents` (others skipped). A workload with
     a field of the wrong type (`workload_problem`), or one the engine fails on, is named in
-    `errors` (when given; else ValueError is raised) and skipped, so the others are still checked."""
+    `errors` (when given; else ValueError is raised) and skipped, so the others are still checked.
+    `explain`: each denial carries its joint fix (`Decision.fix`), as the webhook's message does."""
     kinds = snapshot.kinds or BUILTIN_KINDS
     decisions = []
     for doc in documents:
@@ -475,7 +493,10 @@ def check_documents(
         if problem is None:
             ns = (doc.body.get("metadata") or {}).get("namespace") or namespace
             try:
-                decisions.append(evaluate(doc.body, snapshot=snapshot, now=now, namespace=ns))
+                decision = evaluate(doc.body, snapshot=snapshot, now=now, namespace=ns)
+                if explain:
+                    fixing.explain(decision, doc.body, snapshot=snapshot, now=now, namespace=ns)
+                decisions.append(decision)
                 continue
             except Exception as exc:  # a shape no check above foresaw: say where, keep checking the rest
                 problem = f"cannot be judged (a bug in comptroller): {type(exc).__name__}: {exc}"
@@ -496,6 +517,21 @@ def result_json(decision: Decision) -> dict[str, Any]:
         ],
         "warnings": [render_warning(v) for v in decision.warnings],
         "patch": decision.patch,
+        "fix": fix_json(decision.fix),
+    }
+
+
+def fix_json(fix: Any) -> dict[str, Any] | None:
+    """A denial's joint fix in `check -o json` (docs/fix-hints.md): whether it admits, the YAML to
+    merge, the same as a JSON Patch, the values only a person can choose, what no paste fixes."""
+    if fix is None:
+        return None
+    return {
+        "admitted": fix.admitted,
+        "yaml": "\n".join(snippet(fix.edits, fix.manifest)),
+        "jsonPatch": fix.json_patch(),
+        "choose": [{"path": _dotted(e.path), "what": e.choose} for e in fix.choices],
+        "unresolved": [f"{v.policy}/{v.rule}" for v in fix.unresolved],
     }
 
 
@@ -519,9 +555,11 @@ def render_text(decisions: list[Decision]) -> str:
         lines.append(f"FAIL  {decision.resource}")
         for violation in decision.violations:
             lines.append(f"      [{violation.policy}/{violation.rule}] {violation.message}")
-            if violation.fix:
+            if violation.fix and decision.fix is None:
                 lines.append("        fix:")
                 lines.extend(f"          {line}" for line in violation.fix.splitlines())
+        if decision.fix is not None:
+            lines.extend(f"      {line}" for line in render_joint_fix(decision.fix))
         lines.extend(f"      warning: {render_warning(v)}" for v in decision.warnings)
     denied = sum(not d.allowed for d in decisions)
     lines.append(f"{len(decisions)} resources checked: {len(decisions) - denied} admitted, {denied} denied")
@@ -600,8 +638,15 @@ _TEST_FILE_SCHEMA = {
     "resources": [str],
     "namespaceLabels": {},
     "cases": [
-        {"resource": str, "expect": str, "rules": [str], "warnings": [str], "audit": [str],
-         "exempted": [str], "patch": [{}]}
+        {
+            "resource": str,
+            "expect": str,
+            "rules": [str],
+            "warnings": [str],
+            "audit": [str],
+            "exempted": [str],
+            "patch": [{}],
+        }
     ],
 }
 
@@ -638,22 +683,12 @@ def parse_now(value: str) -> datetime:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", metavar="PATH", help="manifest files, folders, or - for stdin")
-    parser.add_argument(
-        "-p",
-        "--policies",
-        action="append",
-        default=[],
-        metavar="POLICIES",
-        help="policy files or folders (repeatable; default: ./policies/default if it exists)",
-    )
+    judging_options(parser)
     parser.add_argument("-o", "--output", choices=("text", "json"), default="text")
-    parser.add_argument("--now", type=parse_now, help="judge as of this RFC 3339 time (default: now)")
     parser.add_argument(
-        "--namespace-labels", metavar="FILE", help="namespace -> labels map, or Namespace objects"
-    )
-    parser.add_argument("--namespace", default="default", help="namespace of documents that name none")
-    parser.add_argument(
-        "--kinds", metavar="FILE", help="extra workload kinds: {kinds: [{group, kind, templates}]}"
+        "--fix",
+        action="store_true",
+        help="first write each denial's fix into its file (as comptroller fix does), then check",
     )
     parser.add_argument(
         "--tests",
@@ -662,10 +697,61 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def judging_options(parser: argparse.ArgumentParser) -> None:
+    """What `check` and `fix` judge with (policies, time, namespaces, extra kinds)."""
+    parser.add_argument(
+        "-p",
+        "--policies",
+        action="append",
+        default=[],
+        metavar="POLICIES",
+        help="policy files or folders (repeatable; default: ./policies/default if it exists)",
+    )
+    parser.add_argument("--now", type=parse_now, help="judge as of this RFC 3339 time (default: now)")
+    parser.add_argument(
+        "--namespace-labels", metavar="FILE", help="namespace -> labels map, or Namespace objects"
+    )
+    parser.add_argument("--namespace", default="default", help="namespace of documents that name none")
+    parser.add_argument(
+        "--kinds", metavar="FILE", help="extra workload kinds: {kinds: [{group, kind, templates}]}"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     if args.tests:
         return _run_tests(args)
+    if args.fix:
+        from controller.fix import fix_paths
+
+        if fix_paths(args) == 2:
+            return 2
     errors: list[str] = []
+    inputs = read_documents(args.paths)
+    errors += inputs.errors
+    snapshot = policy_snapshot(args, inputs.documents, errors)
+    decisions = check_documents(
+        inputs.documents,
+        snapshot=snapshot,
+        now=args.now or datetime.now(UTC),
+        namespace=args.namespace,
+        errors=errors,
+        explain=True,
+    )
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)
+    if args.output == "json":
+        sys.stdout.write(render_json(decisions))
+    else:
+        print(render_text(decisions))
+    if errors:
+        return 2
+    return 1 if any(not d.allowed for d in decisions) else 0
+
+
+def policy_snapshot(args: argparse.Namespace, documents: Iterable[Document], errors: list[str]) -> Snapshot:
+    """The snapshot `check` and `fix` judge with: the policy files (`-p`, else ./policies/default),
+    Namespace labels from `--namespace-labels` and the inputs' own Namespaces, and `--kinds`.
+    Problems are appended to `errors`."""
     namespace_labels: dict[str, dict[str, str]] = {}
     kinds = None
     try:
@@ -680,27 +766,10 @@ def run(args: argparse.Namespace) -> int:
         errors.append(
             "no policies: pass -p POLICIES (files or folders of FinOpsPolicy/GPUBudget/FinOpsException)"
         )
-    inputs = read_documents(args.paths)
-    errors += inputs.errors
-    namespace_labels = {**namespace_labels_from(inputs.documents), **namespace_labels}
+    namespace_labels = {**namespace_labels_from(documents), **namespace_labels}
     snapshot, policy_errors = load_snapshot(policy_paths, namespace_labels=namespace_labels, kinds=kinds)
     errors += policy_errors
-    decisions = check_documents(
-        inputs.documents,
-        snapshot=snapshot,
-        now=args.now or datetime.now(UTC),
-        namespace=args.namespace,
-        errors=errors,
-    )
-    for error in errors:
-        print(f"error: {error}", file=sys.stderr)
-    if args.output == "json":
-        sys.stdout.write(render_json(decisions))
-    else:
-        print(render_text(decisions))
-    if errors:
-        return 2
-    return 1 if any(not d.allowed for d in decisions) else 0
+    return snapshot
 
 
 def _run_tests(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("controller.check", "evaluate manifests offline against policy files (for CI)"),
+    "fix": ("controller.fix", "write each denied manifest's fix into its file (comments and layout kept)"),
     "webhook": ("controller.webhook.server", "serve the admission webhook over HTTPS"),
     "operator": ("controller.operator.main", "run the reconcile loops (metering, expiry, idle, audit)"),
     "report": ("controller.report", "showback: GPU-hours, cost and budget use by team and cost center"),

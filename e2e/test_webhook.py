@@ -132,13 +132,38 @@ def test_an_unlabelled_gpu_job_is_rejected_with_the_fix_and_the_fix_is_admitted(
     assert 'admission webhook "validate.finops.comptroller.dev" denied the request' in err
     for key in ("team", "project", "model_id", "lifecycle_phase", "cost_center"):
         assert key in err
-    assert "fix:" in err and "labels:" in err  # a snippet to paste
+    assert "fix (admitted with it), to merge into the manifest:" in err and "labels:" in err
     assert "finops-labels" in err  # names the policy
     assert cluster.kubectl("get", "job", "finetune", "-n", namespace, check=False).returncode != 0
 
     fixed = apply(cluster, gpu_job(namespace, labels=COMPLIANT_LABELS))
     assert fixed.returncode == 0, fixed.stderr
     assert "job.batch/finetune created" in fixed.stdout
+
+
+def test_the_denials_json_patch_applied_by_kubectl_is_admitted_on_the_first_try(
+    stack, cluster, namespace, tmp_path
+):
+    """Three problems at once: no team label, an instance type development does not allow, and a
+    container (a list item) asking for more GPUs than a pod may have. The denial's one
+    `kubectl patch --local` line, run as printed with the real kubectl on the user's file, gives a
+    manifest the API server then admits: no second round of denial and paste."""
+    job = gpu_job(namespace, labels=without_labels(COMPLIANT_LABELS, "team"), name="first-paste")
+    spec = job["spec"]["template"]["spec"]
+    spec["nodeSelector"] = {"node.kubernetes.io/instance-type": "p5.48xlarge"}
+    spec["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": "12"}}
+    path = tmp_path / "job.yaml"
+    path.write_text(dump(job))
+    rejected = cluster.kubectl("apply", "-f", str(path), check=False)
+    assert rejected.returncode != 0
+    err = rejected.stderr
+    assert "you choose: team" in err
+    assert err.count("fix (admitted with it), to merge into the manifest:") == 1
+    patch = err.split("--type=json -o yaml -p '", 1)[1].split("'", 1)[0]
+    fixed = cluster.kubectl("patch", "--local", "-f", str(path), "--type=json", "-o", "yaml", "-p", patch)
+    admitted = cluster.kubectl("apply", "-f", "-", input=fixed.stdout, check=False)
+    assert admitted.returncode == 0, admitted.stderr
+    assert "job.batch/first-paste created" in admitted.stdout
 
 
 def test_a_deployment_gets_its_defaults_mutated_in(stack, cluster, namespace):

@@ -83,12 +83,11 @@ def test_denied_exits_1_with_violations_and_fixes_under_the_resource(tmp_path, p
     assert lines[2].startswith(
         '      [team-label/labels] label "team" has value "sales"; allowed values: nlp, vision'
     )
-    assert lines[3:8] == [
-        "        fix:",
-        "          metadata:",
-        "            labels:",
-        "              team: nlp",
-        lines[7],
+    assert lines[3:7] == [
+        "      fix (admitted with it), to merge into the manifest:",
+        "        metadata:",
+        "          labels:",
+        "            team: nlp",
     ]
 
 
@@ -98,12 +97,20 @@ def test_json_output_is_exactly_the_contract(tmp_path, policies, capsys):
     results = json.loads(out)["results"]
     assert [r["resource"] for r in results] == ["Pod/ml/good", "Pod/ml/bad"]
     for result in results:
-        assert set(result) == {"resource", "allowed", "violations", "warnings", "patch"}
+        assert set(result) == {"resource", "allowed", "violations", "warnings", "patch", "fix"}
         for violation in result["violations"]:
             assert set(violation) == {"policy", "rule", "message", "fix"}
     assert results[0]["allowed"] and results[0]["violations"] == []
     assert results[0]["patch"] == [{"op": "add", "path": "/metadata/labels/env", "value": "dev"}]
     assert results[1]["allowed"] is False
+    assert results[0]["fix"] is None
+    assert results[1]["fix"] == {
+        "admitted": True,
+        "yaml": "metadata:\n  labels:\n    team: nlp",
+        "jsonPatch": [{"op": "add", "path": "/metadata/labels/team", "value": "nlp"}],
+        "choose": [],
+        "unresolved": [],
+    }
     assert (
         results[1]["violations"][0]["policy"] == "team-label"
         and results[1]["violations"][0]["rule"] == "labels"

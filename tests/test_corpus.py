@@ -24,12 +24,14 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import jsonpatch
 import pytest
 import yaml
 
 from controller.check import Inputs, load_snapshot, read_documents
 from controller.cli import main
 from controller.engine import Decision, Snapshot, evaluate
+from controller.engine.fixing import joint_fix
 from controller.engine.messages import render_denial, render_warning
 from controller.engine.workloads import BUILTIN_KINDS, pod_gpus, pod_templates_of, workload_gpus
 
@@ -347,3 +349,54 @@ def test_check_exits_0_1_or_2_on_every_file(
     judged = [d for d in entry.get("documents") or () if "templates" in d]
     assert len(results) == len(judged)
     assert (code == 1) == any(not r["allowed"] for r in results)
+
+
+# -- the joint fix and `comptroller fix` --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policies", list(POLICY_SETS))
+def test_every_denied_document_is_admitted_with_its_joint_fix_pasted_once(policies: str) -> None:
+    """The denial's one snippet admits the upstream manifest on the first paste (docs/fix-hints.md),
+    and its JSON Patch makes exactly the same manifest."""
+    snap = snapshot(policies)
+    denied = 0
+    for entry, index, _ in _documents():
+        body = _body(entry, index)
+        namespace = _namespace(body)
+        decision = evaluate(body, snapshot=snap, now=NOW, namespace=namespace)
+        if decision.allowed:
+            continue
+        denied += 1
+        fix = joint_fix(body, snapshot=snap, now=NOW, namespace=namespace)
+        fixed = fix.apply()
+        assert evaluate(fixed, snapshot=snap, now=NOW, namespace=namespace).allowed, _doc_id(entry, index)
+        assert fix.admitted
+        assert jsonpatch.apply_patch(body, fix.json_patch()) == fixed
+    assert denied >= (100 if "default" in policies else 0)
+
+
+def test_comptroller_fix_admits_the_whole_corpus_changing_only_what_it_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`comptroller fix` over a copy of every file, then `comptroller check`: every workload is
+    admitted, and across the corpus no line of the upstream files is lost but those whose value the
+    fix changes and those of documents rewritten whole (an empty `{}` map to fill)."""
+    copies = []
+    for entry in ENTRIES:
+        if entry.get("parse_error"):
+            continue
+        target = tmp_path / entry["file"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(corpus_file(entry["file"]).read_bytes())
+        copies.append((entry, target))
+    args = ["--now", NOW_ARG, "-p", str(POLICY_SETS["default"][0])]
+    assert main(["fix", *args, str(tmp_path)]) == 1  # team names and the like are for people to choose
+    capsys.readouterr()
+    assert main(["check", *args, "-o", "json", str(tmp_path)]) == 0
+    assert all(r["allowed"] for r in json.loads(capsys.readouterr().out)["results"])
+    lost = 0
+    for entry, target in copies:
+        before = corpus_file(entry["file"]).read_text(encoding="utf-8").splitlines()
+        after = set(target.read_text(encoding="utf-8").splitlines())
+        lost += sum(line not in after for line in before)
+    assert lost <= 12, lost

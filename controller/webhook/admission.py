@@ -66,6 +66,7 @@ class Admission:
         clock: Callable[[], datetime],
         fetch_workload: FetchWorkload | None = None,
     ) -> None:
+        from controller.engine.fixing import explain
         from controller.engine.messages import render_denial, render_warning
 
         self.view = view
@@ -76,6 +77,7 @@ class Admission:
         self.fetch_workload = fetch_workload
         self._excluded = settings.excluded_namespaces
         self._render_denial = render_denial
+        self._explain_denial = explain
         self._render_warning = render_warning
 
     # -- the endpoints -------------------------------------------------------------------------
@@ -169,23 +171,30 @@ class Admission:
         metadata = request.object.get("metadata")
         return isinstance(metadata, dict) and bool(metadata.get("deletionTimestamp"))
 
-    def _judge(self, request: AdmissionRequest, *, mutate: bool) -> Any:
+    def _judge(self, request: AdmissionRequest, *, mutate: bool, explain: bool = False) -> Any:
         if not self.view.ready():
             raise NotReady("policy view not synced with the API server yet")
-        return self.evaluate(
-            request.object,
-            snapshot=self.view.snapshot(),
-            now=self.clock(),
-            mutate=mutate,
-            operation=request.operation,
-            namespace=request.namespace or None,
-            old_object=request.old_object if request.operation == "UPDATE" else None,
-        )
+        how = {
+            "snapshot": self.view.snapshot(),
+            "now": self.clock(),
+            "operation": request.operation,
+            "namespace": request.namespace or None,
+            "old_object": request.old_object if request.operation == "UPDATE" else None,
+        }
+        decision = self.evaluate(request.object, mutate=mutate, **how)
+        if explain and not decision.allowed:
+            # The joint fix (docs/fix-hints.md). On any failure each violation keeps its own fix:
+            # a denial must never turn into an error.
+            try:
+                self._explain_denial(decision, request.object, **how)
+            except Exception:
+                log.exception("joint fix for %s/%s failed", request.namespace, request.name)
+        return decision
 
     def _validate(self, request: AdmissionRequest) -> tuple[bytes, str]:
         if self._passes_untouched(request):
             return response_body(request.uid, allowed=True), "skipped"
-        return self._render(request, self._judge(request, mutate=False))
+        return self._render(request, self._judge(request, mutate=False, explain=True))
 
     def _render(self, request: AdmissionRequest, decision: Any) -> tuple[bytes, str]:
         if decision.allowed and not decision.warnings and not decision.audit:
@@ -194,7 +203,10 @@ class Admission:
         warnings = [line for v in decision.warnings for line in header_safe(self._render_warning(v))]
         if not decision.allowed:
             body = response_body(
-                request.uid, allowed=False, message=self._render_denial(decision), warnings=warnings
+                request.uid,
+                allowed=False,
+                message=self._render_denial(decision),
+                warnings=warnings,
             )
             return body, "denied"
         label = "warned" if decision.warnings else "audited" if decision.audit else "allowed"

@@ -1,0 +1,119 @@
+"""`comptroller fix` (controller/fix.py): each denial's joint fix written into the manifest file,
+changing only what the fix names."""
+
+from pathlib import Path
+
+import pytest
+
+from controller.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+NOW = ["--now", "2026-11-22T12:00:00Z", "-p", str(ROOT / "policies" / "default")]
+
+JOB = """\
+# the team's fine-tuning run: keep this comment
+apiVersion: batch/v1
+kind: Job
+metadata:
+  name: finetune   # trailing comment
+  namespace: ml
+spec:
+  template:
+    metadata:
+      labels:
+        team: nlp
+        project: chat
+        model_id: llama-3-8b
+        lifecycle_phase: training
+        cost_center: "cc-101"
+    spec:
+      nodeSelector:
+        node.kubernetes.io/instance-type: p5.48xlarge
+      containers:
+        - name: train
+          image: "trainer:1.0"
+          resources:
+            limits: {nvidia.com/gpu: 8}
+"""
+
+CONFIG = """\
+apiVersion: v1
+kind: ConfigMap
+metadata:   {name: untouched}
+data:
+  a:    "1"
+"""
+
+
+def test_writes_the_fix_in_place_and_keeps_everything_else(tmp_path, capsys):
+    path = tmp_path / "job.yaml"
+    path.write_text(CONFIG + "---\n" + JOB)
+    assert main(["fix", str(path), *NOW]) == 0  # nothing left to choose: exit 0
+    text = path.read_text()
+    assert text.startswith(CONFIG + "---\n")  # the other document, byte for byte
+    original, fixed = JOB.splitlines(), text.split("---\n", 1)[1].splitlines()
+    added = [line for line in fixed if line not in original]
+    assert added == ["        environment: production"]
+    assert [line for line in original if line not in fixed] == []
+    assert main(["check", str(path), *NOW]) == 0
+    assert "fixed " in capsys.readouterr().err
+
+
+def test_placeholders_are_commented_and_exit_1(tmp_path, capsys):
+    path = tmp_path / "job.yaml"
+    path.write_text(JOB.replace("        team: nlp\n", "").replace("        cost_center: \"cc-101\"\n", ""))
+    assert main(["fix", str(path), *NOW]) == 1
+    text = path.read_text()
+    assert "team: set-me  # you choose: the team that owns and pays for the workload" in text
+    assert "cost_center: cc-000  # you choose: the finance cost center charged" in text
+    assert "# the team's fine-tuning run: keep this comment" in text
+    err = capsys.readouterr().err
+    assert "you choose" in err and ": team (a placeholder is written)" in err
+
+
+def test_stdin_goes_to_stdout_and_a_broken_file_is_left_alone(tmp_path, capsys, monkeypatch):
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(JOB))
+    assert main(["fix", "-", *NOW]) == 0
+    out = capsys.readouterr().out
+    assert "environment: production" in out and out.startswith("# the team's")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("kind: Job\nspec: [\n")
+    assert main(["fix", str(broken), *NOW]) == 2
+    assert broken.read_text() == "kind: Job\nspec: [\n"
+
+
+def test_check_fix_writes_then_checks(tmp_path, capsys):
+    path = tmp_path / "job.yaml"
+    path.write_text(JOB)
+    assert main(["check", "--fix", str(path), *NOW]) == 0
+    assert "PASS  Job/ml/finetune" in capsys.readouterr().out
+    assert "environment: production" in path.read_text()
+
+
+@pytest.mark.parametrize("dash", ["- name", "  - name"])
+def test_list_items_are_fixed_in_place_in_either_list_style(tmp_path, dash):
+    js = f"""\
+apiVersion: jobset.x-k8s.io/v1alpha2
+kind: JobSet
+metadata:
+  name: js
+  namespace: ml
+spec:
+  replicatedJobs:
+  {dash}: workers
+    {"  " if dash.startswith(" ") else ""}template:
+    {"  " if dash.startswith(" ") else ""}  spec:
+    {"  " if dash.startswith(" ") else ""}    template:
+    {"  " if dash.startswith(" ") else ""}      spec:
+    {"  " if dash.startswith(" ") else ""}        containers:
+    {"  " if dash.startswith(" ") else ""}        - name: c
+    {"  " if dash.startswith(" ") else ""}          image: i
+"""
+    path = tmp_path / "js.yaml"
+    path.write_text(js)
+    assert main(["fix", str(path), *NOW]) == 1  # team, project, ... are for a person to choose
+    fixed = path.read_text()
+    assert [line for line in js.splitlines() if line not in fixed.splitlines()] == []
+    assert main(["check", str(path), *NOW]) == 0
