@@ -21,10 +21,16 @@ preflight:  ## what the local stack needs (Python, Go, disk), with the command t
 build-plane: preflight  ## build etcd, kube-*, kubectl, kwok, helm and Prometheus from Go modules (cached by version)
 	@bash e2e/cluster/build.sh all
 
-lint: install  ## ruff, the import-layer contracts, and strict types on the engine
+# actionlint checks `run:` scripts with shellcheck and pyflakes only when they are installed, and
+# skips those checks otherwise.
+ACTIONLINT_VERSION := $(shell sed -n 's/^ACTIONLINT_VERSION=//p' e2e/cluster/versions.env)
+
+lint: install  ## ruff, the import-layer contracts, strict types on the engine, and actionlint on the workflows
 	$(VENV)/bin/ruff check controller tests e2e bench
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
+	@bash e2e/cluster/build.sh actionlint
+	$(COMPTROLLER_CACHE)/bin/actionlint-$(ACTIONLINT_VERSION)/actionlint .github/workflows/*.yml
 
 unit: install  ## fast tests: engine, webhook, operator logic, policies (no control plane)
 	$(PY) -m pytest -q tests policies
