@@ -136,18 +136,12 @@ def _doc_id(entry: dict[str, Any], index: int) -> str:
 
 
 def _counted(expect_key: str) -> list[Any]:
-    """One param per document of a built-in kind; a strict xfail where provenance.yaml records that
-    the engine counts this one differently (`engine_deviation`)."""
-    params = []
-    for entry, index, doc in _documents():
-        if expect_key not in doc:
-            continue
-        marks = []
-        deviation = doc.get("engine_deviation")
-        if deviation and expect_key in deviation["counts"]:
-            marks.append(pytest.mark.xfail(strict=True, raises=AssertionError, reason=deviation["reason"]))
-        params.append(pytest.param(entry, index, doc, id=_doc_id(entry, index), marks=marks))
-    return params
+    """One param per document of a built-in kind (every one: the engine counts as a person did)."""
+    return [
+        pytest.param(entry, index, doc, id=_doc_id(entry, index))
+        for entry, index, doc in _documents()
+        if expect_key in doc
+    ]
 
 
 def _body(entry: dict[str, Any], index: int) -> Any:
@@ -239,28 +233,6 @@ def test_engine_finds_every_pod_template_with_its_pods_and_gpus(
         for t in pod_templates_of(body, spec)
     ]
     assert found == doc["templates"]
-
-
-@pytest.mark.parametrize(
-    ("entry", "index", "doc"),
-    [
-        pytest.param(entry, index, doc, id=_doc_id(entry, index))
-        for entry, index, doc in _documents()
-        if doc.get("engine_deviation")
-    ],
-)
-def test_engine_deviates_exactly_as_recorded(entry: dict[str, Any], index: int, doc: dict[str, Any]) -> None:
-    """What the strict xfails above stand for, pinned: the engine's pods per template are the ones
-    recorded beside the reason, and its GPUs follow from them."""
-    body = _body(entry, index)
-    spec = BUILTIN_KINDS.lookup(body)
-    assert spec is not None
-    found = [(t.pointer, t.replicas, pod_gpus(t.spec)) for t in pod_templates_of(body, spec)]
-    engine_pods = doc["engine_deviation"]["engine_pods"]
-    assert found == [
-        (t["path"], pods, t["gpus_per_pod"]) for t, pods in zip(doc["templates"], engine_pods, strict=True)
-    ]
-    assert workload_gpus(body) == sum(pods * gpus for _, pods, gpus in found)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ The operator reuses `effective_labels`; the scale webhook `scaled`.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, DecimalException
 from typing import Any, TypeGuard
@@ -44,6 +44,11 @@ class TemplateSpec:
     """`""` for a Pod (the object is its own template), else e.g. `/spec/template`."""
     replicas: tuple[Pointer, ...] = ()
     """Pointers multiplied together; a missing value counts as 1 (the API defaults)."""
+    pods: Callable[[Mapping[str, Any], tuple[str | int, ...]], int] | None = field(
+        default=None, compare=False
+    )
+    """For built-in kinds whose operator does more than multiply: the pods of this template, from
+    the manifest and the keys the template path's `*` bound (instead of `replicas`)."""
     _segments: tuple[str, ...] = field(init=False, repr=False, compare=False)
     _replica_segments: tuple[tuple[str, ...], ...] = field(init=False, repr=False, compare=False)
 
@@ -89,11 +94,37 @@ def _t(path: str, *replicas: str) -> TemplateSpec:
 
 def _ray(prefix: str) -> tuple[TemplateSpec, ...]:
     workers = f"{prefix}/workerGroupSpecs/*"
-    # numOfHosts: multi-host groups (TPU slices) run that many pods per replica.
+    group_at = _split(workers)
+
+    def worker_pods(manifest: Mapping[str, Any], bound: tuple[str | int, ...]) -> int:
+        """As KubeRay starts them (GetWorkerGroupDesiredReplicas): `replicas` (0 when unset, the
+        CRD's default) clamped to [minReplicas, maxReplicas], none while the group is suspended,
+        times numOfHosts (multi-host groups such as TPU slices run that many pods per replica)."""
+        group = _get(manifest, group_at, bound)
+        if not _is_map(group) or group.get("suspend") is True:
+            return 0
+        low = _count(group.get("minReplicas"), missing=0)
+        high = _count(group.get("maxReplicas"), missing=_MAX_REPLICAS)
+        desired = min(max(_count(group.get("replicas"), missing=0), low), max(high, low))
+        return desired * _count(group.get("numOfHosts"))
+
     return (
         _t(f"{prefix}/headGroupSpec/template"),
-        _t(f"{workers}/template", f"{workers}/replicas", f"{workers}/numOfHosts"),
+        TemplateSpec(f"{workers}/template", (f"{workers}/replicas", f"{workers}/numOfHosts"), worker_pods),
     )
+
+
+def _lws_workers(manifest: Mapping[str, Any], bound: tuple[str | int, ...]) -> int:
+    """Each of `replicas` groups runs `size` pods: one leader and size-1 workers. With a separate
+    leaderTemplate, the leader is that template's pod and size-1 come from the worker template;
+    without one, all `size` come from the worker template."""
+    spec = manifest.get("spec")
+    spec = spec if _is_map(spec) else {}
+    lwt = spec.get("leaderWorkerTemplate")
+    lwt = lwt if _is_map(lwt) else {}
+    size = _count(lwt.get("size"))
+    workers = size - 1 if _is_map(lwt.get("leaderTemplate")) else size
+    return _count(spec.get("replicas")) * max(workers, 0)
 
 
 BUILTIN_KIND_SPECS: tuple[KindSpec, ...] = (
@@ -130,18 +161,16 @@ BUILTIN_KIND_SPECS: tuple[KindSpec, ...] = (
             ),
         ),
     ),
-    # Each group is one leader plus size-1 workers. Counting `size` workers per group keeps the
-    # arithmetic a product; it over-counts one pod per group when a separate leaderTemplate exists,
-    # which errs on the side of the budget.
+    # Each group is one leader plus size-1 workers (`_lws_workers`).
     KindSpec(
         "leaderworkerset.x-k8s.io",
         "LeaderWorkerSet",
         (
             _t("/spec/leaderWorkerTemplate/leaderTemplate", "/spec/replicas"),
-            _t(
+            TemplateSpec(
                 "/spec/leaderWorkerTemplate/workerTemplate",
-                "/spec/replicas",
-                "/spec/leaderWorkerTemplate/size",
+                ("/spec/replicas", "/spec/leaderWorkerTemplate/size"),
+                _lws_workers,
             ),
         ),
         "/spec/replicas",
@@ -269,15 +298,15 @@ def _get(node: Any, segments: Sequence[str], bound: Sequence[str | int]) -> Any:
 _MAX_REPLICAS = 2**31 - 1  # replica counts are int32 in every API the built-in kinds come from
 
 
-def _count(value: Any) -> int:
-    """A replica-like count; a missing value or junk counts 1, as if the API default applied."""
+def _count(value: Any, missing: int = 1) -> int:
+    """A replica-like count; a missing value (or junk) counts `missing`, as if the API default applied."""
     if isinstance(value, bool):
-        return 1
+        return missing
     if isinstance(value, int):
-        return max(value, 0) if value <= _MAX_REPLICAS else 1
+        return max(value, 0) if value <= _MAX_REPLICAS else missing
     if isinstance(value, str) and value.isdecimal() and len(value) <= 10 and int(value) <= _MAX_REPLICAS:
         return int(value)
-    return 1
+    return missing
 
 
 def pod_templates_of(manifest: Mapping[str, Any], spec: KindSpec) -> list[PodTemplate]:
@@ -290,17 +319,23 @@ def pod_templates_of(manifest: Mapping[str, Any], spec: KindSpec) -> list[PodTem
         if "*" not in tspec._segments:  # the common case (Deployment, Job, ...): plain lookups
             template = _get(manifest, tspec._segments, ())
             if _is_map(template):
-                replicas = 1
-                for segments in tspec._replica_segments:
-                    replicas *= _count(_get(manifest, segments, ()))
+                if tspec.pods is not None:
+                    replicas = tspec.pods(manifest, ())
+                else:
+                    replicas = 1
+                    for segments in tspec._replica_segments:
+                        replicas *= _count(_get(manifest, segments, ()))
                 found.append(PodTemplate(tspec.path, tspec._segments, template, replicas))
             continue
         for path, template, bound in _walk(manifest, tspec._segments, (), ()):
             if not _is_map(template):
                 continue
-            replicas = 1
-            for segments in tspec._replica_segments:
-                replicas *= _count(_get(manifest, segments, bound))
+            if tspec.pods is not None:
+                replicas = tspec.pods(manifest, bound)
+            else:
+                replicas = 1
+                for segments in tspec._replica_segments:
+                    replicas *= _count(_get(manifest, segments, bound))
             pointer = "".join(f"/{escape(p)}" for p in path)
             found.append(PodTemplate(pointer, path, template, replicas))
     return found

@@ -67,14 +67,34 @@ def test_pod_gpus_sums_every_configured_resource():
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(2, 2), ("2", 2), ("1500m", 2), ("1k", 1000), ("x", 0), (None, 0), (1.2, 2),
-     # Not quantities (the API server refuses them); found by fuzzing, they crashed the engine.
-     ("Infinity", 0), ("-Infinity", 0), ("NaN", 0), ("infm", 0), ("InfinityGi", 0),
-     (float("inf"), 0), (float("nan"), 0),
-     # Negative or past the API server's int64 (found by fuzzing: overflowed budget arithmetic).
-     ("-1", 0), (-3, 0), (10**30, 0), ("9" * 19, 0), ("1e19", 0), (1e300, 0), ("1e100000", 0), ("sNaN", 0),
-     # Without a suffix, exact: no rounding to Decimal's 28 digits.
-     ("1.0000000000000000000000000001", 2)],
+    [
+        (2, 2),
+        ("2", 2),
+        ("1500m", 2),
+        ("1k", 1000),
+        ("x", 0),
+        (None, 0),
+        (1.2, 2),
+        # Not quantities (the API server refuses them); found by fuzzing, they crashed the engine.
+        ("Infinity", 0),
+        ("-Infinity", 0),
+        ("NaN", 0),
+        ("infm", 0),
+        ("InfinityGi", 0),
+        (float("inf"), 0),
+        (float("nan"), 0),
+        # Negative or past the API server's int64 (found by fuzzing: overflowed budget arithmetic).
+        ("-1", 0),
+        (-3, 0),
+        (10**30, 0),
+        ("9" * 19, 0),
+        ("1e19", 0),
+        (1e300, 0),
+        ("1e100000", 0),
+        ("sNaN", 0),
+        # Without a suffix, exact: no rounding to Decimal's 28 digits.
+        ("1.0000000000000000000000000001", 2),
+    ],
 )
 def test_quantity(value, expected):
     assert quantity(value) == expected
@@ -334,7 +354,7 @@ def test_pinned_terms(spec, expected):
 
 
 def test_a_unicode_digit_int_refuses_counts_as_junk():
-    """"¹".isdigit() is true, yet int("¹") raises: found by the admission fuzzer."""
+    """ "¹".isdigit() is true, yet int("¹") raises: found by the admission fuzzer."""
     assert quantity("¹") == 0
     assert quantity("2") == 2
 
@@ -349,3 +369,51 @@ def test_a_replica_count_past_int32_counts_as_one():
     assert workload_gpus(deployment({}, replicas=2**31, gpus=2), BUILTIN_KINDS) == 2
     assert workload_gpus(deployment({}, replicas=str(2**31), gpus=2), BUILTIN_KINDS) == 2  # type: ignore[arg-type]
     assert workload_gpus(deployment({}, replicas=2**31 - 1, gpus=2), BUILTIN_KINDS) == 2 * (2**31 - 1)
+
+
+def _lws(size, leader_template):
+    worker = {"spec": {"containers": [{"name": "w", "resources": {"limits": {"nvidia.com/gpu": 8}}}]}}
+    lwt = {"size": size, "workerTemplate": worker}
+    if leader_template:
+        lwt["leaderTemplate"] = {
+            "spec": {"containers": [{"name": "l", "resources": {"limits": {"nvidia.com/gpu": 8}}}]}
+        }
+    return {
+        "apiVersion": "leaderworkerset.x-k8s.io/v1",
+        "kind": "LeaderWorkerSet",
+        "spec": {"replicas": 2, "leaderWorkerTemplate": lwt},
+    }
+
+
+@pytest.mark.parametrize(
+    ("size", "leader", "gpus"), [(2, True, 32), (2, False, 32), (4, True, 64), (1, True, 16)]
+)
+def test_a_leaderworkerset_group_is_one_leader_and_size_minus_one_workers(size, leader, gpus):
+    """2 groups of `size` pods, 8 GPUs each: the leader template takes one pod per group when it
+    exists, so the workers are size-1 (before, a separate leader made it size+1 per group)."""
+    assert workload_gpus(_lws(size, leader)) == gpus
+
+
+@pytest.mark.parametrize(
+    ("group", "pods"),
+    [
+        ({}, 0),  # the CRD defaults replicas to 0
+        ({"replicas": 3}, 3),
+        ({"minReplicas": 2}, 2),
+        ({"replicas": 1, "minReplicas": 2, "maxReplicas": 5}, 2),
+        ({"replicas": 9, "maxReplicas": 5}, 5),
+        ({"replicas": 2, "numOfHosts": 4}, 8),
+        ({"replicas": 2, "suspend": True}, 0),
+    ],
+)
+def test_a_ray_worker_group_counts_the_pods_kuberay_starts(group, pods):
+    template = {"spec": {"containers": [{"name": "w", "resources": {"limits": {"nvidia.com/gpu": 1}}}]}}
+    cluster = {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayCluster",
+        "spec": {
+            "headGroupSpec": {"template": {"spec": {"containers": [{"name": "h"}]}}},
+            "workerGroupSpecs": [{"groupName": "g", "template": template, **group}],
+        },
+    }
+    assert workload_gpus(cluster) == pods
