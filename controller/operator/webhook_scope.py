@@ -22,6 +22,7 @@ that says what to add, never in a wrong admission.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -153,6 +154,12 @@ class WebhookScope:
                 return False
             log.info("mutating webhook condition %s (%d policies)",
                      "updated" if expression is not None else "removed", len(policies))
+            if expression is not None and any(c.get("name") == CONDITION_NAME for c in current):
+                # What Helm rendered (or last applied) is not what these policies need: say what to
+                # set, so the next `helm upgrade` or GitOps sync applies it instead of undoing it.
+                log.warning("the policies need a different %s than the one applied with the chart; to keep "
+                            "Helm and GitOps in step, set webhook.mutating.matchCondition to: %s",
+                            CONDITION_NAME, json.dumps(expression))
             return True
         raise ApiError(409, f"{self.configuration} kept changing; not patched in {PATCH_ATTEMPTS} attempts")
 

@@ -475,3 +475,22 @@ def test_packaged_chart_carries_the_policies_but_not_their_test_cases(tmp_path):
     assert policies == [f"comptroller/files/policies/{p.name}"
                         for p in sorted((CHART / "files" / "policies").glob("*.yaml"))]
     assert not [n for n in names if "/ci/" in n]
+
+
+def test_the_mutating_webhook_carries_the_condition_the_default_policies_need():
+    """Rendered by the chart (not only patched in by the operator at run time), so what Helm applies
+    is what the operator keeps; `skipSettledPods: false` renders none, and a value overrides it."""
+    from controller.check import load_snapshot
+    from controller.engine.mutation_scope import CONDITION_NAME, mutation_condition
+
+    snapshot, _ = load_snapshot([CHART.parents[1] / "policies" / "default"])
+
+    def conditions(values):
+        config = one(rendered(values), "MutatingWebhookConfiguration")
+        return config["webhooks"][0].get("matchConditions")
+
+    expected = mutation_condition(snapshot.policies)
+    assert conditions(None) == [{"name": CONDITION_NAME, "expression": expected}]
+    assert conditions({"webhook": {"mutating": {"skipSettledPods": False}}}) is None
+    custom = conditions({"webhook": {"mutating": {"matchCondition": "true"}}})
+    assert custom == [{"name": CONDITION_NAME, "expression": "true"}]

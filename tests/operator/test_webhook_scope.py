@@ -163,3 +163,31 @@ def test_the_lifecycle_syncs_on_every_tick_and_bursts_cost_one_more_sync():
     asyncio.run(scenario())
     assert 2 <= len(synced) <= 3
     assert Lifecycle.build(OperatorConfig(), api).webhook_scope is None
+
+
+def test_the_condition_the_chart_renders_is_kept_for_the_default_policies(caplog):
+    """The chart renders `comptroller-may-mutate` for the default policy set, so with those policies the
+    operator writes nothing (no drift for Helm or GitOps); with others it rewrites it and logs the
+    expression to set in `webhook.mutating.matchCondition`."""
+    from pathlib import Path
+
+    from controller.check import load_snapshot
+
+    root = Path(__file__).resolve().parents[2]
+    rendered = (root / "charts/comptroller/files/mutation-condition.cel").read_text().strip()
+    snapshot, errors = load_snapshot([root / "policies/default"])
+    assert not errors
+    assert rendered == mutation_condition(snapshot.policies), (
+        "charts/comptroller/files/mutation-condition.cel is stale: regenerate it with\n"
+        "python -c \"from controller.check import load_snapshot; "
+        "from controller.engine.mutation_scope import mutation_condition; "
+        "print(mutation_condition(load_snapshot(['policies/default'])[0].policies))\""
+        " > charts/comptroller/files/mutation-condition.cel"
+    )
+    api = Configurations(*hooks({"name": CONDITION_NAME, "expression": rendered}))
+    assert WebhookScope(api, "comptroller", policies=lambda: list(snapshot.policies)).sync() is False
+    assert api.patches == []
+
+    with caplog.at_level("WARNING"):
+        assert WebhookScope(api, "comptroller", policies=lambda: [DEFAULTING]).sync() is True
+    assert "set webhook.mutating.matchCondition to:" in caplog.text
