@@ -13,6 +13,9 @@ ORIGINAL_REPLICAS_ANNOTATION = f"{GROUP}/original-replicas"
 WAKE_ANNOTATION = f"{GROUP}/wake"
 WOKEN_AT_ANNOTATION = f"{GROUP}/woken-at"
 EXPIRED_ANNOTATION = f"{GROUP}/expired"
+# The required labels the mutating webhook filled in (a default or the Namespace's value), comma
+# separated: they are Comptroller's choice, not the user's, and a fix may choose them again.
+DEFAULTED_ANNOTATION = f"{GROUP}/defaulted-labels"
 # A namespace labelled `<this>=true` is never sent to the webhook (cf. Gatekeeper's
 # admission.gatekeeper.sh/ignore): an escape hatch for break-glass and for infrastructure.
 IGNORE_NAMESPACE_LABEL = f"{GROUP}/ignore"

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from controller.cli import main
+from controller.constants import DEFAULTED_ANNOTATION as DEFAULTED
 
 ROOT = Path(__file__).resolve().parents[1]
 NOW = ["--now", "2026-11-22T12:00:00Z"]
@@ -101,7 +102,10 @@ def test_json_output_is_exactly_the_contract(tmp_path, policies, capsys):
         for violation in result["violations"]:
             assert set(violation) == {"policy", "rule", "message", "fix"}
     assert results[0]["allowed"] and results[0]["violations"] == []
-    assert results[0]["patch"] == [{"op": "add", "path": "/metadata/labels/env", "value": "dev"}]
+    assert results[0]["patch"] == [
+        {"op": "add", "path": "/metadata/labels/env", "value": "dev"},
+        {"op": "add", "path": "/metadata/annotations", "value": {DEFAULTED: "env"}},
+    ]
     assert results[1]["allowed"] is False
     assert results[0]["fix"] is None
     assert results[1]["fix"] == {
@@ -198,7 +202,10 @@ def test_namespace_labels(tmp_path, capsys, form):
     code, out, _ = check(capsys, *args, write(tmp_path / "m.yaml", *docs))
     assert code == 0
     (result,) = json.loads(out)["results"]
-    assert result["patch"] == [{"op": "add", "path": "/metadata/labels", "value": {"team": "nlp"}}]
+    assert result["patch"] == [
+        {"op": "add", "path": "/metadata/labels", "value": {"team": "nlp"}},
+        {"op": "add", "path": "/metadata/annotations", "value": {DEFAULTED: "team"}},
+    ]
 
 
 def test_now_decides_expiry(tmp_path, policies, capsys):

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+from controller.constants import DEFAULTED_ANNOTATION
 from controller.engine.api import Decision, Edit, Snapshot, Violation
 from controller.engine.evaluation import evaluate, matching_policies
 from controller.engine.view import WorkloadView
@@ -157,6 +158,7 @@ def _label_candidates(
         return []
     ns = namespace or (manifest.get("metadata") or {}).get("namespace") or ""
     view = WorkloadView(manifest, spec, namespace=ns)
+    defaulted = view.defaulted()
     starts: list[dict[Path, Edit]] = []
     seen: set[str] = set()
     for match in matching_policies(manifest, snapshot=snapshot, now=now, namespace=namespace):
@@ -168,10 +170,13 @@ def _label_candidates(
             if rule.key in seen or len(values) < 2:
                 continue
             seen.add(rule.key)
+            # Left out by the user, or filled in by the mutating webhook before this judgement
+            # (the validating webhook sees the mutated object): either way, not the user's choice.
+            chosen_for_them = rule.key in defaulted
             missing = [
                 t
                 for t, own in zip(view.templates, view.labels_per_template, strict=True)
-                if rule.key not in own
+                if rule.key not in own or chosen_for_them
             ]
             if not missing:
                 continue
@@ -202,9 +207,13 @@ def _score(manifest: Mapping[str, Any], fix: JointFix) -> tuple[int, ...]:
 
 
 def _overwritten(manifest: Mapping[str, Any], edits: tuple[Edit, ...]) -> int:
-    """How many edits change a value the manifest already has."""
+    """How many edits change a value the user wrote (labels the mutating webhook filled in are not)."""
+    written = (manifest.get("metadata") or {}).get("annotations") or {}
+    chosen = str(written.get(DEFAULTED_ANNOTATION) or "").split(",")
     count = 0
     for edit in edits:
+        if len(edit.path) >= 3 and edit.path[-3:-1] == ("metadata", "labels") and edit.path[-1] in chosen:
+            continue
         found, value = lookup(manifest, edit.path)
         if found and value is not None and value != edit.value:
             count += 1

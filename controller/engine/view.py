@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from controller.constants import DEFAULTED_ANNOTATION
 from controller.engine.workloads import KindSpec, PodTemplate, escape, pod_gpus, pod_templates_of
 
 
@@ -29,6 +30,7 @@ class WorkloadView:
         "_meta_annotations",
         "_added_meta_labels",
         "_added_annotations",
+        "_defaulted",
         "_labels",
         "_gpus",
         "version",
@@ -51,6 +53,8 @@ class WorkloadView:
         self._meta_annotations: Mapping[str, str] = metadata.get("annotations") or {}
         self._added_meta_labels: dict[str, str] = {}
         self._added_annotations: dict[str, str] = {}
+        self._defaulted: set[str] = set()
+        """Required labels mutation filled from a default or the Namespace (DEFAULTED_ANNOTATION)."""
         self._labels: Mapping[str, str] | None = None
         self._gpus: dict[tuple[str, ...], tuple[list[int], int]] = {}
         """Per resource set: GPUs per pod of each template, and of the whole workload."""
@@ -131,6 +135,16 @@ class WorkloadView:
         self._added_annotations[key] = value
         self._meta_annotations = {**self._meta_annotations, key: value}
 
+    def mark_defaulted(self, key: str) -> None:
+        """Record that mutation chose this required label's value (not the user, nor a controller)."""
+        self._defaulted.add(key)
+
+    def defaulted(self) -> frozenset[str]:
+        """Labels mutation chose, now or when the object was admitted before (its annotation)."""
+        written = self._meta_annotations.get(DEFAULTED_ANNOTATION)
+        before = {k for k in written.split(",") if k} if isinstance(written, str) else set()
+        return frozenset(before | self._defaulted)
+
     def patch(self) -> list[dict[str, Any]]:
         """RFC 6902 operations adding everything mutation added, against the original manifest."""
         ops: list[dict[str, Any]] = []
@@ -139,6 +153,18 @@ class WorkloadView:
         for index, added in sorted(self._added_template.items()):
             template = self.templates[index]
             _metadata_ops(ops, template.pointer, template.template, {"labels": added})
+        if self._defaulted:  # last, and an operation of its own: the others read as they always did
+            value = ",".join(sorted(self.defaulted()))
+            metadata = self.manifest.get("metadata")
+            if self._added_annotations or (metadata and metadata.get("annotations")):
+                path = f"/metadata/annotations/{escape(DEFAULTED_ANNOTATION)}"
+                ops.append({"op": "add", "path": path, "value": value})
+            elif metadata or self._added_meta_labels:
+                annotations = {DEFAULTED_ANNOTATION: value}
+                ops.append({"op": "add", "path": "/metadata/annotations", "value": annotations})
+            else:
+                annotations = {"annotations": {DEFAULTED_ANNOTATION: value}}
+                ops.append({"op": "add", "path": "/metadata", "value": annotations})
         return ops
 
 

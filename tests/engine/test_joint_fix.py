@@ -144,3 +144,20 @@ def test_every_denied_policy_test_case_is_admitted_with_its_joint_fix(folder):
         assert after.allowed == fix.admitted
         assert fix.admitted or all(v.rule == "budget" for v in fix.unresolved), (decision.resource, fix)
     assert denied >= 4
+
+
+def test_the_webhook_after_mutation_chooses_the_same_fix_as_check_on_the_file():
+    """The validating webhook judges the object after the mutating one defaulted `environment:
+    development`; the mutation says so in its `defaulted-labels` annotation, so the fix there still
+    picks the environment that keeps the user's p5.48xlarge, as `comptroller check` does on the file."""
+    manifest = job(LABELS)
+    mutated = jsonpatch.apply_patch(manifest, evaluate(manifest, snapshot=SNAPSHOT, now=NOW).patch)
+    assert mutated["metadata"]["annotations"] == {"finops.comptroller.dev/defaulted-labels": "environment"}
+    assert mutated["spec"]["template"]["metadata"]["labels"]["environment"] == "development"
+    at_the_webhook = joint_fix(mutated, snapshot=SNAPSHOT, now=NOW)
+    on_the_file = joint_fix(manifest, snapshot=SNAPSHOT, now=NOW)
+    assert _values(at_the_webhook) == _values(on_the_file) == {"environment": "production"}
+    # A user who wrote `environment: development` keeps it: the instance type changes instead.
+    written = job({**LABELS, "environment": "development"})
+    fix = joint_fix(written, snapshot=SNAPSHOT, now=NOW)
+    assert set(_values(fix)) == {"node.kubernetes.io/instance-type"}

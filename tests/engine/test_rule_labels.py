@@ -52,14 +52,24 @@ def test_without_mutation_nothing_is_filled_in():
     assert decision.patch == []
 
 
+DEFAULTED = {
+    "op": "add",
+    "path": "/metadata/annotations",
+    "value": {"finops.comptroller.dev/defaulted-labels": "environment"},
+}
+
+
 @pytest.mark.parametrize(
     ("manifest", "patch"),
     [
-        # no labels map at all: add the whole map
-        (pod(None), [{"op": "add", "path": "/metadata/labels", "value": {"environment": "development"}}]),
+        # no labels map at all: add the whole map (and say, last, which labels were filled in)
+        (
+            pod(None),
+            [{"op": "add", "path": "/metadata/labels", "value": {"environment": "development"}}, DEFAULTED],
+        ),
         (
             pod({"team": "nlp"}),
-            [{"op": "add", "path": "/metadata/labels/environment", "value": "development"}],
+            [{"op": "add", "path": "/metadata/labels/environment", "value": "development"}, DEFAULTED],
         ),
         # no template metadata at all
         (
@@ -71,6 +81,7 @@ def test_without_mutation_nothing_is_filled_in():
                     "path": "/spec/template/metadata",
                     "value": {"labels": {"team": "nlp", "environment": "development"}},
                 },
+                DEFAULTED,  # team was copied from the Deployment's own labels: the user's, not ours
             ],
         ),
     ],
@@ -83,7 +94,10 @@ def test_keys_are_escaped_per_rfc6901():
     pol = policy("p", labels={"required": [{"key": "finops.example.com/owner", "default": "platform"}]})
     manifest = pod({"x": "y"})
     decision = judge(manifest, pol=pol)
-    assert [op["path"] for op in decision.patch] == ["/metadata/labels/finops.example.com~1owner"]
+    assert [op["path"] for op in decision.patch] == [
+        "/metadata/labels/finops.example.com~1owner",
+        "/metadata/annotations",
+    ]
     patched = jsonpatch.apply_patch(manifest, decision.patch)
     assert patched["metadata"]["labels"] == {"x": "y", "finops.example.com/owner": "platform"}
     assert escape("a~b/c") == "a~0b~1c"

@@ -45,6 +45,7 @@ def mutate(policy: Any, view: WorkloadView, ctx: Context) -> None:
             value = _inherited_or_default(rule, inherit=spec.inherit_from_namespace, ctx=ctx)
             if value is not None:
                 view.add_template_label(index, key, value)
+                view.mark_defaulted(key)
                 added = value
         if added is not None and not view.is_pod and key not in view.meta_labels:
             view.add_meta_label(key, added)
