@@ -163,8 +163,8 @@ class WorkloadView:
                 annotations = {DEFAULTED_ANNOTATION: value}
                 ops.append({"op": "add", "path": "/metadata/annotations", "value": annotations})
             else:
-                annotations = {"annotations": {DEFAULTED_ANNOTATION: value}}
-                ops.append({"op": "add", "path": "/metadata", "value": annotations})
+                metadata_map = {"annotations": {DEFAULTED_ANNOTATION: value}}
+                ops.append({"op": "add", "path": "/metadata", "value": metadata_map})
         return ops
 
 
