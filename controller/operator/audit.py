@@ -1,5 +1,7 @@
 """The background audit: judge what already runs with the same engine as admission, and publish
-compact results (one PolicyReport per namespace, never one object per resource) and metrics.
+compact results (one report per namespace, never one object per resource) and metrics. Reports
+are OpenReports `Report`s (`openreports.io/v1alpha1`) when the cluster serves them, legacy
+`PolicyReport`s (`wgpolicyk8s.io/v1alpha2`) otherwise, with the same content (`reports.py`).
 
 Workloads admitted before a policy existed, or while the webhook was down or failing open, are
 found here. Each top-level workload is judged once, as the webhook would judge it (no mutation):
@@ -26,7 +28,7 @@ from typing import Any
 from controller import constants
 from controller.engine import Snapshot, evaluate
 from controller.engine.workloads import BUILTIN_KINDS, KindRegistry
-from controller.k8s.reports import PolicyReports
+from controller.k8s.reports import PolicyReports, candidates
 from controller.k8s.workloads import ApiError, Workloads
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,7 @@ class Finding:
 
     namespace: str
     resource: tuple[tuple[str, str], ...]
-    """PolicyReport resource reference: apiVersion, kind, name, namespace, uid (as sorted items)."""
+    """Report resource reference: apiVersion, kind, name, namespace, uid (as sorted items)."""
     policy: str
     rule: str
     result: str
@@ -104,7 +106,8 @@ def findings_of(manifest: Mapping[str, Any], *, snapshot: Snapshot, now: datetim
 
 
 def result_of(finding: Finding, *, now: datetime) -> dict[str, Any]:
-    """One PolicyReport result (wgpolicyk8s.io/v1alpha2 PolicyReportResult)."""
+    """One report result: an OpenReports ReportResult, which has the fields and JSON names of a
+    wgpolicyk8s.io/v1alpha2 PolicyReportResult (so both formats carry the same results)."""
     properties = {"enforcement": finding.enforcement}
     if finding.fix:
         properties["fix"] = finding.fix
@@ -182,9 +185,10 @@ class Auditor:
         kinds: KindRegistry | None = None,
         max_results_per_report: int = 1000,
         on_new_finding: Callable[[Finding], None] | None = None,
+        reports_format: str = "auto",
     ) -> None:
         self.workloads = workloads
-        self.reports = PolicyReports(workloads)
+        self.reports = PolicyReports(workloads, choice=reports_format)
         self.kinds = kinds or BUILTIN_KINDS
         self.max_results = max_results_per_report
         self.on_new_finding = on_new_finding
@@ -263,20 +267,29 @@ class Auditor:
         try:
             available = self.reports.available()
         except ApiError as exc:
-            log.warning("audit: cannot tell whether PolicyReports are served: %s", exc)
+            log.warning("audit: cannot tell whether report CRDs are served: %s", exc)
             return
         if not available:
             if not self._told_no_crd:
+                formats = [str(f) for f in candidates(self.reports.choice)]
+                missing = (
+                    f"neither {' nor '.join(formats)} is served"
+                    if len(formats) > 1
+                    else f"{formats[0]} is not served"
+                )
                 log.warning(
-                    "audit: the PolicyReport CRD (wgpolicyk8s.io/v1alpha2) is not installed; audit results "
-                    "go to the log and metrics only. Install it to get one report per namespace."
+                    "audit: %s (CRD not installed); audit results go to the log and metrics only. "
+                    "Install the CRD to get one report per namespace.",
+                    missing,
                 )
                 self._told_no_crd = True
             return
+        self._told_no_crd = False
+        kind = self.reports.format.kind if self.reports.format else "report"
         try:
             existing = self.reports.existing()
         except ApiError as exc:
-            log.warning("audit: cannot list PolicyReports: %s", exc)
+            log.warning("audit: cannot list %ss: %s", kind, exc)
             return
         for namespace in sorted(set(by_namespace) | set(passed)):
             body = build_report(
@@ -289,10 +302,14 @@ class Auditor:
                 if self.reports.upsert(namespace, body, current=existing.get(namespace)):
                     summary.reports_written += 1
             except ApiError as exc:
-                log.warning("audit: cannot write the PolicyReport in %s: %s", namespace, exc)
+                log.warning("audit: cannot write the %s in %s: %s", kind, namespace, exc)
         for namespace in sorted(set(existing) - set(by_namespace) - set(passed)):
             try:
                 self.reports.delete(namespace)
                 summary.reports_deleted += 1
             except ApiError as exc:
-                log.warning("audit: cannot delete the stale PolicyReport in %s: %s", namespace, exc)
+                log.warning("audit: cannot delete the stale %s in %s: %s", kind, namespace, exc)
+        try:
+            summary.reports_deleted += self.reports.delete_other_formats()
+        except ApiError as exc:
+            log.warning("audit: cannot delete our reports in the format no longer written: %s", exc)

@@ -129,20 +129,47 @@ def test_build_report_caps_failures_first_and_summary_counts_all(findings, cap, 
         assert all(isinstance(v, str) for v in result["properties"].values())
 
 
-def test_one_report_per_namespace_and_no_rewrite_when_nothing_changed():
-    fake = FakeWorkloads(
+class Served(FakeWorkloads):
+    """FakeWorkloads serving only the report groups in `groups` (workload kinds are all served)."""
+
+    def __init__(self, *objects: dict, groups: set[str]) -> None:
+        super().__init__(*objects)
+        self.groups = groups
+
+    def resolve(self, kind, *, group=None, version=None):
+        if group in ("openreports.io", "wgpolicyk8s.io") and group not in self.groups:
+            return None
+        return super().resolve(kind, group=group, version=version)
+
+
+BOTH = {"openreports.io", "wgpolicyk8s.io"}
+
+
+@pytest.mark.parametrize(
+    ("groups", "kind", "api_version"),
+    [
+        (BOTH, "Report", "openreports.io/v1alpha1"),
+        ({"openreports.io"}, "Report", "openreports.io/v1alpha1"),
+        ({"wgpolicyk8s.io"}, "PolicyReport", "wgpolicyk8s.io/v1alpha2"),
+    ],
+)
+def test_one_report_per_namespace_and_no_rewrite_when_nothing_changed(groups, kind, api_version):
+    fake = Served(
         pod("a"),
         pod("b"),
         pod("ok", labels={"team": "nlp"}),
         pod("c", namespace="ml-b"),
         pod("d", namespace="ml-c", labels={"team": "nlp"}),
         pod("sys", namespace="kube-system"),
+        groups=groups,
     )
     new = []
     auditor = Auditor(workloads=fake, max_results_per_report=1, on_new_finding=new.append)
     first = auditor.run(snapshot=SNAPSHOT, now=NOW)
-    reports = {ns: obj for (kind, ns, _), obj in fake.objects.items() if kind == "PolicyReport"}
+    reports = {ns: obj for (k, ns, _), obj in fake.objects.items() if k == kind}
     assert sorted(reports) == ["ml-a", "ml-b", "ml-c"]
+    assert all(r["apiVersion"] == api_version for r in reports.values())
+    assert not any(k in ("Report", "PolicyReport") and k != kind for (k, _, _) in fake.objects)
     assert reports["ml-a"]["summary"] == {"pass": 1, "fail": 2, "warn": 0, "error": 0, "skip": 0}
     assert len(reports["ml-a"]["results"]) == 1  # capped
     assert reports["ml-c"]["results"] == [] and reports["ml-c"]["summary"]["pass"] == 1
@@ -158,12 +185,88 @@ def test_one_report_per_namespace_and_no_rewrite_when_nothing_changed():
     del fake.objects[("Pod", "ml-b", "c")]
     fake.objects[("Pod", "ml-a", "a")]["metadata"]["labels"] = {"team": "nlp"}
     third = auditor.run(snapshot=SNAPSHOT, now=NOW.replace(minute=10))
-    assert third.reports_deleted == 1 and ("PolicyReport", "ml-b", "comptroller") not in fake.objects
-    assert fake.objects[("PolicyReport", "ml-a", "comptroller")]["summary"]["fail"] == 1
+    assert third.reports_deleted == 1 and (kind, "ml-b", "comptroller") not in fake.objects
+    assert fake.objects[(kind, "ml-a", "comptroller")]["summary"]["fail"] == 1
 
 
 def test_without_the_crd_the_audit_still_runs_and_counts(caplog):
     fake = FakeWorkloads(pod("a"), served=False)
     summary = Auditor(workloads=fake).run(snapshot=SNAPSHOT, now=NOW)
     assert summary.findings == 1 and fake.mutations() == []
-    assert "PolicyReport CRD (wgpolicyk8s.io/v1alpha2) is not installed" in caplog.text
+    assert (
+        "neither Report (openreports.io/v1alpha1) nor PolicyReport (wgpolicyk8s.io/v1alpha2) is served"
+        in caplog.text
+    )
+
+
+def reports_of(fake: FakeWorkloads) -> dict[tuple[str, str], dict]:
+    return {
+        (k, ns): obj
+        for (k, ns, name), obj in fake.objects.items()
+        if k in ("Report", "PolicyReport") and name == "comptroller"
+    }
+
+
+def test_openreports_installed_later_takes_over_with_the_same_content_and_legacy_reports_go():
+    fake = Served(
+        pod("a"), pod("b", namespace="ml-b"), pod("ok", labels={"team": "nlp"}), groups={"wgpolicyk8s.io"}
+    )
+    auditor = Auditor(workloads=fake, max_results_per_report=1)
+    auditor.run(snapshot=SNAPSHOT, now=NOW)
+    legacy = reports_of(fake)
+    assert sorted(legacy) == [("PolicyReport", "ml-a"), ("PolicyReport", "ml-b")]
+
+    kyverno = {
+        "apiVersion": "wgpolicyk8s.io/v1alpha2",
+        "kind": "PolicyReport",
+        "metadata": {
+            "name": "kyverno-x",
+            "namespace": "ml-a",
+            "labels": {"app.kubernetes.io/managed-by": "kyverno"},
+        },
+    }
+    fake.add(kyverno)
+    fake.groups = set(BOTH)  # Kyverno 1.15+ (or the chart) installs the OpenReports CRD
+    summary = auditor.run(snapshot=SNAPSHOT, now=NOW.replace(minute=5))
+    now = reports_of(fake)
+    assert sorted(now) == [("Report", "ml-a"), ("Report", "ml-b")]
+    assert summary.reports_written == 2 and summary.reports_deleted == 2
+    for namespace in ("ml-a", "ml-b"):
+        old, new = legacy[("PolicyReport", namespace)], now[("Report", namespace)]
+        assert new["source"] == "comptroller" and "source" not in old
+        assert new["summary"] == old["summary"]
+        assert [{k: v for k, v in r.items() if k != "timestamp"} for r in new["results"]] == [
+            {k: v for k, v in r.items() if k != "timestamp"} for r in old["results"]
+        ]
+        assert new["metadata"]["labels"] == old["metadata"]["labels"]
+    assert ("PolicyReport", "ml-a", "kyverno-x") in fake.objects  # not ours: left alone
+
+    # Settled: the legacy kind is not listed again, and nothing is written.
+    writes = len(fake.mutations())
+    assert auditor.run(snapshot=SNAPSHOT, now=NOW.replace(minute=10)).reports_written == 0
+    assert len(fake.mutations()) == writes
+
+
+@pytest.mark.parametrize(
+    ("choice", "groups", "kind"),
+    [
+        ("wgpolicyk8s", BOTH, "PolicyReport"),
+        ("openreports", BOTH, "Report"),
+        ("openreports", {"wgpolicyk8s.io"}, None),
+        ("wgpolicyk8s", {"openreports.io"}, None),
+    ],
+)
+def test_a_pinned_format_is_the_only_one_written(choice, groups, kind, caplog):
+    fake = Served(pod("a"), groups=groups)
+    Auditor(workloads=fake, reports_format=choice).run(snapshot=SNAPSHOT, now=NOW)
+    assert [k for (k, _) in reports_of(fake)] == ([kind] if kind else [])
+    if kind is None:
+        assert "is not served (CRD not installed)" in caplog.text
+
+
+def test_a_pinned_legacy_format_removes_our_openreports_reports_once():
+    fake = Served(pod("a"), groups=BOTH)
+    Auditor(workloads=fake).run(snapshot=SNAPSHOT, now=NOW)
+    assert list(reports_of(fake)) == [("Report", "ml-a")]
+    Auditor(workloads=fake, reports_format="wgpolicyk8s").run(snapshot=SNAPSHOT, now=NOW)
+    assert list(reports_of(fake)) == [("PolicyReport", "ml-a")]
