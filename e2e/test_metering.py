@@ -286,7 +286,7 @@ def test_usage_matches_ground_truth_through_an_operator_kill(metering_cluster, o
         assert now_used == pytest.approx(results[key]["usedGPUHours"])
 
     code, metrics = operator.get(operator.metrics_port, "/metrics")
-    assert f'comptroller_gpu_hours_used{{budget="{budgets["a"]}"}}' in metrics
+    assert f'comptroller_budget_used_gpu_hours{{budget="{budgets["a"]}"}}' in metrics
     # Deleting a budget stops its daemon and garbage-collects its ledger; then a clean SIGTERM.
     delete_budgets(cluster, *budgets.values())
     assert operator.terminate() == 0

@@ -139,7 +139,7 @@ def _count_scaled(outcome: Outcome) -> None:
 
 
 def _count_finding(finding: Finding) -> None:
-    metrics.POLICY_VIOLATIONS.labels(finding.policy, finding.rule, finding.team).inc()
+    metrics.count_audit_finding(finding.policy, finding.rule, finding.team)
 
 
 @dataclass
@@ -176,6 +176,7 @@ class Lifecycle:
             kinds=BUILTIN_KINDS,
             max_results_per_report=config.audit.max_results_per_report,
             on_new_finding=_count_finding,
+            reports_format=config.audit.reports_format,
         )
         scope = None
         if config.webhook_configuration:
@@ -248,6 +249,7 @@ class Lifecycle:
 
     def sweep_audit(self) -> None:
         inputs = self._inputs()
+        metrics.AUDIT_TEAMS.learn(inputs.snapshot)  # the teams its findings' `team` label may name
         summary = self.auditor.run(snapshot=inputs.snapshot, now=self.clock())
         metrics.AUDIT_VIOLATIONS.clear()
         for (policy, rule), count in summary.by_policy_rule.items():

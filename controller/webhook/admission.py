@@ -199,7 +199,9 @@ class Admission:
     def _render(self, request: AdmissionRequest, decision: Any) -> tuple[bytes, str]:
         if decision.allowed and not decision.warnings and not decision.audit:
             return response_body(request.uid, allowed=True), "allowed"  # the common case
-        self.metrics.count_violations(decision.all_violations, team=decision.team)
+        self.metrics.count_violations(
+            decision.all_violations, team=decision.team, snapshot=self.view.snapshot()
+        )
         warnings = [line for v in decision.warnings for line in header_safe(self._render_warning(v))]
         if not decision.allowed:
             body = response_body(

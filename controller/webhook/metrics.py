@@ -7,12 +7,15 @@ import time
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from itertools import accumulate
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
+
+from controller.metric_labels import TeamLabels
 
 # Admission latency lives in single milliseconds; the default buckets start at 5 ms.
 DURATION_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.5, 1.0, 3.0)
@@ -27,25 +30,33 @@ REQUESTS_HELP = (
 REQUEST_LABELS = ["operation", "kind", "decision"]
 DURATION = "comptroller_admission_duration_seconds"
 DURATION_HELP = "Time spent answering an admission request, from its body received to the response built."
+VIOLATIONS = "comptroller_admission_violations_total"
+VIOLATIONS_HELP = (
+    "Policy violations found in admission requests (Enforce, Warn and Audit alike), by policy, rule and "
+    "team (bounded: unlisted teams beyond a few are `other`)."
+)
 
 
 class WebhookMetrics:
     """Counters and the latency histogram of one webhook app."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, teams: TeamLabels | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         self.admissions = AdmissionTally()
         self.registry.register(self.admissions)
+        self.teams = teams or TeamLabels()
         self.violations = Counter(
-            "comptroller_policy_violations_total",
-            "Policy violations found at admission (Enforce, Warn and Audit alike), by policy, rule and team.",
-            ["policy", "rule", "team"],
-            registry=self.registry,
+            VIOLATIONS, VIOLATIONS_HELP, ["policy", "rule", "team"], registry=self.registry
         )
 
-    def count_violations(self, violations: Iterable, *, team: str) -> None:
+    def count_violations(self, violations: Iterable, *, team: str, snapshot: Any = None) -> None:
+        """Count one admission request's violations; `snapshot` (its policies and budgets) bounds
+        the `team` label (controller.metric_labels)."""
+        label = None
         for violation in violations:
-            self.violations.labels(violation.policy, violation.rule, team or "").inc()
+            if label is None:
+                label = self.teams.label(team or "", snapshot)
+            self.violations.labels(violation.policy, violation.rule, label).inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

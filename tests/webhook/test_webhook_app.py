@@ -202,7 +202,7 @@ def test_audit_admits_silently_and_counts():
     assert response["allowed"] is True
     assert "warnings" not in response
     metrics = client.get("/metrics").text
-    assert 'comptroller_policy_violations_total{policy="labels-audit",rule="labels",team=""}' in metrics
+    assert 'comptroller_admission_violations_total{policy="labels-audit",rule="labels",team=""}' in metrics
     assert (
         'comptroller_admission_requests_total{decision="audited",kind="Pod",operation="CREATE"} 1.0'
         in metrics
@@ -438,7 +438,7 @@ def test_metrics_count_requests_by_operation_kind_and_decision(client):
         'comptroller_admission_requests_total{decision="mutated",kind="Deployment",operation="CREATE"} 1.0'
         in text
     )
-    assert 'comptroller_policy_violations_total{policy="ml-platform",rule="labels",team=""} ' in text
+    assert 'comptroller_admission_violations_total{policy="ml-platform",rule="labels",team=""} ' in text
     assert 'comptroller_admission_duration_seconds_count{webhook="validate"} 3.0' in text
 
 
