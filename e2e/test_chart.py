@@ -187,11 +187,13 @@ CAN_I = [
     ("operator", "patch pods", "other", "yes"),
     ("operator", "delete pods", "other", "yes"),
     ("operator", "patch deployments.apps", "other", "yes"),
-    ("operator", "update deployments.apps --subresource=scale", "other", "yes"),
-    ("operator", "patch statefulsets.apps --subresource=scale", "other", "yes"),
+    ("operator", "update deployments.apps --subresource=scale", "other", "no"),
+    ("operator", "patch statefulsets.apps --subresource=scale", "other", "no"),
+    ("operator", "update pods", "other", "no"),
     ("operator", "delete jobs.batch", "other", "yes"),
     ("operator", "patch cronjobs.batch", "other", "yes"),
-    ("operator", "patch horizontalpodautoscalers.autoscaling", "other", "yes"),
+    ("operator", "list horizontalpodautoscalers.autoscaling", "other", "yes"),
+    ("operator", "patch horizontalpodautoscalers.autoscaling", "other", "no"),
     ("operator", "delete pytorchjobs.kubeflow.org", "other", "yes"),
     ("operator", "patch rayclusters.ray.io", "other", "yes"),
     ("operator", "delete jobsets.jobset.x-k8s.io", "other", "yes"),
@@ -202,6 +204,7 @@ CAN_I = [
     ("operator", "watch finopspolicies.finops.comptroller.dev", "", "yes"),
     ("operator", "list finopsexceptions.finops.comptroller.dev", "all", "yes"),
     ("operator", "create policyreports.wgpolicyk8s.io", "other", "yes"),
+    ("operator", "create reports.openreports.io", "other", "yes"),
     ("operator", "patch clusterkopfpeerings.kopf.dev", "", "yes"),
     ("operator", "list customresourcedefinitions.apiextensions.k8s.io", "", "yes"),
     ("operator", "list nodes", "", "yes"),
@@ -264,3 +267,46 @@ def test_chart_rbac_grants_each_component_what_it_needs_and_no_more(cluster, rba
     assert out.returncode == 0, out.stderr
     status = json.loads(out.stdout)["status"]
     assert ("yes" if status["allowed"] else "no") == answer, status
+
+
+def test_write_namespaces_grant_the_operator_writes_only_there(cluster, tmp_path):
+    """`operator.writeNamespaces`: reads stay cluster-wide, writes (finalizers, terminations,
+    Events, reports) are granted only in the listed namespaces, as the API server decides it."""
+    run = uuid.uuid4().hex[:6]
+    release, namespace, writable = f"w{run}", f"rbac-w-{run}", f"writable-{run}"
+    cluster.create_namespace(namespace, labels=IGNORE)
+    cluster.create_namespace(writable, labels=IGNORE)
+    objects = install_rbac(cluster, namespace=namespace, release=release,
+                           values={"operator": {"writeNamespaces": [writable]}})
+    try:
+        kubeconfig = service_account_kubeconfig(
+            cluster, namespace=namespace, service_account=f"{release}-comptroller-operator",
+            path=tmp_path / "operator.kubeconfig")
+        for question, where, answer in [
+            ("list pods", "", "yes"),
+            ("watch deployments.apps", "", "yes"),
+            ("patch pods", writable, "yes"),
+            ("delete jobs.batch", writable, "yes"),
+            ("create events", writable, "yes"),
+            ("create policyreports.wgpolicyk8s.io", writable, "yes"),
+            ("patch pods", "default", "no"),
+            ("delete jobs.batch", "default", "no"),
+            ("patch deployments.apps", "default", "no"),
+            ("create events", "default", "no"),
+            ("patch pods", "kube-system", "no"),
+            ("patch gpubudgets.finops.comptroller.dev --subresource=status", "", "yes"),
+            ("update configmaps", namespace, "yes"),
+        ]:
+            review = access_review(question, namespace=where)
+            out = kubectl_as(cluster, kubeconfig, "create", "--validate=false", "-f", "-", "-o", "json",
+                             input=json.dumps(review))
+            assert out.returncode == 0, out.stderr
+            allowed = json.loads(out.stdout)["status"]["allowed"]
+            assert ("yes" if allowed else "no") == answer, (question, where)
+    finally:
+        for obj in objects:
+            if obj["kind"] in ("ClusterRole", "ClusterRoleBinding"):
+                name = obj["metadata"]["name"]
+                cluster.kubectl("delete", obj["kind"], name, "--ignore-not-found", check=False)
+        for ns in (namespace, writable):
+            cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)

@@ -7,6 +7,10 @@ times faster and keeps memory flat). Kinds not built in are found by API discove
 
 Errors come back as `ApiError` with the HTTP status; `NotFound` and `Conflict` are the two the
 callers act on (already gone; someone changed the object since we read it).
+
+Every write passes `WRITES` first (`WriteScope`): nothing is ever written in kube-system, and with
+`--write-namespaces` only in those namespaces and Comptroller's own. A refused write raises
+`NotWritable` without reaching the API server, whose RBAC the chart narrows the same way.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -47,6 +51,51 @@ class NotFound(ApiError):
 
 class Conflict(ApiError):
     pass
+
+
+class NotWritable(ApiError):
+    """A write outside the namespaces the operator may write in (refused before it is sent)."""
+
+    def __init__(self, namespace: str) -> None:
+        super().__init__(403, f"namespace {namespace} is not one the operator writes in (--write-namespaces)")
+        self.namespace = namespace
+
+
+NEVER_WRITTEN = frozenset({"kube-system"})
+
+
+class WriteScope:
+    """Where the operator may write: every namespace but kube-system, or (`namespaces` given) only
+    those and its own. Cluster-scoped objects (our own CRs, the webhook configuration) are always
+    writable; the chart's RBAC decides which."""
+
+    def __init__(self, namespaces: Iterable[str] | None = None, *, own: str | None = None) -> None:
+        self.namespaces = None if namespaces is None else frozenset(namespaces) | ({own} if own else set())
+        self.own = own
+
+    def allows(self, namespace: str | None) -> bool:
+        if not namespace:
+            return True
+        if namespace in NEVER_WRITTEN and namespace != self.own:
+            return False
+        return self.namespaces is None or namespace in self.namespaces
+
+
+WRITES = WriteScope()
+"""The process's write scope; the operator sets it once at startup (`configure_writes`)."""
+
+
+def configure_writes(namespaces: Iterable[str] | None, *, own: str | None) -> None:
+    global WRITES
+    WRITES = WriteScope(namespaces, own=own)
+
+
+def _namespace_of(path: str) -> str | None:
+    parts = path.split("/")
+    for index, part in enumerate(parts[:-1]):
+        if part == "namespaces" and index + 1 < len(parts) and index >= 2:
+            return parts[index + 1]
+    return None
 
 
 def _error_for(status: int, message: str) -> ApiError:
@@ -140,6 +189,10 @@ class Workloads:
         content_type: str | None = None,
         accept: str = "application/json",
     ) -> Any:
+        if method != "GET":
+            namespace = _namespace_of(path)
+            if not WRITES.allows(namespace):
+                raise NotWritable(namespace or "")
         headers = {"Accept": accept}
         if body is not None:
             headers["Content-Type"] = content_type or "application/json"

@@ -29,6 +29,7 @@ import kopf
 from controller import constants
 from controller.k8s import ledgers as ledger_store
 from controller.k8s import pods as pod_api
+from controller.k8s import workloads as workloads_api
 from controller.k8s.pods import PodWatch
 from controller.k8s.workloads import ApiError, Conflict, Workloads
 from controller.metering.budgets import Budget, advance, project_status, threshold_message
@@ -237,9 +238,11 @@ async def reconcile_finalizers(state: MeteringState, *, stopped: Any = None) -> 
         now=state.clock(),
         protect=state.config.metering.finalizer and not state.config.dry_run,
     )
+    # Pods in namespaces the operator may not write in are metered without the finalizer.
+    writable = workloads_api.WRITES.allows
     jobs = [
         *(state.call(pod_api.add_finalizer, state.api, namespace=p.namespace, name=p.name, uid=p.uid)
-          for p in plan.add),
+          for p in plan.add if writable(p.namespace)),
         *(state.call(pod_api.remove_finalizer, state.api, namespace=p.namespace, name=p.name, uid=p.uid)
           for p in plan.release),
     ]

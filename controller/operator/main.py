@@ -18,6 +18,7 @@ from typing import Any
 import kopf
 
 from controller import constants
+from controller.k8s.reports import CHOICES as REPORT_FORMATS
 from controller.operator.settings import (
     AuditSettings,
     ExpirySettings,
@@ -67,6 +68,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="Prometheus GET /metrics, 0 disables (default: %(default)s)")
     parser.add_argument("--dry-run", action="store_true",
                         help="destructive actions (expiry, idle) only log and emit what they would do")
+    parser.add_argument("--write-namespaces", metavar="NS,NS",
+                        help="write (finalizers, terminations, scale-to-zero, Events, reports) only in these "
+                        "namespaces and its own; pods elsewhere are metered without the finalizer. Default: "
+                        "every namespace but kube-system, which is never written in")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     # --- other operator loops: add their flags below (expiry, idle, audit) ---
     parser.add_argument("--expiry-interval", type=float, default=30.0, metavar="SECONDS",
@@ -87,6 +92,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="seconds between background audits (default: %(default)s)")
     parser.add_argument("--max-results-per-report", type=int, default=1000, metavar="N",
                         help="results kept in each namespace's PolicyReport (default: %(default)s)")
+    parser.add_argument("--reports-format", default="auto", choices=REPORT_FORMATS,
+                        help="audit reports to write: auto (openreports.io Reports when served, else "
+                        "wgpolicyk8s.io PolicyReports), openreports or wgpolicyk8s (default: %(default)s)")
 
 
 def build_config(args: argparse.Namespace) -> OperatorConfig:
@@ -102,6 +110,7 @@ def build_config(args: argparse.Namespace) -> OperatorConfig:
         webhook_configuration=args.webhook_configuration or None,
         skip_settled_pods=args.skip_settled_pods,
         dry_run=args.dry_run,
+        write_namespaces=_namespace_list(args.write_namespaces),
         peering=PeeringSettings(name=args.peering, standalone=args.standalone, priority=priority),
         metering=metering,
         serving=ServingSettings(liveness_port=args.liveness_port, metrics_port=args.metrics_port),
@@ -118,9 +127,21 @@ def build_config(args: argparse.Namespace) -> OperatorConfig:
         ),
         idle=IdleSettings(interval=args.idle_interval, grace_period=args.wake_grace_period,
                           prometheus_timeout=args.prometheus_timeout, prometheus_url=args.prometheus_url),
-        audit=AuditSettings(interval=args.audit_interval, max_results_per_report=args.max_results_per_report),
+        audit=AuditSettings(interval=args.audit_interval, max_results_per_report=args.max_results_per_report,
+                            reports_format=args.reports_format),
     )
     return config
+
+
+def _namespace_list(value: str | None) -> frozenset[str] | None:
+    if value is None:
+        return None
+    names = frozenset(n.strip() for n in value.split(",") if n.strip())
+    if not names:
+        raise SystemExit("--write-namespaces names no namespace (leave it out: everywhere but kube-system)")
+    if "kube-system" in names:
+        raise SystemExit("--write-namespaces: the operator never writes in kube-system")
+    return names
 
 
 def connection_info(configuration: Any) -> kopf.ConnectionInfo:
@@ -216,6 +237,9 @@ def run(args: argparse.Namespace) -> int:
         # kopf logs every handler invocation at INFO; that is per object per event.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     config = build_config(args)
+    from controller.k8s.workloads import configure_writes
+
+    configure_writes(config.write_namespaces, own=config.namespace)
     if args.release_finalizers:
         return release_finalizers(config)
 

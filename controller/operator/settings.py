@@ -91,6 +91,9 @@ class AuditSettings:
     """Seconds between audits of everything running."""
     max_results_per_report: int = 1000
     """Results kept in one namespace's PolicyReport (failures first); the summary counts all."""
+    reports_format: str = "auto"
+    """Which reports to write (`controller/k8s/reports.py`): `auto` (OpenReports `Report`s when the
+    cluster serves openreports.io, else `PolicyReport`s), `openreports` or `wgpolicyk8s`."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,9 @@ class OperatorConfig:
     dry_run: bool = False
     """Destructive actions (expiry, idle scale-to-zero) only log and emit what they would do.
     Metering is bookkeeping and runs as usual, except for the pod finalizer."""
+    write_namespaces: frozenset[str] | None = None
+    """Where the operator writes besides its own namespace (`controller.k8s.workloads.WriteScope`);
+    None: every namespace but kube-system."""
     peering: PeeringSettings = field(default_factory=PeeringSettings)
     metering: MeteringSettings = field(default_factory=MeteringSettings)
     serving: ServingSettings = field(default_factory=ServingSettings)

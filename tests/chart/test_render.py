@@ -50,7 +50,7 @@ def test_helm_lint_strict(values_file):
     ("values_file", "present", "absent"),
     [
         ("default-values.yaml",
-         {"Deployment": 2, "Service": 2, "PodDisruptionBudget": 1, "Job": 2, "CronJob": 1,
+         {"Deployment": 2, "Service": 2, "PodDisruptionBudget": 2, "Job": 2, "CronJob": 1,
           "ValidatingWebhookConfiguration": 1, "MutatingWebhookConfiguration": 1,
           "ServiceAccount": 4, "ClusterRole": 4, "ClusterRoleBinding": 4, "Role": 2, "RoleBinding": 2,
           "ClusterKopfPeering": 1},
@@ -326,14 +326,15 @@ SCOPE = "--webhook-configuration=comptroller"
 @pytest.mark.parametrize(
     ("values", "expected_args", "strategy", "pdb"),
     [
-        ({}, [SCOPE], "Recreate", False),
-        ({"operator": {"dryRun": True}}, [SCOPE, "--dry-run"], "Recreate", False),
+        # Two replicas by default: a standby releases metering finalizers when the active one dies.
+        ({}, [SCOPE], "RollingUpdate", True),
+        ({"operator": {"replicas": 1, "dryRun": True}}, [SCOPE, "--dry-run"], "Recreate", False),
         ({"operator": {"replicas": 2, "extraArgs": ["-v"]}}, [SCOPE, "-v"], "RollingUpdate", True),
         # The operator removes the condition rather than leaving a stale one behind.
-        ({"webhook": {"mutating": {"skipSettledPods": False}}}, [SCOPE, "--no-skip-settled-pods"], "Recreate",
-         False),
+        ({"webhook": {"mutating": {"skipSettledPods": False}}}, [SCOPE, "--no-skip-settled-pods"],
+         "RollingUpdate", True),
         # Without the mutating webhook there is no condition to keep.
-        ({"webhook": {"mutating": {"enabled": False}}}, [], "Recreate", False),
+        ({"webhook": {"mutating": {"enabled": False}}}, [], "RollingUpdate", True),
     ],
 )
 def test_operator_deployment(values, expected_args, strategy, pdb):
@@ -343,7 +344,7 @@ def test_operator_deployment(values, expected_args, strategy, pdb):
     assert operator["args"] == [
         "operator", "--namespace=$(POD_NAMESPACE)", "--peering=comptroller", "--liveness-port=8080",
         "--metrics-port=9090", "--metering-interval=30", "--expiry-interval=30", "--idle-interval=60",
-        "--audit-interval=300", "--max-terminations-per-minute=30", *expected_args,
+        "--audit-interval=300", "--reports-format=auto", "--max-terminations-per-minute=30", *expected_args,
     ]
     scoped = [r for r in one(objects, "ClusterRole", "comptroller-operator")["rules"]
               if "mutatingwebhookconfigurations" in r["resources"]]
@@ -407,7 +408,9 @@ def test_uninstall_releases_the_metering_finalizers_with_rbac_of_its_own():
     assert job["serviceAccountName"] == "comptroller-uninstall"
     assert job["containers"][0]["args"][:2] == ["operator", "--release-finalizers"]
     assert one(hooks, "ClusterRole")["rules"] == [
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "patch"]}]
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "patch"]},
+        # kopf's finalizer on GPUBudgets is released by the same hook (`--release-finalizers`).
+        {"apiGroups": ["finops.comptroller.dev"], "resources": ["gpubudgets"], "verbs": ["list", "patch"]}]
     assert not [o for o in rendered({"operator": {"releaseFinalizersOnUninstall": False}})
                 if o["metadata"]["name"] == "comptroller-uninstall"]
 
@@ -422,11 +425,15 @@ def test_prometheus_rule_alerts_on_budget_thresholds_and_webhook_health():
     assert set(alerts) == {
         "ComptrollerGPUBudget50Percent", "ComptrollerGPUBudget80Percent", "ComptrollerGPUBudget100Percent",
         "ComptrollerWebhookDown", "ComptrollerWebhookErrors", "ComptrollerOperatorDown",
+        # The API server's view (tests/chart/test_monitoring.py).
+        "ComptrollerWebhookFailingOpen", "ComptrollerWebhookCallErrors",
+        "ComptrollerWebhookLatencyNearTimeout",
     }
     for percent, severity in ((50, "info"), (80, "warning"), (100, "critical")):
         rule = alerts[f"ComptrollerGPUBudget{percent}Percent"]
-        assert "comptroller_gpu_hours_used" in rule["expr"] and "comptroller_gpu_hours_budget" in rule["expr"]
-        assert rule["expr"].rstrip().endswith(f">= {percent}")
+        assert "comptroller_budget_used_gpu_hours" in rule["expr"]
+        assert "comptroller_budget_limit_gpu_hours" in rule["expr"]
+        assert float(rule["expr"].rstrip().rsplit(">=", 1)[1]) == percent / 100
         assert rule["labels"]["severity"] == severity
         # Prometheus templates survive helm's own templating.
         assert "{{ $labels.budget }}" in rule["annotations"]["summary"]
@@ -494,3 +501,39 @@ def test_the_mutating_webhook_carries_the_condition_the_default_policies_need():
     assert conditions({"webhook": {"mutating": {"skipSettledPods": False}}}) is None
     custom = conditions({"webhook": {"mutating": {"matchCondition": "true"}}})
     assert custom == [{"name": CONDITION_NAME, "expression": "true"}]
+
+
+def test_write_namespaces_split_the_operators_rbac():
+    """Default: one ClusterRole holds the operator's reads and writes. With `writeNamespaces`, the
+    ClusterRole keeps only reads (and cluster-scoped writes), and a second ClusterRole with the
+    namespaced writes is bound in each listed namespace; the operator is told the same list."""
+
+    def verbs(role, resource):
+        return {v for rule in role["rules"] if resource in rule["resources"] for v in rule["verbs"]}
+
+    default = rendered()
+    role = one(default, "ClusterRole", "comptroller-operator")
+    assert verbs(role, "pods") == {"get", "list", "watch", "patch", "delete"}
+    assert not [o for o in default if o["metadata"]["name"] == "comptroller-operator-write"]
+
+    scoped = rendered({"operator": {"writeNamespaces": ["ml", "research"]}})
+    role = one(scoped, "ClusterRole", "comptroller-operator")
+    assert verbs(role, "pods") == {"get", "list", "watch"}
+    assert verbs(role, "jobs") == {"get", "list", "watch"}
+    assert verbs(role, "gpubudgets/status") == {"patch", "update"}  # cluster-scoped: unchanged
+    write = one(scoped, "ClusterRole", "comptroller-operator-write")
+    assert verbs(write, "pods") == {"patch", "delete"}
+    bindings = [
+        o for o in of_kind(scoped, "RoleBinding") if o["roleRef"]["name"] == "comptroller-operator-write"
+    ]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["ml", "research"]
+    deployment = one(scoped, "Deployment", "comptroller-operator")
+    assert "--write-namespaces=ml,research" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_write_namespaces_refuse_kube_system():
+    import subprocess
+
+    with pytest.raises(subprocess.CalledProcessError) as refused:
+        rendered({"operator": {"writeNamespaces": ["kube-system"]}})
+    assert "never writes in kube-system" in str(refused.value.stderr)
