@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export COMPTROLLER_CACHE ?= $(HOME)/.cache/comptroller
 
-.PHONY: install test unit e2e lint demo up plane down bench build-plane preflight clean
+.PHONY: install test unit e2e lint demo up plane down bench build-plane preflight clean image
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,9 @@ demo: preflight install build-plane  ## scripted data-scientist session on the l
 
 bench: preflight install build-plane  ## benchmarks -> bench/results.json
 	$(PY) -m bench.run
+
+image:  ## build the container image without a daemon into dist/ (OCI archive)
+	@bash e2e/image/build.sh
 
 clean: down
 	rm -rf .cluster $(VENV)
