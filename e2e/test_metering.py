@@ -41,10 +41,13 @@ def parse(stamp: str) -> float:
 class Operator:
     """`comptroller operator` as a child process we can SIGKILL and restart."""
 
-    def __init__(self, cluster, log: Path, *, peering: tuple[str, int] | None = None) -> None:
+    def __init__(self, cluster, log: Path, *, peering: tuple[str, int] | None = None,
+                 kubeconfig: Path | None = None, extra: tuple[str, ...] = ()) -> None:
         self.cluster = cluster
         self.log = log
         self.peering = peering
+        self.kubeconfig = kubeconfig or Path(cluster.kubeconfig)
+        self.extra = extra
         self.process: subprocess.Popen | None = None
         self.liveness_port = free_port()
         self.metrics_port = free_port()
@@ -55,9 +58,10 @@ class Operator:
             ha = ["--peering", name, "--priority", str(priority)]
         else:
             ha = ["--standalone"]
-        argv = [str(COMPTROLLER), "operator", "--kubeconfig", str(self.cluster.kubeconfig), *ha,
+        argv = [str(COMPTROLLER), "operator", "--kubeconfig", str(self.kubeconfig), *ha,
                 "--namespace", OWN_NAMESPACE, "--metering-interval", str(INTERVAL),
-                "--liveness-port", str(self.liveness_port), "--metrics-port", str(self.metrics_port)]
+                "--liveness-port", str(self.liveness_port), "--metrics-port", str(self.metrics_port),
+                *self.extra]
         with self.log.open("a") as out:
             self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
 
@@ -416,3 +420,63 @@ def test_peering_keeps_one_replica_active_and_a_standby_takes_over(metering_clus
                 replica.process.kill()
         cluster.kubectl("delete", "clusterkopfpeering", peering, "--wait=false", check=False)
         cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def test_the_operator_meters_under_the_charts_own_rbac_writing_only_where_allowed(
+        metering_cluster, quiet_stack_operator, tmp_path):
+    """The chart's ServiceAccount and RBAC, installed for real, with `operator.writeNamespaces` set:
+    the operator runs with that ServiceAccount's token, so the API server refuses anything the
+    least-privilege rules left out. A GPU pod in the writable namespace gets the metering finalizer,
+    one elsewhere is metered without it, both are charged exactly, and nothing is refused."""
+    from e2e.chart import install_rbac, service_account_kubeconfig
+
+    cluster = metering_cluster
+    run = uuid.uuid4().hex[:6]
+    release, team = f"lp{run}", f"lp-{run}"
+    writable, other = f"lp-w-{run}", f"lp-o-{run}"
+    for ns in (writable, other):
+        cluster.create_namespace(ns, labels={IGNORE_LABEL: "true"})
+    objects = install_rbac(cluster, namespace=OWN_NAMESPACE, release=release,
+                           values={"operator": {"writeNamespaces": [writable]}})
+    kubeconfig = service_account_kubeconfig(
+        cluster, namespace=OWN_NAMESPACE, service_account=f"{release}-comptroller-operator",
+        path=tmp_path / "operator.kubeconfig")
+    operator = Operator(cluster, tmp_path / "operator.log", kubeconfig=kubeconfig,
+                        extra=("--write-namespaces", writable))
+    cluster.apply([budget(team, team, 1000)])
+    try:
+        operator.start()
+        cluster.apply([gpu_pod("a", writable, team, 2, "g6.12xlarge"),
+                       gpu_pod("b", other, team, 1, "g5.xlarge")])
+        start_a = wait_for("a running", lambda: started_at(cluster, writable, "a"), timeout=30)
+        start_b = wait_for("b running", lambda: started_at(cluster, other, "b"), timeout=30)
+        wait_for("both metered", lambda: budget_status(cluster, team).get("runningGPUs") == 3, timeout=40,
+                 operator=operator)
+
+        def finalizers(ns, name):
+            return kubectl_json(cluster, "get", "pod", "-n", ns, name)["metadata"].get("finalizers") or []
+
+        wait_for("the finalizer on a", lambda: "finops.comptroller.dev/metering" in finalizers(writable, "a"),
+                 timeout=30, operator=operator)
+        time.sleep(2 * INTERVAL)
+        assert finalizers(other, "b") == []  # not writable: metered without it
+        end_a = delete_now(cluster, writable, "a")
+        end_b = delete_now(cluster, other, "b")
+        final = wait_for("the budget settled", lambda: settled(cluster, team, max(end_a, end_b)), timeout=40,
+                         operator=operator)
+        truth = (2 * (end_a - start_a) + 1 * (end_b - start_b)) / 3600
+        assert final["usedGPUHours"] == pytest.approx(truth, rel=0.05)
+        wait_pods_gone(cluster, writable, operator)
+        log = operator.tail()
+        assert "forbidden" not in log.lower() and "403" not in log, log
+        delete_budgets(cluster, team)
+    finally:
+        if operator.process and operator.process.poll() is None:
+            operator.process.kill()
+            operator.process.wait(10)
+        for obj in objects:
+            if obj["kind"] in ("ClusterRole", "ClusterRoleBinding"):
+                name = obj["metadata"]["name"]
+                cluster.kubectl("delete", obj["kind"], name, "--ignore-not-found", check=False)
+        for ns in (writable, other):
+            cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
