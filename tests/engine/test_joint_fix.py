@@ -161,3 +161,19 @@ def test_the_webhook_after_mutation_chooses_the_same_fix_as_check_on_the_file():
     written = job({**LABELS, "environment": "development"})
     fix = joint_fix(written, snapshot=SNAPSHOT, now=NOW)
     assert set(_values(fix)) == {"node.kubernetes.io/instance-type"}
+
+
+@pytest.mark.parametrize(
+    ("key", "pinned", "suggested"),
+    [
+        ("node.kubernetes.io/instance-type", "p5.48xlarge", "g5.xlarge"),
+        # A key that names the accelerator gets an accelerator name from the same allowlist.
+        ("nvidia.com/gpu.product", "Tesla-T4-SHARED", "nvidia-l4"),
+        ("cloud.google.com/gke-accelerator", "nvidia-h100-80gb", "nvidia-l4"),
+    ],
+)
+def test_the_instance_type_fix_fits_the_key_the_pod_pins_with(key, pinned, suggested):
+    manifest = job({**LABELS, "environment": "development"})
+    manifest["spec"]["template"]["spec"]["nodeSelector"] = {key: pinned}
+    fix = joint_fix(manifest, snapshot=SNAPSHOT, now=NOW)
+    assert fix.admitted and _values(fix) == {key: suggested}

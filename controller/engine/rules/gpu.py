@@ -87,28 +87,38 @@ def _where(view: Any, indexes: list[int]) -> str:
     return " in " + ", ".join(location((*view.templates[i].path, "spec")) for i in indexes)
 
 
-def suggest_type(gpu: GPUSpec, allow: InstanceTypeRule | None) -> str:
-    """A literal instance type the allowlist accepts, for a nodeSelector to paste."""
+def suggest_type(gpu: GPUSpec, allow: InstanceTypeRule | None, key: str = "") -> str:
+    """A literal instance type the allowlist accepts, for a nodeSelector to paste under `key`.
+
+    Allowlists mix machine types (`g5.xlarge`, `n1-standard-8`) with accelerator names
+    (`nvidia-l4`, `NVIDIA-A100-SXM4-80GB`); a key that names the accelerator (GKE's
+    `cloud.google.com/gke-accelerator`, NVIDIA's `nvidia.com/gpu.product`) gets one of the latter
+    when the list has one, any other key a machine type first."""
+    accelerator_key = key.endswith(("accelerator", "gpu.product"))
+
+    def preferred(literal: str) -> bool:
+        accelerator_like = "." not in literal and not literal.startswith(("n1-", "a2-", "a3-", "g2-"))
+        return accelerator_like == accelerator_key
+
     pools = [allow] if allow is not None else list(gpu.allowed_instance_types)
-    for rule in pools:
-        for literal in rule.globs.literals:
-            if is_label_value(literal):
-                return literal
-    if allow is not None:  # only wildcards: borrow a literal another entry names, if this one takes it
-        for rule in gpu.allowed_instance_types:
-            for literal in rule.globs.literals:
-                if allow.globs.matches(literal) and is_label_value(literal):
-                    return literal
-    return PLACEHOLDER
+    literals = [lit for rule in pools for lit in rule.globs.literals if is_label_value(lit)]
+    if allow is not None and not literals:
+        # Only wildcards: borrow a literal another entry names, if this one takes it.
+        literals = [
+            lit
+            for rule in gpu.allowed_instance_types
+            for lit in rule.globs.literals
+            if allow.globs.matches(lit) and is_label_value(lit)
+        ]
+    for literal in literals:
+        if preferred(literal):
+            return literal
+    return literals[0] if literals else PLACEHOLDER
 
 
 def _selector_fix(
     gpu: GPUSpec, allow: InstanceTypeRule | None, view: Any, indexes: list[int], note: str = ""
 ) -> dict[str, Any]:
-    value = suggest_type(gpu, allow)
-    shown: Any = value
-    if value == PLACEHOLDER:
-        shown = Commented(value, "you choose: an allowed instance type", choose=True)
     allowed = allow.globs.matches if allow is not None else None
     entries: list[tuple[tuple[str | int, ...], dict[str, Any]]] = []
     for index in indexes:
@@ -116,17 +126,22 @@ def _selector_fix(
         selector = template.spec.get("nodeSelector") or {}
         # Reuse the key the pod already pins with, so the fix replaces its value, not contradicts it.
         key = next((k for k in gpu.key_tuple if k in selector), gpu.key_tuple[0])
+        value = suggest_type(gpu, allow, key)
+        shown: Any = value
+        if value == PLACEHOLDER:
+            shown = Commented(value, "you choose: an allowed instance type", choose=True)
         entries.append(((*template.path, "spec", "nodeSelector"), {key: shown}))
         if allowed is not None and value != PLACEHOLDER:
-            entries += _affinity_entries(template, gpu.key_tuple, allowed, value)
+            entries += _affinity_entries(template, gpu, allow, allowed)
     return fix_fields(entries, note=note)
 
 
 def _affinity_entries(
-    template: PodTemplate, keys: tuple[str, ...], allowed: Callable[[str], bool], value: str
+    template: PodTemplate, gpu: GPUSpec, allow: InstanceTypeRule | None, allowed: Callable[[str], bool]
 ) -> list[tuple[tuple[str | int, ...], dict[str, Any]]]:
-    """Required node-affinity `In` terms that pin other types get the suggested type instead, so the
-    nodeSelector the fix sets and the affinity the pod keeps do not contradict each other."""
+    """Required node-affinity `In` terms that pin other types get the type suggested for their key
+    instead, so the nodeSelector the fix sets and the affinity the pod keeps agree."""
+    keys = gpu.key_tuple
     affinity = template.spec.get("affinity") or {}
     required = (affinity.get("nodeAffinity") or {}).get(
         "requiredDuringSchedulingIgnoredDuringExecution"
@@ -144,6 +159,7 @@ def _affinity_entries(
             if not isinstance(expr, Mapping) or expr.get("operator") != "In" or expr.get("key") not in keys:
                 continue
             if not all(allowed(str(v)) for v in expr.get("values") or ()):
+                value = suggest_type(gpu, allow, str(expr["key"]))
                 out.append(((*base, "nodeSelectorTerms", t, "matchExpressions", e), {"values": [value]}))
     return out
 
