@@ -39,7 +39,7 @@ def test_readme_installs_the_chart_on_the_local_control_plane(tmp_path):
         deployments = json.loads(plane.kubectl("get", "deployments", "-n", "comptroller-system", "-o",
                                                "json").stdout)["items"]
         names = {d["metadata"]["name"]: d["status"].get("availableReplicas", 0) for d in deployments}
-        assert names == {"comptroller-webhook": 2, "comptroller-operator": 1}
+        assert names == {"comptroller-webhook": 2, "comptroller-operator": 2}
         assert "validatingwebhookconfiguration.admissionregistration.k8s.io/comptroller" in result.stdout
         explain = plane.kubectl("explain", "finopspolicy.spec.gpu.allowedInstanceTypes").stdout
         assert "instanceTypes" in explain
