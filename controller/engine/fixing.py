@@ -91,7 +91,30 @@ def joint_fix(
             found = judge.converge(start)
             ranked.append(((*_score(manifest, found)[:-1], order + 1), found))
         best = min(ranked, key=lambda item: item[0])[1]
-    return replace(best, manifest=manifest)
+    return replace(best, manifest=manifest, edits=_payers_choose(best.edits, payer_keys(snapshot)))
+
+
+def payer_keys(snapshot: Snapshot) -> frozenset[str]:
+    """Label keys GPUBudgets select on (`team`, `cost_center`): their value decides who pays."""
+    keys: set[str] = set()
+    for budget in snapshot.budgets:
+        compiled = budget.spec.selector.compiled
+        keys.update(key for key, _ in compiled.match_labels)
+        keys.update(key for key, _, _ in compiled.expressions)
+    return frozenset(keys)
+
+
+def _payers_choose(edits: tuple[Edit, ...], payers: frozenset[str]) -> tuple[Edit, ...]:
+    """A label that decides which budget pays is the user's to choose, even where the rule's allowed
+    values gave a valid one: the fix keeps it as a marked placeholder."""
+    if not payers:
+        return edits
+    return tuple(
+        replace(edit, note="", choose=f"you choose: {edit.path[-1]} decides which GPUBudget pays")
+        if not edit.choose and edit.path[-1] in payers and edit.path[-3:-1] == ("metadata", "labels")
+        else edit
+        for edit in edits
+    )
 
 
 class _Judge:
@@ -160,7 +183,8 @@ def _label_candidates(
     view = WorkloadView(manifest, spec, namespace=ns)
     defaulted = view.defaulted()
     starts: list[dict[Path, Edit]] = []
-    seen: set[str] = set()
+    # Who pays is never chosen to make a workload fit: no trying another team's budget.
+    seen: set[str] = set(payer_keys(snapshot))
     for match in matching_policies(manifest, snapshot=snapshot, now=now, namespace=namespace):
         labels = match.policy.spec.labels
         if labels is None or "labels" in match.waived:

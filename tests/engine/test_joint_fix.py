@@ -177,3 +177,26 @@ def test_the_instance_type_fix_fits_the_key_the_pod_pins_with(key, pinned, sugge
     manifest["spec"]["template"]["spec"]["nodeSelector"] = {key: pinned}
     fix = joint_fix(manifest, snapshot=SNAPSHOT, now=NOW)
     assert fix.admitted and _values(fix) == {key: suggested}
+
+
+def test_the_fix_never_moves_a_workload_onto_another_teams_budget():
+    """`team` decides which GPUBudget pays. With nlp's budget spent and vision's roomy, a manifest
+    that leaves `team` out must not be "fixed" into vision's budget: the team is the user's choice,
+    marked as such, and nlp's spent budget stays the one line no paste fixes."""
+    from engine_cases import budget, policy
+
+    from controller.engine import Snapshot
+
+    teams = policy("teams", labels={"required": [{"key": "team", "allowedValues": ["nlp", "vision"]}]})
+    spent = budget("nlp", used=600, period_end="2026-12-01T00:00:00Z", gpuHours=500,
+                   selector={"matchLabels": {"team": "nlp"}})
+    roomy = budget("vision", used=0, period_end="2026-12-01T00:00:00Z", gpuHours=500,
+                   selector={"matchLabels": {"team": "vision"}})
+    snap = Snapshot(policies=(teams,), budgets=(spent, roomy))
+    fix = joint_fix(job({}, instance_type=None), snapshot=snap, now=NOW)
+    team = next(e for e in fix.edits if e.path[-1] == "team")
+    assert team.value == "nlp" and team.choose == "you choose: team decides which GPUBudget pays"
+    assert not fix.admitted and [v.policy for v in fix.unresolved] == ["nlp"]
+    # Without budgets, picking an allowed value is fine (nothing is charged by it).
+    fix = joint_fix(job({}, instance_type=None), snapshot=Snapshot(policies=(teams,)), now=NOW)
+    assert fix.admitted and not fix.choices
