@@ -338,8 +338,11 @@ def _make_room(document: Any, path: tuple[str | int, ...]) -> None:
     """Create a missing `metadata` map first in its parent, where people look for it."""
     node = document
     for part in path[:-1]:
-        if isinstance(part, str) and isinstance(node, dict) and node.get(part) is None and part == "metadata":
-            node.insert(0, part, _new_map()) if part not in node else node.__setitem__(part, _new_map())
+        if part == "metadata" and isinstance(node, dict) and node.get(part) is None:
+            if part in node:  # `metadata:` left empty: fill it where it stands
+                node[part] = _new_map()
+            else:
+                node.insert(0, part, _new_map())
         try:
             node = node[part]
         except (KeyError, IndexError, TypeError):

@@ -108,6 +108,14 @@ def install_rbac(cluster, *, namespace: str, values: dict[str, Any] | None = Non
     return objects
 
 
+def uninstall_rbac(cluster, objects: list[dict]) -> None:
+    """Delete the cluster-scoped objects `install_rbac` applied (the namespaced ones go with their
+    namespace)."""
+    for obj in objects:
+        if obj["kind"] in ("ClusterRole", "ClusterRoleBinding"):
+            cluster.kubectl("delete", obj["kind"], obj["metadata"]["name"], "--ignore-not-found", check=False)
+
+
 def service_account_kubeconfig(
     cluster,
     *,

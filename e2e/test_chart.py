@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from e2e.chart import CHART, install_rbac, render, service_account_kubeconfig
+from e2e.chart import CHART, install_rbac, render, service_account_kubeconfig, uninstall_rbac
 
 CRDS = CHART / "crds"
 # Namespaces carrying this label are skipped by Comptroller's own webhook configurations (the
@@ -157,9 +157,7 @@ def rbac(cluster, tmp_path_factory):
         for component in ("operator", "webhook", "certs")
     }
     yield {"release": release, "namespace": namespace, "kubeconfigs": kubeconfigs}
-    for obj in objects:
-        if obj["kind"] in ("ClusterRole", "ClusterRoleBinding"):
-            cluster.kubectl("delete", obj["kind"], obj["metadata"]["name"], "--ignore-not-found", check=False)
+    uninstall_rbac(cluster, objects)
     cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
@@ -304,9 +302,6 @@ def test_write_namespaces_grant_the_operator_writes_only_there(cluster, tmp_path
             allowed = json.loads(out.stdout)["status"]["allowed"]
             assert ("yes" if allowed else "no") == answer, (question, where)
     finally:
-        for obj in objects:
-            if obj["kind"] in ("ClusterRole", "ClusterRoleBinding"):
-                name = obj["metadata"]["name"]
-                cluster.kubectl("delete", obj["kind"], name, "--ignore-not-found", check=False)
+        uninstall_rbac(cluster, objects)
         for ns in (namespace, writable):
             cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)

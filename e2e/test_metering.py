@@ -428,7 +428,7 @@ def test_the_operator_meters_under_the_charts_own_rbac_writing_only_where_allowe
     the operator runs with that ServiceAccount's token, so the API server refuses anything the
     least-privilege rules left out. A GPU pod in the writable namespace gets the metering finalizer,
     one elsewhere is metered without it, both are charged exactly, and nothing is refused."""
-    from e2e.chart import install_rbac, service_account_kubeconfig
+    from e2e.chart import install_rbac, service_account_kubeconfig, uninstall_rbac
 
     cluster = metering_cluster
     run = uuid.uuid4().hex[:6]
@@ -474,9 +474,6 @@ def test_the_operator_meters_under_the_charts_own_rbac_writing_only_where_allowe
         if operator.process and operator.process.poll() is None:
             operator.process.kill()
             operator.process.wait(10)
-        for obj in objects:
-            if obj["kind"] in ("ClusterRole", "ClusterRoleBinding"):
-                name = obj["metadata"]["name"]
-                cluster.kubectl("delete", obj["kind"], name, "--ignore-not-found", check=False)
+        uninstall_rbac(cluster, objects)
         for ns in (writable, other):
             cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)

@@ -22,10 +22,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from controller.constants import DEFAULTED_ANNOTATION
 from controller.engine.api import Decision, Edit, Snapshot, Violation
 from controller.engine.evaluation import evaluate, matching_policies
-from controller.engine.view import WorkloadView
+from controller.engine.view import WorkloadView, defaulted_labels
 from controller.engine.workloads import BUILTIN_KINDS
 
 MAX_ROUNDS = 6
@@ -232,8 +231,7 @@ def _score(manifest: Mapping[str, Any], fix: JointFix) -> tuple[int, ...]:
 
 def _overwritten(manifest: Mapping[str, Any], edits: tuple[Edit, ...]) -> int:
     """How many edits change a value the user wrote (labels the mutating webhook filled in are not)."""
-    written = (manifest.get("metadata") or {}).get("annotations") or {}
-    chosen = str(written.get(DEFAULTED_ANNOTATION) or "").split(",")
+    chosen = defaulted_labels((manifest.get("metadata") or {}).get("annotations"))
     count = 0
     for edit in edits:
         if len(edit.path) >= 3 and edit.path[-3:-1] == ("metadata", "labels") and edit.path[-1] in chosen:

@@ -141,9 +141,7 @@ class WorkloadView:
 
     def defaulted(self) -> frozenset[str]:
         """Labels mutation chose, now or when the object was admitted before (its annotation)."""
-        written = self._meta_annotations.get(DEFAULTED_ANNOTATION)
-        before = {k for k in written.split(",") if k} if isinstance(written, str) else set()
-        return frozenset(before | self._defaulted)
+        return defaulted_labels(self._meta_annotations) | self._defaulted
 
     def patch(self) -> list[dict[str, Any]]:
         """RFC 6902 operations adding everything mutation added, against the original manifest."""
@@ -166,6 +164,12 @@ class WorkloadView:
                 metadata_map = {"annotations": {DEFAULTED_ANNOTATION: value}}
                 ops.append({"op": "add", "path": "/metadata", "value": metadata_map})
         return ops
+
+
+def defaulted_labels(annotations: Mapping[str, Any] | None) -> frozenset[str]:
+    """The labels an earlier mutation chose, from its DEFAULTED_ANNOTATION (comma separated)."""
+    written = (annotations or {}).get(DEFAULTED_ANNOTATION)
+    return frozenset(k for k in written.split(",") if k) if isinstance(written, str) else frozenset()
 
 
 def _metadata_ops(

@@ -14,7 +14,8 @@ from controller.k8s.reports import (
     document,
     select,
 )
-from controller.k8s.workloads import NOT_SERVED_RECHECK_SECONDS, NotFound, Workloads
+from controller.k8s.workloads import NOT_SERVED_RECHECK_SECONDS
+from tests.k8s.fakes import Discovery
 
 
 @pytest.mark.parametrize(
@@ -94,24 +95,6 @@ def test_comparable_ignores_timestamps_only():
     later["results"] = [{**r, "timestamp": {"seconds": 1795000300, "nanos": 0}} for r in later["results"]]
     assert comparable(doc) == comparable(later)
     assert comparable(doc) != comparable({**doc, "summary": {**doc["summary"], "pass": 4}})
-
-
-class Discovery(Workloads):
-    """Workloads with the API server's discovery answered from `served` (group -> resources)."""
-
-    def __init__(self) -> None:
-        super().__init__(api=None)  # type: ignore[arg-type]  (no HTTP: request is overridden)
-        self.served: dict[str, list[dict]] = {}
-        self.asked: list[str] = []
-        self.now = 0.0
-        self.clock = lambda: self.now
-
-    def request(self, method, path, **_):
-        self.asked.append(path)
-        group = path.split("/")[2]
-        if group not in self.served:
-            raise NotFound(404, path)
-        return {"resources": self.served[group]}
 
 
 def test_auto_finds_openreports_installed_later_cheaply():
