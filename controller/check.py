@@ -40,6 +40,7 @@ from typing import Any
 import yaml
 
 from controller.engine import Decision, Snapshot, evaluate, fixing
+from controller.engine.accelerators import ClaimIndex
 from controller.engine.loading import snapshot_from_objects
 from controller.engine.messages import render_joint_fix, render_warning, snippet
 from controller.engine.timestamps import parse_time
@@ -402,6 +403,7 @@ def load_snapshot(
     *,
     namespace_labels: dict[str, dict[str, str]] | None = None,
     kinds: KindRegistry | None = None,
+    claims: ClaimIndex | None = None,
 ) -> tuple[Snapshot, list[str]]:
     """Policies, budgets and exceptions found under `policy_paths`, and the errors loading them."""
     inputs = read_documents(policy_paths)
@@ -412,6 +414,7 @@ def load_snapshot(
         namespace_labels=namespace_labels,
         kinds=kinds,
         where=lambda body: where[id(body)],
+        claims=claims,
     )
     return snapshot, [*inputs.errors, *(f"{at}: {error}" for at, error in broken.items())]
 
@@ -599,7 +602,8 @@ def run_test_file(path: Path) -> tuple[list[CaseResult], list[str]]:
     documents = [d for d in resources.documents if Path(d.source).name != TEST_FILE]
     labels = namespace_labels_from(documents)
     labels.update({k: dict(v or {}) for k, v in (spec.get("namespaceLabels") or {}).items()})
-    snapshot, policy_errors = load_snapshot(policy_paths, namespace_labels=labels)
+    claims = ClaimIndex(d.body for d in documents)
+    snapshot, policy_errors = load_snapshot(policy_paths, namespace_labels=labels, claims=claims)
     errors += policy_errors
     now = parse_now(str(spec.get("now"))) if spec.get("now") else datetime.now(UTC)
     judged = check_documents(documents, snapshot=snapshot, now=now, errors=errors)
@@ -767,7 +771,10 @@ def policy_snapshot(args: argparse.Namespace, documents: Iterable[Document], err
             "no policies: pass -p POLICIES (files or folders of FinOpsPolicy/GPUBudget/FinOpsException)"
         )
     namespace_labels = {**namespace_labels_from(documents), **namespace_labels}
-    snapshot, policy_errors = load_snapshot(policy_paths, namespace_labels=namespace_labels, kinds=kinds)
+    claims = ClaimIndex(d.body for d in documents)
+    snapshot, policy_errors = load_snapshot(
+        policy_paths, namespace_labels=namespace_labels, kinds=kinds, claims=claims
+    )
     errors += policy_errors
     return snapshot
 

@@ -26,7 +26,9 @@ MUTATING_WEBHOOK = f"mutate.{GROUP}"
 SCALE_WEBHOOK = f"scale.{GROUP}"
 
 DEFAULT_EXPIRY_KEY = "expires_at"
-DEFAULT_GPU_RESOURCES = ("nvidia.com/gpu",)
+# `*`: every accelerator the GPU-equivalence table knows (controller.engine.accelerators); a list of
+# resource names (globs) or DRA DeviceClass names counts only those.
+DEFAULT_GPU_RESOURCES = ("*",)
 
 # Event reasons (docs/crds.md#workload-conventions).
 REASON_EXPIRING_SOON = "ExpiringSoon"
@@ -54,3 +56,28 @@ METERING_FINALIZER = f"{GROUP}/metering"
 LEDGER_PREFIX = "comptroller-ledger-"
 LEDGER_LABEL = f"{GROUP}/ledger-of"
 LEDGER_KEY = "ledger.json"
+
+# Cost per run (operator: `controller/operator/runs.py`; `comptroller report --by workload`): what
+# a finished Job, JobSet, Kubeflow job, RayJob or bare Pod consumed, written onto the workload.
+GPU_HOURS_ANNOTATION = f"{GROUP}/gpu-hours"
+"""GPU-hours of every GPU pod of the run so far (4 decimals); final once `cost-final` is set."""
+COST_ANNOTATION = f"{GROUP}/cost"
+"""Estimated cost of those GPU-hours, by the pricePerGPUHour of the first GPUBudget covering each pod."""
+COST_METERED_AT_ANNOTATION = f"{GROUP}/cost-metered-at"
+"""When the two values above were computed (RFC 3339, microseconds): a restarted operator continues
+from them exactly (see runs.py)."""
+COST_FINAL_ANNOTATION = f"{GROUP}/cost-final"
+"""When the run was seen finished and its `GPUCost` Event posted (posted once, even across restarts)."""
+REASON_GPU_COST = "GPUCost"
+RUN_KINDS = (
+    ("", "Pod"),
+    ("batch", "Job"),
+    ("jobset.x-k8s.io", "JobSet"),
+    ("kubeflow.org", "PyTorchJob"),
+    ("kubeflow.org", "TFJob"),
+    ("kubeflow.org", "MPIJob"),
+    ("ray.io", "RayJob"),
+)
+"""(API group, kind) of the workloads that are runs: they finish. A Pod only when nothing controls it."""
+RUN_SCHEDULER_KINDS = (("batch", "CronJob"),)
+"""Kinds that create runs on a schedule: each object they create is a run of its own."""

@@ -13,6 +13,7 @@ blob id, so whichever copy is found must be the upstream file byte for byte.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -31,9 +32,13 @@ import yaml
 from controller.check import Inputs, load_snapshot, read_documents
 from controller.cli import main
 from controller.engine import Decision, Snapshot, evaluate
+from controller.engine.accelerators import ClaimIndex
 from controller.engine.fixing import joint_fix
 from controller.engine.messages import render_denial, render_warning
-from controller.engine.workloads import BUILTIN_KINDS, pod_gpus, pod_templates_of, workload_gpus
+from controller.engine.view import workload_gpus
+from controller.engine.workloads import BUILTIN_KINDS, pod_templates_of, pod_units, workload_units
+
+NVIDIA_GPU = ("nvidia.com/gpu",)
 
 ROOT = Path(__file__).resolve().parents[1]
 PROVENANCE = ROOT / "tests" / "corpus" / "provenance.yaml"
@@ -218,7 +223,18 @@ def _name(body: dict[str, Any]) -> Any:
 def test_engine_counts_the_gpus_a_person_counted(
     entry: dict[str, Any], index: int, doc: dict[str, Any]
 ) -> None:
-    assert workload_gpus(_body(entry, index)) == doc["gpus"]
+    assert workload_units(_body(entry, index), NVIDIA_GPU) == doc["gpus"]
+
+
+@pytest.mark.parametrize(("entry", "index", "doc"), _counted("gpu_equivalents"))
+def test_engine_counts_the_gpu_equivalents_a_person_counted(
+    entry: dict[str, Any], index: int, doc: dict[str, Any]
+) -> None:
+    """Every form of asking for a GPU (MIG, shares, fractions, DRA claims resolved from the same
+    file, other accelerators) in GPU-equivalents, against the hand count under the default table."""
+    claims = ClaimIndex(d.body for d in read(entry["file"]).documents)
+    counted = workload_gpus(_body(entry, index), snapshot=Snapshot(claims=claims))
+    assert counted == pytest.approx(doc["gpu_equivalents"], abs=1e-4)
 
 
 @pytest.mark.parametrize(("entry", "index", "doc"), _counted("templates"))
@@ -229,7 +245,7 @@ def test_engine_finds_every_pod_template_with_its_pods_and_gpus(
     spec = BUILTIN_KINDS.lookup(body)
     assert spec is not None
     found = [
-        {"path": t.pointer, "pods": t.replicas, "gpus_per_pod": pod_gpus(t.spec)}
+        {"path": t.pointer, "pods": t.replicas, "gpus_per_pod": pod_units(t.spec, NVIDIA_GPU)}
         for t in pod_templates_of(body, spec)
     ]
     assert found == doc["templates"]
@@ -248,7 +264,7 @@ def test_kinds_the_engine_does_not_know_are_left_alone(
 ) -> None:
     body = _body(entry, index)
     assert BUILTIN_KINDS.lookup(body) is None
-    assert workload_gpus(body) == 0
+    assert workload_units(body, NVIDIA_GPU) == 0
     decision = evaluate(body, snapshot=snapshot("default"), now=NOW, namespace=_namespace(body))
     assert decision.allowed and not decision.all_violations and not decision.patch
 
@@ -283,7 +299,9 @@ def test_engine_judges_every_document_without_raising(
     entry: dict[str, Any], index: int, policies: str
 ) -> None:
     body = _body(entry, index)
-    snap = snapshot(policies)
+    # The file's own ResourceClaim(Template)s are known, as `comptroller check` knows them.
+    claims = ClaimIndex(d.body for d in read(entry["file"]).documents)
+    snap = dataclasses.replace(snapshot(policies), claims=claims)
     namespace = _namespace(body)
     for mutate in (True, False):
         create = evaluate(body, snapshot=snap, now=NOW, mutate=mutate, namespace=namespace)

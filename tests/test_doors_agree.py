@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 from controller.check import Document, check_documents, load_snapshot, read_documents
 from controller.constants import DEFAULT_GPU_RESOURCES
 from controller.engine import matching_policies
-from controller.engine.workloads import BUILTIN_KINDS, workload_gpus
+from controller.engine.view import workload_gpus
+from controller.engine.workloads import BUILTIN_KINDS
 from controller.operator.audit import findings_of
 from controller.operator.expiry import expiry_terms
 from controller.webhook.app import create_app

@@ -108,6 +108,11 @@ class Snapshot:
     kinds: Any = None
     """controller.engine.workloads.KindRegistry; None means the built-in kinds
     (docs/crds.md#workload-kinds)."""
+    equivalence: Any = None
+    """controller.engine.accelerators.Equivalence, the GPU-equivalents table; None: the built-in one."""
+    claims: Any = None
+    """`(namespace, kind, name) -> devices` of the DRA ResourceClaims and ResourceClaimTemplates
+    known (controller.engine.accelerators.ClaimLookup); None: none are known."""
     excluded_namespaces: frozenset[str] = frozenset({"kube-system"})
     """Namespaces no policy ever matches (kube-system and Comptroller's own)."""
     memo: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)

@@ -29,7 +29,7 @@ from controller.engine.rules import expiry as expiry_rule
 from controller.engine.rules import gpu as gpu_rule
 from controller.engine.rules import labels as labels_rule
 from controller.engine.update import Update
-from controller.engine.view import WorkloadView
+from controller.engine.view import WorkloadView, view_of
 from controller.engine.workloads import BUILTIN_KINDS, KindRegistry
 
 _DEFAULT_RESOURCES = tuple(DEFAULT_GPU_RESOURCES)
@@ -69,10 +69,10 @@ def evaluate(
         return Decision(resource=f"{manifest.get('kind', '')}/{ns}/{name}", allowed=True)
 
     where = _scope(snapshot, spec.kind, ns)
-    view = WorkloadView(manifest, spec, namespace=ns)
+    view = view_of(manifest, spec, namespace=ns, snapshot=snapshot)
     update = None
     if operation == "UPDATE" and old_object is not None and kinds.lookup(old_object) is spec:
-        update = Update(WorkloadView(old_object, spec, namespace=ns), view)
+        update = Update(view_of(old_object, spec, namespace=ns, snapshot=snapshot), view)
     ctx = Context(now=now, operation=operation, namespace_labels=where.namespace_labels, update=update)
     live_exceptions = [e for e in where.exceptions if e.spec.expires_at > now] if where.exceptions else []
 
@@ -111,8 +111,25 @@ def evaluate(
         found = budget_rule.validate(budget, view, ctx)
         if found:
             _route(decision, found, budget.spec.enforcement, exceptions)
+    for note in view.gpu_notes():
+        decision.warnings.append(
+            Violation(
+                policy=GPU_COUNT,
+                rule="gpu",
+                key="resourceClaims",
+                message=note,
+                summary=note,
+                fix="# create the ResourceClaimTemplate or ResourceClaim before the workload, so its "
+                "devices are counted as they are",
+                enforcement="Warn",
+            )
+        )
     decision.allowed = not decision.violations
     return decision
+
+
+GPU_COUNT = "gpu-equivalents"
+"""The name warnings about how GPUs were counted go under (they belong to no policy)."""
 
 
 def _validate(policy: Any, view: WorkloadView, ctx: Context) -> list[Violation]:
@@ -243,8 +260,8 @@ class PolicyMatch:
     """A policy that matches a workload, as `evaluate` would apply it."""
 
     policy: Any
-    gpus: int
-    """The workload's GPUs as this policy counts them (its own `gpu.resources`, if any)."""
+    gpus: float
+    """The workload's GPU-equivalents as this policy counts them (its own `gpu.resources`, if any)."""
     waived: frozenset[str]
     """Rule families a live FinOpsException waives for this policy on this workload."""
 
@@ -267,7 +284,7 @@ def matching_policies(
     if spec is None or ns in snapshot.excluded_namespaces:
         return []
     where = _scope(snapshot, spec.kind, ns)
-    view = WorkloadView(manifest, spec, namespace=ns)
+    view = view_of(manifest, spec, namespace=ns, snapshot=snapshot)
     live = [e for e in where.exceptions if e.spec.expires_at > now] if now is not None else []
     exceptions = _exceptions_for(live, view.labels())
     return [
@@ -280,7 +297,7 @@ def matching_policies(
     ]
 
 
-def _gpus_for(policy: Any, view: WorkloadView) -> int:
+def _gpus_for(policy: Any, view: WorkloadView) -> float:
     """The workload's GPUs as a gpuOnly policy counts them (its own `gpu.resources`, if any)."""
     gpu = policy.spec.gpu
     return view.gpus(gpu.resource_tuple if gpu is not None else _DEFAULT_RESOURCES)

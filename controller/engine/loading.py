@@ -12,15 +12,16 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from controller.constants import ALWAYS_EXCLUDED_NAMESPACES, GROUP
+from controller.engine.accelerators import ClaimLookup, equivalence_of
 from controller.engine.api import Snapshot
 from controller.engine.models import MODELS
 
 POLICY_KINDS = tuple(MODELS)
-"""FinOpsPolicy, GPUBudget, FinOpsException."""
+"""FinOpsPolicy, GPUBudget, FinOpsException, GPUEquivalence."""
 
 
 def is_policy_object(obj: Mapping[str, Any]) -> bool:
-    """One of our three kinds, in our API group (anything else beside the policies is ignored)."""
+    """One of our kinds, in our API group (anything else beside the policies is ignored)."""
     api_version = obj.get("apiVersion")
     return obj.get("kind") in MODELS and isinstance(api_version, str) and api_version.startswith(f"{GROUP}/")
 
@@ -42,9 +43,11 @@ def build_snapshot(
     policies: Iterable[Any] = (),
     budgets: Iterable[Any] = (),
     exceptions: Iterable[Any] = (),
+    equivalences: Iterable[Any] = (),
     namespace_labels: Mapping[str, Mapping[str, str]] | None = None,
     excluded_namespaces: Iterable[str] = (),
     kinds: Any = None,
+    claims: ClaimLookup | None = None,
 ) -> Snapshot:
     """Models sorted by (namespace, name), so evaluation order, and so message order, does not
     depend on the order objects were read or events arrived."""
@@ -58,6 +61,8 @@ def build_snapshot(
         exceptions=by_name(exceptions),
         namespace_labels=dict(namespace_labels or {}),
         kinds=kinds,
+        equivalence=equivalence_of(by_name(equivalences)),
+        claims=claims,
         excluded_namespaces=ALWAYS_EXCLUDED_NAMESPACES | frozenset(excluded_namespaces),
     )
 
@@ -69,6 +74,7 @@ def snapshot_from_objects(
     excluded_namespaces: Iterable[str] = (),
     kinds: Any = None,
     where: Callable[[Mapping[str, Any]], str] | None = None,
+    claims: ClaimLookup | None = None,
 ) -> tuple[Snapshot, dict[str, str]]:
     """Compile every policy object among `objects` (others are skipped); a broken one is left out
     and named in the errors: `where(obj)` (a file and document, say), by default `Kind/name`, ->
@@ -87,8 +93,10 @@ def snapshot_from_objects(
         policies=models["FinOpsPolicy"],
         budgets=models["GPUBudget"],
         exceptions=models["FinOpsException"],
+        equivalences=models["GPUEquivalence"],
         namespace_labels=namespace_labels,
         excluded_namespaces=excluded_namespaces,
         kinds=kinds,
+        claims=claims,
     )
     return snapshot, errors

@@ -141,6 +141,14 @@ def render_denial(decision: Decision) -> str:
     return "\n".join(lines)
 
 
+def gpus_text(count: float) -> str:
+    """A GPU count as a person reads it: `1 GPU`, `8 GPUs`, `0.43 GPU-equivalents` (a MIG slice)."""
+    if abs(count - round(count)) < 1e-9:
+        whole = round(count)
+        return f"{whole} GPU" if whole == 1 else f"{whole} GPUs"
+    return f"{count:.3g} GPU-equivalents"
+
+
 def shorten(values: Sequence[str], limit: int = 6) -> str:
     """`a, b, c` or, for a long list, its first `limit` values and how many more."""
     shown = ", ".join(values[:limit])

@@ -1,4 +1,4 @@
-"""Typed, validated CRs: FinOpsPolicy, GPUBudget and FinOpsException (docs/crds.md).
+"""Typed, validated CRs: FinOpsPolicy, GPUBudget, FinOpsException and GPUEquivalence (docs/crds.md).
 
 `from_object(obj)` validates a whole CR as read from a file or the API server and raises
 `PolicyError` naming the object and the path of the offending field, e.g.
@@ -449,7 +449,7 @@ class GPUBudgetStatus(_Status):
     remaining_gpu_hours: float | None = Field(default=None, alias="remainingGPUHours")
     remaining_percent: float | None = None
     """Share of `gpuHours` left (0-100), for the `Remaining %` printer column."""
-    running_gpus: int = Field(default=0, alias="runningGPUs")
+    running_gpus: float = Field(default=0.0, alias="runningGPUs")
     estimated_cost: float | None = None
     history: list[BudgetHistoryEntry] = Field(default_factory=list)
     last_metered_at: Timestamp | None = None
@@ -480,6 +480,41 @@ class FinOpsExceptionSpec(_Model):
     def covers(self, policy: str, rule: str) -> bool:
         policies, rules = self.policy_set, self.rule_set
         return ("*" in policies or policy in policies) and ("*" in rules or rule in rules)
+
+
+# -- GPUEquivalence ------------------------------------------------------------------------------
+
+
+class ProductSpec(_Model):
+    """A GPU model, matched by a glob on the node's product label (`nvidia.com/gpu.product`)."""
+
+    match: str = Field(min_length=1)
+    mig_slices: int = Field(default=0, ge=0, le=64)
+    memory_mib: int = Field(default=0, ge=0, alias="memoryMiB")
+    partitions: dict[str, Annotated[int, Field(ge=1, le=64)]] = Field(default_factory=dict)
+
+
+class DeviceClassSpec(_Model):
+    equivalents: float = Field(default=1.0, ge=0, le=64)
+    mig: bool = False
+    all_devices: int = Field(default=8, ge=1, le=1024)
+
+
+class GPUEquivalenceSpec(_Model):
+    """Overrides of the built-in GPU-equivalents table (controller.engine.accelerators)."""
+
+    resources: dict[str, Annotated[float, Field(ge=0, le=64)]] = Field(default_factory=dict)
+    products: list[ProductSpec] = Field(default_factory=list)
+    device_classes: dict[str, DeviceClassSpec] = Field(default_factory=dict)
+    shared_replicas: int | None = Field(default=None, ge=1, le=1024)
+
+    @field_validator("resources")
+    @classmethod
+    def _resource_names(cls, value: dict[str, float]) -> dict[str, float]:
+        for name in value:
+            if "/" not in name:
+                raise ValueError(f"{name!r} is not an extended resource name (vendor.example/name)")
+        return value
 
 
 # -- the CRs -------------------------------------------------------------------------------------
@@ -566,6 +601,11 @@ class GPUBudget(_Resource):
         )
 
 
+class GPUEquivalence(_Resource):
+    spec: GPUEquivalenceSpec
+    status: _Status | None = None
+
+
 class FinOpsException(_Resource):
     spec: FinOpsExceptionSpec
     status: _Status | None = None
@@ -575,4 +615,6 @@ class FinOpsException(_Resource):
         return self.metadata.namespace or ""
 
 
-MODELS: dict[str, type[_Resource]] = {m.__name__: m for m in (FinOpsPolicy, GPUBudget, FinOpsException)}
+MODELS: dict[str, type[_Resource]] = {
+    m.__name__: m for m in (FinOpsPolicy, GPUBudget, FinOpsException, GPUEquivalence)
+}

@@ -37,7 +37,7 @@ class Update:
         self._grew: dict[tuple[str, ...], bool] = {}
         self._pins: dict[tuple[tuple[str, ...], tuple[str, ...]], frozenset[str]] = {}
 
-    def _old_counts(self, resources: tuple[str, ...]) -> dict[str, tuple[int, int]]:
+    def _old_counts(self, resources: tuple[str, ...]) -> dict[str, tuple[float, float]]:
         """Per template pointer of the old object: (GPUs per pod, GPUs of the template)."""
         counts = self.old.pod_gpus(resources)
         return {
@@ -74,13 +74,13 @@ class Update:
             found = self._pins[(resources, keys)] = frozenset(changed)
         return found
 
-    def added_gpus(self, resources: tuple[str, ...], keys: tuple[str, ...]) -> int:
+    def added_gpus(self, resources: tuple[str, ...], keys: tuple[str, ...]) -> float:
         """GPUs the update adds, template by template (never netted across templates: moving GPUs
         from the head to the workers adds the workers' increase). A template whose instance type
         changed counts in full."""
         old = self._old_counts(resources)
         retyped = self.retyped(resources, keys)
-        added = 0
+        added = 0.0
         for template, count in zip(self.new.templates, self.new.pod_gpus(resources), strict=True):
             total = count * template.replicas
             before = 0 if template.pointer in retyped else old.get(template.pointer, (0, 0))[1]

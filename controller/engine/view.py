@@ -11,7 +11,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from controller.constants import DEFAULTED_ANNOTATION
-from controller.engine.workloads import KindSpec, PodTemplate, escape, pod_gpus, pod_templates_of
+from controller.engine.accelerators import (
+    DEFAULT_EQUIVALENCE,
+    ClaimLookup,
+    Equivalence,
+    PodGPUs,
+    pod_gpus,
+    resource_filter,
+)
+from controller.engine.workloads import BUILTIN_KINDS, KindSpec, PodTemplate, escape, pod_templates_of
 
 
 class WorkloadView:
@@ -33,10 +41,21 @@ class WorkloadView:
         "_defaulted",
         "_labels",
         "_gpus",
+        "_asks",
+        "table",
+        "claims",
         "version",
     )
 
-    def __init__(self, manifest: Mapping[str, Any], spec: KindSpec, *, namespace: str) -> None:
+    def __init__(
+        self,
+        manifest: Mapping[str, Any],
+        spec: KindSpec,
+        *,
+        namespace: str,
+        table: Equivalence = DEFAULT_EQUIVALENCE,
+        claims: ClaimLookup | None = None,
+    ) -> None:
         metadata = manifest.get("metadata") or {}
         self.manifest = manifest
         self.kind: str = spec.kind
@@ -56,8 +75,11 @@ class WorkloadView:
         self._defaulted: set[str] = set()
         """Required labels mutation filled from a default or the Namespace (DEFAULTED_ANNOTATION)."""
         self._labels: Mapping[str, str] | None = None
-        self._gpus: dict[tuple[str, ...], tuple[list[int], int]] = {}
-        """Per resource set: GPUs per pod of each template, and of the whole workload."""
+        self._gpus: dict[tuple[str, ...], tuple[list[float], float]] = {}
+        """Per resource set: GPU-equivalents per pod of each template, and of the whole workload."""
+        self._asks: list[PodGPUs] | None = None
+        self.table = table
+        self.claims = claims
         self.version = 0
         """Bumped by every label change, so callers can cache what depends on labels."""
 
@@ -94,21 +116,50 @@ class WorkloadView:
                 self._labels = labels
         return self._labels
 
-    def pod_gpus(self, resources: tuple[str, ...]) -> list[int]:
-        """GPUs per pod, per template."""
+    def pod_gpus(self, resources: tuple[str, ...]) -> list[float]:
+        """GPU-equivalents per pod, per template (controller.engine.accelerators)."""
         return (self._gpus.get(resources) or self._count_gpus(resources))[0]
 
-    def gpus(self, resources: tuple[str, ...]) -> int:
-        """GPUs of the whole workload at once (per-pod GPUs x pods, summed over templates)."""
+    def gpus(self, resources: tuple[str, ...]) -> float:
+        """GPU-equivalents of the whole workload at once: per-pod x pods, summed over templates; a
+        ResourceClaim its pods share counts once."""
         return (self._gpus.get(resources) or self._count_gpus(resources))[1]
 
-    def _count_gpus(self, resources: tuple[str, ...]) -> tuple[list[int], int]:
-        per_pod = []
-        total = 0
-        for template in self.templates:
-            count = pod_gpus(template.spec, resources)
-            per_pod.append(count)
-            total += count * template.replicas
+    def asks(self) -> list[PodGPUs]:
+        """Each template's GPUs, by what they are asked as (resource or DeviceClass), and the notes
+        of what had to be assumed."""
+        if self._asks is None:
+            self._asks = [
+                pod_gpus(
+                    t.spec,
+                    _annotations(t.template),
+                    table=self.table,
+                    namespace=self.namespace,
+                    claims=self.claims,
+                )
+                for t in self.templates
+            ]
+        return self._asks
+
+    def gpu_notes(self) -> list[str]:
+        """What counting the GPUs had to assume (an unresolved claim), once each; none when no
+        rule counted them."""
+        if self._asks is None:
+            return []
+        return list(dict.fromkeys(note for asked in self._asks for note in asked.notes))
+
+    def _count_gpus(self, resources: tuple[str, ...]) -> tuple[list[float], float]:
+        counts = resource_filter(resources)
+        per_pod: list[float] = []
+        total = 0.0
+        shared: dict[str, float] = {}
+        for template, asked in zip(self.templates, self.asks(), strict=True):
+            own = asked.total(counts, shared=False)
+            per_pod.append(asked.total(counts) if asked.shared else own)
+            total += own * template.replicas
+            for claim in asked.shared:
+                shared[claim] = PodGPUs(shared={claim: asked.shared[claim]}).total(counts)
+        total += sum(shared.values())
         counted = self._gpus[resources] = (per_pod, total)
         return counted
 
@@ -164,6 +215,37 @@ class WorkloadView:
                 metadata_map = {"annotations": {DEFAULTED_ANNOTATION: value}}
                 ops.append({"op": "add", "path": "/metadata", "value": metadata_map})
         return ops
+
+
+def view_of(manifest: Mapping[str, Any], spec: KindSpec, *, namespace: str, snapshot: Any) -> WorkloadView:
+    """A view counting GPUs with the snapshot's GPU-equivalents table and known DRA claims."""
+    return WorkloadView(
+        manifest,
+        spec,
+        namespace=namespace,
+        table=snapshot.equivalence or DEFAULT_EQUIVALENCE,
+        claims=snapshot.claims,
+    )
+
+
+def workload_gpus(
+    manifest: Mapping[str, Any], *, snapshot: Any = None, resources: tuple[str, ...] = ("*",)
+) -> float:
+    """GPU-equivalents the whole workload takes at once (0 for a kind the engine does not know)."""
+    kinds = (snapshot.kinds if snapshot is not None else None) or BUILTIN_KINDS
+    spec = kinds.lookup(manifest)
+    if spec is None:
+        return 0.0
+    namespace = (manifest.get("metadata") or {}).get("namespace") or ""
+    if snapshot is None:
+        return WorkloadView(manifest, spec, namespace=namespace).gpus(resources)
+    return view_of(manifest, spec, namespace=namespace, snapshot=snapshot).gpus(resources)
+
+
+def _annotations(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    metadata = obj.get("metadata")
+    annotations = metadata.get("annotations") if isinstance(metadata, Mapping) else None
+    return annotations if isinstance(annotations, Mapping) else None
 
 
 def defaulted_labels(annotations: Mapping[str, Any] | None) -> frozenset[str]:

@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from decimal import Decimal, DecimalException
 from typing import Any, TypeGuard
 
-from controller.constants import DEFAULT_GPU_RESOURCES
-
 Pointer = str
 
 
@@ -497,8 +495,9 @@ def effective_request(pod_spec: Mapping[str, Any], resource: str) -> int:
     return app if app > init_peak else init_peak
 
 
-def pod_gpus(pod_spec: Mapping[str, Any], resources: Sequence[str] = DEFAULT_GPU_RESOURCES) -> int:
-    """GPUs one pod takes, as the scheduler sees it, summed over the resources counted as GPUs."""
+def pod_units(pod_spec: Mapping[str, Any], resources: Sequence[str]) -> int:
+    """Units of the named extended resources one pod takes, as the scheduler counts them (whole
+    devices, whatever a device is worth: GPU-equivalents are controller.engine.accelerators)."""
     if len(resources) == 1:  # the common case, and this runs on every admission
         return effective_request(pod_spec, resources[0])
     total = 0
@@ -507,16 +506,14 @@ def pod_gpus(pod_spec: Mapping[str, Any], resources: Sequence[str] = DEFAULT_GPU
     return total
 
 
-def workload_gpus(
-    manifest: Mapping[str, Any],
-    kinds: KindRegistry | None = None,
-    resources: Sequence[str] = DEFAULT_GPU_RESOURCES,
+def workload_units(
+    manifest: Mapping[str, Any], resources: Sequence[str], kinds: KindRegistry | None = None
 ) -> int:
-    """GPUs the whole workload takes at once: per template, GPUs per pod x pods."""
+    """Units of the named resources the whole workload takes at once: per template, per pod x pods."""
     spec = (kinds or BUILTIN_KINDS).lookup(manifest)
     if spec is None:
         return 0
-    return sum(pod_gpus(t.spec, resources) * t.replicas for t in pod_templates_of(manifest, spec))
+    return sum(pod_units(t.spec, resources) * t.replicas for t in pod_templates_of(manifest, spec))
 
 
 Pin = tuple[str, tuple[str, ...]]

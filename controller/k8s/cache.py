@@ -1,5 +1,6 @@
 """The webhook's in-memory view of the cluster: FinOpsPolicies, GPUBudgets (with their status),
-FinOpsExceptions and Namespace labels, kept by list+watch so admission never calls the API server.
+FinOpsExceptions, GPUEquivalences, Namespace labels and DRA ResourceClaim(Template)s, kept by
+list+watch so admission never calls the API server.
 
 One thread per resource lists, then watches from the list's resourceVersion. A `410 Gone` relists
 at once; any other failure reconnects with capped exponential backoff; every `resync_seconds` the
@@ -25,6 +26,7 @@ from typing import Any
 from kubernetes import client
 
 from controller import constants
+from controller.engine.accelerators import CLAIM_KINDS, ClaimIndex
 from controller.engine.api import Snapshot
 from controller.engine.loading import build_snapshot, compile_object, object_key
 from controller.k8s import watching
@@ -36,6 +38,9 @@ log = logging.getLogger(__name__)
 class Resource:
     kind: str
     list_fn: Callable[..., Any]
+    required: bool = True
+    """Admission waits for it to be listed once. GPUEquivalences (built-in table until listed) and
+    DRA claims (a cluster without DRA serves none) are not waited for."""
 
 
 def api_resources(api_client: client.ApiClient) -> tuple[Resource, ...]:
@@ -43,9 +48,11 @@ def api_resources(api_client: client.ApiClient) -> tuple[Resource, ...]:
     custom = client.CustomObjectsApi(api_client)
     core = client.CoreV1Api(api_client)
 
-    def custom_list(plural: str) -> Callable[..., Any]:
+    def custom_list(
+        plural: str, group: str = constants.GROUP, version: str = constants.VERSION
+    ) -> Callable[..., Any]:
         def list_fn(**kwargs: Any) -> Any:
-            return custom.list_cluster_custom_object(constants.GROUP, constants.VERSION, plural, **kwargs)
+            return custom.list_cluster_custom_object(group, version, plural, **kwargs)
 
         return list_fn
 
@@ -54,6 +61,10 @@ def api_resources(api_client: client.ApiClient) -> tuple[Resource, ...]:
         Resource("GPUBudget", custom_list(constants.BUDGET_PLURAL)),
         Resource("FinOpsException", custom_list(constants.EXCEPTION_PLURAL)),
         Resource("Namespace", core.list_namespace),
+        Resource("GPUEquivalence", custom_list("gpuequivalences"), required=False),
+        Resource("ResourceClaimTemplate", custom_list("resourceclaimtemplates", "resource.k8s.io", "v1"),
+                 required=False),
+        Resource("ResourceClaim", custom_list("resourceclaims", "resource.k8s.io", "v1"), required=False),
     )
 
 
@@ -77,6 +88,9 @@ class WatchCache:
         self._max_backoff = max_backoff_seconds
         self._resources = tuple(resources) if resources is not None else api_resources(api_client)
         self._models: dict[str, dict[str, Any]] = {r.kind: {} for r in self._resources}
+        self._claims = ClaimIndex()
+        """DRA claims and templates: updated in place, never republishing the snapshot (a claim is
+        made for every pod of a template; the policies did not change)."""
         self._errors: dict[str, str] = {}
         self._listed: set[str] = set()
         self._write_lock = threading.Lock()
@@ -135,6 +149,14 @@ class WatchCache:
         response = resource.list_fn(_preload_content=False, _request_timeout=30)
         payload = json.loads(response.data)
         items = payload.get("items") or []
+        if resource.kind in CLAIM_KINDS:
+            for obj in items:
+                obj["kind"] = resource.kind
+            self._claims.reset(resource.kind, items)
+            with self._write_lock:
+                self._listed.add(resource.kind)
+            log.info("listed %d %ss", len(items), resource.kind)
+            return payload["metadata"]["resourceVersion"]
         compiled = {}
         errors = {}
         for obj in items:
@@ -163,6 +185,13 @@ class WatchCache:
         )
 
     def _apply(self, kind: str, event_type: str, obj: dict[str, Any]) -> None:
+        if kind in CLAIM_KINDS:
+            obj["kind"] = kind
+            if event_type == "DELETED":
+                self._claims.remove(obj)
+            else:
+                self._claims.put(obj)
+            return
         key, model, error = (
             (object_key(kind, obj), None, None) if event_type == "DELETED" else self._compile(kind, obj)
         )
@@ -192,7 +221,8 @@ class WatchCache:
 
     def _publish(self) -> None:
         self._snapshot = self._build()
-        if len(self._listed) == len(self._resources) and not self._ready.is_set():
+        required = {r.kind for r in self._resources if r.required}
+        if required <= self._listed and not self._ready.is_set():
             self._ready.set()
             log.info("policy view synced: %s", self.summary())
 
@@ -201,6 +231,8 @@ class WatchCache:
             policies=self._models.get("FinOpsPolicy", {}).values(),
             budgets=self._models.get("GPUBudget", {}).values(),
             exceptions=self._models.get("FinOpsException", {}).values(),
+            equivalences=self._models.get("GPUEquivalence", {}).values(),
+            claims=self._claims,
             namespace_labels={
                 key.partition("/")[2]: v for key, v in self._models.get("Namespace", {}).items()
             },

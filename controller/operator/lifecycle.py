@@ -33,6 +33,7 @@ import kopf
 
 from controller import constants
 from controller.engine import Snapshot
+from controller.engine.accelerators import ClaimIndex
 from controller.engine.loading import snapshot_from_objects
 from controller.engine.models import FinOpsException, FinOpsPolicy
 from controller.engine.workloads import BUILTIN_KINDS
@@ -51,6 +52,11 @@ log = logging.getLogger(__name__)
 POLICIES = ApiResource(constants.GROUP, constants.VERSION, constants.POLICY_PLURAL, "FinOpsPolicy", False)
 EXCEPTIONS = ApiResource(constants.GROUP, constants.VERSION, constants.EXCEPTION_PLURAL, "FinOpsException")
 NAMESPACES = ApiResource("", "v1", "namespaces", "Namespace", namespaced=False)
+EQUIVALENCES = ApiResource(constants.GROUP, constants.VERSION, "gpuequivalences", "GPUEquivalence", False)
+CLAIM_RESOURCES = (
+    ApiResource("resource.k8s.io", "v1", "resourceclaimtemplates", "ResourceClaimTemplate"),
+    ApiResource("resource.k8s.io", "v1", "resourceclaims", "ResourceClaim"),
+)
 AUDIT_FIRST_DELAY = 30.0
 """Seconds after startup before the first audit (or the audit interval, if shorter)."""
 WAKE_KINDS = (
@@ -123,11 +129,25 @@ def read_inputs(workloads: Workloads, *, own_namespace: str) -> Inputs:
         for ns in workloads.iter_objects(NAMESPACES)
     }
     snapshot = _compiled(
-        [*_listed(workloads, POLICIES), *_listed(workloads, EXCEPTIONS)],
+        [*_listed(workloads, POLICIES), *_listed(workloads, EXCEPTIONS), *_listed(workloads, EQUIVALENCES)],
         namespace_labels=namespace_labels,
         excluded_namespaces={own_namespace},
+        claims=_claims(workloads),
     )
     return Inputs(snapshot)
+
+
+def _claims(workloads: Workloads) -> ClaimIndex:
+    """The DRA claims and claim templates, so the audit counts the GPUs they ask for as admission
+    does; none where DRA is not served (or not readable): those count as unresolved, 1 GPU each."""
+    index = ClaimIndex()
+    for resource in CLAIM_RESOURCES:
+        try:
+            for obj in workloads.iter_objects(resource):
+                index.put(obj)
+        except ApiError as error:
+            log.debug("%s not readable: %s", resource.kind, error)
+    return index
 
 
 def _count_terminated(outcome: Outcome) -> None:

@@ -537,3 +537,33 @@ def test_write_namespaces_refuse_kube_system():
     with pytest.raises(subprocess.CalledProcessError) as refused:
         rendered({"operator": {"writeNamespaces": ["kube-system"]}})
     assert "never writes in kube-system" in str(refused.value.stderr)
+
+
+# ---- GPU-equivalents ------------------------------------------------------------------------------
+
+
+def test_no_gpu_equivalence_is_rendered_by_default():
+    assert of_kind(rendered(), "GPUEquivalence") == []
+
+
+def test_gpu_equivalents_values_render_one_gpu_equivalence_the_engine_loads():
+    from controller.engine.accelerators import NodeFacts, equivalence_of
+    from controller.engine.models import GPUEquivalence
+
+    values = {
+        "gpuEquivalents": {
+            "resources": {"aws.amazon.com/neuroncore": 0.125},
+            "sharedReplicas": 4,
+            "products": [{"match": "*RTX-6000*", "memoryMiB": 49152}],
+            "deviceClasses": {"gpu.example.com": {"equivalents": 0.5}},
+        }
+    }
+    (obj,) = of_kind(rendered(values), "GPUEquivalence")
+    assert obj["metadata"]["name"].endswith("-cluster")
+    table = equivalence_of([GPUEquivalence.from_object(obj)])
+    assert table.weight("aws.amazon.com/neuroncore") == 0.125
+    assert table.shared_replicas == 4
+    assert table.memory_of(NodeFacts(product="NVIDIA-RTX-6000-Ada")) == 49152
+    assert table.device_classes["gpu.example.com"].equivalents == 0.5
+    assert table.weight("nvidia.com/gpu") == 1.0  # the built-in table stays under the override
+

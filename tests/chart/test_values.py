@@ -42,6 +42,8 @@ def template(*set_args: str) -> tuple[int, str]:
         ("certManager.duration=90d", "/certManager/duration"),
         ("webhook.excludeNamespaces={Bad_Name}", "/webhook/excludeNamespaces/0"),
         ("certManager.issuerRef.kind=ClusterIssuer", "/certManager/issuerRef"),
+        ("gpuEquivalents.sharedReplica=4", "additional properties 'sharedReplica' not allowed"),
+        ("gpuEquivalents.sharedReplicas=0", "/gpuEquivalents/sharedReplicas"),
     ],
 )
 def test_schema_refuses_typos_and_bad_values(setting, complaint):
@@ -55,7 +57,7 @@ def test_schema_refuses_typos_and_bad_values(setting, complaint):
     "setting",
     ["webhook.failurePolicy=Fail", "webhook.timeoutSeconds=30", "operator.replicas=2",
      "policies.enforcement=Audit", "certManager.duration=720h",
-     "webhook.podDisruptionBudget.minAvailable=50%"],
+     "webhook.podDisruptionBudget.minAvailable=50%", "gpuEquivalents.sharedReplicas=4"],
 )
 def test_schema_accepts_valid_settings(setting):
     code, stderr = template(setting)

@@ -15,15 +15,21 @@ import yaml
 from pydantic import BaseModel, TypeAdapter
 
 from controller.check import read_documents
-from controller.engine.models import FinOpsException, FinOpsPolicy, GPUBudget
+from controller.engine.models import FinOpsException, FinOpsPolicy, GPUBudget, GPUEquivalence
 
 ROOT = Path(__file__).resolve().parents[2]
 CRDS = {
     "FinOpsPolicy": ROOT / "charts/comptroller/crds/finopspolicies.yaml",
     "GPUBudget": ROOT / "charts/comptroller/crds/gpubudgets.yaml",
     "FinOpsException": ROOT / "charts/comptroller/crds/finopsexceptions.yaml",
+    "GPUEquivalence": ROOT / "charts/comptroller/crds/gpuequivalences.yaml",
 }
-MODELS = {"FinOpsPolicy": FinOpsPolicy, "GPUBudget": GPUBudget, "FinOpsException": FinOpsException}
+MODELS = {
+    "FinOpsPolicy": FinOpsPolicy,
+    "GPUBudget": GPUBudget,
+    "FinOpsException": FinOpsException,
+    "GPUEquivalence": GPUEquivalence,
+}
 
 
 def crd(kind):

@@ -157,7 +157,7 @@ def test_defaults_and_compiled_matchers():
     assert spec.enforcement == "Enforce"
     assert spec.match.namespace_globs.matches("ml-nlp") and not spec.match.namespace_globs.matches("default")
     assert spec.labels.required[0].accepts("cc-123") and not spec.labels.required[0].accepts("cc-1234")
-    assert spec.gpu.resources == ["nvidia.com/gpu"]
+    assert spec.gpu.resources == ["*"]  # every accelerator, in GPU-equivalents
     assert "node.kubernetes.io/instance-type" in spec.gpu.instance_type_keys
     assert spec.gpu.allowlist_for({"env": "dev"}).globs.matches("g5.xlarge")
     assert spec.gpu.allowlist_for({"env": "prod"}) is None

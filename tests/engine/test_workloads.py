@@ -7,10 +7,10 @@ from controller.engine.workloads import (
     TemplateSpec,
     effective_labels,
     pinned_terms,
-    pod_gpus,
     pod_templates,
+    pod_units,
     quantity,
-    workload_gpus,
+    workload_units,
 )
 
 
@@ -55,14 +55,14 @@ def sidecar(n, name="side"):
         ({}, 0),
     ],
 )
-def test_pod_gpus_follows_the_scheduler(spec, expected):
-    assert pod_gpus(spec, ("nvidia.com/gpu",)) == expected
+def test_pod_units_follows_the_scheduler(spec, expected):
+    assert pod_units(spec, ("nvidia.com/gpu",)) == expected
 
 
-def test_pod_gpus_sums_every_configured_resource():
+def test_pod_units_sums_every_configured_resource():
     spec = {"containers": [{"name": "c", "resources": {"limits": {"nvidia.com/gpu": 1, "amd.com/gpu": 2}}}]}
-    assert pod_gpus(spec, ("nvidia.com/gpu",)) == 1
-    assert pod_gpus(spec, ("nvidia.com/gpu", "amd.com/gpu")) == 3
+    assert pod_units(spec, ("nvidia.com/gpu",)) == 1
+    assert pod_units(spec, ("nvidia.com/gpu", "amd.com/gpu")) == 3
 
 
 @pytest.mark.parametrize(
@@ -235,7 +235,7 @@ def _tpl(n, labels=None):
 )
 def test_every_builtin_kind(manifest, pointers, gpus):
     assert [p for p, _ in pod_templates(manifest)] == pointers
-    assert workload_gpus(manifest) == gpus
+    assert workload_units(manifest, ("nvidia.com/gpu",)) == gpus
 
 
 @pytest.mark.parametrize(
@@ -251,7 +251,7 @@ def test_every_builtin_kind(manifest, pointers, gpus):
 )
 def test_unknown_kinds_have_no_templates(manifest):
     assert pod_templates(manifest) == []
-    assert workload_gpus(manifest) == 0
+    assert workload_units(manifest, ("nvidia.com/gpu",)) == 0
 
 
 def test_kinds_are_addable_by_configuration():
@@ -362,13 +362,14 @@ def test_a_unicode_digit_int_refuses_counts_as_junk():
 def test_a_number_longer_than_int_parses_counts_as_junk():
     assert quantity("9" * 5000) == 0
     manifest = deployment({}, replicas="9" * 5000, gpus=1)  # type: ignore[arg-type]
-    assert workload_gpus(manifest, BUILTIN_KINDS) == 1
+    assert workload_units(manifest, ("nvidia.com/gpu",), BUILTIN_KINDS) == 1
 
 
 def test_a_replica_count_past_int32_counts_as_one():
-    assert workload_gpus(deployment({}, replicas=2**31, gpus=2), BUILTIN_KINDS) == 2
-    assert workload_gpus(deployment({}, replicas=str(2**31), gpus=2), BUILTIN_KINDS) == 2  # type: ignore[arg-type]
-    assert workload_gpus(deployment({}, replicas=2**31 - 1, gpus=2), BUILTIN_KINDS) == 2 * (2**31 - 1)
+    gpus = ("nvidia.com/gpu",)
+    assert workload_units(deployment({}, replicas=2**31, gpus=2), gpus, BUILTIN_KINDS) == 2
+    assert workload_units(deployment({}, replicas=str(2**31), gpus=2), gpus, BUILTIN_KINDS) == 2  # type: ignore[arg-type]
+    assert workload_units(deployment({}, replicas=2**31 - 1, gpus=2), gpus, BUILTIN_KINDS) == 2 * (2**31 - 1)
 
 
 def _lws(size, leader_template):
@@ -391,7 +392,7 @@ def _lws(size, leader_template):
 def test_a_leaderworkerset_group_is_one_leader_and_size_minus_one_workers(size, leader, gpus):
     """2 groups of `size` pods, 8 GPUs each: the leader template takes one pod per group when it
     exists, so the workers are size-1 (before, a separate leader made it size+1 per group)."""
-    assert workload_gpus(_lws(size, leader)) == gpus
+    assert workload_units(_lws(size, leader), ("nvidia.com/gpu",)) == gpus
 
 
 @pytest.mark.parametrize(
@@ -416,4 +417,4 @@ def test_a_ray_worker_group_counts_the_pods_kuberay_starts(group, pods):
             "workerGroupSpecs": [{"groupName": "g", "template": template, **group}],
         },
     }
-    assert workload_gpus(cluster) == pods
+    assert workload_units(cluster, ("nvidia.com/gpu",)) == pods

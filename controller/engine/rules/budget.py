@@ -21,7 +21,7 @@ from typing import Any
 from controller.engine.api import Violation
 from controller.engine.budgets import current_usage, hours_between, max_gpus_for
 from controller.engine.expiry import format_annotation, format_label
-from controller.engine.messages import fix_fields
+from controller.engine.messages import fix_fields, gpus_text
 from controller.engine.models import DEFAULT_INSTANCE_TYPE_KEYS
 from controller.engine.rules import Context
 from controller.engine.rules.expiry import expires_at, find
@@ -61,7 +61,7 @@ def validate(budget: Any, view: Any, ctx: Context) -> list[Violation]:
         used_text, limit_text = format_gpu_hours(used), format_gpu_hours(spec.gpu_hours)
         adds = ""
         if update is not None:
-            adds = f"; this update adds {_gpus(added)}" if added else "; this update runs its GPUs longer"
+            adds = f"; this update adds {gpus_text(added)}" if added else "; this update runs its GPUs longer"
         return [
             Violation(
                 policy=budget.name,
@@ -102,7 +102,7 @@ def _hours_left(view: Any, ctx: Context, period_end: datetime) -> float:
 
 
 def _projected(
-    budget: Any, view: Any, ctx: Context, *, gpus: int, hours: float, remaining: float, period_end: datetime
+    budget: Any, view: Any, ctx: Context, *, gpus: float, hours: float, remaining: float, period_end: datetime
 ) -> Violation:
     fit_hours = remaining / gpus
     fit_until = (ctx.now + timedelta(hours=fit_hours)).replace(second=0, microsecond=0)
@@ -110,16 +110,17 @@ def _projected(
     options = []
     if fit_until - ctx.now >= timedelta(minutes=1):
         options.append(
-            f"{gpus} GPUs fit until {format_annotation(fit_until)} ({_duration(fit_until - ctx.now)})"
+            f"{gpus_text(gpus)} fit until {format_annotation(fit_until)} ({_duration(fit_until - ctx.now)})"
         )
     if fewer:
         options.append(
-            f"{_gpus(fewer)} fit{'s' * (fewer == 1)} for the requested {_duration(timedelta(hours=hours))}"
+            f"{gpus_text(fewer)} fit{'s' * (fewer == 1)} for the requested "
+            f"{_duration(timedelta(hours=hours))}"
         )
     fits = "; ".join(options) or "nothing fits"
     needed, left = format_gpu_hours(gpus * hours), format_gpu_hours(remaining)
     message = (
-        f"worst case {_gpus(gpus)} x {format_gpu_hours(hours)}h = {needed} GPU-hours exceeds the "
+        f"worst case {gpus_text(gpus)} x {format_gpu_hours(hours)}h = {needed} GPU-hours exceeds the "
         f"{left} GPU-hours left in budget {budget.name} until {format_annotation(period_end)}: {fits}"
     )
     note = f"{budget.name} has {left} GPU-hours left: {fits}"
@@ -142,10 +143,6 @@ def _projected(
         summary=f"needs {needed} GPU-hours, {left} left in {budget.name}",
         **fix,
     )
-
-
-def _gpus(count: int) -> str:
-    return f"{count} GPU" if count == 1 else f"{count} GPUs"
 
 
 def _duration(delta: timedelta) -> str:

@@ -16,8 +16,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from controller.engine.accelerators import resource_filter
 from controller.engine.api import Violation
-from controller.engine.messages import Commented, fix_fields, location, shorten
+from controller.engine.messages import Commented, fix_fields, gpus_text, location, shorten
 from controller.engine.models import GPUSpec, InstanceTypeRule, is_label_value
 from controller.engine.rules import Context, when_text
 from controller.engine.workloads import Pin, PodTemplate, container_request, pinned_terms
@@ -34,13 +35,13 @@ def validate(policy: Any, view: Any, ctx: Context) -> list[Violation]:
         return []
     allow = gpu.allowlist_for(view.labels())
     limit = gpu.max_gpus_per_pod
-    too_many: list[tuple[int, int]] = []
+    too_many: list[tuple[int, float]] = []
     unpinned: list[int] = []
     disallowed: list[tuple[int, list[str]]] = []
     for index, count in enumerate(counts):
         if not count:
             continue
-        if limit is not None and count > limit:
+        if limit is not None and count > limit + 1e-9:  # shares add up with float error
             too_many.append((index, count))
         terms = pinned_terms(view.templates[index].spec, gpu.key_tuple)
         if gpu.require_instance_type and not all(terms):  # a way to be scheduled that pins nothing
@@ -215,20 +216,29 @@ def _disallowed(
     )
 
 
-def _too_many(policy: str, gpu: GPUSpec, view: Any, found: list[tuple[int, int]]) -> Violation:
+def _too_many(policy: str, gpu: GPUSpec, view: Any, found: list[tuple[int, float]]) -> Violation:
     limit = gpu.max_gpus_per_pod or 0
     entries = []
+    counted = resource_filter(gpu.resource_tuple)
     for index, _ in found:
-        entries.extend(_reduce(view.templates[index], gpu.resource_tuple, limit))
-    worst = max(count for _, count in found)
+        asked = view.asks()[index]
+        names = tuple(n for n in (*asked.per_pod, *asked.unknown) if counted is None or counted(n))
+        entries.extend(_reduce(view.templates[index], names, limit))
+    worst = gpus_text(max(count for _, count in found))
+    # GPUs asked through DRA claims or a scheduler's fraction annotations are not in the containers:
+    # no paste of the pod alone fixes those, so say where the count comes from.
+    fix = fix_fields(entries) if entries else {
+        "fix": f"# at most {limit} GPU per pod: ask for fewer devices in the pod's ResourceClaimTemplates "
+        "or claims, or a smaller share",
+    }
     return Violation(
         policy=policy,
         rule="gpu",
         key="maxGPUsPerPod",
-        message=f"{worst} GPUs per pod{_where(view, [i for i, _ in found])}; at most {limit} per pod allowed "
+        message=f"{worst} per pod{_where(view, [i for i, _ in found])}; at most {limit} per pod allowed "
         "(split the work over more pods)",
-        summary=f"{worst} GPUs per pod; at most {limit} allowed",
-        **fix_fields(entries),
+        summary=f"{worst} per pod; at most {limit} allowed",
+        **fix,
     )
 
 

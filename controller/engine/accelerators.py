@@ -1,0 +1,740 @@
+"""GPU-equivalents: every way a pod gets a GPU, counted in one unit (README "GPU-equivalents").
+
+A whole GPU is 1. Everything else is a share of one, worked out here and only here, for admission
+(the rules), metering (the operator) and `comptroller check` alike:
+
+- extended resources, per unit: `nvidia.com/gpu` 1; `nvidia.com/mig-<N>g.<M>gb` N compute slices of
+  the product's (7 on A100/H100/H200/B200, 4 on A30); `nvidia.com/gpu.shared` 1/replicas; AMD,
+  Intel, Habana and AWS Neuron devices 1 (a NeuronCore 1/2, an MI300X partition 1/partitions);
+- on a node GPU Feature Discovery labels as MIG single strategy or time-sliced, `nvidia.com/gpu`
+  itself is a slice or a replica, and counts as one;
+- HAMi vGPUs (`nvidia.com/gpu` with `nvidia.com/gpucores` / `gpumem` / `gpumem-percentage`): the
+  larger of the core share and the memory share;
+- KAI Scheduler / Run:ai fractions (pod annotations `gpu-fraction`, `gpu-memory`);
+- Dynamic Resource Allocation: each of the pod's `resourceClaims`, resolved to its
+  ResourceClaimTemplate or ResourceClaim, counts its requests' devices by DeviceClass (a MIG
+  device by the profile its selector names); a claim that cannot be resolved counts as one GPU,
+  with a note, never as zero.
+
+What depends on the node (which product, how many replicas, how much memory) is read from the
+node's labels when it is known (metering), else from the labels the pod pins with its own
+`nodeSelector` or required affinity (admission). Unknown, a share counts as the whole GPU: the
+bound a budget can trust.
+
+The table of equivalents is data (`Equivalence`): built-in defaults, overridden by the
+cluster-scoped `GPUEquivalence` objects (docs/crds.md#gpuequivalence).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any
+
+from controller.engine.workloads import container_request, effective_request, quantity
+
+# -- node facts --------------------------------------------------------------------------------
+
+PRODUCT_LABELS = ("nvidia.com/gpu.product", "amd.com/gpu.product-name")
+"""Node labels naming the GPU model (GPU Feature Discovery; the AMD GPU operator's labeller)."""
+MIG_STRATEGY_LABEL = "nvidia.com/mig.strategy"
+REPLICAS_LABEL = "nvidia.com/gpu.replicas"
+MEMORY_LABEL = "nvidia.com/gpu.memory"
+"""GPU memory in MiB, as GPU Feature Discovery labels it."""
+PARTITION_LABELS = ("amd.com/gpu.compute-memory-partition", "amd.com/compute-memory-partition")
+"""`<compute>_<memory>` partition modes (`cpx_nps4`), as the AMD node labeller and GPU operator set them."""
+NODE_LABELS = (*PRODUCT_LABELS, MIG_STRATEGY_LABEL, REPLICAS_LABEL, MEMORY_LABEL, *PARTITION_LABELS)
+"""Every node label the equivalents read (the operator keeps only these of each node)."""
+
+_MIG_PROFILE = re.compile(r"(\d+)g\.(\d+)gb")
+_MIG_IN_PRODUCT = re.compile(r"-MIG-(\d+g\.\d+gb)", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeFacts:
+    """What the equivalents need to know of the node a pod runs (or is pinned) on."""
+
+    product: str = ""
+    mig_strategy: str = ""
+    replicas: int = 0
+    memory_mib: int = 0
+    partition: str = ""
+
+    @classmethod
+    def of(cls, labels: Mapping[str, Any] | None) -> NodeFacts:
+        if not labels:
+            return NO_NODE
+        product = next((str(labels[k]) for k in PRODUCT_LABELS if labels.get(k)), "")
+        partition = next((str(labels[k]) for k in PARTITION_LABELS if labels.get(k)), "")
+        return cls(
+            product=product,
+            mig_strategy=str(labels.get(MIG_STRATEGY_LABEL) or ""),
+            replicas=quantity(str(labels.get(REPLICAS_LABEL) or "0")),
+            memory_mib=quantity(str(labels.get(MEMORY_LABEL) or "0")),
+            partition=partition.partition("_")[0].upper(),
+        )
+
+    @property
+    def mig_profile(self) -> str:
+        """The MIG profile `nvidia.com/gpu` is on this node (single strategy), or ``."""
+        found = _MIG_IN_PRODUCT.search(self.product)
+        return found.group(1).lower() if found else ""
+
+    @property
+    def base_product(self) -> str:
+        """The product without GPU Feature Discovery's `-MIG-<profile>` or `-SHARED` suffix."""
+        product = _MIG_IN_PRODUCT.sub("", self.product)
+        return product[: -len("-SHARED")] if product.upper().endswith("-SHARED") else product
+
+
+NO_NODE = NodeFacts()
+
+
+def pinned_node(pod_spec: Mapping[str, Any]) -> NodeFacts:
+    """The node facts a pod pins itself: its `nodeSelector`, and `In` terms of one value that every
+    required node-affinity term agrees on (what the pod is sure to land on)."""
+    labels: dict[str, str] = {}
+    selector = pod_spec.get("nodeSelector")
+    if isinstance(selector, Mapping):
+        labels.update((k, str(v)) for k, v in selector.items() if k in NODE_LABELS)
+    affinity = (pod_spec.get("affinity") or {}).get("nodeAffinity") or {}
+    required = affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}
+    terms = required.get("nodeSelectorTerms") or ()
+    agreed: dict[str, str] | None = None
+    for term in terms:
+        pins = {
+            e.get("key"): str(e["values"][0])
+            for e in (term or {}).get("matchExpressions") or ()
+            if e.get("operator") == "In" and e.get("key") in NODE_LABELS and len(e.get("values") or ()) == 1
+        }
+        agreed = pins if agreed is None else {k: v for k, v in agreed.items() if pins.get(k) == v}
+    for key, value in (agreed or {}).items():
+        labels.setdefault(key, value)
+    return NodeFacts.of(labels)
+
+
+# -- the table ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Product:
+    """One GPU model, matched by a glob on its node product label."""
+
+    match: str
+    mig_slices: int = 0
+    """Compute slices a whole GPU has under MIG (0: no MIG)."""
+    memory_mib: int = 0
+    partitions: Mapping[str, int] = field(default_factory=dict)
+    """Compute partition mode (AMD: SPX, DPX, QPX, CPX) -> devices one GPU is split into."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceClassEquivalent:
+    """What one device of a DRA DeviceClass is worth."""
+
+    equivalents: float = 1.0
+    mig: bool = False
+    """Devices are MIG partitions: worth their profile's slices (from a selector or attribute)."""
+    all_devices: int = 8
+    """Devices assumed for `allocationMode: All` at admission (the allocation says at metering)."""
+
+
+MI300X_PARTITIONS = {"SPX": 1, "DPX": 2, "QPX": 4, "CPX": 8}
+
+DEFAULT_PRODUCTS = (
+    Product("*A100*40GB*", mig_slices=7, memory_mib=40960),
+    Product("*A100*", mig_slices=7, memory_mib=81920),
+    Product("*H100*NVL*", mig_slices=7, memory_mib=95830),
+    Product("*H100*", mig_slices=7, memory_mib=81559),
+    Product("*H200*", mig_slices=7, memory_mib=143771),
+    Product("*B200*", mig_slices=7, memory_mib=183359),
+    Product("*A30*", mig_slices=4, memory_mib=24576),
+    Product("*RTX-PRO-6000*", mig_slices=4, memory_mib=97887),
+    Product("*RTX-PRO-5000*", mig_slices=2, memory_mib=48935),
+    Product("*RTX-PRO-4500*", mig_slices=2, memory_mib=32623),
+    Product("*L4", memory_mib=23034),
+    Product("*L4-*", memory_mib=23034),
+    Product("*MI300X*", memory_mib=196608, partitions=MI300X_PARTITIONS),
+    Product("*MI300A*", memory_mib=131072, partitions={"SPX": 1, "TPX": 3, "CPX": 6}),
+)
+
+DEFAULT_RESOURCES: Mapping[str, float] = {
+    "nvidia.com/gpu": 1.0,
+    "nvidia.com/gpu.shared": 1.0,
+    "nvidia.com/mig-*": 1.0,  # a MIG device: its profile's slices of the product's (see `_mig`)
+    "amd.com/gpu": 1.0,
+    "gpu.intel.com/i915": 1.0,
+    "gpu.intel.com/xe": 1.0,
+    "gpu.intel.com/dxg": 1.0,  # an Intel GPU under WSL2
+    "habana.ai/gaudi": 1.0,
+    "aws.amazon.com/neuron": 1.0,
+    "aws.amazon.com/neurondevice": 1.0,
+    "aws.amazon.com/neuroncore": 0.5,  # two NeuronCores a device on Trainium1 and Inferentia2
+}
+
+DEFAULT_DEVICE_CLASSES: Mapping[str, DeviceClassEquivalent] = {
+    "gpu.nvidia.com": DeviceClassEquivalent(),
+    "mig.nvidia.com": DeviceClassEquivalent(mig=True),
+    "gpu.amd.com": DeviceClassEquivalent(),
+    "gpu.intel.com": DeviceClassEquivalent(),
+    "gaudi.intel.com": DeviceClassEquivalent(),
+    "gpu.example.com": DeviceClassEquivalent(),  # kubernetes-sigs/dra-example-driver
+}
+
+HAMI_SHARES = ("nvidia.com/gpucores", "nvidia.com/gpumem", "nvidia.com/gpumem-percentage")
+"""HAMi's per-vGPU limits: they shape `nvidia.com/gpu` in the same container and count nothing alone."""
+KAI_FRACTION = "gpu-fraction"
+KAI_MEMORY = "gpu-memory"
+KAI_DEVICES = "gpu-fraction-num-devices"
+DRA_EXTENDED_PREFIX = "deviceclass.resource.kubernetes.io/"
+"""Extended resources backed by DRA (KEP-5004): the rest of the name is the DeviceClass."""
+
+
+@dataclass(frozen=True)
+class Equivalence:
+    """The table of GPU-equivalents (built-in defaults, then `GPUEquivalence` overrides)."""
+
+    resources: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_RESOURCES))
+    """Extended resource name (glob) -> GPU-equivalents per unit."""
+    products: tuple[Product, ...] = DEFAULT_PRODUCTS
+    device_classes: Mapping[str, DeviceClassEquivalent] = field(
+        default_factory=lambda: dict(DEFAULT_DEVICE_CLASSES)
+    )
+    shared_replicas: int = 1
+    """Replicas of a shared GPU assumed before the pod's node is known (1: the whole GPU)."""
+    _exact: dict[str, float] = field(init=False, repr=False, compare=False)
+    _globs: tuple[tuple[str, float], ...] = field(init=False, repr=False, compare=False)
+    _weights: dict[str, float | None] = field(init=False, repr=False, compare=False)
+    """Memo of `weight`: resource names are few, and asked on every admission."""
+
+    def __post_init__(self) -> None:
+        exact = {k: float(v) for k, v in self.resources.items() if not _is_glob(k)}
+        globs = tuple((k, float(v)) for k, v in self.resources.items() if _is_glob(k))
+        object.__setattr__(self, "_exact", exact)
+        object.__setattr__(self, "_globs", globs)
+        object.__setattr__(self, "_weights", {})
+
+    def weight(self, resource: str) -> float | None:
+        """GPU-equivalents one unit of `resource` is worth before node facts, None if not an accelerator."""
+        weights = self._weights
+        if resource in weights:
+            return weights[resource]
+        value = self._exact.get(resource)
+        if value is None:
+            value = next((v for k, v in self._globs if fnmatchcase(resource, k)), None)
+        if value is None and resource.startswith(DRA_EXTENDED_PREFIX):
+            device_class = self.device_classes.get(resource[len(DRA_EXTENDED_PREFIX):])
+            value = device_class.equivalents if device_class is not None else None
+        if len(weights) < 4096:
+            weights[resource] = value
+        return value
+
+    def names(self, resource: str) -> bool:
+        """Whether the table has a weight for this very resource (not through a glob)."""
+        return resource in self._exact
+
+    def product(self, name: str) -> Product | None:
+        if not name:
+            return None
+        return next((p for p in self.products if fnmatchcase(name, p.match)), None)
+
+    def mig_share(self, profile: str, node: NodeFacts) -> float:
+        """One MIG device of `profile` (`3g.40gb`) as a share of its GPU."""
+        found = _MIG_PROFILE.match(profile)
+        if found is None:
+            return 1.0
+        slices = int(found.group(1))
+        product = self.product(node.base_product)
+        total = product.mig_slices if product is not None and product.mig_slices else _slices_of(profile)
+        return min(slices / total, 1.0)
+
+    def memory_of(self, node: NodeFacts) -> int:
+        if node.memory_mib:
+            return node.memory_mib
+        product = self.product(node.base_product)
+        return product.memory_mib if product is not None else 0
+
+
+def _is_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
+_FEWER_SLICES = {
+    # Profiles of MIG GPUs with fewer than 7 slices; a profile two GPUs share counts as the one
+    # with fewer (the larger share: the bound a budget can trust).
+    "1g.6gb": 4, "2g.12gb": 4, "4g.24gb": 4,  # A30
+    "1g.24gb": 2, "2g.48gb": 4, "4g.96gb": 4,  # RTX PRO 6000 Blackwell (4); RTX PRO 5000 (2)
+    "1g.16gb": 2,  # RTX PRO 4500 Blackwell
+}
+
+
+def _slices_of(profile: str) -> int:
+    """Slices of the GPU a profile comes from, when the node does not say which product it is:
+    the profiles of GPUs with fewer slices are their own (`_FEWER_SLICES`); every other MIG GPU
+    (A100, H100, H200, B200, GB200) has 7."""
+    return _FEWER_SLICES.get(profile.split("+", 1)[0], 7)
+
+
+DEFAULT_EQUIVALENCE = Equivalence()
+
+
+def equivalence_of(overrides: Iterable[Any]) -> Equivalence:
+    """The built-in table with each `GPUEquivalence` (models, in name order) laid over it: later
+    names win for the same resource or DeviceClass; their products are tried before the built-in
+    ones (first match wins)."""
+    overrides = list(overrides)
+    if not overrides:
+        return DEFAULT_EQUIVALENCE
+    resources = dict(DEFAULT_RESOURCES)
+    classes = dict(DEFAULT_DEVICE_CLASSES)
+    products: list[Product] = []
+    replicas = DEFAULT_EQUIVALENCE.shared_replicas
+    for model in overrides:
+        spec = model.spec
+        resources.update(spec.resources)
+        classes.update(
+            (name, DeviceClassEquivalent(c.equivalents, c.mig, c.all_devices))
+            for name, c in spec.device_classes.items()
+        )
+        products = [
+            *(Product(p.match, p.mig_slices, p.memory_mib, dict(p.partitions)) for p in spec.products),
+            *products,
+        ]
+        if spec.shared_replicas is not None:
+            replicas = spec.shared_replicas
+    return Equivalence(
+        resources=resources,
+        products=(*products, *DEFAULT_PRODUCTS),
+        device_classes=classes,
+        shared_replicas=replicas,
+    )
+
+
+# -- counting ----------------------------------------------------------------------------------
+
+
+UNRESOLVED_CLAIM = "dra"
+"""The key a claim nobody here can resolve is counted under (1 GPU): every `resources` list counts it."""
+
+ClaimLookup = Callable[[str, str, str], Mapping[str, Any] | None]
+"""`(namespace, kind, name) -> the object's device claim spec ({requests: [...]})`; kind is
+`ResourceClaim` or `ResourceClaimTemplate`. None: not known."""
+
+
+@dataclass(frozen=True)
+class PodGPUs:
+    """A pod's GPU-equivalents, by what it asked them as (resource name or DeviceClass name)."""
+
+    per_pod: Mapping[str, float] = field(default_factory=dict)
+    """Held by this pod alone (every replica holds its own)."""
+    shared: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    """Named ResourceClaims the pod shares with others: claim name -> by key. Counted once per
+    workload, however many of its pods use the claim."""
+    unknown: Mapping[str, float] = field(default_factory=dict)
+    """Extended resources the table does not know, in units: only a `resources` list naming them
+    counts them (1 GPU a unit)."""
+    unresolved: float = 0.0
+    """Claims that could not be resolved, 1 GPU each: counted whatever `resources` says."""
+    notes: tuple[str, ...] = ()
+    """What had to be assumed (an unresolved claim, `allocationMode: All`), for a warning."""
+
+    def total(self, counts: Callable[[str], bool] | None = None, *, shared: bool = True) -> float:
+        """GPU-equivalents of the keys `counts` accepts (None: every accelerator)."""
+        total = self.unresolved
+        for key, value in self.per_pod.items():
+            if counts is None or counts(key):
+                total += value
+        if shared:
+            for by_key in self.shared.values():
+                for key, value in by_key.items():
+                    if counts is None or key == UNRESOLVED_CLAIM or counts(key):
+                        total += value
+        if counts is not None:
+            for key, value in self.unknown.items():
+                if counts(key):
+                    total += value
+        return total
+
+
+NO_GPUS = PodGPUs()
+
+
+def pod_gpus(
+    pod_spec: Mapping[str, Any],
+    annotations: Mapping[str, Any] | None = None,
+    *,
+    table: Equivalence = DEFAULT_EQUIVALENCE,
+    node: NodeFacts | None = None,
+    namespace: str = "",
+    claims: ClaimLookup | None = None,
+) -> PodGPUs:
+    """Every GPU a pod asks for, in GPU-equivalents (see the module docstring).
+
+    `node`: facts of the node it runs on (metering); None reads what the pod pins (admission).
+    """
+    names = _extended_resources(pod_spec)
+    fraction = annotations.get(KAI_FRACTION) or annotations.get(KAI_MEMORY) if annotations else None
+    dra = pod_spec.get("resourceClaims")
+    if not names and not fraction and not dra:
+        return NO_GPUS  # most pods: no accelerator at all
+    facts = node if node is not None else pinned_node(pod_spec)
+    per_pod: dict[str, float] = {}
+    unknown: dict[str, float] = {}
+    overhead = pod_spec.get("overhead") or {}
+    hami = names and any(name in names for name in HAMI_SHARES)
+    for name in names:
+        if name in HAMI_SHARES:
+            continue
+        weight = table.weight(name)
+        units = effective_request(pod_spec, name) + quantity(overhead.get(name))
+        if units <= 0:
+            continue
+        if weight is None:
+            unknown[name] = float(units)
+            continue
+        if name == "nvidia.com/gpu" and hami:
+            value = _hami(pod_spec, table, facts)
+        else:
+            value = units * _unit(name, weight, table, facts)
+        if value > 0:
+            per_pod[name] = per_pod.get(name, 0.0) + value
+    notes: list[str] = []
+    if fraction and annotations is not None:
+        share = _kai(annotations, table, facts)
+        if share > 0:
+            per_pod["nvidia.com/gpu"] = per_pod.get("nvidia.com/gpu", 0.0) + share
+    shared: dict[str, dict[str, float]] = {}
+    unresolved = 0.0
+    if dra:
+        unresolved = _claims(dra, namespace, table, claims, per_pod, shared, notes)
+    return PodGPUs(per_pod, shared, unknown, unresolved, tuple(notes))
+
+
+def _extended_resources(pod_spec: Mapping[str, Any]) -> list[str]:
+    """Names of the extended resources (`vendor/name`) any container or the overhead asks for."""
+    names: list[str] = []
+    for group in ("containers", "initContainers"):
+        for container in pod_spec.get(group) or ():
+            resources = container.get("resources") if isinstance(container, Mapping) else None
+            if not resources:
+                continue
+            for part in (resources.get("requests"), resources.get("limits")):
+                if part:
+                    for name in part:
+                        if "/" in name and name not in names:
+                            names.append(name)
+    overhead = pod_spec.get("overhead")
+    if overhead:
+        names.extend(n for n in overhead if "/" in n and n not in names)
+    return names
+
+
+def _unit(name: str, weight: float, table: Equivalence, node: NodeFacts) -> float:
+    """One unit of an accelerator resource, on `node`."""
+    if name.startswith("nvidia.com/mig-"):
+        if table.names(name):  # a weight set for this very profile replaces the share of slices
+            return weight
+        return weight * table.mig_share(name[len("nvidia.com/mig-"):], node)
+    if name == "nvidia.com/gpu":
+        profile = node.mig_profile
+        if profile:  # MIG single strategy: every nvidia.com/gpu on the node is one slice
+            return weight * table.mig_share(profile, node)
+        if node.replicas > 1:  # time-slicing or MPS without renaming: one replica of a GPU
+            return weight / node.replicas
+        return weight
+    if name == "nvidia.com/gpu.shared":
+        replicas = node.replicas or table.shared_replicas
+        return weight / max(replicas, 1)
+    if node.partition and name == "amd.com/gpu":
+        product = table.product(node.product)
+        split = product.partitions.get(node.partition, 1) if product is not None else 1
+        return weight / max(split, 1)
+    return weight
+
+
+def _hami(pod_spec: Mapping[str, Any], table: Equivalence, node: NodeFacts) -> float:
+    """HAMi vGPUs: per container, vGPUs x the larger of its core share and its memory share (a
+    memory size in MiB is a share of the GPU's memory; unknown memory: the whole GPU)."""
+    memory = table.memory_of(node)
+
+    def share(container: Mapping[str, Any]) -> float:
+        vgpus = container_request(container, "nvidia.com/gpu")
+        if vgpus <= 0:
+            return 0.0
+        cores = container_request(container, "nvidia.com/gpucores")
+        percent = container_request(container, "nvidia.com/gpumem-percentage")
+        mib = container_request(container, "nvidia.com/gpumem")
+        parts = [cores / 100.0 if cores else 0.0, percent / 100.0 if percent else 0.0]
+        if mib:
+            parts.append(min(mib / memory, 1.0) if memory else 1.0)
+        fraction = max(parts) if any(parts) else 1.0
+        return vgpus * min(fraction, 1.0)
+
+    return _effective(pod_spec, share)
+
+
+def _effective(pod_spec: Mapping[str, Any], value: Callable[[Mapping[str, Any]], float]) -> float:
+    """The scheduler's effective request rule (controller.engine.workloads.effective_request) for
+    a per-container value: app containers and sidecars add up; an init container runs alone."""
+    app = sum(value(c) for c in pod_spec.get("containers") or () if isinstance(c, Mapping))
+    sidecars = 0.0
+    peak = 0.0
+    for container in pod_spec.get("initContainers") or ():
+        if not isinstance(container, Mapping):
+            continue
+        running = value(container)
+        if container.get("restartPolicy") == "Always":
+            sidecars += running
+            running = sidecars
+        else:
+            running += sidecars
+        peak = max(peak, running)
+    return max(app + sidecars, peak)
+
+
+def _kai(annotations: Mapping[str, Any], table: Equivalence, node: NodeFacts) -> float:
+    """KAI Scheduler / Run:ai: `gpu-fraction` of `gpu-fraction-num-devices` GPUs, or `gpu-memory`
+    MiB of one GPU (its memory unknown: the whole GPU)."""
+    devices = _number(annotations.get(KAI_DEVICES)) or 1.0
+    fraction = _number(annotations.get(KAI_FRACTION))
+    if fraction:
+        return min(fraction, 1.0) * devices
+    mib = _number(annotations.get(KAI_MEMORY))
+    if not mib:
+        return 0.0
+    memory = table.memory_of(node)
+    return (min(mib / memory, 1.0) if memory else 1.0) * devices
+
+
+def _number(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return number if 0 < number < 1e6 else 0.0
+
+
+# -- Dynamic Resource Allocation -----------------------------------------------------------------
+
+
+def _claims(
+    entries: Any,
+    namespace: str,
+    table: Equivalence,
+    lookup: ClaimLookup | None,
+    per_pod: dict[str, float],
+    shared: dict[str, dict[str, float]],
+    notes: list[str],
+) -> float:
+    """Adds the pod's claims to `per_pod` (templates) and `shared` (named claims); returns how
+    many claims could not be resolved."""
+    unresolved = 0.0
+    for entry in entries if isinstance(entries, list) else ():
+        if not isinstance(entry, Mapping):
+            continue
+        # `source:` is the form before resource.k8s.io/v1beta1 (Kubernetes 1.31), still in examples.
+        source: Mapping[str, Any] = entry["source"] if isinstance(entry.get("source"), Mapping) else entry
+        template = source.get("resourceClaimTemplateName")
+        claim = source.get("resourceClaimName")
+        kind, name = ("ResourceClaimTemplate", template) if template else ("ResourceClaim", claim)
+        if not name:
+            continue
+        spec = lookup(namespace, kind, str(name)) if lookup is not None else None
+        if spec is None or not spec.get("requests"):  # unknown, or classic DRA (a resource class)
+            notes.append(f"{kind} {name} is not known here: counted as 1 GPU")
+            if template:
+                unresolved += 1.0
+            else:  # a claim its pods share: once for them all
+                shared[str(name)] = {UNRESOLVED_CLAIM: 1.0}
+            continue
+        counted = claim_gpus(spec, table, notes=notes, where=f"{kind} {name}")
+        if not counted:
+            continue
+        if template:
+            for key, value in counted.items():
+                per_pod[key] = per_pod.get(key, 0.0) + value
+        else:
+            shared[str(name)] = counted
+    return unresolved
+
+
+CLAIM_KINDS = ("ResourceClaim", "ResourceClaimTemplate")
+
+
+class ClaimIndex:
+    """The DRA ResourceClaims and ResourceClaimTemplates known, as a ClaimLookup: `check` fills it
+    from the documents of its input, the webhook's watch cache from the API server (in place, so
+    a claim created per pod never rebuilds the policy snapshot)."""
+
+    def __init__(self, objects: Iterable[Mapping[str, Any]] = ()) -> None:
+        self._devices: dict[tuple[str, str, str], Mapping[str, Any]] = {}
+        for obj in objects:
+            self.put(obj)
+
+    @staticmethod
+    def key_of(obj: Mapping[str, Any]) -> tuple[str, str, str] | None:
+        api_version = obj.get("apiVersion")
+        kind = obj.get("kind")
+        group = str(api_version or "resource.k8s.io/").partition("/")[0]
+        if kind not in CLAIM_KINDS or group != "resource.k8s.io":
+            return None
+        metadata = obj.get("metadata") or {}
+        name = metadata.get("name") if isinstance(metadata, Mapping) else None
+        return (str(metadata.get("namespace") or ""), str(kind), str(name)) if name else None
+
+    def put(self, obj: Mapping[str, Any]) -> None:
+        key = self.key_of(obj)
+        if key is None:
+            return
+        spec = obj.get("spec") or {}
+        if key[1] == "ResourceClaimTemplate":
+            spec = spec.get("spec") or {} if isinstance(spec, Mapping) else {}
+        devices = spec.get("devices") if isinstance(spec, Mapping) else None
+        self._devices[key] = devices if isinstance(devices, Mapping) else {}
+
+    def reset(self, kind: str, objects: Iterable[Mapping[str, Any]]) -> None:
+        """Replace every object of `kind` by `objects` (a relist). Readers see either set whole:
+        the new mapping is built aside and swapped in by one assignment."""
+        kept = {key: value for key, value in self._devices.items() if key[1] != kind}
+        fresh = ClaimIndex(objects)
+        self._devices = {**kept, **fresh._devices}
+
+    def remove(self, obj: Mapping[str, Any]) -> None:
+        key = self.key_of(obj)
+        if key is not None:
+            self._devices.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._devices)
+
+    def __call__(self, namespace: str, kind: str, name: str) -> Mapping[str, Any] | None:
+        found = self._devices.get((namespace, kind, name))
+        if found is None:  # a document without a namespace lands in the workload's own
+            found = self._devices.get(("", kind, name))
+        return found
+
+
+def claim_gpus(
+    devices: Mapping[str, Any],
+    table: Equivalence = DEFAULT_EQUIVALENCE,
+    *,
+    notes: list[str] | None = None,
+    where: str = "",
+) -> dict[str, float]:
+    """GPU-equivalents a claim's `devices` ({requests: [...]}) asks for, by DeviceClass name.
+
+    `exactly` (resource.k8s.io/v1) or the request itself (v1beta1) names the class; of
+    `firstAvailable` the first alternative counts (the one preferred; the others are what the
+    user accepts instead). Classes the table does not list are not accelerators (a NIC)."""
+    out: dict[str, float] = {}
+    for request in devices.get("requests") or ():
+        if not isinstance(request, Mapping):
+            continue
+        asked = request.get("exactly") or request
+        alternatives = request.get("firstAvailable")
+        if isinstance(alternatives, list) and alternatives and isinstance(alternatives[0], Mapping):
+            asked = alternatives[0]
+        class_name = str(asked.get("deviceClassName") or "")
+        device_class = table.device_classes.get(class_name)
+        if device_class is None:
+            continue
+        if asked.get("allocationMode") == "All":
+            count = device_class.all_devices
+            if notes is not None:
+                notes.append(
+                    f"{where} asks for all {class_name} devices: counted as {count} until allocated"
+                )
+        else:
+            count = quantity(asked.get("count", 1)) if asked.get("count") is not None else 1
+        value = count * device_equivalents(device_class, _selected_profile(asked), table)
+        if value > 0:
+            out[class_name] = out.get(class_name, 0.0) + value
+    return out
+
+
+def device_equivalents(
+    device_class: DeviceClassEquivalent, profile: str, table: Equivalence, node: NodeFacts = NO_NODE
+) -> float:
+    """One device of a class; a MIG device by its profile (unknown profile: the whole GPU)."""
+    if device_class.mig:
+        return table.mig_share(profile, node) * device_class.equivalents if profile else 1.0
+    return device_class.equivalents
+
+
+def _selected_profile(request: Mapping[str, Any]) -> str:
+    """A MIG profile literal a request's CEL selectors name (`... .profile == '1g.10gb'`)."""
+    for selector in request.get("selectors") or ():
+        cel = selector.get("cel") if isinstance(selector, Mapping) else None
+        expression = cel.get("expression") if isinstance(cel, Mapping) else None
+        found = _MIG_PROFILE.search(expression if isinstance(expression, str) else "")
+        if found:
+            return found.group(0)
+    return ""
+
+
+def allocated_gpus(
+    claim: Mapping[str, Any],
+    table: Equivalence = DEFAULT_EQUIVALENCE,
+    attributes: Callable[[str, str, str], Mapping[str, Any] | None] | None = None,
+) -> dict[str, float] | None:
+    """GPU-equivalents a ResourceClaim was allocated (None: not allocated yet).
+
+    Each allocated device counts by the class its request asked; a MIG device by the `profile`
+    attribute its ResourceSlice publishes (`attributes(driver, pool, device)`), else by the
+    profile the request's selector names."""
+    allocation = (claim.get("status") or {}).get("allocation")
+    if not allocation:
+        return None
+    requests: dict[str, Mapping[str, Any]] = {}
+    for request in ((claim.get("spec") or {}).get("devices") or {}).get("requests") or ():
+        if not isinstance(request, Mapping):
+            continue
+        requests[str(request.get("name"))] = request.get("exactly") or request
+        for alternative in request.get("firstAvailable") or ():
+            if isinstance(alternative, Mapping):
+                requests[f"{request.get('name')}/{alternative.get('name')}"] = alternative
+    out: dict[str, float] = {}
+    for result in (allocation.get("devices") or {}).get("results") or ():
+        asked = requests.get(str(result.get("request")))
+        if asked is None:
+            continue
+        class_name = str(asked.get("deviceClassName") or "")
+        device_class = table.device_classes.get(class_name)
+        if device_class is None:
+            continue
+        profile = ""
+        if device_class.mig and attributes is not None:
+            found = attributes(str(result.get("driver")), str(result.get("pool")), str(result.get("device")))
+            profile = _attribute(found, "profile")
+        value = device_equivalents(device_class, profile or _selected_profile(asked), table)
+        out[class_name] = out.get(class_name, 0.0) + value
+    return out
+
+
+def _attribute(attributes: Mapping[str, Any] | None, name: str) -> str:
+    """A device attribute's value: attributes are keyed by name, possibly domain-qualified, and
+    hold `{string|int|bool|version: value}`."""
+    if not attributes:
+        return ""
+    for key, value in attributes.items():
+        if key == name or key.endswith(f"/{name}"):
+            if isinstance(value, Mapping):
+                inner = next(iter(value.values()), "")
+                return str(inner)
+            return str(value)
+    return ""
+
+
+def resource_filter(resources: Iterable[str]) -> Callable[[str], bool] | None:
+    """Which keys a `resources` list counts: None for `*` (every accelerator the table knows);
+    otherwise names or globs of extended resources and DeviceClasses."""
+    names = tuple(resources)
+    if "*" in names:
+        return None
+    exact = frozenset(n for n in names if not _is_glob(n))
+    globs = tuple(n for n in names if _is_glob(n))
+    if not globs:
+        return exact.__contains__
+    return lambda key: key in exact or any(fnmatchcase(key, g) for g in globs)
