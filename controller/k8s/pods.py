@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 PODS = BUILTIN_RESOURCES["Pod"]
 NODES = ApiResource("", "v1", "nodes", "Node", namespaced=False)
+RESOURCE_CLAIMS = ApiResource("resource.k8s.io", "v1", "resourceclaims", "ResourceClaim")
+RESOURCE_SLICES = ApiResource("resource.k8s.io", "v1", "resourceslices", "ResourceSlice", namespaced=False)
+GPU_EQUIVALENCES = ApiResource(
+    constants.GROUP, constants.VERSION, "gpuequivalences", "GPUEquivalence", namespaced=False
+)
 
 
 @dataclass(frozen=True)
@@ -228,6 +233,33 @@ def pods_with_finalizer(api: Workloads) -> Iterable[dict[str, Any]]:
     for pod in api.iter_objects(PODS):
         if constants.METERING_FINALIZER in ((pod.get("metadata") or {}).get("finalizers") or ()):
             yield pod
+
+
+def node_labels(api: Workloads, keys: Iterable[str]) -> dict[str, dict[str, str]]:
+    """Node name -> those of its labels named in `keys` (what metering reads of nodes)."""
+    keys = frozenset(keys)
+    return {
+        node["metadata"]["name"]: {
+            k: v for k, v in ((node.get("metadata") or {}).get("labels") or {}).items() if k in keys
+        }
+        for node in api.iter_objects(NODES)
+    }
+
+
+def allocated_claims(api: Workloads) -> list[dict[str, Any]]:
+    """Every ResourceClaim the scheduler allocated (unallocated ones count nothing yet)."""
+    return [c for c in api.iter_objects(RESOURCE_CLAIMS) if (c.get("status") or {}).get("allocation")]
+
+
+def device_attributes(api: Workloads) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """(driver, pool, device) -> the device's attributes, from every ResourceSlice."""
+    found: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for slice_ in api.iter_objects(RESOURCE_SLICES):
+        spec = slice_.get("spec") or {}
+        driver, pool = str(spec.get("driver", "")), str((spec.get("pool") or {}).get("name", ""))
+        for device in spec.get("devices") or ():
+            found[(driver, pool, str(device.get("name", "")))] = dict(device.get("attributes") or {})
+    return found
 
 
 def node_instance_types(api: Workloads, keys: Iterable[str]) -> dict[str, str]:

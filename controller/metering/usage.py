@@ -4,12 +4,15 @@ Pure: no client, no clock (`now` is passed in). The kopf side (`accounting.py`) 
 records from its index and persists what it returns.
 
 What a pod consumes
-    GPUs x the time it holds them on a node: from its first container start (init containers
-    included) until it terminates: the latest container `finishedAt` of a Succeeded/Failed pod,
-    or of a deleted pod whose containers all terminated; for a deleted pod whose containers the
-    kubelet never reported terminated (node lost, kwok), its `deletionTimestamp` once that has
-    passed (the kubelet kills at the end of the grace period). Pending pods consume nothing.
-    GPUs are the scheduler's effective request (`pod_gpus`).
+    GPU-equivalents x the time it holds them on a node: from when it was bound to the node (its
+    `PodScheduled` condition; the scheduler allocates a DRA claim just before) until it
+    terminates: the latest container `finishedAt` of a Succeeded/Failed pod, or of a deleted pod
+    whose containers all terminated; for a deleted pod whose containers the kubelet never reported
+    terminated (node lost, kwok), its `deletionTimestamp` once that has passed (the kubelet kills
+    at the end of the grace period). A GPU is held while images pull, so a bound pod still
+    Pending consumes; an unscheduled one does not. GPU-equivalents are the engine's
+    (controller.engine.accelerators): a MIG slice, a shared or fractional GPU, a DRA device each
+    count as the share of a GPU they are, on the node the pod runs on.
 
 Where the ledger lives, and why
     One ledger per GPUBudget, in a ConfigMap `comptroller-ledger-<budget>` in Comptroller's own
@@ -47,14 +50,25 @@ Pods that end while the operator is down
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from controller import constants
+from controller.engine.accelerators import (
+    DEFAULT_EQUIVALENCE,
+    KAI_DEVICES,
+    KAI_FRACTION,
+    KAI_MEMORY,
+    UNRESOLVED_CLAIM,
+    Equivalence,
+    NodeFacts,
+    pod_gpus,
+    resource_filter,
+)
 from controller.engine.timestamps import parse_time
-from controller.engine.workloads import effective_request, quantity
 
 SECONDS_PER_HOUR = 3600.0
 HISTORY_LENGTH = 12
@@ -72,42 +86,104 @@ def format_time(value: datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-# -- GPUs, as the scheduler counts them ------------------------------------------------------------
+# -- GPUs, in GPU-equivalents ---------------------------------------------------------------------
 
 
-def pod_devices(spec: Mapping[str, Any], resources: Iterable[str]) -> dict[str, int]:
-    """Per resource, the scheduler's effective request (the engine's KEP-753 rules) plus the pod
-    overhead, which the scheduler adds too. Resources the pod does not request are left out."""
-    overhead = spec.get("overhead") or {}
-    devices = {}
-    for resource in resources:
-        count = effective_request(spec, resource) + quantity(overhead.get(resource))
-        if count > 0:
-            devices[resource] = count
-    return devices
+def _asks(pod: Mapping[str, Any]) -> str:
+    """What the GPU-equivalents of a pod depend on besides its node and claims, as compact JSON:
+    the resources of its containers, its overhead, its claims and its pins and fraction
+    annotations. Kept in the record so a tick can count again once the node is known."""
+    spec = pod.get("spec") or {}
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+
+    def containers(group: str) -> list[dict[str, Any]]:
+        return [
+            {"resources": c.get("resources") or {}, "restartPolicy": c.get("restartPolicy")}
+            for c in spec.get(group) or ()
+            if isinstance(c, Mapping)
+        ]
+
+    trimmed = {
+        "spec": {
+            "containers": containers("containers"),
+            "initContainers": containers("initContainers"),
+            "overhead": spec.get("overhead") or {},
+            "resourceClaims": spec.get("resourceClaims") or [],
+            "nodeSelector": spec.get("nodeSelector") or {},
+            "affinity": spec.get("affinity") or {},
+        },
+        "annotations": {k: v for k, v in annotations.items() if k in FRACTION_ANNOTATIONS},
+    }
+    return json.dumps(trimmed, sort_keys=True, separators=(",", ":"))
 
 
-ACCELERATOR_PREFIXES = ("nvidia.com/", "amd.com/", "gpu.intel.com/", "habana.ai/", "aws.amazon.com/neuron")
-"""Extended resources recorded for every GPU pod whatever `--gpu-resource` says, so a budget that
-counts one of them (`spec.resources: [amd.com/gpu]`) is charged without restarting the operator."""
+FRACTION_ANNOTATIONS = (KAI_FRACTION, KAI_MEMORY, KAI_DEVICES)
 
 
-def accelerator_resources(spec: Mapping[str, Any]) -> set[str]:
-    """The accelerator resources a pod's containers, init containers and overhead name."""
-    names: set[str] = set()
-    lists = [spec.get("overhead") or ()]
-    for containers in ("containers", "initContainers"):
-        for container in spec.get(containers) or ():
-            resources = (container.get("resources") if isinstance(container, Mapping) else None) or {}
-            lists += [resources.get("requests") or (), resources.get("limits") or ()]
-    for names_of in lists:
-        names.update(n for n in names_of if isinstance(n, str) and n.startswith(ACCELERATOR_PREFIXES))
-    return names
+def claim_names(pod: Mapping[str, Any]) -> tuple[str, ...]:
+    """The ResourceClaim each of a pod's `resourceClaims` entries is, in order: a named one, or the
+    one generated from its template (in the pod's status once the controller-manager made it; ""
+    until then)."""
+    spec = pod.get("spec") or {}
+    status = pod.get("status") or {}
+    generated = {
+        s.get("name"): s.get("resourceClaimName")
+        for s in status.get("resourceClaimStatuses") or ()
+        if isinstance(s, Mapping)
+    }
+    names = []
+    for entry in spec.get("resourceClaims") or ():
+        if isinstance(entry, Mapping):
+            names.append(str(entry.get("resourceClaimName") or generated.get(entry.get("name")) or ""))
+    return tuple(names)
 
 
-def pod_gpus(spec: Mapping[str, Any], resources: Iterable[str] = constants.DEFAULT_GPU_RESOURCES) -> int:
-    """GPUs one pod holds, summed over the resources counted as GPUs."""
-    return sum(pod_devices(spec, resources).values())
+@dataclass(frozen=True)
+class Counting:
+    """What a tick counts GPU-equivalents with: the table, what it knows of nodes and claims."""
+
+    table: Equivalence = DEFAULT_EQUIVALENCE
+    nodes: Mapping[str, NodeFacts] = field(default_factory=dict)
+    """Node name -> the facts its labels give."""
+    claims: Mapping[tuple[str, str], Mapping[str, float]] = field(default_factory=dict)
+    """(namespace, claim name) -> GPU-equivalents allocated, of claims the scheduler allocated;
+    a claim several pods share is divided among the pods it is reserved for."""
+
+
+def count_gpus(asks: str, *, namespace: str, node: NodeFacts | None, counting: Counting,
+               claims: Iterable[str] = ()) -> dict[str, float]:
+    """GPU-equivalents by resource (or DeviceClass) of a pod, from its `_asks`, on `node`.
+
+    DRA: claims the scheduler allocated count what they were allocated; the others what their
+    requests ask (a template known to nobody here counts 1 GPU, as at admission)."""
+    data = json.loads(asks)
+    spec = data["spec"]
+    names = tuple(claims)
+    allocated = {name: counting.claims.get((namespace, name)) for name in names if name}
+    if any(v is not None for v in allocated.values()):
+        # Claims with an allocation are counted from it; the rest as asked (entries and names
+        # are in the same order: `claim_names`).
+        entries = spec.get("resourceClaims") or []
+        asked = [e for e, name in zip(entries, names, strict=False) if allocated.get(name) is None]
+        spec = {**spec, "resourceClaims": asked + entries[len(names):]}
+    found = pod_gpus(spec, data.get("annotations"), table=counting.table, node=node, namespace=namespace)
+    by_key = dict(found.per_pod)
+    for shared in found.shared.values():
+        for key, value in shared.items():
+            by_key[key] = by_key.get(key, 0.0) + value
+    if found.unresolved:
+        by_key[UNRESOLVED_CLAIM] = by_key.get(UNRESOLVED_CLAIM, 0.0) + found.unresolved
+    for value in allocated.values():
+        for key, amount in (value or {}).items():
+            by_key[key] = by_key.get(key, 0.0) + amount
+    for key, units in found.unknown.items():  # counted only by a `resources` list naming them
+        by_key[UNKNOWN_PREFIX + key] = units
+    return by_key
+
+
+UNKNOWN_PREFIX = "?"
+"""Marks, in a record's `devices`, an extended resource the table does not know: `*` does not
+count it, a `resources` list naming it does (1 GPU a unit), as at admission."""
 
 
 # -- pods ---------------------------------------------------------------------------------------
@@ -122,11 +198,11 @@ class PodRecord:
     namespace: str
     name: str
     labels: Mapping[str, str]
-    gpus: int
-    """GPUs held, over the resources the operator counts (`--gpu-resource`); `devices` also holds
-    the other accelerator resources the pod asks for, for budgets that name them."""
+    gpus: float
+    """GPU-equivalents held, over the resources the operator counts (`--gpu-resource`); `devices`
+    holds them by resource (or DeviceClass), for budgets that count only some."""
     started: datetime | None
-    """When it began to run on its node (first container start); None while Pending."""
+    """When it was bound to its node (PodScheduled); None while unscheduled."""
     finished: datetime | None = None
     """When its containers all terminated, if they did."""
     deleted: datetime | None = None
@@ -138,14 +214,19 @@ class PodRecord:
     """`Kind/name` of its controller (ReplicaSets reported as their Deployment), else `Pod/name`."""
     finalizer: bool = False
     """It carries our metering finalizer."""
-    devices: Mapping[str, int] | None = None
-    """GPUs per resource, for budgets that count only some of them (None: unknown, all `gpus`)."""
+    devices: Mapping[str, float] | None = None
+    """GPU-equivalents per resource or DeviceClass (None: unknown, all `gpus`)."""
+    asks: str = ""
+    """What its GPU-equivalents depend on (`_asks`), to count them again once its node or claims
+    are known."""
+    claims: tuple[str, ...] = ()
+    """Its DRA ResourceClaims."""
 
-    def gpus_of(self, resources: Iterable[str] | None) -> int:
-        """GPUs held of `resources` (None: every resource the operator counts)."""
+    def gpus_of(self, resources: Iterable[str] | None) -> float:
+        """GPU-equivalents held of `resources` (None: every resource the operator counts)."""
         if resources is None or self.devices is None:
             return self.gpus
-        return sum(self.devices.get(resource, 0) for resource in resources)
+        return _gpus_of(self.devices, tuple(resources))
 
     def end(self, now: datetime) -> datetime | None:
         """When it stopped consuming, as far as known at `now` (None: still running)."""
@@ -232,27 +313,61 @@ def _container_times(status: Mapping[str, Any]) -> tuple[list[datetime], list[da
     return starts, finishes, all_terminated
 
 
+def pod_gpu_total(devices: Mapping[str, float], resources: Iterable[str]) -> float:
+    """GPU-equivalents of `devices` that `resources` counts."""
+    return _gpus_of(devices, tuple(resources))
+
+
+def _gpus_of(devices: Mapping[str, float], resources: tuple[str, ...]) -> float:
+    counts = resource_filter(resources)
+    total = 0.0
+    for key, value in devices.items():
+        if key.startswith(UNKNOWN_PREFIX):
+            if counts is not None and counts(key[len(UNKNOWN_PREFIX):]):
+                total += value
+        elif key == UNRESOLVED_CLAIM or counts is None or counts(key):  # every budget counts it
+            total += value
+    return total
+
+
+def _scheduled(status: Mapping[str, Any]) -> datetime | None:
+    for condition in status.get("conditions") or ():
+        if isinstance(condition, Mapping) and condition.get("type") == "PodScheduled":
+            if condition.get("status") == "True":
+                return parse_time(condition.get("lastTransitionTime"))
+            return None
+    return None
+
+
 def pod_record(
     pod: Mapping[str, Any],
     *,
     gpu_resources: Iterable[str] = constants.DEFAULT_GPU_RESOURCES,
     instance_type_keys: Sequence[str] = (),
+    counting: Counting | None = None,
 ) -> PodRecord | None:
-    """The metering view of a pod object, or None when it requests no GPUs."""
+    """The metering view of a pod object, or None when it asks for no GPU in any form."""
     spec = pod.get("spec") or {}
-    counted = tuple(gpu_resources)
-    devices = pod_devices(spec, {*counted, *accelerator_resources(spec)})
-    if not devices:
-        return None
     metadata = pod.get("metadata") or {}
+    counting = counting or Counting()
+    namespace = str(metadata.get("namespace", ""))
+    found = pod_gpus(spec, metadata.get("annotations"), table=counting.table, namespace=namespace)
+    if not found.per_pod and not found.shared and not found.unresolved and not found.unknown:
+        return None
+    asks = _asks(pod)
+    claims = claim_names(pod)
+    node_name = str(spec.get("nodeName") or "")
+    devices = count_gpus(
+        asks, namespace=namespace, node=counting.nodes.get(node_name), counting=counting, claims=claims
+    )
     status = pod.get("status") or {}
     phase = status.get("phase") or "Pending"
     starts, finishes, all_terminated = _container_times(status)
 
-    started: datetime | None = None
-    if phase != "Pending":
-        # kubelet's startTime is when it accepted the pod (before image pulls): only a fallback
-        # when no container reports a start, e.g. a status rewritten without running states.
+    # Bound to a node: it holds its GPUs from then on, pulling images included. A pod that ran
+    # without the condition (a status rewritten by hand) falls back to its first container start.
+    started = _scheduled(status) if node_name else None
+    if started is None and phase != "Pending":
         started = min(starts) if starts else parse_time(status.get("startTime"))
 
     finished: datetime | None = None
@@ -273,7 +388,7 @@ def pod_record(
         namespace=str(metadata.get("namespace", "")),
         name=str(metadata.get("name", "")),
         labels=dict(metadata.get("labels") or {}),
-        gpus=sum(devices.get(resource, 0) for resource in counted),
+        gpus=_gpus_of(devices, tuple(gpu_resources)),
         started=started,
         finished=finished,
         deleted=parse_time(metadata.get("deletionTimestamp")),
@@ -282,6 +397,8 @@ def pod_record(
         workload=_workload(metadata),
         finalizer=constants.METERING_FINALIZER in (metadata.get("finalizers") or ()),
         devices=devices,
+        asks=asks,
+        claims=claims,
     )
 
 

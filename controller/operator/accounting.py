@@ -27,6 +27,15 @@ from typing import Any, TypeVar
 import kopf
 
 from controller import constants
+from controller.engine.accelerators import (
+    DEFAULT_EQUIVALENCE,
+    NODE_LABELS,
+    Equivalence,
+    NodeFacts,
+    allocated_gpus,
+    equivalence_of,
+)
+from controller.engine.loading import compile_object
 from controller.k8s import ledgers as ledger_store
 from controller.k8s import pods as pod_api
 from controller.k8s import workloads as workloads_api
@@ -34,9 +43,12 @@ from controller.k8s.pods import PodWatch
 from controller.k8s.workloads import ApiError, Conflict, Workloads
 from controller.metering.budgets import Budget, advance, project_status, threshold_message
 from controller.metering.usage import (
+    Counting,
     Ledger,
     PodRecord,
+    count_gpus,
     needs_finalizer,
+    pod_gpu_total,
     pod_record,
     releasable,
 )
@@ -68,7 +80,16 @@ class MeteringState:
     budgets: dict[str, Budget] = field(default_factory=dict)
     """Budgets whose daemon runs (their latest spec)."""
     node_types: dict[str, str] = field(default_factory=dict)
+    node_facts: dict[str, NodeFacts] = field(default_factory=dict)
+    """Node name -> what its labels say about its GPUs (MIG strategy, product, replicas)."""
     node_types_at: float = float("-inf")
+    table: Equivalence = DEFAULT_EQUIVALENCE
+    """The GPU-equivalents table: built-in, with the cluster's GPUEquivalences over it."""
+    claims: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+    """(namespace, name) -> GPU-equivalents allocated to a ResourceClaim, per pod it is reserved
+    for; kept after the claim is gone while a pod still needs it (its final charge)."""
+    claims_at: float = float("-inf")
+    recounts: dict[tuple[Any, ...], tuple[dict[str, float], float]] = field(default_factory=dict)
     last_sweep: float = float("-inf")
     sweep_task: asyncio.Task | None = None
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
@@ -110,15 +131,79 @@ def visible_pods(state: MeteringState) -> list[PodRecord]:
 
 
 async def refresh_node_types(state: MeteringState) -> None:
+    """Nodes (instance types and GPU facts) and the GPU-equivalents table, at most once a minute."""
     if time.monotonic() - state.node_types_at < NODE_TYPES_TTL:
         return
     state.node_types_at = time.monotonic()
+    keys = state.config.metering.instance_type_keys
     try:
-        state.node_types = await state.call(
-            pod_api.node_instance_types, state.api, state.config.metering.instance_type_keys
-        )
+        labels = await state.call(pod_api.node_labels, state.api, (*keys, *NODE_LABELS))
     except ApiError as error:
-        log.warning("could not list nodes for instance types: %s", error)
+        log.warning("could not list nodes for instance types and GPU facts: %s", error)
+    else:
+        state.node_types = {
+            name: next(values[k] for k in keys if values.get(k))
+            for name, values in labels.items()
+            if any(values.get(k) for k in keys)
+        }
+        state.node_facts = {name: NodeFacts.of(values) for name, values in labels.items()}
+    try:
+        overrides = await state.call(state.api.list_objects, pod_api.GPU_EQUIVALENCES)
+    except ApiError as error:  # the CRD not installed yet: the built-in table
+        log.debug("could not list GPUEquivalences: %s", error)
+        return
+    models = []
+    for obj in overrides:
+        try:
+            models.append(compile_object("GPUEquivalence", obj))
+        except ValueError as error:
+            log.error("GPUEquivalence %s is left out of metering: %s", obj["metadata"].get("name"), error)
+    state.table = equivalence_of(sorted(models, key=lambda m: m.name))
+
+
+async def refresh_claims(state: MeteringState, pods: Sequence[PodRecord]) -> None:
+    """Allocated DRA claims (when some pod has claims), at most once per metering interval."""
+    if not any(name for p in pods for name in p.claims):
+        return
+    if time.monotonic() - state.claims_at < max(state.config.metering.interval / 2, 1.0):
+        return
+    state.claims_at = time.monotonic()
+    try:
+        claims = await state.call(pod_api.allocated_claims, state.api)
+        mig = any(c.mig for c in state.table.device_classes.values())
+        attributes = await state.call(pod_api.device_attributes, state.api) if mig and claims else {}
+    except ApiError as error:
+        log.warning("could not list DRA ResourceClaims: %s", error)
+        return
+    state.claims = merged_claims(state.claims, claims, pods, table=state.table, attributes=attributes)
+
+
+def merged_claims(
+    known: dict[tuple[str, str], dict[str, float]],
+    claims: Iterable[dict[str, Any]],
+    pods: Iterable[PodRecord],
+    *,
+    table: Equivalence,
+    attributes: dict[tuple[str, str, str], dict[str, Any]],
+) -> dict[tuple[str, str], dict[str, float]]:
+    """What each allocated claim is worth per pod it is reserved for, merged with what was known:
+    a claim the controller-manager deleted when its pod ended stays known while a visible pod
+    names it, so the pod's final charge does not fall to what its requests alone say."""
+    out: dict[tuple[str, str], dict[str, float]] = {}
+    for claim in claims:
+        metadata = claim.get("metadata") or {}
+        value = allocated_gpus(claim, table, lambda *key: attributes.get(key))
+        if value is None:
+            continue
+        sharers = max(len((claim.get("status") or {}).get("reservedFor") or ()), 1)
+        out[(str(metadata.get("namespace", "")), str(metadata.get("name", "")))] = {
+            k: v / sharers for k, v in value.items()
+        }
+    named = {(p.namespace, c) for p in pods for c in p.claims if c}
+    for key, value in known.items():
+        if key not in out and key in named:
+            out[key] = value
+    return out
 
 
 def with_instance_types(pods: Iterable[PodRecord], node_types: dict[str, str]) -> list[PodRecord]:
@@ -126,6 +211,33 @@ def with_instance_types(pods: Iterable[PodRecord], node_types: dict[str, str]) -
         replace(p, instance_type=node_types[p.node]) if not p.instance_type and p.node in node_types else p
         for p in pods
     ]
+
+
+def counted(state: MeteringState, pods: Iterable[PodRecord]) -> list[PodRecord]:
+    """The pods with their instance types resolved from their nodes, and their GPU-equivalents
+    counted again on their nodes (a MIG slice or a shared GPU is only known there) and from their
+    allocated claims. Memoized: a pod is recounted only when something it depends on changed."""
+    counting = Counting(table=state.table, nodes=state.node_facts, claims=state.claims)
+    resources = state.config.metering.gpu_resources
+    out = []
+    if len(state.recounts) > 100_000:
+        state.recounts.clear()
+    for pod in with_instance_types(pods, state.node_types):
+        facts = state.node_facts.get(pod.node)
+        if not pod.asks or (facts is None and not pod.claims):
+            out.append(pod)
+            continue
+        key = (
+            pod.uid, pod.asks, facts, id(state.table),
+            tuple(tuple(sorted((state.claims.get((pod.namespace, c)) or {}).items())) for c in pod.claims),
+        )
+        found = state.recounts.get(key)
+        if found is None:
+            devices = count_gpus(pod.asks, namespace=pod.namespace, node=facts, counting=counting,
+                                 claims=pod.claims)
+            found = state.recounts[key] = (devices, pod_gpu_total(devices, resources))
+        out.append(replace(pod, devices=found[0], gpus=found[1]))
+    return out
 
 
 async def load(state: MeteringState, budget: Budget) -> tuple[Ledger | None, str | None]:
@@ -153,11 +265,11 @@ async def tick(state: MeteringState, body: Any, *, logger: logging.Logger | None
         state.ledgers[budget.name] = await load(state, budget)  # type: ignore[assignment]
     previous, resource_version = state.ledgers[budget.name]
 
-    if any(key != "default" for key in budget.prices):
-        await refresh_node_types(state)
+    await refresh_node_types(state)
     now = state.clock()
     pods = [p for p in visible_pods(state) if budget.selector.matches(p.labels)]
-    pods = with_instance_types(pods, state.node_types)
+    await refresh_claims(state, pods)
+    pods = counted(state, pods)
     ledger, announce = advance(budget, previous, pods, now=now)
     try:
         resource_version = await state.call(
@@ -217,14 +329,21 @@ def plan_finalizers(
     now: datetime,
     protect: bool,
 ) -> FinalizerPlan:
-    """Which pods get the metering finalizer and which are released from it (pure)."""
+    """Which pods get the metering finalizer and which are released from it (pure).
+
+    A pod no budget draws on any more (its budget deleted, or relabelled out of every selector)
+    is released even while it runs: no ledger waits for its end, and a finalizer nothing would
+    ever release again makes its deletion hang."""
     add: list[PodRecord] = []
     release: list[PodRecord] = []
     for pod in pods:
-        matching = [b for b in budgets if b.selector.matches(pod.labels)]
+        # A budget draws on a pod its selector matches and whose resources it counts.
+        matching = [b for b in budgets if b.selector.matches(pod.labels) and pod.gpus_of(b.resources) > 0]
         if protect and needs_finalizer(pod, matched=bool(matching), now=now):
             add.append(pod)
-        elif pod.finalizer and releasable(pod, [committed(b.name) for b in matching], now=now):
+        elif pod.finalizer and (
+            not matching or releasable(pod, [committed(b.name) for b in matching], now=now)
+        ):
             release.append(pod)
     return FinalizerPlan(tuple(add), tuple(release))
 

@@ -57,7 +57,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metering-interval", type=float, default=30.0, metavar="SECONDS",
                         help="seconds between metering ticks (default: %(default)s)")
     parser.add_argument("--gpu-resource", action="append", metavar="NAME",
-                        help="extended resource counted as GPUs (repeatable; default: nvidia.com/gpu)")
+                        help="what a budget without `resources` counts as GPUs: resource names, globs or "
+                        "DRA DeviceClasses (repeatable; default: *, every accelerator)")
     parser.add_argument("--no-metering-finalizer", action="store_true",
                         help="do not protect running GPU pods with the metering finalizer")
     parser.add_argument("--release-finalizers", action="store_true",

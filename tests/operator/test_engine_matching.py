@@ -79,15 +79,21 @@ def test_idle_selects_with_the_policys_own_resources():
     assert not rule.matches(gpu_job("nvidia.com/mig-1g.10gb", labels={"team": "vision"}))
 
 
+def record_missing():
+    raise AssertionError("an AMD GPU pod has no metering record")
+
+
 def test_metering_charges_a_budget_for_the_resources_it_names():
-    """The operator counts `--gpu-resource` (nvidia.com/gpu) as GPUs, but records every
-    accelerator a pod asks for, so a budget naming amd.com/gpu is charged for it."""
+    """An operator told to count only nvidia.com/gpu (`--gpu-resource`) still records every
+    accelerator a pod asks for, so a budget naming amd.com/gpu is charged for it; by default
+    every accelerator counts."""
     pod = {
         "metadata": {"uid": "u", "namespace": "ml", "name": "p", "labels": {"team": "nlp"}},
         "spec": {"containers": [{"name": "c", "resources": {"limits": {"amd.com/gpu": "2"}}}]},
         "status": {"phase": "Running", "containerStatuses": [{"state": {"running": {"startedAt": PAST}}}]},
     }
-    record = pod_record(pod)
+    assert (pod_record(pod) or record_missing()).gpus == 2
+    record = pod_record(pod, gpu_resources=("nvidia.com/gpu",))
     assert record is not None and record.gpus == 0
     budget = Budget.from_object(
         {
@@ -113,7 +119,8 @@ def test_matching_policies_answers_like_evaluate():
     )
     snapshot = Snapshot(policies=(labels_everywhere, amd_gpu_only, vision))
     found = matching_policies(gpu_job("amd.com/gpu"), snapshot=snapshot, now=NOW)
-    assert [(m.policy.name, m.gpus) for m in found] == [("labels", 0), ("amd", 1)]
+    # Every accelerator counts by default: the AMD GPU is a GPU to the labels policy too.
+    assert [(m.policy.name, m.gpus) for m in found] == [("labels", 1), ("amd", 1)]
     assert (
         matching_policies(
             gpu_job("amd.com/gpu"),

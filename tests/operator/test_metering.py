@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from controller import constants
+from controller.engine.accelerators import pod_gpus, resource_filter
 from controller.metering.usage import (
     Entry,
     Ledger,
@@ -16,7 +17,6 @@ from controller.metering.usage import (
     needs_finalizer,
     new_ledger,
     parse_time,
-    pod_gpus,
     pod_record,
     releasable,
     roll_over,
@@ -53,12 +53,13 @@ def gpu(n: int | str, *, limits: bool = False) -> dict:
     ],
 )
 def test_pod_gpus_counts_like_the_scheduler(spec, expected):
-    assert pod_gpus(spec) == expected
+    assert pod_gpus(spec).total(resource_filter(["nvidia.com/gpu"])) == expected
 
 
 def test_pod_gpus_sums_every_configured_resource():
     spec = {"containers": [{"resources": {"limits": {"nvidia.com/gpu": "2", "amd.com/gpu": "1"}}}]}
-    assert pod_gpus(spec, ["nvidia.com/gpu", "amd.com/gpu"]) == 3
+    assert pod_gpus(spec).total(resource_filter(["nvidia.com/gpu", "amd.com/gpu"])) == 3
+    assert pod_gpus(spec).total() == 3  # `*`: every accelerator
 
 
 def pod(

@@ -31,7 +31,15 @@ class FakeApi:
         self.statuses: dict[str, dict] = {}
         self.events: list[dict] = []
         self.patches: list[tuple[str, str, dict]] = []
+        self.listed: dict[str, list[dict]] = {}
         self.rv = 0
+
+    def iter_objects(self, resource, **_):
+        """Nodes, ResourceClaims, GPUEquivalences: none unless a test adds them."""
+        return iter(copy.deepcopy(self.listed.get(resource.kind, [])))
+
+    def list_objects(self, resource, **kwargs):
+        return list(self.iter_objects(resource, **kwargs))
 
     def get(self, resource, namespace, name):
         obj = self.configmaps.get(name)
@@ -206,6 +214,9 @@ NOW = T0 + timedelta(hours=1)
         (pod("a", 1, T0, until=NOW, finalizer=True), ["nlp"], {}, True, False, False),  # not committed yet
         (pod("a", 1, T0, until=NOW, finalizer=True), ["cv"], {}, True, False, True),  # nobody meters it
         (pod("a", 1, T0, finalizer=True), ["nlp"], {"team-nlp": closed("a")}, True, False, False),  # running
+        # Running, but its budget is gone (or it was relabelled out): nothing would ever release it.
+        (pod("a", 1, T0, finalizer=True), ["cv"], {}, True, False, True),
+        (pod("a", 1, T0, finalizer=True), [], {}, True, False, True),
     ],
 )
 def test_plan_finalizers(record, teams, ledgers, protect, add, release):
