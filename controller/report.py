@@ -5,6 +5,15 @@ Budgets come from the GPUBudgets' status (the operator's metering: exact, includ
 gone). The team, cost-center and workload breakdowns are computed from the GPU pods still in
 the cluster (running, or finished and not yet deleted) over the current calendar period, priced
 with the first budget that covers each pod; deleted pods are only in the budget totals.
+
+`--by workload` ranks whole runs instead (not clipped to a period): a finished Job, JobSet,
+Kubeflow job, RayJob or bare Pod by the `finops.comptroller.dev/gpu-hours` and `.../cost`
+annotations the operator wrote on it (controller/operator/runs.py), so it still counts once its
+pods are deleted; a running one by the larger of its annotations and its pods in the cluster;
+other workloads (Deployments, ...) by their pods. Each row says which source its numbers come
+from. A pod's run is found as the operator finds it, by walking `ownerReferences` up through the
+listed workloads (JobSet pods count for the JobSet, RayJob pods for the RayJob, a CronJob's Jobs
+each for themselves).
 """
 
 from __future__ import annotations
@@ -18,12 +27,18 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from controller.metering.budgets import PERIODS, Budget, period_bounds
+from controller import constants
+from controller.engine.budgets import period_bounds
+from controller.metering.budgets import PERIODS, Budget
 from controller.metering.usage import PodRecord, format_time, pod_record, price_for
 
 NONE = "(none)"
 CSV_FIELDS = ("scope", "name", "team", "cost_center", "gpu_hours", "estimated_cost", "running_gpus",
               "pods", "budget_gpu_hours", "budget_used_percent", "state")
+WORKLOAD_CSV_FIELDS = ("namespace", "workload", "team", "cost_center", "gpu_hours", "estimated_cost",
+                       "running_gpus", "pods", "state", "source")
+OWNER_KINDS = (("ray.io", "RayCluster"),)
+"""Kinds listed only to walk through from a pod to its run (a RayJob's pods are its RayCluster's)."""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +51,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cost-center-label", default="cost_center", metavar="KEY")
     parser.add_argument("--gpu-resource", action="append", metavar="NAME",
                         help="extended resource counted as GPUs (repeatable; default: nvidia.com/gpu)")
+    parser.add_argument("--by", choices=["all", "workload"], default="all",
+                        help="all: budgets, teams, cost centers and top workloads this period (default); "
+                        "workload: the top spending runs over their whole life, finished ones included "
+                        "from the cost annotations the operator writes on them")
 
 
 # -- building (pure) -------------------------------------------------------------------------------
@@ -117,7 +136,7 @@ def build_report(
             continue
     start, end = period_bounds(period, now)
 
-    pod_rows = []
+    pod_rows: list[dict[str, Any]] = []
     for pod in pods:
         hours = pod.gpu_hours(start, end, now=now)
         running = pod.gpus if pod.running(now) else 0
@@ -159,6 +178,161 @@ def build_report(
             "gpuHours": round(sum(r["gpuHours"] for r in pod_rows), 3),
             "estimatedCost": round(sum(r["estimatedCost"] for r in pod_rows), 2),
             "runningGPUs": sum(r["runningGPUs"] for r in pod_rows),
+        },
+    }
+
+
+# -- by workload (pure) ----------------------------------------------------------------------------
+
+
+def _group_of(api_version: Any) -> str:
+    return str(api_version or "").rpartition("/")[0]
+
+
+def _controller(metadata: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    for ref in metadata.get("ownerReferences") or ():
+        if isinstance(ref, Mapping) and ref.get("controller"):
+            return ref
+    return None
+
+
+def run_keys(
+    pods: Iterable[Mapping[str, Any]],
+    owners: Iterable[Mapping[str, Any]],
+    *,
+    run_kinds: Iterable[tuple[str, str]] = constants.RUN_KINDS,
+) -> dict[str, str]:
+    """Pod uid -> `Kind/name` of its run (same namespace), for the pods that belong to one.
+
+    The rule of the operator (controller/operator/runs.py), walked through `owners` (listed
+    workloads, by uid) instead of GETs: the top-most object of a run kind on the pod's chain of
+    controllers, never above a CronJob's Job, stopping at an owner that was not listed; a Pod is a
+    run only when nothing controls it.
+    """
+    kinds = frozenset(run_kinds)
+    schedulers = constants.RUN_SCHEDULER_KINDS
+    by_uid = {str((o.get("metadata") or {}).get("uid")): o for o in owners}
+    keys: dict[str, str] = {}
+    for pod in pods:
+        metadata = pod.get("metadata") or {}
+        ref = _controller(metadata)
+        if ref is None:
+            keys[str(metadata.get("uid"))] = f"Pod/{metadata.get('name', '')}"
+            continue
+        top: str | None = None
+        for _ in range(8):
+            if ref is None or (_group_of(ref.get("apiVersion")), ref.get("kind")) in schedulers:
+                break  # each Job a CronJob creates is a run of its own
+            owner = by_uid.get(str(ref.get("uid")))
+            if owner is None:
+                break
+            if (_group_of(owner.get("apiVersion")), owner.get("kind")) in kinds:
+                top = f"{owner.get('kind')}/{(owner.get('metadata') or {}).get('name', '')}"
+            ref = _controller(owner.get("metadata") or {})
+        if top is not None:
+            keys[str(metadata.get("uid"))] = top
+    return keys
+
+
+def _annotated(obj: Mapping[str, Any]) -> tuple[float, float, bool] | None:
+    """(GPU-hours, cost, final) from the operator's cost annotations, if it wrote them."""
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    try:
+        hours = float(annotations[constants.GPU_HOURS_ANNOTATION])
+        cost = float(annotations.get(constants.COST_ANNOTATION) or 0)
+    except (KeyError, TypeError, ValueError):
+        return None
+    return hours, cost, bool(annotations.get(constants.COST_FINAL_ANNOTATION))
+
+
+def build_workload_report(
+    workloads: Iterable[Mapping[str, Any]],
+    pods: Iterable[PodRecord],
+    budgets: Iterable[Mapping[str, Any]] = (),
+    *,
+    now: datetime,
+    runs: Mapping[str, str] | None = None,
+    top: int = 10,
+    team_label: str = "team",
+    cost_center_label: str = "cost_center",
+) -> dict[str, Any]:
+    """The top spending workloads over their whole life (json shape).
+
+    `workloads` are objects that may carry the operator's cost annotations (metadata is enough);
+    `pods` the GPU pods in the cluster, each counted for `runs[pod uid]` (see `run_keys`), else
+    for its own `workload`. A row's numbers come from one `source`: `annotation` (what the operator
+    wrote: the whole run, deleted pods included) or `pods` (the pods in the cluster, priced as
+    `build_report` prices them), whichever is larger; a finished run's always from its annotation.
+    """
+    compiled = []
+    for obj in budgets:
+        try:
+            compiled.append(Budget.from_object(obj))
+        except ValueError:
+            continue
+    compiled.sort(key=lambda b: b.name)
+    runs = runs or {}
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def row(namespace: str, workload: str) -> dict[str, Any]:
+        return rows.setdefault((namespace, workload), {
+            "namespace": namespace, "workload": workload, "teams": set(), "costCenters": set(),
+            "podGPUHours": 0.0, "podCost": 0.0, "runningGPUs": 0.0, "pods": 0, "annotation": None,
+        })
+
+    for obj in workloads:
+        annotated = _annotated(obj)
+        if annotated is None:
+            continue
+        metadata = obj.get("metadata") or {}
+        entry = row(str(metadata.get("namespace") or ""), f"{obj.get('kind')}/{metadata.get('name', '')}")
+        entry["annotation"] = annotated
+        labels = metadata.get("labels") or {}
+        entry["objectLabels"] = labels
+    for pod in pods:
+        if pod.started is None:
+            continue
+        hours = pod.gpu_hours(pod.started, now, now=now)
+        covering = next((b for b in compiled if b.selector.matches(pod.labels)), None)
+        price = price_for(covering.prices, pod.instance_type) if covering else 0.0
+        entry = row(pod.namespace, runs.get(pod.uid) or pod.workload)
+        entry["podGPUHours"] += hours
+        entry["podCost"] += hours * price
+        entry["runningGPUs"] += pod.gpus if pod.running(now) else 0
+        entry["pods"] += 1
+        entry["teams"].add(pod.labels.get(team_label) or NONE)
+        entry["costCenters"].add(pod.labels.get(cost_center_label) or NONE)
+
+    out = []
+    for entry in rows.values():
+        annotation = entry.pop("annotation")
+        labels = entry.pop("objectLabels", {})
+        if not entry["teams"]:
+            entry["teams"].add(labels.get(team_label) or NONE)
+            entry["costCenters"].add(labels.get(cost_center_label) or NONE)
+        hours, cost = entry.pop("podGPUHours"), entry.pop("podCost")
+        source, state = "pods", "Running" if entry["runningGPUs"] else "Ended"
+        if annotation is not None:
+            a_hours, a_cost, final = annotation
+            if final or (a_hours, a_cost) >= (hours, cost):
+                source = "annotation"
+                hours, cost = max(a_hours, hours), max(a_cost, cost)
+            if final:
+                state = "Finished"
+        entry.update(gpuHours=round(hours, 4), estimatedCost=round(cost, 2), source=source, state=state,
+                     teams=sorted(entry["teams"]), costCenters=sorted(entry["costCenters"]),
+                     runningGPUs=round(entry["runningGPUs"], 3))
+        out.append(entry)
+    out.sort(key=lambda r: (-r["estimatedCost"], -r["gpuHours"], r["namespace"], r["workload"]))
+    return {
+        "generatedAt": format_time(now),
+        "by": "workload",
+        "workloads": out[: max(top, 0)],
+        "totals": {
+            "workloads": len(out),
+            "gpuHours": round(sum(r["gpuHours"] for r in out), 4),
+            "estimatedCost": round(sum(r["estimatedCost"] for r in out), 2),
+            "runningGPUs": round(sum(r["runningGPUs"] for r in out), 3),
         },
     }
 
@@ -231,6 +405,36 @@ def render_table(report: Mapping[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def render_workloads_table(report: Mapping[str, Any]) -> str:
+    totals = report["totals"]
+    out = [f"GPU cost by workload, whole runs (generated {report['generatedAt']}): "
+           f"top {len(report['workloads'])} of {totals['workloads']}, "
+           f"{totals['gpuHours']:.2f} GPU-hours, {_money(totals['estimatedCost'])} estimated", ""]
+    out.append(_table(
+        ["NAMESPACE", "WORKLOAD", "TEAM", "GPU-HOURS", "EST. COST", "RUNNING GPUS", "PODS", "STATE",
+         "SOURCE"],
+        [[w["namespace"], w["workload"], ",".join(w["teams"]), f"{w['gpuHours']:.4f}",
+          _money(w["estimatedCost"]), f"{w['runningGPUs']:g}", w["pods"], w["state"], w["source"]]
+         for w in report["workloads"]],
+    ) if report["workloads"] else "(no GPU workloads)")
+    out.append("")
+    out.append("SOURCE annotation: the cost the operator wrote on the workload (deleted pods included); "
+               "pods: its GPU pods still in the cluster.")
+    return "\n".join(out) + "\n"
+
+
+def render_workloads_csv(report: Mapping[str, Any]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=WORKLOAD_CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for w in report["workloads"]:
+        writer.writerow({"namespace": w["namespace"], "workload": w["workload"], "team": ";".join(w["teams"]),
+                         "cost_center": ";".join(w["costCenters"]), "gpu_hours": w["gpuHours"],
+                         "estimated_cost": w["estimatedCost"], "running_gpus": w["runningGPUs"],
+                         "pods": w["pods"], "state": w["state"], "source": w["source"]})
+    return buffer.getvalue()
+
+
 def render_csv(report: Mapping[str, Any]) -> str:
     """One flat table, a `scope` column per row kind: what spreadsheets and BI tools load."""
     buffer = io.StringIO()
@@ -264,6 +468,9 @@ def run(args: argparse.Namespace) -> int:
     from controller.k8s.workloads import ApiError, Workloads
 
     resources = tuple(args.gpu_resource or ("nvidia.com/gpu",))
+    by_workload = getattr(args, "by", "all") == "workload"
+    workloads: list[dict[str, Any]] = []
+    runs: dict[str, str] = {}
     try:
         api = Workloads(load_api_client(args.kubeconfig))
         try:
@@ -272,13 +479,33 @@ def run(args: argparse.Namespace) -> int:
             if error.status != 404:
                 raise
             budgets = []  # the CRDs are not installed: pods only
-        records = (pod_record(p, gpu_resources=resources, instance_type_keys=DEFAULT_INSTANCE_TYPE_KEYS)
-                   for p in api.iter_objects(PODS))
-        pods = [r for r in records if r is not None]
+        pods: list[PodRecord] = []
+        gpu_pods: list[dict[str, Any]] = []  # their metadata, to find their runs
+        for obj in api.iter_objects(PODS):
+            record = pod_record(obj, gpu_resources=resources, instance_type_keys=DEFAULT_INSTANCE_TYPE_KEYS)
+            if record is not None:
+                pods.append(record)
+                if by_workload:
+                    gpu_pods.append({"apiVersion": "v1", "kind": "Pod",
+                                     "metadata": obj.get("metadata") or {}})
+        if by_workload:
+            workloads = _list_workloads(api)
+            runs = run_keys(gpu_pods, workloads)
+            workloads += gpu_pods  # a bare pod carries its own cost annotations
     except Exception as error:  # no cluster, no credentials: one clear line, not a traceback
         print(f"comptroller report: cannot read the cluster: {error}", file=sys.stderr)
         return 2
     now = datetime.now(UTC).replace(microsecond=0)
+    if by_workload:
+        by = build_workload_report(workloads, pods, budgets, now=now, runs=runs, top=args.top,
+                                   team_label=args.team_label, cost_center_label=args.cost_center_label)
+        if args.output == "json":
+            print(json.dumps(by, indent=2))
+        elif args.output == "csv":
+            sys.stdout.write(render_workloads_csv(by))
+        else:
+            sys.stdout.write(render_workloads_table(by))
+        return 0
     report = build_report(budgets, pods, now=now, period=args.period, top=args.top,
                           team_label=args.team_label, cost_center_label=args.cost_center_label)
     if args.output == "json":
@@ -288,3 +515,22 @@ def run(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(render_table(report))
     return 0
+
+
+def _list_workloads(api: Any) -> list[dict[str, Any]]:
+    """Every run-kind workload (and RayCluster, to walk through), metadata only: labels, owners and
+    the operator's cost annotations are all this needs. Kinds the cluster does not serve, or that
+    the caller may not list, are left out (said on stderr)."""
+    from controller.k8s.workloads import ApiError
+
+    objects: list[dict[str, Any]] = []
+    for group, kind in (*constants.RUN_KINDS, *OWNER_KINDS):
+        if kind == "Pod":
+            continue
+        try:
+            resource = api.resolve(kind, group=group)
+            if resource is not None:
+                objects += api.list_objects(resource, metadata_only=True)
+        except ApiError as error:
+            print(f"comptroller report: {kind} left out: {error}", file=sys.stderr)
+    return objects

@@ -11,4 +11,7 @@ from controller.operator import accounting, policies  # noqa: F401  (registers t
 # --- other operator loops: import their handler modules here -----------------------------------
 # isort: split
 from controller.operator import lifecycle  # noqa: F401  (expiry, idle, audit, wake, webhook scope)
+
+# isort: split
+from controller.operator import runs  # noqa: F401  (cost per run: annotations and GPUCost Events)
 # -------------------------------------------------------------------------------------------------

@@ -1,0 +1,266 @@
+"""Cost per run on the real control plane: a finished Job and a finished bare Pod carry their
+GPU-hours and estimated cost as annotations, `kubectl describe` shows the `GPUCost` Event, and
+`comptroller report --by workload` lists them, the Job still after its pods are deleted.
+
+Ground truth comes from the pods' own timestamps, as in test_metering.py: container `startedAt`
+to `finishedAt` for pods kwok finishes (the `e2e.comptroller.dev/finish` annotation), to the
+`deletionTimestamp` for a pod deleted with `--grace-period=0 --force` while it ran (the Job then
+starts a replacement: the deleted attempt must stay in the Job's total).
+
+The operator runs with the chart's own ServiceAccount and RBAC, so every write it needs (the
+annotation patches on Jobs and Pods, the Events) must be granted there.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from e2e.cluster.plane import REPO, free_port
+from e2e.helpers import install_crds
+
+pytestmark = pytest.mark.timeout(300)
+
+COMPTROLLER = Path(sys.executable).parent / "comptroller"
+OWN_NAMESPACE = "comptroller-system"
+IGNORE_LABEL = "finops.comptroller.dev/ignore"
+GPU_HOURS = "finops.comptroller.dev/gpu-hours"
+COST = "finops.comptroller.dev/cost"
+FINAL = "finops.comptroller.dev/cost-final"
+PRICE = 300.0
+"""Per GPU-hour: high enough that a run of seconds costs tens of units, so the cost annotation's
+two decimals are well within the 1 % the test allows (as are the GPU-hours' four)."""
+TOLERANCE = 0.01
+
+
+def parse(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def kubectl_json(cluster, *args: str) -> dict:
+    return json.loads(cluster.kubectl(*args, "-o", "json").stdout)
+
+
+def wait_for(what: str, predicate: Callable[[], object], *, timeout: float, log: Path | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    tail = f"\noperator log:\n{log.read_text(errors='replace')[-4000:]}" if log and log.exists() else ""
+    raise AssertionError(f"timed out waiting for {what}{tail}")
+
+
+def labels(team: str) -> dict[str, str]:
+    return {"team": team, "project": "run-cost", "model_id": "bert-base", "environment": "production",
+            "lifecycle_phase": "training", "cost_center": "cc-100"}
+
+
+def pod_spec(gpus: int, instance_type: str) -> dict:
+    return {
+        "nodeSelector": {"node.kubernetes.io/instance-type": instance_type},
+        "tolerations": [{"operator": "Exists"}],
+        "containers": [{"name": "main", "image": "train:latest",
+                        "resources": {"limits": {"nvidia.com/gpu": str(gpus)}}}],
+    }
+
+
+def job(name: str, namespace: str, team: str) -> dict:
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels(team)},
+        "spec": {"parallelism": 2, "completions": 2, "backoffLimit": 4,
+                 "template": {"metadata": {"labels": labels(team)},
+                              "spec": {**pod_spec(4, "p4d.24xlarge"), "restartPolicy": "Never"}}},
+    }
+
+
+def bare_pod(name: str, namespace: str, team: str) -> dict:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace,
+                                                           "labels": labels(team)},
+            "spec": {**pod_spec(4, "g6.12xlarge"), "restartPolicy": "Never"}}
+
+
+def budget(name: str, team: str) -> dict:
+    return {"apiVersion": "finops.comptroller.dev/v1alpha1", "kind": "GPUBudget", "metadata": {"name": name},
+            "spec": {"selector": {"matchLabels": {"team": team}}, "gpuHours": 1000, "period": "Monthly",
+                     "pricePerGPUHour": {"default": PRICE}}}
+
+
+def container_times(pod: dict) -> tuple[float | None, float | None]:
+    """(earliest container start, latest container finish) of a pod, as its status says."""
+    states = [s.get("state") or {} for s in (pod.get("status") or {}).get("containerStatuses") or ()]
+    starts = [(s.get("running") or s.get("terminated") or {}).get("startedAt") for s in states]
+    ends = [(s.get("terminated") or {}).get("finishedAt") for s in states]
+    start = min((parse(s) for s in starts if s), default=None)
+    end = max((parse(s) for s in ends if s), default=None) if all(ends) and ends else None
+    return start, end
+
+
+def job_pods(cluster, namespace: str, name: str) -> list[dict]:
+    return kubectl_json(cluster, "get", "pods", "-n", namespace, "-l",
+                        f"batch.kubernetes.io/job-name={name}")["items"]
+
+
+def finish(cluster, namespace: str, name: str) -> None:
+    cluster.kubectl("annotate", "pod", "-n", namespace, name, "e2e.comptroller.dev/finish=Succeeded")
+
+
+def annotations(cluster, kind: str, namespace: str, name: str) -> dict:
+    return kubectl_json(cluster, "get", kind, "-n", namespace, name)["metadata"].get("annotations") or {}
+
+
+@pytest.fixture(scope="module")
+def run_cluster(cluster):
+    install_crds(cluster)
+    cluster.create_namespace(OWN_NAMESPACE)
+    return cluster
+
+
+def test_a_finished_job_and_bare_pod_carry_their_cost(run_cluster, quiet_stack_operator, tmp_path):
+    from e2e.chart import install_rbac, service_account_kubeconfig, uninstall_rbac
+
+    cluster = run_cluster
+    run = uuid.uuid4().hex[:6]
+    team, ns, release = f"rc-{run}", f"rc-{run}", f"rc{run}"
+    cluster.create_namespace(ns, labels={IGNORE_LABEL: "true"})
+    rbac = install_rbac(cluster, namespace=OWN_NAMESPACE, release=release)
+    kubeconfig = service_account_kubeconfig(cluster, namespace=OWN_NAMESPACE,
+                                            service_account=f"{release}-comptroller-operator",
+                                            path=tmp_path / "operator.kubeconfig")
+    cluster.apply([budget(team, team)])
+    log = tmp_path / "operator.log"
+    argv = [str(COMPTROLLER), "operator", "--kubeconfig", str(kubeconfig), "--standalone",
+            "--namespace", OWN_NAMESPACE, "--metering-interval", "2",
+            "--liveness-port", str(free_port()), "--metrics-port", str(free_port())]
+    with log.open("a") as out:
+        operator = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        cluster.apply([job("train", ns, team), bare_pod("solo", ns, team)])
+
+        def running_job_pods() -> list[dict] | None:
+            pods = [p for p in job_pods(cluster, ns, "train") if container_times(p)[0] is not None]
+            return pods if len(pods) == 2 else None
+
+        first = wait_for("the Job's two pods running", running_job_pods, timeout=60)
+        starts = {p["metadata"]["name"]: container_times(p)[0] for p in first}
+        gpus = {name: 4 for name in starts}
+        wait_for("solo running", lambda: container_times(kubectl_json(cluster, "get", "pod", "-n", ns,
+                                                                      "solo"))[0], timeout=30)
+        # Written while it runs (first sight; then every 5 minutes), not final yet.
+        running = wait_for("the Job's running cost annotation",
+                           lambda: annotations(cluster, "job", ns, "train").get(GPU_HOURS),
+                           timeout=30, log=log)
+        assert FINAL not in annotations(cluster, "job", ns, "train") and float(running) >= 0
+        time.sleep(8)
+
+        # One attempt is deleted while it runs: the Job starts a replacement; its time must stay.
+        victim = sorted(starts)[0]
+        cluster.kubectl("delete", "pod", "-n", ns, victim, "--grace-period=0", "--force", "--wait=false")
+        got = cluster.kubectl("get", "pod", "-n", ns, victim, "-o", "jsonpath={.metadata.deletionTimestamp}",
+                              check=False)
+        ends = {victim: parse(got.stdout) if got.returncode == 0 and got.stdout else time.time()}
+
+        def replacement() -> dict | None:
+            fresh = [p for p in job_pods(cluster, ns, "train")
+                     if p["metadata"]["name"] not in starts and container_times(p)[0] is not None]
+            return fresh[0] if fresh else None
+
+        new = wait_for("the replacement attempt running", replacement, timeout=60, log=log)
+        starts[new["metadata"]["name"]] = container_times(new)[0]
+        gpus[new["metadata"]["name"]] = 4
+        time.sleep(8)
+        for name in starts:
+            if name != victim:
+                finish(cluster, ns, name)
+        finish(cluster, ns, "solo")
+
+        def finished_job_pods() -> dict | None:
+            pods = {p["metadata"]["name"]: container_times(p)[1] for p in job_pods(cluster, ns, "train")}
+            done = {n: end for n, end in pods.items() if n != victim and end is not None}
+            return done if len(done) == 2 else None
+
+        ends.update(wait_for("the Job's pods finished", finished_job_pods, timeout=30))
+        solo_start, solo_end = wait_for(
+            "solo finished", lambda: (lambda t: t if t[1] else None)(
+                container_times(kubectl_json(cluster, "get", "pod", "-n", ns, "solo"))), timeout=30)
+
+        job_annotations = wait_for("the Job's final cost annotation",
+                                   lambda: (lambda a: a if FINAL in a else None)(
+                                       annotations(cluster, "job", ns, "train")), timeout=60, log=log)
+        pod_annotations = wait_for("solo's final cost annotation",
+                                   lambda: (lambda a: a if FINAL in a else None)(
+                                       annotations(cluster, "pod", ns, "solo")), timeout=60, log=log)
+
+        truth_job = sum(gpus[n] * (ends[n] - starts[n]) for n in starts) / 3600
+        truth_solo = 4 * (solo_end - solo_start) / 3600
+        for what, got, truth in (("Job train", job_annotations, truth_job), ("Pod solo", pod_annotations,
+                                                                               truth_solo)):
+            hours, cost = float(got[GPU_HOURS]), float(got[COST])
+            print(f"{what}: annotated {hours:.4f} GPU-hours / cost {cost:.2f}; truth {truth:.6f} GPU-hours / "
+                  f"{truth * PRICE:.4f} ({100 * (hours - truth) / truth:+.3f} %, "
+                  f"{100 * (cost - truth * PRICE) / (truth * PRICE):+.3f} %)")
+            assert hours == pytest.approx(truth, rel=TOLERANCE), what
+            assert cost == pytest.approx(truth * PRICE, rel=TOLERANCE), what
+
+        # What the data scientist sees, with the real kubectl.
+        for kind, name, annotated in (("job", "train", job_annotations), ("pod", "solo", pod_annotations)):
+            described = cluster.kubectl("describe", kind, "-n", ns, name).stdout
+            assert "GPUCost" in described, described
+            print(next(line.strip() for line in described.splitlines() if "GPUCost" in line))
+            assert f"{annotated[GPU_HOURS]} GPU-hours" in described and f"estimated cost {annotated[COST]}" \
+                in described, described
+
+        def cost_events() -> list[dict]:
+            return kubectl_json(cluster, "get", "events", "-n", ns,
+                                "--field-selector", "reason=GPUCost")["items"]
+
+        events = cost_events()
+        assert sorted(e["involvedObject"]["name"] for e in events) == ["solo", "train"]  # once each
+        time.sleep(6)  # more ticks: nothing new
+        events = cost_events()
+        assert len(events) == 2 and all(e.get("count", 1) == 1 for e in events)
+        assert annotations(cluster, "job", ns, "train")[GPU_HOURS] == job_annotations[GPU_HOURS]
+
+        # The Job's pods are deleted: the report still counts it, from its annotation.
+        cluster.kubectl("delete", "pods", "-n", ns, "-l", "batch.kubernetes.io/job-name=train",
+                        "--wait=false")
+        wait_for("the Job's pods gone", lambda: not job_pods(cluster, ns, "train"), timeout=60, log=log)
+        report = subprocess.run([str(COMPTROLLER), "report", "--by", "workload", "-o", "json", "--top", "100",
+                                 "--kubeconfig", str(cluster.kubeconfig)],
+                                capture_output=True, text=True, check=True, timeout=60)
+        rows = {(w["namespace"], w["workload"]): w for w in json.loads(report.stdout)["workloads"]}
+        job_row, pod_row = rows[(ns, "Job/train")], rows[(ns, "Pod/solo")]
+        assert (job_row["source"], job_row["state"], job_row["pods"]) == ("annotation", "Finished", 0)
+        assert job_row["gpuHours"] == pytest.approx(float(job_annotations[GPU_HOURS]))
+        assert pod_row["estimatedCost"] == pytest.approx(float(pod_annotations[COST]))
+        table = subprocess.run([str(COMPTROLLER), "report", "--by", "workload", "--top", "100",
+                                "--kubeconfig", str(cluster.kubeconfig)],
+                               capture_output=True, text=True, check=True, timeout=60).stdout
+        line = next(line for line in table.splitlines() if line.startswith(ns) and "Job/train" in line)
+        assert line.split()[-2:] == ["Finished", "annotation"], table
+        assert "forbidden" not in log.read_text(errors="replace").lower()
+    finally:
+        # Pods and budget go while the operator runs: it releases its metering finalizer from the
+        # pods, and kopf's finalizer leaves the budget with its daemons.
+        cluster.kubectl("delete", "pods", "--all", "-n", ns, "--grace-period=0", "--force", "--wait=false",
+                        check=False)
+        cluster.kubectl("wait", "--for=delete", "pods", "--all", "-n", ns, "--timeout=30s", check=False)
+        cluster.kubectl("delete", "gpubudget", team, "--timeout=30s", check=False)
+        operator.terminate()
+        try:
+            operator.wait(30)
+        except subprocess.TimeoutExpired:
+            operator.kill()
+            operator.wait(10)
+        uninstall_rbac(cluster, rbac)
+        cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
