@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from e2e.cluster.plane import REPO, ControlPlane
+from e2e.helpers import get_json, wait_until
 
 E2E_DIR = Path(os.environ.get("COMPTROLLER_E2E_DIR", REPO / ".cluster" / "e2e"))
 
@@ -93,3 +94,47 @@ def stack(cluster):
         running.unregister_webhook()
         cluster.stop_process("operator")
         cluster.stop_process("webhook")
+
+
+@pytest.fixture(scope="module")
+def accelerator_lab(cluster):
+    """The accelerator lab (e2e/accelerators.py) on the session's plane for one module: kwok nodes
+    advertising GPUs in every form NVIDIA's software offers them, DeviceClasses, and ResourceSlices
+    standing in for the DRA driver. Removed afterwards: other modules count the plane's nodes."""
+    from e2e import accelerators as acc
+
+    remove_accelerator_lab(cluster)  # what an interrupted earlier run on a reused plane left behind
+    nodes = acc.lab_nodes()
+    cluster.add_nodes(nodes)
+    cluster.apply(acc.lab_dra_objects())
+    try:
+        names = {n["metadata"]["name"] for n in nodes}
+        wait_until(lambda: _nodes_ready(cluster, acc.LAB_LABEL) >= names, timeout=60,
+                   what="the accelerator lab's kwok nodes to be Ready")
+        yield acc.LAB
+    finally:
+        remove_accelerator_lab(cluster)
+
+
+def _nodes_ready(cluster, selector: str, *, ready: bool = True) -> set[str]:
+    items = (get_json(cluster, "nodes", "-l", selector) or {}).get("items", [])
+
+    def is_ready(node: dict) -> bool:
+        conditions = node.get("status", {}).get("conditions", [])
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+    return {n["metadata"]["name"] for n in items if not ready or is_ready(n)}
+
+
+def remove_accelerator_lab(cluster) -> None:
+    """Pods on the lab's nodes first (kwok finishes their deletion only while their node exists),
+    then the slices, classes and nodes."""
+    from e2e import accelerators as acc
+
+    gone = ("--ignore-not-found", "--timeout=60s")
+    for node in _nodes_ready(cluster, acc.LAB_LABEL, ready=False):
+        cluster.kubectl("delete", "pods", "-A", "--field-selector", f"spec.nodeName={node}",
+                        "--grace-period=0", "--force", "--wait=false", check=False)
+    cluster.kubectl("delete", "resourceslices", "-l", acc.LAB_LABEL, *gone, check=False)
+    cluster.kubectl("delete", "deviceclasses", acc.GPU_CLASS, acc.MIG_CLASS, *gone, check=False)
+    cluster.kubectl("delete", "nodes", "-l", acc.LAB_LABEL, *gone, check=False)

@@ -1,0 +1,154 @@
+"""GPU-equivalents on the real control plane (README "GPU-equivalents").
+
+Pods ask for GPUs the ways real clusters hand them out (MIG slices in both strategies, time-sliced
+replicas with and without renaming, whole GPUs, DRA claims for GPUs and for MIG devices that the
+real scheduler allocates, a KAI fraction), on the kwok nodes of the accelerator lab
+(e2e/accelerators.py), and the session's operator and webhook (chart RBAC) count them:
+
+- metering: one GPUBudget per form, each charged within 1 % of the truth worked out here from the
+  pods' own `PodScheduled` times and the share of a GPU each form is;
+- admission: a budget spent by MIG slices refuses the next MIG pod, through the API server.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import pytest
+import yaml
+
+from e2e import accelerators as acc
+from e2e.accelerators import LAB
+from e2e.helpers import COMPLIANT_LABELS, fresh_namespace, get_json, team_budget, wait_until
+
+pytestmark = pytest.mark.timeout(300)
+
+TOLERANCE = 0.01
+RUN_SECONDS = 30
+
+
+def stamp(value: str) -> float:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def budget(name: str, selector: dict[str, str], hours: float = 1000) -> dict:
+    return {
+        "apiVersion": "finops.comptroller.dev/v1alpha1",
+        "kind": "GPUBudget",
+        "metadata": {"name": name},
+        "spec": {"selector": {"matchLabels": selector}, "gpuHours": hours, "period": "Monthly",
+                 "enforcement": "Audit"},
+    }
+
+
+def forms(namespace: str, run: str) -> dict[str, tuple[list[dict], str | None, float]]:
+    """Form -> (objects to create: claim templates, then the pod), node it must run on, and the
+    GPU-equivalents it holds."""
+    a100_single = {acc.PRODUCT: "NVIDIA-A100-SXM4-80GB-MIG-1g.10gb"}
+    shared = {acc.PRODUCT: "NVIDIA-H100-80GB-HBM3-SHARED"}
+    whole = {acc.PRODUCT: "NVIDIA-H100-80GB-HBM3"}
+    gpus = acc.claim_template("two-gpus", namespace, [acc.device_request("gpus", acc.GPU_CLASS, count=2)])
+    mig = acc.claim_template("one-3g", namespace, [acc.device_request(
+        "mig", acc.MIG_CLASS, selectors=[acc.profile_selector("3g.40gb")])])
+
+    def pod(form: str, **kwargs) -> dict:
+        return acc.pod(form, namespace, labels={"run": run, "form": form}, **kwargs)
+
+    kai = pod("kai-fraction", node_selector={"kubernetes.io/hostname": LAB.whole})
+    kai["metadata"]["annotations"] = {"gpu-fraction": "0.5"}
+    return {
+        "mig-mixed": ([pod("mig-mixed", limits={"nvidia.com/mig-1g.10gb": 2})], LAB.mig_mixed_1g, 2 / 7),
+        "mig-single": ([pod("mig-single", limits={"nvidia.com/gpu": 1}, node_selector=a100_single)],
+                       LAB.mig_single, 1 / 7),
+        "shared-renamed": ([pod("shared-renamed", limits={"nvidia.com/gpu.shared": 1})],
+                           LAB.shared_renamed, 1 / 4),
+        "shared": ([pod("shared", limits={"nvidia.com/gpu": 1}, node_selector=shared)], LAB.shared, 1 / 4),
+        "whole": ([pod("whole", limits={"nvidia.com/gpu": 2}, node_selector=whole)], LAB.whole, 2.0),
+        "dra-gpus": ([gpus, acc.template_pod("dra-gpus", namespace, "two-gpus",
+                                             labels={"run": run, "form": "dra-gpus"})], LAB.dra_gpu, 2.0),
+        "dra-mig": ([mig, acc.template_pod("dra-mig", namespace, "one-3g",
+                                           labels={"run": run, "form": "dra-mig"})], LAB.dra_mig, 3 / 7),
+        "kai-fraction": ([kai], LAB.whole, 0.5),
+    }
+
+
+def scheduled_at(cluster, namespace: str, name: str) -> float | None:
+    pod = get_json(cluster, "pod", "-n", namespace, name) or {}
+    if pod.get("status", {}).get("phase") != "Running":
+        return None
+    condition = next((c for c in pod["status"].get("conditions", []) if c["type"] == "PodScheduled"), {})
+    return stamp(condition["lastTransitionTime"]) if condition.get("status") == "True" else None
+
+
+def test_every_form_of_gpu_is_metered_within_one_percent(stack, cluster, accelerator_lab):
+    """Each form's budget is charged its GPU-equivalents x the time since the pod was bound."""
+    namespace = fresh_namespace(cluster, "gpueq")
+    run = uuid.uuid4().hex[:6]
+    cases = forms(namespace, run)
+    budgets = {form: f"gpueq-{run}-{form}" for form in cases}
+    try:
+        cluster.apply([budget(name, {"run": run, "form": form}) for form, name in budgets.items()])
+        cluster.apply([obj for objects, _, _ in cases.values() for obj in objects])
+        started = {
+            form: wait_until(lambda f=form: scheduled_at(cluster, namespace, f), timeout=60,
+                             what=f"pod {form} to run")
+            for form in cases
+        }
+        for form, (_, node, _) in cases.items():
+            pod = get_json(cluster, "pod", "-n", namespace, form)
+            assert pod["spec"]["nodeName"] == node, (form, pod["spec"]["nodeName"])
+
+        def metered(form: str) -> tuple[float, float] | None:
+            status = (get_json(cluster, "gpubudget", budgets[form]) or {}).get("status") or {}
+            at = status.get("lastMeteredAt")
+            if not at or stamp(at) < started[form] + RUN_SECONDS:
+                return None
+            return float(status["usedGPUHours"]), stamp(at)
+
+        for form, (_, _, equivalents) in cases.items():
+            used, at = wait_until(lambda f=form: metered(f), timeout=RUN_SECONDS + 60,
+                                  what=f"budget of {form} metered {RUN_SECONDS}s into the run")
+            truth = equivalents * (at - started[form]) / 3600
+            assert used == pytest.approx(truth, rel=TOLERANCE), (form, used, truth)
+    finally:
+        # Pods first: their metering finalizer goes once their budgets committed the final charge.
+        cluster.kubectl("delete", "pods", "--all", "-n", namespace, "--wait=false", check=False)
+        cluster.kubectl("delete", "gpubudgets", *budgets.values(), "--ignore-not-found", check=False)
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def apply(cluster, obj: dict, *extra: str):
+    return cluster.kubectl("apply", "-f", "-", *extra, input=yaml.safe_dump(obj), check=False)
+
+
+def test_a_budget_spent_on_mig_slices_refuses_the_next_mig_pod(stack, cluster, accelerator_lab, namespace):
+    """Before GPU-equivalents a MIG slice was no GPU at all to a budget: a team could run on slices
+    past its budget. Seven 1g.10gb slices are one GPU; once they spent the budget, the webhook
+    refuses even one more slice."""
+    team = f"mig-{uuid.uuid4().hex[:6]}"
+    labels = {**COMPLIANT_LABELS, "team": team}
+    hours = 0.003  # ~11 s of one GPU
+    assert apply(cluster, team_budget(team, hours)).returncode == 0
+    try:
+        slices = acc.pod("slices", namespace, limits={"nvidia.com/mig-1g.10gb": 7}, labels=labels)
+        created = apply(cluster, slices)
+        assert created.returncode == 0, created.stderr
+        wait_until(lambda: scheduled_at(cluster, namespace, "slices"), timeout=60, what="the slices to run")
+
+        def spent() -> bool:
+            status = (get_json(cluster, "gpubudget", f"team-{team}") or {}).get("status") or {}
+            return float(status.get("usedGPUHours") or 0) >= hours
+
+        wait_until(spent, timeout=90, what=f"team-{team} to be spent on MIG slices")
+        one_more = acc.pod("one-more", namespace, limits={"nvidia.com/mig-1g.10gb": 1}, labels=labels)
+        refused = wait_until(
+            lambda: (r := apply(cluster, one_more)).returncode != 0 and r,
+            timeout=30, what="the webhook to see the budget spent",
+        )
+        assert f"GPU budget team-{team} is exhausted" in refused.stderr, refused.stderr
+        status = get_json(cluster, "gpubudget", f"team-{team}")["status"]
+        assert status["runningGPUs"] == pytest.approx(1.0)  # seven slices: one GPU
+    finally:
+        cluster.kubectl("delete", "pods", "--all", "-n", namespace, "--wait=false", check=False)
+        cluster.kubectl("delete", "gpubudget", f"team-{team}", "--ignore-not-found", check=False)
