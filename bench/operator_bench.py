@@ -1,14 +1,21 @@
 """Operator scale benchmark, metering part: 5,000 GPU pods across 500 namespaces on kwok nodes.
 
+Two runs side by side: `operator`, every pod one whole `nvidia.com/gpu`; `operator_mixed`, the
+pods spread over five forms of asking for a GPU (whole GPUs, MIG 1g.10gb slices on MIG nodes,
+time-sliced `nvidia.com/gpu.shared` on nodes with 4 replicas, HAMi vGPUs with `gpucores: 50`,
+KAI `gpu-fraction: 0.25` annotations), which the operator counts in GPU-equivalents on each pod's
+node (docs/gpu-equivalents.md). DRA claims are left out: pods bound by `nodeName` bypass the
+scheduler, which is what allocates them.
+
 Measures
-- `status_lag_s`: from the moment the last pod started running (its container `startedAt`) until
-  every GPUBudget's status counts all of them (`runningGPUs`): how stale admission's view gets;
+- `status_lag_s`: from the moment the last pod was bound (its `PodScheduled` time) until every
+  GPUBudget's status counts all of them (`runningGPUs`): how stale admission's view gets;
 - `accuracy_error_pct`: the worst relative difference, over budgets, between `usedGPUHours` and
-  the ground truth from the pods' start times at the budget's `lastMeteredAt`;
+  the ground truth from the pods' bind times and GPU-equivalents at the budget's `lastMeteredAt`;
 - `finalizers_s`: until every running GPU pod carries the metering finalizer;
 - `rss_mib`: the operator's peak resident memory (VmHWM), and at start.
 
-    python -m bench.operator_bench [--dir .cluster/bench] [--pods 5000] [--namespaces 500]
+    python -m bench.operator_bench [--dir .cluster/bench] [--pods 5000] [--namespaces 500] [--forms mixed]
 """
 
 from __future__ import annotations
@@ -71,7 +78,32 @@ class RssSampler(threading.Thread):
         return peak
 
 
-def run(cluster: Any, *, pods: int = 5000, namespaces: int = 500, interval: float = 10.0) -> dict:
+# Form -> (node labels, node capacity, container resources, pod annotations, GPU-equivalents).
+FORMS: dict[str, tuple[dict[str, str], dict[str, str], dict[str, str], dict[str, str], float]] = {
+    "whole": ({"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}, {"nvidia.com/gpu": "200"},
+              {"nvidia.com/gpu": "1"}, {}, 1.0),
+    "mig": ({"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB", "nvidia.com/mig.strategy": "mixed"},
+            {"nvidia.com/mig-1g.10gb": "250"}, {"nvidia.com/mig-1g.10gb": "1"}, {}, 1 / 7),
+    "shared": ({"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "nvidia.com/gpu.replicas": "4"},
+               {"nvidia.com/gpu.shared": "250"}, {"nvidia.com/gpu.shared": "1"}, {}, 1 / 4),
+    "hami": ({"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}, {"nvidia.com/gpu": "250"},
+             {"nvidia.com/gpu": "1", "nvidia.com/gpucores": "50"}, {}, 0.5),
+    "kai": ({"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}, {}, {}, {"gpu-fraction": "0.25"}, 0.25),
+}
+
+
+def run(cluster: Any, *, pods: int = 5000, namespaces: int = 500, interval: float = 10.0,
+        forms: tuple[str, ...] = ("whole", "mixed")) -> dict:
+    """Both runs, one after the other on the same plane."""
+    results = {}
+    for form in forms:
+        key = "operator" if form == "whole" else f"operator_{form}"
+        results.update(run_one(cluster, pods=pods, namespaces=namespaces, interval=interval,
+                               mixed=form == "mixed", key=key))
+    return results
+
+
+def run_one(cluster: Any, *, pods: int, namespaces: int, interval: float, mixed: bool, key: str) -> dict:
     from controller.k8s.config import load_api_client
     from controller.k8s.ledgers import BUDGETS
     from controller.k8s.pods import PODS
@@ -85,12 +117,20 @@ def run(cluster: Any, *, pods: int = 5000, namespaces: int = 500, interval: floa
     label = {"bench.comptroller.dev/run": run_id}
     teams = [f"bench-{run_id}-{i}" for i in range(TEAMS)]
     ns_names = [f"bench-{run_id}-{i:03d}" for i in range(namespaces)]
-    node_count = -(-pods // min(GPUS_PER_NODE, PODS_PER_NODE))
-    nodes = [node_manifest(f"bench-{run_id}", GPUS_PER_NODE, i, 512, "4Ti", max_pods=PODS_PER_NODE)
-             for i in range(node_count)]
-    for node in nodes:
-        node["metadata"]["labels"].update(label)
-    cluster.add_nodes(nodes)
+    kinds = list(FORMS) if mixed else ["whole"]
+    per_kind = -(-pods // len(kinds))
+    node_count = -(-per_kind // min(GPUS_PER_NODE, PODS_PER_NODE))
+    nodes: dict[str, list[dict]] = {}
+    for kind in kinds:
+        node_labels, capacity, *_ = FORMS[kind]
+        nodes[kind] = []
+        for i in range(node_count):
+            node = node_manifest(f"bench-{run_id}-{kind}", 0, i, 512, "4Ti", max_pods=PODS_PER_NODE)
+            node["metadata"]["labels"].update({**label, **node_labels})
+            node["status"]["capacity"].update(capacity)
+            node["status"]["allocatable"].update(capacity)
+            nodes[kind].append(node)
+    cluster.add_nodes([n for group in nodes.values() for n in group])
     cluster.apply([{"apiVersion": "v1", "kind": "Namespace",
                     "metadata": {"name": n, "labels": {**label, "finops.comptroller.dev/ignore": "true"}}}
                    for n in ns_names])
@@ -104,7 +144,7 @@ def run(cluster: Any, *, pods: int = 5000, namespaces: int = 500, interval: floa
             "--namespace", OWN_NAMESPACE, "--metering-interval", str(interval),
             "--liveness-port", str(free_port()), "--metrics-port", str(free_port()), "--log-level", "INFO"]
     result: dict[str, Any] = {"pods": pods, "namespaces": namespaces, "budgets": TEAMS,
-                              "metering_interval_s": interval}
+                              "metering_interval_s": interval, "forms": kinds}
     operator = subprocess.Popen(argv, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=REPO)
     sampler = RssSampler(operator.pid)
     try:
@@ -112,15 +152,21 @@ def run(cluster: Any, *, pods: int = 5000, namespaces: int = 500, interval: floa
         result["rss_mib_at_start"] = round(sampler.read(), 1)
         sampler.start()
 
+        def form_of(i: int) -> str:
+            return kinds[(i // TEAMS) % len(kinds)]  # every team gets every form
+
         def pod(i: int) -> dict:
             team = teams[i % TEAMS]
+            kind = form_of(i)
+            _, _, limits, annotations, _ = FORMS[kind]
+            group = nodes[kind]
             return {"apiVersion": "v1", "kind": "Pod",
                     "metadata": {"name": f"gpu-{i:05d}", "namespace": ns_names[i % namespaces],
-                                 "labels": {"team": team, **label}},
-                    "spec": {"nodeName": nodes[i % node_count]["metadata"]["name"],
+                                 "labels": {"team": team, **label}, "annotations": dict(annotations)},
+                    "spec": {"nodeName": group[(i // len(kinds)) % len(group)]["metadata"]["name"],
                              "tolerations": [{"operator": "Exists"}],
                              "containers": [{"name": "main", "image": "train:latest",
-                                             "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}}
+                                             "resources": {"limits": dict(limits)}}]}}
 
         def create(i: int) -> None:
             body = pod(i)
@@ -144,30 +190,36 @@ def run(cluster: Any, *, pods: int = 5000, namespaces: int = 500, interval: floa
             return {b["metadata"]["name"]: b.get("status") or {}
                     for b in api.iter_objects(BUDGETS, label_selector=f"bench.comptroller.dev/run={run_id}")}
 
-        expected = {team: pods // TEAMS + (1 if i < pods % TEAMS else 0) for i, team in enumerate(teams)}
+        expected = dict.fromkeys(teams, 0.0)
+        worth: dict[str, float] = {}
+        for i in range(pods):
+            expected[teams[i % TEAMS]] += FORMS[form_of(i)][4]
+            worth[f"gpu-{i:05d}"] = FORMS[form_of(i)][4]
 
         def all_counted():
             current = statuses()
-            ok = all(current.get(t, {}).get("runningGPUs") == n for t, n in expected.items())
+            ok = all(abs(float(current.get(t, {}).get("runningGPUs") or 0) - n) < 1e-6 * max(n, 1)
+                     for t, n in expected.items())
             return (time.time(), current) if ok else None
 
         counted_at, snapshot = wait_until(all_counted, timeout=900, interval=1,
                                           what="every budget to count every pod")
         listed = list(api.iter_objects(PODS, label_selector=f"bench.comptroller.dev/run={run_id}"))
-        starts: dict[str, list[float]] = {}
+        starts: dict[str, list[tuple[float, float]]] = {}
         last_start = 0.0
         for item in listed:
-            statuses_ = item["status"].get("containerStatuses") or ()
-            stamps = [parse(s["state"]["running"]["startedAt"]) for s in statuses_ if "running" in s["state"]]
-            if stamps:
-                starts.setdefault(item["metadata"]["labels"]["team"], []).append(min(stamps))
-                last_start = max(last_start, min(stamps))
+            bound = [parse(c["lastTransitionTime"]) for c in item["status"].get("conditions") or ()
+                     if c["type"] == "PodScheduled" and c["status"] == "True"]
+            if bound:
+                starts.setdefault(item["metadata"]["labels"]["team"], []).append(
+                    (bound[0], worth[item["metadata"]["name"]]))
+                last_start = max(last_start, bound[0])
         result["status_lag_s"] = round(counted_at - last_start, 1)
 
         errors = []
         for team, status in snapshot.items():
             at = parse(status["lastMeteredAt"])
-            truth = sum(max(0.0, at - s) for s in starts.get(team, ())) / 3600
+            truth = sum(max(0.0, at - s) * gpus for s, gpus in starts.get(team, ())) / 3600
             if truth > 0:
                 errors.append(abs(status["usedGPUHours"] - truth) / truth * 100)
         result["accuracy_error_pct"] = round(max(errors), 3) if errors else None
@@ -200,7 +252,7 @@ def run(cluster: Any, *, pods: int = 5000, namespaces: int = 500, interval: floa
                         check=False)
         cluster.kubectl("delete", "node", "-l", f"bench.comptroller.dev/run={run_id}", "--wait=false",
                         check=False)
-    return {"operator": result}
+    return {key: result}
 
 
 def _timed_wait(process: subprocess.Popen, timeout: float) -> float:
@@ -217,13 +269,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pods", type=int, default=5000)
     parser.add_argument("--namespaces", type=int, default=500)
     parser.add_argument("--interval", type=float, default=10.0, help="metering interval (seconds)")
+    parser.add_argument("--forms", action="append", choices=["whole", "mixed"],
+                        help="which run (repeatable; default: both)")
     args = parser.parse_args(argv)
     plane = ControlPlane(args.dir.resolve())
     reused = plane.healthy()
     plane.up()
     try:
-        print(json.dumps(run(plane, pods=args.pods, namespaces=args.namespaces, interval=args.interval),
-                         indent=2))
+        print(json.dumps(run(plane, pods=args.pods, namespaces=args.namespaces, interval=args.interval,
+                             forms=tuple(args.forms or ("whole", "mixed"))), indent=2))
     finally:
         if not reused:
             plane.down(quiet=True)
