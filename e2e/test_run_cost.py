@@ -264,3 +264,95 @@ def test_a_finished_job_and_bare_pod_carry_their_cost(run_cluster, quiet_stack_o
             operator.wait(10)
         uninstall_rbac(cluster, rbac)
         cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+PYTORCHJOB_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "metadata": {"name": "pytorchjobs.kubeflow.org"},
+    "spec": {
+        "group": "kubeflow.org", "scope": "Namespaced",
+        "names": {"kind": "PyTorchJob", "plural": "pytorchjobs", "singular": "pytorchjob",
+                  "listKind": "PyTorchJobList"},
+        "versions": [{"name": "v1", "served": True, "storage": True, "subresources": {"status": {}},
+                      "schema": {"openAPIV3Schema": {"type": "object",
+                                                     "x-kubernetes-preserve-unknown-fields": True}}}],
+    },
+}
+
+
+def pytorchjob(name: str, namespace: str, team: str) -> dict:
+    def role(replicas: int) -> dict:
+        return {"replicas": replicas, "restartPolicy": "OnFailure",
+                "template": {"metadata": {"labels": labels(team)}, "spec": pod_spec(8, "p4d.24xlarge")}}
+
+    return {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels(team)},
+            "spec": {"pytorchReplicaSpecs": {"Master": role(1), "Worker": role(1)}}}
+
+
+def test_a_finished_pytorchjob_carries_its_cost(run_cluster, quiet_stack_operator, tmp_path):
+    """The Kubeflow training operator is not on this plane: the test stands in for it, creating the
+    job's two pods (owned by the PyTorchJob, as the operator makes them) and, once they finished,
+    the `Succeeded` condition. The operator finds the run by the pods' owner and writes its cost."""
+    from e2e.chart import install_rbac, service_account_kubeconfig, uninstall_rbac
+
+    cluster = run_cluster
+    run = uuid.uuid4().hex[:6]
+    team, ns, release = f"pt-{run}", f"pt-{run}", f"pt{run}"
+    cluster.apply([PYTORCHJOB_CRD])
+    cluster.kubectl("wait", "--for=condition=Established", "crd/pytorchjobs.kubeflow.org", "--timeout=30s")
+    cluster.create_namespace(ns, labels={IGNORE_LABEL: "true"})
+    rbac = install_rbac(cluster, namespace=OWN_NAMESPACE, release=release)
+    kubeconfig = service_account_kubeconfig(cluster, namespace=OWN_NAMESPACE,
+                                            service_account=f"{release}-comptroller-operator",
+                                            path=tmp_path / "operator.kubeconfig")
+    cluster.apply([budget(team, team)])
+    log = tmp_path / "operator.log"
+    argv = [str(COMPTROLLER), "operator", "--kubeconfig", str(kubeconfig), "--standalone",
+            "--namespace", OWN_NAMESPACE, "--metering-interval", "2",
+            "--liveness-port", str(free_port()), "--metrics-port", str(free_port())]
+    with log.open("a") as out:
+        operator = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        cluster.apply([pytorchjob("bert", ns, team)])
+        owner = kubectl_json(cluster, "get", "pytorchjob", "-n", ns, "bert")["metadata"]
+        reference = {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "name": "bert",
+                     "uid": owner["uid"], "controller": True, "blockOwnerDeletion": True}
+        names = ["bert-master-0", "bert-worker-0"]
+        cluster.apply([{"apiVersion": "v1", "kind": "Pod",
+                        "metadata": {"name": name, "namespace": ns, "labels": labels(team),
+                                     "ownerReferences": [reference]},
+                        "spec": {**pod_spec(8, "p4d.24xlarge"), "restartPolicy": "Never"}} for name in names])
+        starts = {name: wait_for(f"{name} running", lambda n=name: container_times(
+            kubectl_json(cluster, "get", "pod", "-n", ns, n))[0], timeout=60) for name in names}
+        time.sleep(8)
+        for name in names:
+            finish(cluster, ns, name)
+        ends = {name: wait_for(f"{name} finished", lambda n=name: container_times(
+            kubectl_json(cluster, "get", "pod", "-n", ns, n))[1], timeout=30) for name in names}
+        cluster.kubectl("patch", "pytorchjob", "-n", ns, "bert", "--subresource=status", "--type=merge", "-p",
+                        json.dumps({"status": {"conditions": [{"type": "Succeeded", "status": "True",
+                                                               "reason": "PyTorchJobSucceeded"}]}}))
+        got = wait_for("the PyTorchJob's final cost annotation",
+                       lambda: (lambda a: a if FINAL in a else None)(
+                           annotations(cluster, "pytorchjob", ns, "bert")), timeout=60, log=log)
+        truth = sum(8 * (ends[n] - starts[n]) for n in names) / 3600
+        assert float(got[GPU_HOURS]) == pytest.approx(truth, rel=TOLERANCE)
+        assert float(got[COST]) == pytest.approx(truth * PRICE, rel=TOLERANCE)
+        described = cluster.kubectl("describe", "pytorchjob", "-n", ns, "bert").stdout
+        assert "GPUCost" in described and f"{got[GPU_HOURS]} GPU-hours" in described, described
+        assert "forbidden" not in log.read_text(errors="replace").lower()
+    finally:
+        cluster.kubectl("delete", "pods", "--all", "-n", ns, "--grace-period=0", "--force", "--wait=false",
+                        check=False)
+        cluster.kubectl("wait", "--for=delete", "pods", "--all", "-n", ns, "--timeout=30s", check=False)
+        cluster.kubectl("delete", "gpubudget", team, "--timeout=30s", check=False)
+        operator.terminate()
+        try:
+            operator.wait(30)
+        except subprocess.TimeoutExpired:
+            operator.kill()
+            operator.wait(10)
+        uninstall_rbac(cluster, rbac)
+        cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+        cluster.kubectl("delete", "crd", "pytorchjobs.kubeflow.org", "--wait=false", check=False)
