@@ -37,6 +37,16 @@ REASON_SCALED_TO_ZERO = "ScaledToZero"
 REASON_WOKEN = "Woken"
 REASON_BUDGET_THRESHOLD = "BudgetThreshold"
 
+# Budgets that queue (GPUBudget `whenExhausted: Queue`, docs/queueing.md): the mutating webhook
+# creates a pod the budget cannot pay for now with this scheduling gate; the operator removes it.
+BUDGET_GATE = f"{GROUP}/budget"
+QUEUED_ANNOTATION = f"{GROUP}/queued"
+"""On a gated pod: `<budget>: <why it waits>`, written by the mutating webhook."""
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+"""A workload Kueue admits: Kueue's own suspend stays in charge; Comptroller never gates it."""
+REASON_QUEUED = "BudgetQueued"
+REASON_RELEASED = "BudgetReleased"
+
 # Namespaces never matched by any policy, whatever it says.
 ALWAYS_EXCLUDED_NAMESPACES = frozenset({"kube-system"})
 
@@ -47,6 +57,26 @@ SCALED_TO_ZERO_ANNOTATION = f"{GROUP}/scaled-to-zero-at"
 """When the idle loop scaled the workload to zero."""
 HPA_ANNOTATION = f"{GROUP}/hpa"
 """`name:minReplicas` of the HPA targeting a workload we scaled to zero (wake restores at least that)."""
+
+# Idle batch runs (operator: `idle.py`): a Job, JobSet, Kubeflow job or RayJob whose GPUs stay idle
+# gets a notice, and is suspended (never deleted) where its policy says `action: Suspend`.
+IDLE_NOTIFIED_ANNOTATION = f"{GROUP}/idle-notified-at"
+"""When the `GPUIdle` notice was posted for the current idle stretch (removed when it gets busy)."""
+IDLE_SUSPEND_AT_ANNOTATION = f"{GROUP}/idle-suspend-at"
+"""When the notice said it would be suspended if still idle (`action: Suspend` only)."""
+IDLE_SUSPENDED_ANNOTATION = f"{GROUP}/idle-suspended-at"
+"""When the idle loop suspended it: only a suspension carrying this is ever undone by wake."""
+REASON_GPU_IDLE = "GPUIdle"
+REASON_IDLE_SUSPENDED = "IdleSuspended"
+SUSPENDABLE_KINDS = {
+    "Job": ("batch", ("spec", "suspend")),
+    "JobSet": ("jobset.x-k8s.io", ("spec", "suspend")),
+    "PyTorchJob": ("kubeflow.org", ("spec", "runPolicy", "suspend")),
+    "TFJob": ("kubeflow.org", ("spec", "runPolicy", "suspend")),
+    "MPIJob": ("kubeflow.org", ("spec", "runPolicy", "suspend")),
+    "RayJob": ("ray.io", ("spec", "suspend")),
+}
+"""Batch kinds the idle loop may suspend: kind -> (API group, path of the boolean that suspends it)."""
 
 # Metering (operator): a GPU pod keeps this finalizer until every budget it draws on has
 # committed its final charge, so a pod deleted while the operator is down is still metered.

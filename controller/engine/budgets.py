@@ -45,6 +45,13 @@ def current_usage(budget: Any, now: datetime) -> tuple[float, datetime]:
     return float(state.used_gpu_hours), recorded_end or end
 
 
+def hours_left(until: datetime | None, now: datetime, period_end: datetime) -> float:
+    """Hours a workload may still run in this period: until its expires_at, else (none, or one
+    already past, which nothing may act on) until the period ends."""
+    end = min(until, period_end) if until is not None and until > now else period_end
+    return hours_between(now, end)
+
+
 def hours_between(start: datetime, end: datetime) -> float:
     return max((end - start).total_seconds(), 0.0) / 3600.0
 

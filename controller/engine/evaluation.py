@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from controller.constants import DEFAULT_EXPIRY_KEY, DEFAULT_GPU_RESOURCES
+from controller.engine import queueing
 from controller.engine.api import Decision, Enforcement, Snapshot, Violation
 from controller.engine.matching import namespace_labels_of, placement_matches
 from controller.engine.models import RULE_FAMILIES
@@ -89,8 +90,6 @@ def evaluate(
 
     labels = view.labels()
     decision = Decision(resource=view.resource, allowed=True, team=labels.get("team", ""))
-    if mutate:
-        decision.patch = view.patch()
     exceptions = _exceptions_for(live_exceptions, labels)
     old_matching: list[Any] | None = None
     for policy in matcher.matching():
@@ -107,10 +106,27 @@ def evaluate(
         # Budgets project up to the workload's expires_at, under the key the matching policies use.
         keys = (p.spec.expiry.key for p in matcher.matching() if p.spec.expiry is not None)
         ctx.expiry_key = next((key for key in keys if key != DEFAULT_EXPIRY_KEY), DEFAULT_EXPIRY_KEY)
+    gates: dict[str, str] = {}
     for budget in snapshot.budgets:
         found = budget_rule.validate(budget, view, ctx)
+        if budget.spec.when_exhausted == "Queue" and _covers(budget, view):
+            if update is not None and queueing.ungated(update):
+                # Taking the gate off is starting the pod: judged as at its creation, so a queued
+                # pod cannot be started past a spent budget by a patch (the operator's releases fit).
+                found = budget_rule.validate(budget, view, replace(ctx, update=None))
+            queued = queueing.judge(budget, view, operation, found, mutate=mutate)
+            found = queued.deny
+            if queued.gate and not _waived(exceptions, budget.name, "budget"):
+                gates[budget.name] = queued.gate
+            if queued.warn:
+                _route(decision, queued.warn, "Warn", exceptions)
         if found:
             _route(decision, found, budget.spec.enforcement, exceptions)
+    if mutate:
+        gate = queueing.gate(view, gates) if gates else None
+        decision.patch = view.patch()
+        if gate is not None:
+            decision.patch.append(gate)
     for note in view.gpu_notes():
         decision.warnings.append(
             Violation(
@@ -130,6 +146,12 @@ def evaluate(
 
 GPU_COUNT = "gpu-equivalents"
 """The name warnings about how GPUs were counted go under (they belong to no policy)."""
+
+
+def _covers(budget: Any, view: WorkloadView) -> bool:
+    """Whether a budget draws on the workload: it asks for GPUs the budget counts, and its
+    effective labels match the budget's selector."""
+    return view.gpus(budget.spec.resource_tuple) > 0 and budget.spec.selector.compiled.matches(view.labels())
 
 
 def _validate(policy: Any, view: WorkloadView, ctx: Context) -> list[Violation]:

@@ -381,18 +381,26 @@ class ExpirySpec(_Model):
 
 class PrometheusSpec(_Model):
     url: str = Field(pattern=r"^https?://")
-    query: str = Field(min_length=1)
-    """PromQL; `$namespace` and `$name` are replaced by the workload's namespace and name."""
+    query: str | None = Field(default=None, min_length=1)
+    """PromQL; `$namespace` and `$name` are replaced by the workload's namespace and name. Omitted:
+    the highest DCGM GPU utilisation of the workload's pods (the operator's `DEFAULT_IDLE_QUERY`)."""
     threshold: float = 5.0
 
 
-_IDLE_KINDS: tuple[Literal["Deployment", "StatefulSet"], ...] = ("Deployment", "StatefulSet")
+IdleKind = Literal["Deployment", "StatefulSet", "Job", "JobSet", "PyTorchJob", "TFJob", "MPIJob", "RayJob"]
+_IDLE_KINDS: tuple[IdleKind, ...] = ("Deployment", "StatefulSet")
 
 
 class IdleSpec(_Model):
     selector: LabelSelector = Field(default_factory=LabelSelector)
-    kinds: list[Literal["Deployment", "StatefulSet"]] = Field(default_factory=lambda: [*_IDLE_KINDS])
+    kinds: list[IdleKind] = Field(default_factory=lambda: [*_IDLE_KINDS])
     idle_after: Duration = timedelta(minutes=30)
+    action: Literal["Notify", "Suspend"] | None = None
+    """Omitted: Deployments and StatefulSets are scaled to zero, batch kinds only notified. `Notify`:
+    every kind gets the `GPUIdle` notice and nothing is changed. `Suspend`: batch kinds are suspended
+    `notifyBefore` after the notice (never deleted); Deployments and StatefulSets scaled to zero."""
+    notify_before: Duration = timedelta(minutes=15)
+    """How long before suspending a batch workload its `GPUIdle` notice comes."""
     prometheus: PrometheusSpec | None = None
 
 
@@ -426,6 +434,9 @@ class GPUBudgetSpec(_Model):
     period: Literal["Daily", "Weekly", "Monthly"] = "Monthly"
     enforcement: Literal["Enforce", "Warn", "Audit"] = "Enforce"
     admission: Literal["Exhausted", "Projected"] = "Exhausted"
+    when_exhausted: Literal["Deny", "Queue"] = "Deny"
+    """`Queue`: a pod the budget cannot pay for now is created SchedulingGated and released by the
+    operator when it can (docs/queueing.md); `Deny` refuses it."""
     alert_thresholds: list[Annotated[int, Field(ge=1, le=1000)]] = Field(
         default_factory=lambda: [50, 80, 100]
     )
@@ -454,6 +465,10 @@ class GPUBudgetStatus(_Status):
     history: list[BudgetHistoryEntry] = Field(default_factory=list)
     last_metered_at: Timestamp | None = None
     thresholds_reached: list[int] = Field(default_factory=list)
+    queued_pods: int = 0
+    """Pods waiting SchedulingGated for this budget (`whenExhausted: Queue`)."""
+    reserved_gpu_hours: float = Field(default=0.0, alias="reservedGPUHours")
+    """Under `Queue` with `Projected`: what the released, unfinished pods may still use this period."""
 
 
 # -- FinOpsException -----------------------------------------------------------------------------

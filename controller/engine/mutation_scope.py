@@ -38,8 +38,14 @@ _LABELS = "object.metadata.labels"
 _ANNOTATIONS = "object.metadata.annotations"
 
 
-def mutation_condition(policies: Iterable[FinOpsPolicy]) -> str:
-    """A CEL expression over `request` and `object`: false only for a pod mutation leaves as it is."""
+def mutation_condition(policies: Iterable[FinOpsPolicy], *, queueing: bool = False) -> str:
+    """A CEL expression over `request` and `object`: false only for a pod mutation leaves as it is.
+
+    `queueing`: some GPUBudget has `whenExhausted: Queue`, so any pod may need the budget's
+    scheduling gate, which only mutation at its creation can add (controller.engine.queueing):
+    every object is sent."""
+    if queueing:
+        return "true"
     policies = list(policies)
     fillable = sorted(
         {

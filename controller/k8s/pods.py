@@ -228,6 +228,20 @@ def remove_finalizer(api: Workloads, *, namespace: str, name: str, uid: str | No
     return True
 
 
+def remove_gate(api: Workloads, *, namespace: str, name: str, uid: str) -> bool:
+    """Release a pod from a queueing budget: remove our scheduling gate (only ours; the API server
+    lets gates be removed, never added, after creation). False when the pod is gone."""
+    body = {
+        "metadata": {"uid": uid},
+        "spec": {"schedulingGates": [{"$patch": "delete", "name": constants.BUDGET_GATE}]},
+    }
+    try:
+        api.patch(PODS, namespace, name, body, content_type=STRATEGIC_MERGE_PATCH)
+    except NotFound:
+        return False
+    return True
+
+
 def pods_with_finalizer(api: Workloads) -> Iterable[dict[str, Any]]:
     """Every pod carrying the metering finalizer (for `--release-finalizers`)."""
     for pod in api.iter_objects(PODS):

@@ -37,6 +37,9 @@ class Budget:
     prices: Mapping[str, Any]
     resources: tuple[str, ...] | None = None
     """GPU resources this budget counts (`spec.resources`); None: all the operator counts."""
+    admission: str = "Exhausted"
+    when_exhausted: str = "Deny"
+    """`Queue`: pods it cannot pay for wait SchedulingGated (controller.metering.queue)."""
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any]) -> Budget:
@@ -62,6 +65,8 @@ class Budget:
             prices=dict(spec.price_per_gpu_hour),
             # Unset: every resource the operator counts (`--gpu-resource`), as before.
             resources=tuple(spec.resources) if (obj.get("spec") or {}).get("resources") else None,
+            admission=spec.admission,
+            when_exhausted=spec.when_exhausted,
         )
 
     def percent_used(self, used: float) -> float:
@@ -113,9 +118,11 @@ def project_status(
     budget: Budget,
     ledger: Ledger,
     *,
-    running_gpus: int,
+    running_gpus: float,
     previous: Mapping[str, Any] | None,
     now: datetime,
+    queued: int = 0,
+    reserved: float = 0.0,
 ) -> dict[str, Any]:
     """The GPUBudget status for this ledger (docs/crds.md#gpubudget, docs/metering.md)."""
     previous = previous or {}
@@ -163,6 +170,8 @@ def project_status(
         "thresholdsReached": list(reached),
         "lastMeteredAt": format_time(ledger.metered_at or now),
         "conditions": conditions,
+        "queuedPods": queued,
+        "reservedGPUHours": round(reserved, 6),
     }
 
 

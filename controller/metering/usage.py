@@ -68,6 +68,7 @@ from controller.engine.accelerators import (
     pod_gpus,
     resource_filter,
 )
+from controller.engine.expiry import expires_at_in, parse_expires_at
 from controller.engine.timestamps import parse_time
 
 SECONDS_PER_HOUR = 3600.0
@@ -221,6 +222,16 @@ class PodRecord:
     are known."""
     claims: tuple[str, ...] = ()
     """Its DRA ResourceClaims."""
+    gated: bool = False
+    """It waits SchedulingGated for a queueing budget (controller.metering.queue)."""
+    priority: int = 0
+    """`spec.priority` (its PriorityClass's value, set at admission): queues release high first."""
+    created: datetime | None = None
+    gang: str = ""
+    """The pods released together: one Job, JobSet, Kubeflow job, RayCluster or LeaderWorkerSet
+    group; "" for a pod that goes alone (a Deployment's, a bare one)."""
+    expires: datetime | None = None
+    """Its `expires_at`, which bounds what it may use (a queue reserves up to it)."""
 
     def gpus_of(self, resources: Iterable[str] | None) -> float:
         """GPU-equivalents held of `resources` (None: every resource the operator counts)."""
@@ -399,7 +410,51 @@ def pod_record(
         devices=devices,
         asks=asks,
         claims=claims,
+        gated=any(
+            isinstance(g, Mapping) and g.get("name") == constants.BUDGET_GATE
+            for g in spec.get("schedulingGates") or ()
+        ),
+        priority=int(spec.get("priority") or 0) if isinstance(spec.get("priority"), int) else 0,
+        created=parse_time(metadata.get("creationTimestamp")),
+        gang=gang_of(metadata),
+        expires=_expires(metadata),
     )
+
+
+GANG_LABELS = (
+    ("jobset.sigs.k8s.io/jobset-name", "JobSet"),
+    ("leaderworkerset.sigs.k8s.io/name", "LeaderWorkerSet"),
+    ("ray.io/cluster", "RayCluster"),
+)
+LWS_GROUP_LABEL = "leaderworkerset.sigs.k8s.io/group-index"
+GANG_OWNERS = frozenset({"Job", "PyTorchJob", "TFJob", "MPIJob", "RayCluster", "JobSet", "LeaderWorkerSet"})
+
+
+def gang_of(metadata: Mapping[str, Any]) -> str:
+    """The gang a pod belongs to (see PodRecord.gang): by the labels the JobSet, LeaderWorkerSet
+    (one gang per group) and KubeRay controllers put on their pods, else its controller if that is
+    a job kind. Released together, so a distributed job never half-starts."""
+    labels = metadata.get("labels") or {}
+    namespace = metadata.get("namespace", "")
+    for label, kind in GANG_LABELS:
+        if labels.get(label):
+            group = labels.get(LWS_GROUP_LABEL) if kind == "LeaderWorkerSet" else None
+            return f"{kind}/{namespace}/{labels[label]}" + (f"/{group}" if group else "")
+    for owner in metadata.get("ownerReferences") or ():
+        if owner.get("controller") and owner.get("kind") in GANG_OWNERS:
+            return f"{owner['kind']}/{namespace}/{owner.get('name', '')}"
+    return ""
+
+
+def _expires(metadata: Mapping[str, Any]) -> datetime | None:
+    key = constants.DEFAULT_EXPIRY_KEY
+    raw, source = expires_at_in(metadata.get("annotations"), metadata.get("labels"), key=key)
+    if source is None:
+        return None
+    try:
+        return parse_expires_at(raw, source=source)
+    except ValueError:
+        return None
 
 
 def needs_finalizer(pod: PodRecord, *, matched: bool, now: datetime) -> bool:

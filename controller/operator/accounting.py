@@ -41,6 +41,7 @@ from controller.k8s import pods as pod_api
 from controller.k8s import workloads as workloads_api
 from controller.k8s.pods import PodWatch
 from controller.k8s.workloads import ApiError, Conflict, Workloads
+from controller.metering import queue
 from controller.metering.budgets import Budget, advance, project_status, threshold_message
 from controller.metering.usage import (
     Counting,
@@ -90,6 +91,10 @@ class MeteringState:
     for; kept after the claim is gone while a pod still needs it (its final charge)."""
     claims_at: float = float("-inf")
     recounts: dict[tuple[Any, ...], tuple[dict[str, float], float]] = field(default_factory=dict)
+    announced: set[str] = field(default_factory=set)
+    """Uids of gated pods told where they wait (one BudgetQueued Event each per operator run)."""
+    released: dict[str, float] = field(default_factory=dict)
+    """Uid -> when (monotonic) its gate was removed: the pod cache may show it gated a while yet."""
     last_sweep: float = float("-inf")
     sweep_task: asyncio.Task | None = None
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
@@ -291,7 +296,10 @@ async def tick(state: MeteringState, body: Any, *, logger: logging.Logger | None
     state.ledgers[budget.name] = (ledger, resource_version)
 
     running = sum(p.gpus_of(budget.resources) for p in pods if p.running(now))
-    status = project_status(budget, ledger, running_gpus=running, previous=body.get("status"), now=now)
+    usage = queue.Usage(ledger.used_gpu_hours, ledger.period_end)
+    queued, reserved = queue.figures(budget, pods, usage, now=now)
+    status = project_status(budget, ledger, running_gpus=running, previous=body.get("status"), now=now,
+                            queued=queued, reserved=reserved)
     await state.call(ledger_store.patch_budget_status, state.api, name=budget.name, uid=budget.uid,
                      status=status)
     for threshold in announce:
@@ -395,15 +403,118 @@ def maybe_reconcile_finalizers(state: MeteringState, *, stopped: Any = None) -> 
     state.last_sweep = time.monotonic()
 
     async def sweep() -> None:
+        try:  # queued pods first: thousands of finalizer patches must not delay a release
+            await release_queue(state)
+        except Exception as error:  # the next sweep retries; never kill the daemon over it
+            log.warning("budget queue sweep failed: %s", error)
         try:
             await reconcile_finalizers(state, stopped=stopped)
-        except Exception as error:  # the next sweep retries; never kill the daemon over it
+        except Exception as error:
             log.warning("metering finalizer sweep failed: %s", error)
         finally:
             state.last_sweep = time.monotonic()
 
     state.sweep_task = asyncio.create_task(sweep(), name="metering finalizer sweep")
     return state.sweep_task
+
+
+# -- queues -----------------------------------------------------------------------------------------
+
+
+async def release_queue(state: MeteringState) -> queue.Plan:
+    """Release the gated pods queueing budgets can pay for now (`queue.plan_release`, pure), and
+    tell the others where they wait, once. Gates are removed concurrently, in batches (bounded like
+    the finalizer sweep); a gang's pods all in the same sweep, and a removal that failed is retried
+    by the next one."""
+    pods = [p for p in visible_pods(state) if p.end(state.clock()) is None]
+    if not any(p.gated for p in pods):
+        return queue.Plan()
+    now = state.clock()
+    # Every budget there is, not only those whose daemon has ticked since this operator started:
+    # a pod a budget queues must not look unqueued for lack of its first tick (it waits for it).
+    listed = await state.call(list_budgets, state.api)
+    # The listed spec is the freshest (a raised gpuHours counts before the budget's next tick).
+    by_name = {**state.budgets, **{b.name: b for b in listed}}
+    budgets = list(by_name.values())
+    usage = {
+        name: queue.Usage(ledger.used_gpu_hours, ledger.period_end)
+        for name in (b.name for b in budgets)
+        if (ledger := state.committed(name)) is not None
+    }
+    plan = queue.plan_release(counted(state, pods), budgets, usage, now=now)
+    writable = workloads_api.WRITES.allows
+    recently = time.monotonic() - RELEASE_MEMORY
+    state.released = {uid: at for uid, at in state.released.items() if at > recently}
+
+    async def release(pod: PodRecord) -> None:
+        remove = pod_api.remove_gate
+        if await state.call(remove, state.api, namespace=pod.namespace, name=pod.name, uid=pod.uid):
+            state.released[pod.uid] = time.monotonic()
+            state.announced.discard(pod.uid)
+            waited = f" after {format_duration_short(now - pod.created)}" if pod.created else ""
+            await state.call(state.api.emit_event, _pod_ref(pod), reason=constants.REASON_RELEASED,
+                             message=f"released by its GPU budget{waited}: it may be scheduled now")
+
+    todo = []
+    for pod in plan.release:
+        if pod.uid in state.released:
+            continue  # released already; the cache has not seen it yet
+        if state.config.dry_run or not writable(pod.namespace):
+            log.info("dry-run or read-only namespace: would release %s/%s from its budget queue",
+                     pod.namespace, pod.name)
+            continue
+        todo.append(pod)
+    batch = max(1, state.config.metering.max_concurrent_writes * 4)
+    for start in range(0, len(todo), batch):
+        for result in await asyncio.gather(*(release(p) for p in todo[start:start + batch]),
+                                           return_exceptions=True):
+            if isinstance(result, Exception):
+                log.warning("could not release a pod from its budget queue (next sweep retries): %s", result)
+    for name, gangs in plan.waiting.items():
+        budget = by_name.get(name)
+        if budget is None or name not in usage:
+            continue
+        for place, gang in enumerate(gangs, start=1):
+            message = queue.waiting_message(budget, usage[name], place=place, of=len(gangs), gang=gang)
+            for pod in gang:
+                if pod.uid not in state.announced:
+                    state.announced.add(pod.uid)
+                    await state.call(state.api.emit_event, _pod_ref(pod), reason=constants.REASON_QUEUED,
+                                     type_="Warning", message=message)
+    if plan.release:
+        log.info("budget queues: released %d pods, %d gangs still waiting", len(plan.release),
+                 sum(len(g) for g in plan.waiting.values()))
+    return plan
+
+
+RELEASE_MEMORY = 300.0
+"""Seconds a released pod is not released again while the pod cache still shows it gated."""
+
+
+def list_budgets(api: Workloads) -> list[Budget]:
+    """Every GPUBudget that compiles (one the engine leaves out queues nothing)."""
+    budgets = []
+    for obj in api.iter_objects(ledger_store.BUDGETS):
+        if (obj.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        try:
+            budgets.append(Budget.from_object(obj))
+        except ValueError as error:
+            name = (obj.get("metadata") or {}).get("name")
+            log.debug("GPUBudget %s left out of the queue: %s", name, error)
+    return budgets
+
+
+def _pod_ref(pod: PodRecord) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod.name, "namespace": pod.namespace, "uid": pod.uid}}
+
+
+def format_duration_short(delta: Any) -> str:
+    seconds = int(max(delta.total_seconds(), 0))
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
 # -- kopf handlers -----------------------------------------------------------------------------------

@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 POLICIES = ApiResource(constants.GROUP, constants.VERSION, constants.POLICY_PLURAL, "FinOpsPolicy", False)
 EXCEPTIONS = ApiResource(constants.GROUP, constants.VERSION, constants.EXCEPTION_PLURAL, "FinOpsException")
 NAMESPACES = ApiResource("", "v1", "namespaces", "Namespace", namespaced=False)
+BUDGETS = ApiResource(constants.GROUP, constants.VERSION, constants.BUDGET_PLURAL, "GPUBudget", False)
 EQUIVALENCES = ApiResource(constants.GROUP, constants.VERSION, "gpuequivalences", "GPUEquivalence", False)
 CLAIM_RESOURCES = (
     ApiResource("resource.k8s.io", "v1", "resourceclaimtemplates", "ResourceClaimTemplate"),
@@ -59,12 +60,20 @@ CLAIM_RESOURCES = (
 )
 AUDIT_FIRST_DELAY = 30.0
 """Seconds after startup before the first audit (or the audit interval, if shorter)."""
-WAKE_KINDS = (
+WAKE_KINDS: tuple[tuple[str, str | None, str], ...] = (
     ("apps", "v1", "deployments"),
     ("apps", "v1", "statefulsets"),
     ("apps", "v1", "replicasets"),
     ("apps", "v1", "daemonsets"),
     ("batch", "v1", "cronjobs"),
+    # Batch workloads the idle loop suspends (`constants.SUSPENDABLE_KINDS`); custom kinds in the
+    # version the cluster prefers, watched once their CRD is installed.
+    ("batch", "v1", "jobs"),
+    ("jobset.x-k8s.io", None, "jobsets"),
+    ("kubeflow.org", None, "pytorchjobs"),
+    ("kubeflow.org", None, "tfjobs"),
+    ("kubeflow.org", None, "mpijobs"),
+    ("ray.io", None, "rayjobs"),
 )
 
 
@@ -158,6 +167,10 @@ def _count_scaled(outcome: Outcome) -> None:
     metrics.IDLE_SCALED_TO_ZERO.inc()
 
 
+def _count_suspended(outcome: Outcome) -> None:
+    metrics.IDLE_SUSPENDED.inc()
+
+
 def _count_finding(finding: Finding) -> None:
     metrics.count_audit_finding(finding.policy, finding.rule, finding.team)
 
@@ -176,6 +189,8 @@ class Lifecycle:
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     _last: dict[str, float] = field(default_factory=dict)
     _running: set[str] = field(default_factory=set)
+    _idle_memory: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Dry-run: the idle notices and suspensions only reported, so each is reported once."""
     _tasks: set[asyncio.Future[None]] = field(default_factory=set)
     _started: float = field(default_factory=time.monotonic)
 
@@ -206,6 +221,9 @@ class Lifecycle:
                 # The webhook judges with a policy until it is gone, so its defaults count until then.
                 policies=lambda: list(read_policies(workloads, with_deleting=True)),
                 skip_settled_pods=config.skip_settled_pods,
+                queueing=lambda: any(
+                    (b.get("spec") or {}).get("whenExhausted") == "Queue" for b in _listed(workloads, BUDGETS)
+                ),
             )
         if dry_run:
             log.warning("dry-run: expiry and idle only log and emit Events; no workload will be changed")
@@ -265,6 +283,8 @@ class Lifecycle:
             prometheus_timeout=self.config.idle.prometheus_timeout,
             prometheus_url_override=self.config.idle.prometheus_url,
             on_scaled=_count_scaled,
+            on_suspended=_count_suspended,
+            memory=self._idle_memory if self.effector.dry_run else None,
         )
 
     def sweep_audit(self) -> None:
@@ -394,5 +414,9 @@ def _wake_handler(body: Any, type: str | None, memo: Any, **_: Any) -> None:  # 
 
 for _group, _version, _plural in WAKE_KINDS:
     kopf.on.event(
-        _group, _version, _plural, id=f"wake-{_plural}", annotations={constants.WAKE_ANNOTATION: kopf.PRESENT}
+        group=_group,
+        version=_version,
+        plural=_plural,
+        id=f"wake-{_plural}",
+        annotations={constants.WAKE_ANNOTATION: kopf.PRESENT},
     )(_wake_handler)

@@ -64,10 +64,13 @@ class WebhookScope:
         policies: Callable[[], list[FinOpsPolicy]],
         *,
         skip_settled_pods: bool = True,
+        queueing: Callable[[], bool] = lambda: False,
     ) -> None:
         self.workloads = workloads
         self.configuration = configuration
         self.policies = policies
+        self.queueing = queueing
+        """Whether some GPUBudget queues (then every pod is sent to /mutate, to be gated)."""
         self.skip_settled_pods = skip_settled_pods
         self._executor = ThreadPoolExecutor(1, "webhook-scope")
         self._dirty = False
@@ -123,7 +126,9 @@ class WebhookScope:
                 return False
             self._absent_logged = False
             policies = self.policies()
-            expression = mutation_condition(policies) if self.skip_settled_pods else None
+            expression = (
+                mutation_condition(policies, queueing=self.queueing()) if self.skip_settled_pods else None
+            )
             current = config["webhooks"][index].get("matchConditions") or []
             wanted = wanted_conditions(current, expression)
             if current == wanted:
@@ -171,6 +176,7 @@ def _our_webhook(config: dict[str, Any] | None) -> int | None:
     return None
 
 
+@kopf.on.event(constants.GROUP, constants.VERSION, constants.BUDGET_PLURAL)
 @kopf.on.event(constants.GROUP, constants.VERSION, constants.POLICY_PLURAL)
 async def policy_changed(memo: Any, **_: Any) -> None:
     """Any change to a policy may change what mutation can do: sync soon."""

@@ -182,6 +182,9 @@ def test_every_shipped_policy_passes_the_crd_schema_and_the_model(obj):
         ),
         ("FinOpsPolicy", {"gpu": {"maxGPUsPerPod": -1}}, "out of bounds"),
         ("FinOpsPolicy", {"labels": {"requird": []}}, "unknown field"),
+        ("FinOpsPolicy", {"idle": {"action": "Delete"}}, "not in"),
+        ("FinOpsPolicy", {"idle": {"kinds": ["CronJob"]}}, "not in"),
+        ("FinOpsPolicy", {"idle": {"notifyBefore": "soon"}}, "does not match"),
         ("GPUBudget", {"period": "Monthly"}, "gpuHours: required"),
         (
             "FinOpsException",

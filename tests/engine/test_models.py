@@ -89,6 +89,15 @@ def cr(kind, spec, name="x", **extra):
             cr("FinOpsPolicy", {"idle": {"prometheus": {"url": "prometheus:9090", "query": "up"}}}),
             "spec.idle.prometheus.url: String should match pattern",
         ),
+        (
+            cr("FinOpsPolicy", {"idle": {"action": "Delete"}}),
+            "spec.idle.action: Input should be 'Notify' or 'Suspend'",
+        ),
+        (cr("FinOpsPolicy", {"idle": {"kinds": ["CronJob"]}}), "spec.idle.kinds[0]: Input should be"),
+        (
+            cr("FinOpsPolicy", {"idle": {"notifyBefore": "soon"}}),
+            "spec.idle.notifyBefore: 'soon' is not a duration",
+        ),
         (cr("GPUBudget", {"period": "Monthly"}), "GPUBudget/x: spec.gpuHours: Field required"),
         (
             cr("GPUBudget", {"gpuHours": 10, "period": "Yearly"}),

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from controller.engine.api import Violation
-from controller.engine.budgets import current_usage, hours_between, max_gpus_for
+from controller.engine.budgets import current_usage, hours_left, max_gpus_for
 from controller.engine.expiry import format_annotation, format_label
 from controller.engine.messages import fix_fields, gpus_text
 from controller.engine.models import DEFAULT_INSTANCE_TYPE_KEYS
@@ -94,11 +94,7 @@ def validate(budget: Any, view: Any, ctx: Context) -> list[Violation]:
 
 
 def _hours_left(view: Any, ctx: Context, period_end: datetime) -> float:
-    """Hours the workload may still run in this period: until its expires_at, else (none, or one
-    already past, which nothing may act on) until the period ends."""
-    until = expires_at(view, ctx.expiry_key)
-    end = min(until, period_end) if until is not None and until > ctx.now else period_end
-    return hours_between(ctx.now, end)
+    return hours_left(expires_at(view, ctx.expiry_key), ctx.now, period_end)
 
 
 def _projected(

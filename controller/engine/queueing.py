@@ -1,0 +1,100 @@
+"""Budgets that queue instead of refuse: GPUBudget `whenExhausted: Queue` (docs/queueing.md).
+
+A pod a queueing budget cannot pay for now is admitted and created with the scheduling gate
+`finops.comptroller.dev/budget`: it stays `SchedulingGated`, holding no GPU, until the operator
+removes the gate (controller.operator.queue). Gates can only be added when a pod is created, so
+the mutating webhook adds it at Pod CREATE; everything else is admitted and queues through its
+pods:
+
+- a Pod CREATE under `Exhausted` is gated when the budget is spent;
+- under `Projected` every pod the budget covers is gated, and the operator, alone and in order,
+  releases what fits in what remains after the reservations of the pods it released before:
+  concurrent submissions through any number of webhook replicas cannot together overspend;
+- a controller or an ML job (its pods queue when they are created), an UPDATE or a scale-up is
+  admitted, with a warning saying its pods will wait;
+- a workload Kueue admits (`kueue.x-k8s.io/queue-name`) is never gated: Kueue's suspend stays in
+  charge of when it runs, and the budget's verdict comes as a warning;
+- the validating webhook, which sees the pod after mutation, admits a gated pod with a warning
+  saying why it waits; a pod the mutating webhook did not gate (it was down, with
+  `failurePolicy: Ignore`) is judged as under `Deny`, so a budget is never bypassed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from controller.constants import BUDGET_GATE, KUEUE_QUEUE_LABEL, QUEUED_ANNOTATION
+from controller.engine.api import Violation
+
+
+@dataclass(frozen=True)
+class Queued:
+    """What a queueing budget says about one workload."""
+
+    deny: list[Violation]
+    """What still denies (only a pod the mutating webhook should have gated and did not)."""
+    warn: list[Violation]
+    """What the user is told: the pod waits, or the workload's pods will."""
+    gate: str = ""
+    """Why the pod is gated, when mutation must gate it ("" when not)."""
+
+
+def has_gate(pod_spec: Mapping[str, Any]) -> bool:
+    gates = pod_spec.get("schedulingGates") or ()
+    return any(isinstance(g, Mapping) and g.get("name") == BUDGET_GATE for g in gates)
+
+
+def ungated(update: Any) -> bool:
+    """An UPDATE of a pod that takes the budget's gate off (what starts a queued pod)."""
+    new, old = update.new, update.old
+    return bool(new.is_pod and has_gate(old.templates[0].spec) and not has_gate(new.templates[0].spec))
+
+
+def judge(budget: Any, view: Any, operation: str, found: list[Violation], *, mutate: bool) -> Queued:
+    """A queueing budget's verdict on a workload it covers, given what it would deny (`found`)."""
+    spec = budget.spec
+    projected = spec.admission == "Projected"
+    waiting = found[0].summary if found else "it fits in what remains (pods are released in order)"
+    if KUEUE_QUEUE_LABEL in view.labels() or KUEUE_QUEUE_LABEL in view.meta_labels:
+        return Queued([], [_note(budget, f"Kueue admits this workload; for {budget.name}: {waiting}")]
+                      if found else [])
+    if view.is_pod and operation == "UPDATE" and found:
+        return Queued(found, [])  # the gate taken off a pod the budget cannot pay for (`ungated`)
+    if not view.is_pod or operation != "CREATE":
+        if not found:
+            return Queued([], [])
+        return Queued([], [_note(budget, f"its new pods will wait SchedulingGated: {waiting}")])
+    if not found and not projected:
+        return Queued([], [])  # room now: not gated
+    if has_gate(view.templates[0].spec):
+        return Queued([], [_note(budget, f"this pod waits SchedulingGated ({waiting}); "
+                                         "`kubectl describe pod` shows its place")])
+    if mutate:
+        return Queued([], [], gate=waiting)
+    return Queued(found, [])  # not gated: the mutating webhook did not run on it
+
+
+def _note(budget: Any, text: str) -> Violation:
+    return Violation(
+        policy=budget.name,
+        rule="budget",
+        key=budget.name,
+        message=f"GPU budget {budget.name} queues: {text}",
+        summary=f"queued by {budget.name}: {text}",
+        fix=f"# nothing to change: the operator releases queued pods when {budget.name} has room "
+        "(a new period, a larger gpuHours, a FinOpsException, or a finished workload of the team)",
+        enforcement="Warn",
+    )
+
+
+def gate(view: Any, reasons: Mapping[str, str]) -> dict[str, Any]:
+    """Gate a Pod: annotate (on the view) which budgets it waits for and why, so `kubectl describe
+    pod` shows it, and return the RFC 6902 operation adding the scheduling gate."""
+    text = "; ".join(f"{name}: {why}" for name, why in sorted(reasons.items()))
+    view.add_annotation(QUEUED_ANNOTATION, text)
+    spec = view.manifest.get("spec") or {}
+    if spec.get("schedulingGates"):
+        return {"op": "add", "path": "/spec/schedulingGates/-", "value": {"name": BUDGET_GATE}}
+    return {"op": "add", "path": "/spec/schedulingGates", "value": [{"name": BUDGET_GATE}]}

@@ -1,0 +1,343 @@
+"""GPUBudget `whenExhausted: Queue` at admission (controller.engine.queueing): the mutating webhook
+gates the Pods a queueing budget cannot pay for now, the validating webhook admits what was gated
+and still denies what was not, and everything else is admitted with a warning."""
+
+from __future__ import annotations
+
+import copy
+
+import jsonpatch
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from controller.constants import BUDGET_GATE, KUEUE_QUEUE_LABEL, QUEUED_ANNOTATION
+from controller.engine import evaluate
+from controller.engine.mutation_scope import mutation_condition
+from tests.engine.engine_cases import (
+    NOW,
+    budget,
+    deployment,
+    exception,
+    pod,
+    pod_spec,
+    policy,
+    snapshot,
+)
+
+NLP = {"team": "nlp"}
+END = "2026-12-01T00:00:00Z"  # NOW is 2026-11-22T12:00Z: 204 hours left in the month
+GATE = {"name": BUDGET_GATE}
+
+
+def nlp_budget(name: str = "team-nlp", *, used: float = 500, when: str = "Queue", team: str = "nlp",
+               **spec):
+    spec = {"selector": {"matchLabels": {"team": team}}, "gpuHours": 500, "period": "Monthly",
+            "whenExhausted": when, **spec}
+    return budget(name, used=used, period_end=END, **spec)
+
+
+def mutate(manifest, *items, operation="CREATE", old=None):
+    return evaluate(manifest, snapshot=snapshot(*items), now=NOW, operation=operation, old_object=old)
+
+
+def validate(manifest, *items, operation="CREATE", old=None):
+    return evaluate(manifest, snapshot=snapshot(*items), now=NOW, mutate=False, operation=operation,
+                    old_object=old)
+
+
+def applied(manifest, decision):
+    return jsonpatch.apply_patch(copy.deepcopy(manifest), decision.patch)
+
+
+def gate_ops(decision):
+    return [op for op in decision.patch if op["path"].startswith("/spec/schedulingGates")]
+
+
+def job(labels=None, *, gpus=1, meta_labels=None) -> dict:
+    metadata: dict = {"name": "j", "namespace": "ml"}
+    if meta_labels:
+        metadata["labels"] = dict(meta_labels)
+    template: dict = {"spec": {**pod_spec(gpus), "restartPolicy": "Never"}}
+    if labels:
+        template["metadata"] = {"labels": dict(labels)}
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": {"template": template}}
+
+
+# -- Pods the mutating webhook gates ------------------------------------------------------------------
+
+
+def test_a_pod_a_spent_queueing_budget_covers_is_admitted_gated_and_annotated():
+    manifest = pod(NLP, gpus=1)
+    decision = mutate(manifest, nlp_budget())
+    assert decision.allowed and not decision.violations
+    assert gate_ops(decision) == [{"op": "add", "path": "/spec/schedulingGates", "value": [GATE]}]
+    gated = applied(manifest, decision)
+    assert gated["spec"]["schedulingGates"] == [GATE]
+    note = gated["metadata"]["annotations"][QUEUED_ANNOTATION]
+    assert note.startswith("team-nlp: ") and "exhausted" in note
+    assert gated["spec"]["containers"] == manifest["spec"]["containers"]
+
+
+def test_the_gate_is_appended_after_the_pods_own_gates_and_its_annotations_are_kept():
+    manifest = pod(NLP, gpus=1, annotations={"owner": "me"})
+    manifest["spec"]["schedulingGates"] = [{"name": "example.com/other"}]
+    decision = mutate(manifest, nlp_budget())
+    assert gate_ops(decision) == [{"op": "add", "path": "/spec/schedulingGates/-", "value": GATE}]
+    gated = applied(manifest, decision)
+    assert gated["spec"]["schedulingGates"] == [{"name": "example.com/other"}, GATE]
+    assert gated["metadata"]["annotations"]["owner"] == "me"
+    assert "team-nlp" in gated["metadata"]["annotations"][QUEUED_ANNOTATION]
+
+
+def test_a_gated_pod_passes_validation_with_a_warning_that_it_waits():
+    manifest = pod(NLP, gpus=1)
+    budgets = [nlp_budget()]
+    gated = applied(manifest, mutate(manifest, *budgets))
+    decision = validate(gated, *budgets)
+    assert decision.allowed and not decision.violations
+    (warning,) = decision.warnings
+    assert warning.enforcement == "Warn" and warning.policy == "team-nlp" and warning.rule == "budget"
+    assert "waits" in warning.message and "team-nlp" in warning.message
+    assert decision.patch == []
+
+
+def test_a_pod_already_gated_is_not_gated_twice_when_mutation_runs_again():
+    manifest = pod(NLP, gpus=1)
+    budgets = [nlp_budget()]
+    gated = applied(manifest, mutate(manifest, *budgets))
+    again = mutate(gated, *budgets)  # reinvocation, or a pod created with the gate already
+    assert again.allowed and gate_ops(again) == []
+    assert applied(gated, again)["spec"]["schedulingGates"] == [GATE]
+
+
+def test_a_pod_the_mutating_webhook_did_not_gate_is_denied_as_under_deny():
+    decision = validate(pod(NLP, gpus=1), nlp_budget())
+    assert not decision.allowed
+    (violation,) = decision.violations
+    assert (violation.policy, violation.rule) == ("team-nlp", "budget")
+    assert "exhausted" in violation.message
+
+
+def test_a_pod_of_a_deployment_is_gated_too():
+    manifest = pod(NLP, gpus=2)
+    manifest["metadata"]["ownerReferences"] = [
+        {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "d-5f9c", "uid": "rs", "controller": True}
+    ]
+    decision = mutate(manifest, nlp_budget())
+    assert decision.allowed and len(gate_ops(decision)) == 1
+
+
+def test_a_label_defaulted_by_mutation_brings_the_pod_under_the_budget_and_its_gate():
+    defaults = policy("labels", labels={"required": [{"key": "team", "default": "nlp"}]})
+    manifest = pod({}, gpus=1)
+    decision = mutate(manifest, defaults, nlp_budget())
+    gated = applied(manifest, decision)
+    assert gated["metadata"]["labels"]["team"] == "nlp"
+    assert gated["spec"]["schedulingGates"] == [GATE]
+    assert validate(gated, defaults, nlp_budget()).allowed
+
+
+def test_two_spent_queueing_budgets_add_one_gate_and_name_both():
+    budgets = [nlp_budget("a-nlp"), nlp_budget("b-all", selector={}, gpuHours=10, used=10)]
+    manifest = pod(NLP, gpus=1)
+    decision = mutate(manifest, *budgets)
+    assert len(gate_ops(decision)) == 1
+    note = applied(manifest, decision)["metadata"]["annotations"][QUEUED_ANNOTATION]
+    assert "a-nlp: " in note and "b-all: " in note
+    assert validate(applied(manifest, decision), *budgets).allowed
+
+
+def test_a_spent_deny_budget_still_denies_next_to_a_queueing_one():
+    budgets = [nlp_budget("a-queue"), nlp_budget("b-deny", when="Deny")]
+    decision = mutate(pod(NLP, gpus=1), *budgets)
+    assert not decision.allowed
+    assert [v.policy for v in decision.violations] == ["b-deny"]
+
+
+# -- what is not gated ----------------------------------------------------------------------------------
+
+
+def test_with_room_under_exhausted_nothing_is_gated_nor_warned():
+    manifest = pod(NLP, gpus=1)
+    decision = mutate(manifest, nlp_budget(used=499.9))
+    assert decision.allowed and decision.patch == [] and not decision.warnings
+    assert validate(manifest, nlp_budget(used=499.9)).allowed
+
+
+@pytest.mark.parametrize("used", [0, 10, 296, 400, 499, 600])
+def test_under_projected_every_covered_pod_is_gated_even_with_room(used):
+    budgets = [nlp_budget(used=used, admission="Projected")]
+    manifest = pod(NLP, gpus=1)
+    decision = mutate(manifest, *budgets)
+    assert decision.allowed and not decision.violations
+    assert gate_ops(decision) == [{"op": "add", "path": "/spec/schedulingGates", "value": [GATE]}]
+    gated = applied(manifest, decision)
+    assert "team-nlp" in gated["metadata"]["annotations"][QUEUED_ANNOTATION]
+    checked = validate(gated, *budgets)
+    assert checked.allowed and [w.enforcement for w in checked.warnings] == ["Warn"]
+
+
+@pytest.mark.parametrize(("used", "allowed"), [(296, True), (297, False)])  # 1 GPU x 204 h left
+def test_under_projected_an_ungated_pod_is_judged_as_under_deny(used, allowed):
+    decision = validate(pod(NLP, gpus=1), nlp_budget(used=used, admission="Projected"))
+    assert decision.allowed is allowed
+
+
+@pytest.mark.parametrize("workload", [deployment(NLP, gpus=1, replicas=2), job(NLP, gpus=2)],
+                         ids=["Deployment", "Job"])
+def test_a_controller_under_a_spent_queueing_budget_is_admitted_with_a_warning(workload):
+    for decision in (mutate(workload, nlp_budget()), validate(workload, nlp_budget())):
+        assert decision.allowed and not decision.violations
+        (warning,) = decision.warnings
+        assert warning.enforcement == "Warn" and "pods will wait" in warning.message
+        assert not gate_ops(decision)
+        assert not any(QUEUED_ANNOTATION in str(op) for op in decision.patch)
+
+
+@pytest.mark.parametrize("workload", [deployment(NLP, gpus=1, replicas=2), job(NLP, gpus=2)],
+                         ids=["Deployment", "Job"])
+def test_a_controller_with_room_is_admitted_silently(workload):
+    decision = mutate(workload, nlp_budget(used=10))
+    assert decision.allowed and not decision.warnings and decision.patch == []
+
+
+def test_an_update_is_never_gated():
+    old, new = pod(NLP, gpus=1), pod({**NLP, "extra": "x"}, gpus=1)
+    decision = mutate(new, nlp_budget(), operation="UPDATE", old=old)
+    assert decision.allowed and not decision.violations and not gate_ops(decision)
+    assert validate(new, nlp_budget(), operation="UPDATE", old=old).allowed
+
+
+def gated(manifest):
+    out = copy.deepcopy(manifest)
+    out["spec"]["schedulingGates"] = [GATE]
+    return out
+
+
+def test_an_update_that_keeps_the_gate_is_admitted():
+    old = gated(pod(NLP, gpus=1))
+    new = gated(pod({**NLP, "extra": "x"}, gpus=1))
+    assert validate(new, nlp_budget(), operation="UPDATE", old=old).allowed
+
+
+def test_the_operator_removing_the_gate_when_there_is_room_is_admitted():
+    old, new = gated(pod(NLP, gpus=1)), pod(NLP, gpus=1)
+    for room in (nlp_budget(used=10), nlp_budget(used=10, admission="Projected")):
+        assert validate(new, room, operation="UPDATE", old=old).allowed
+
+
+def test_a_user_removing_the_gate_under_a_spent_budget_is_denied():
+    old, new = gated(pod(NLP, gpus=1)), pod(NLP, gpus=1)
+    decision = validate(new, nlp_budget(), operation="UPDATE", old=old)
+    assert not decision.allowed
+    assert [v.policy for v in decision.violations] == ["team-nlp"]
+
+
+def test_a_scale_up_under_a_spent_queueing_budget_is_admitted_with_a_warning():
+    old, new = deployment(NLP, gpus=1, replicas=1), deployment(NLP, gpus=1, replicas=4)
+    assert not validate(new, nlp_budget(when="Deny"), operation="UPDATE", old=old).allowed
+    decision = validate(new, nlp_budget(), operation="UPDATE", old=old)
+    assert decision.allowed
+    assert ["pods will wait" in w.message for w in decision.warnings] == [True]
+
+
+@pytest.mark.parametrize(
+    "workload",
+    [
+        pod({**NLP, KUEUE_QUEUE_LABEL: "team-q"}, gpus=1),
+        job(NLP, gpus=1, meta_labels={KUEUE_QUEUE_LABEL: "team-q"}),
+    ],
+    ids=["Pod", "Job"],
+)
+def test_a_workload_kueue_admits_is_never_gated_and_only_warned(workload):
+    for decision in (mutate(workload, nlp_budget()), validate(workload, nlp_budget())):
+        assert decision.allowed and not decision.violations and not gate_ops(decision)
+        (warning,) = decision.warnings
+        assert warning.enforcement == "Warn" and "Kueue" in warning.message
+
+
+def test_a_kueue_workload_with_room_is_not_even_warned():
+    workload = pod({**NLP, KUEUE_QUEUE_LABEL: "team-q"}, gpus=1)
+    decision = mutate(workload, nlp_budget(used=0))
+    assert decision.allowed and not decision.warnings and decision.patch == []
+
+
+@pytest.mark.parametrize(
+    "workload",
+    [pod({"team": "vision"}, gpus=1), pod(NLP, gpus=0)],
+    ids=["another team", "no GPU"],
+)
+def test_a_pod_the_budget_does_not_cover_is_untouched(workload):
+    for decision in (mutate(workload, nlp_budget()), validate(workload, nlp_budget())):
+        assert decision.allowed and decision.patch == []
+        assert not decision.warnings and not decision.violations
+
+
+def test_a_budget_counting_other_resources_does_not_gate():
+    decision = mutate(pod(NLP, gpus=1), nlp_budget(resources=["amd.com/gpu"]))
+    assert decision.allowed and decision.patch == [] and not decision.warnings
+
+
+@pytest.mark.parametrize("admission", ["Exhausted", "Projected"])
+def test_under_deny_a_spent_budget_denies_and_gates_nothing(admission):
+    spent = nlp_budget(when="Deny", admission=admission)
+    for decision in (mutate(pod(NLP, gpus=1), spent), validate(pod(NLP, gpus=1), spent)):
+        assert not decision.allowed and not gate_ops(decision)
+        assert [v.policy for v in decision.violations] == ["team-nlp"]
+
+
+def test_deny_is_the_default():
+    spent = budget("team-nlp", used=500, period_end=END, selector={"matchLabels": NLP}, gpuHours=500)
+    assert spent.spec.when_exhausted == "Deny"
+    assert not mutate(pod(NLP, gpus=1), spent).allowed
+
+
+def test_a_finopsexception_waiving_the_budget_means_no_gate():
+    waiver = exception(policies=["team-nlp"], rules=["budget"], selector={"matchLabels": NLP})
+    manifest = pod(NLP, gpus=1)
+    decision = mutate(manifest, nlp_budget(), waiver)
+    assert decision.allowed and not gate_ops(decision)
+    assert not any(QUEUED_ANNOTATION in str(op) for op in decision.patch)
+    checked = validate(manifest, nlp_budget(), waiver)
+    assert checked.allowed and [v.policy for v in checked.exempted] == ["team-nlp"]
+
+
+def test_an_exception_for_another_rule_does_not_lift_the_gate():
+    waiver = exception(policies=["team-nlp"], rules=["labels"], selector={"matchLabels": NLP})
+    assert len(gate_ops(mutate(pod(NLP, gpus=1), nlp_budget(), waiver))) == 1
+
+
+def test_an_expired_exception_does_not_lift_the_gate():
+    waiver = exception(policies=["team-nlp"], rules=["budget"], expiresAt="2026-11-01T00:00:00Z")
+    assert len(gate_ops(mutate(pod(NLP, gpus=1), nlp_budget(), waiver))) == 1
+
+
+# -- the mutating webhook's matchCondition --------------------------------------------------------------
+
+
+def test_queueing_sends_every_object_to_the_mutating_webhook():
+    labels = policy("labels", labels={"required": [{"key": "team", "default": "nlp"}]})
+    assert mutation_condition([], queueing=True) == "true"
+    assert mutation_condition([labels], queueing=True) == "true"
+    assert mutation_condition([]) == "false"  # without queueing, nothing to add: nothing is sent
+    assert mutation_condition([labels]) not in ("true", "false")
+
+
+# -- by property ------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(used=st.integers(0, 700), gpus=st.integers(1, 8), limit=st.integers(1, 600))
+def test_exhausted_queueing_never_refuses_at_mutation_nor_lets_an_ungated_pod_through(used, gpus, limit):
+    budgets = [nlp_budget(used=used, gpuHours=limit)]
+    spent = used >= limit
+    manifest = pod(NLP, gpus=gpus)
+    decision = mutate(manifest, *budgets)
+    assert decision.allowed
+    assert bool(gate_ops(decision)) is spent
+    assert validate(applied(manifest, decision), *budgets).allowed
+    # Without the mutating webhook, the budget judges as under Deny.
+    assert validate(manifest, *budgets).allowed is (not spent)
+    assert validate(manifest, *budgets).allowed is mutate(manifest, nlp_budget(
+        used=used, gpuHours=limit, when="Deny")).allowed
