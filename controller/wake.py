@@ -1,5 +1,10 @@
 """`comptroller wake KIND/NAME -n NS`: restore a workload Comptroller scaled to zero or suspended.
 
+Batch workloads the idle loop suspended (Job, JobSet, PyTorchJob, TFJob, MPIJob, RayJob) are
+resumed; one that only carries an idle notice is kept running (the wake grace period holds the
+idle loop off). A suspension Comptroller did not make (Kueue, the job's owner, a person) is never
+undone.
+
 The command only sets the wake annotation (docs/crds.md#workload-conventions), exactly what a
 user without the CLI does with `kubectl annotate`; the operator restores the workload, so there
 is one code path and it needs no more RBAC than annotating. By default the command then waits for
@@ -25,8 +30,22 @@ KIND_ALIASES = {
     "ReplicaSet": ("replicaset", "replicasets", "rs", "replicasets.apps", "replicaset.apps"),
     "DaemonSet": ("daemonset", "daemonsets", "ds", "daemonsets.apps", "daemonset.apps"),
     "CronJob": ("cronjob", "cronjobs", "cj", "cronjobs.batch", "cronjob.batch"),
+    "Job": ("job", "jobs", "jobs.batch", "job.batch"),
+    "JobSet": ("jobset", "jobsets", "jobsets.jobset.x-k8s.io", "jobset.jobset.x-k8s.io"),
+    "PyTorchJob": ("pytorchjob", "pytorchjobs", "pytorchjobs.kubeflow.org", "pytorchjob.kubeflow.org"),
+    "TFJob": ("tfjob", "tfjobs", "tfjobs.kubeflow.org", "tfjob.kubeflow.org"),
+    "MPIJob": ("mpijob", "mpijobs", "mpijobs.kubeflow.org", "mpijob.kubeflow.org"),
+    "RayJob": ("rayjob", "rayjobs", "rayjobs.ray.io", "rayjob.ray.io"),
 }
 _BY_ALIAS = {alias: kind for kind, aliases in KIND_ALIASES.items() for alias in aliases}
+_GROUPS = {
+    "Deployment": "apps",
+    "StatefulSet": "apps",
+    "ReplicaSet": "apps",
+    "DaemonSet": "apps",
+    "CronJob": "batch",
+}
+_GROUPS.update({kind: group for kind, (group, _) in constants.SUSPENDABLE_KINDS.items()})
 
 
 def parse_target(text: str) -> tuple[str, str]:
@@ -43,14 +62,24 @@ def parse_target(text: str) -> tuple[str, str]:
 def asleep(obj: dict) -> bool:
     """Whether Comptroller put this workload to sleep (so there is something to restore)."""
     annotations = (obj.get("metadata") or {}).get("annotations") or {}
-    return (
-        constants.ORIGINAL_REPLICAS_ANNOTATION in annotations or constants.EXPIRED_ANNOTATION in annotations
+    return any(
+        key in annotations
+        for key in (
+            constants.ORIGINAL_REPLICAS_ANNOTATION,
+            constants.EXPIRED_ANNOTATION,
+            constants.IDLE_SUSPENDED_ANNOTATION,
+            # Only a notice so far: waking keeps it running (the idle loop leaves it alone a while).
+            constants.IDLE_NOTIFIED_ANNOTATION,
+            constants.IDLE_SUSPEND_AT_ANNOTATION,
+        )
     )
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "target", metavar="KIND/NAME", help="e.g. deployment/llm-dev, sts/vector-db, cronjob/sweep"
+        "target",
+        metavar="KIND/NAME",
+        help="e.g. deployment/llm-dev, sts/vector-db, cronjob/sweep, pytorchjob/bert, job/train",
     )
     parser.add_argument(
         "-n", "--namespace", default="default", help="namespace of the workload (default: default)"
@@ -77,16 +106,20 @@ def run(args: argparse.Namespace) -> int:
     from controller.k8s.workloads import ApiError, Workloads
 
     workloads = Workloads(load_api_client(args.kubeconfig, context=args.context))
-    resource = workloads.resolve(kind)
     ref = f"{kind}/{args.namespace}/{name}"
     try:
+        resource = workloads.resolve(kind, group=_GROUPS.get(kind))
+        if resource is None:
+            print(f"error: {kind} is not served by this cluster (is its CRD installed?)", file=sys.stderr)
+            return 2
         obj = workloads.get(resource, args.namespace, name)
         if obj is None:
             print(f"error: {ref} not found", file=sys.stderr)
             return 2
         if not asleep(obj):
             print(
-                f"{ref} is not asleep: Comptroller has not scaled it to zero or suspended it; nothing to do"
+                f"{ref} is not asleep: Comptroller has not scaled it to zero, suspended it or noted it "
+                f"idle; nothing to do"
             )
             return 0
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -120,6 +153,13 @@ def run(args: argparse.Namespace) -> int:
 
 def describe(obj: dict) -> str:
     spec = obj.get("spec") or {}
+    suspendable = constants.SUSPENDABLE_KINDS.get(obj.get("kind", ""))
+    if suspendable is not None:
+        value: object = obj
+        for key in suspendable[1]:
+            value = value.get(key) if isinstance(value, dict) else None
+        flag = "true" if value is True else "false"
+        return f"{'suspended' if value is True else 'running'} ({'.'.join(suspendable[1])}: {flag})"
     if obj.get("kind") == "CronJob":
         return "suspended" if spec.get("suspend") else "resumed"
     if obj.get("kind") == "DaemonSet":

@@ -131,3 +131,84 @@ def test_nothing_to_wake_or_bad_input(monkeypatch, capsys, obj, target, code, sa
     captured = capsys.readouterr()
     assert says in captured.out + captured.err
     assert fake.patches == []
+
+
+# -- batch workloads the idle loop suspended -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("job/train", ("Job", "train")),
+        ("jobs.batch/train", ("Job", "train")),
+        ("jobset/ft", ("JobSet", "ft")),
+        ("PyTorchJob/bert", ("PyTorchJob", "bert")),
+        ("pytorchjobs.kubeflow.org/bert", ("PyTorchJob", "bert")),
+        ("tfjob/t", ("TFJob", "t")),
+        ("mpijob/m", ("MPIJob", "m")),
+        ("rayjob/tune", ("RayJob", "tune")),
+    ],
+)
+def test_parse_batch_targets(text, expected):
+    assert wake.parse_target(text) == expected
+
+
+class FakeBatchCluster(FakeCluster):
+    """A PyTorchJob the idle loop suspended; the 'operator' resumes it on the wake annotation."""
+
+    def __init__(self, obj, *, served=True, **kwargs):
+        super().__init__(obj, **kwargs)
+        self.served = served
+        self.resolved = []
+
+    def resolve(self, kind, group=None, **_):
+        self.resolved.append((kind, group))
+        if not self.served:
+            return None
+        from controller.k8s.workloads import ApiResource
+
+        return ApiResource(group, "v1", kind.lower() + "s", kind)
+
+    def patch(self, resource, namespace, name, body, **_):
+        self.patches.append(body)
+        annotations = self.obj["metadata"]["annotations"]
+        annotations.update(body["metadata"]["annotations"])
+        if self.operator_running:
+            for key in (constants.WAKE_ANNOTATION, constants.IDLE_SUSPENDED_ANNOTATION):
+                annotations.pop(key, None)
+            self.obj["spec"]["runPolicy"]["suspend"] = False
+
+
+def suspended_pytorchjob(annotations=None):
+    return {
+        "kind": "PyTorchJob",
+        "metadata": {
+            "name": "bert",
+            "namespace": "ml",
+            "annotations": {constants.IDLE_SUSPENDED_ANNOTATION: "2026-11-22T12:15:00Z"}
+            if annotations is None
+            else annotations,
+        },
+        "spec": {"runPolicy": {"suspend": True}},
+    }
+
+
+def test_wake_resumes_a_suspended_pytorchjob_found_in_its_own_api_group(monkeypatch, capsys):
+    fake = FakeBatchCluster(suspended_pytorchjob())
+    assert run(monkeypatch, fake, target="pytorchjob/bert") == 0
+    assert fake.resolved == [("PyTorchJob", "kubeflow.org")]
+    assert list(fake.patches[0]["metadata"]["annotations"]) == [constants.WAKE_ANNOTATION]
+    assert "PyTorchJob/ml/bert woken: running (spec.runPolicy.suspend: false)" in capsys.readouterr().out
+
+
+def test_a_job_with_only_an_idle_notice_can_be_kept_running(monkeypatch):
+    notice = {constants.IDLE_NOTIFIED_ANNOTATION: "2026-11-22T12:00:00Z"}
+    assert wake.asleep(suspended_pytorchjob(notice))
+    assert not wake.asleep(suspended_pytorchjob({}))  # suspended by someone else: not ours to resume
+
+
+def test_a_kind_the_cluster_does_not_serve_is_bad_input(monkeypatch, capsys):
+    fake = FakeBatchCluster(suspended_pytorchjob(), served=False)
+    assert run(monkeypatch, fake, target="rayjob/bert") == 2
+    assert "RayJob is not served by this cluster" in capsys.readouterr().err
+    assert fake.patches == []

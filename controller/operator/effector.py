@@ -5,6 +5,12 @@ do with it. Every action honours dry-run: it then changes nothing, logs `would .
 emits the Event (marked `[dry-run]`) so a cluster admin can try a policy before trusting it. Every
 action returns an `Outcome` saying what it did or would do.
 
+Idle batch workloads (Job, JobSet, Kubeflow jobs, RayJob) are never deleted: a `GPUIdle` notice
+(Event + annotations), then, where the policy says `Suspend`, their suspend flag (`spec.suspend`;
+`spec.runPolicy.suspend` for PyTorchJob, TFJob and MPIJob), which makes their controller stop the
+pods and keep the object. Wake sets the flag back, and only on a suspension the idle loop made
+(annotation `idle-suspended-at`): a Job suspended by its owner, by hand or by Kueue stays suspended.
+
 How each kind is terminated (kube-janitor deletes everything; we keep what can be kept):
   Pod, Job, and ML kinds (PyTorchJob, RayJob, ...)  deleted, background propagation
   Deployment, StatefulSet, ReplicaSet               scaled to zero, replicas remembered
@@ -58,7 +64,7 @@ class Outcome:
     """What an action did (or, in dry-run, would have done)."""
 
     action: str
-    """delete | scale | suspend | park | notify | restore | skip"""
+    """delete | scale | suspend | park | notify | restore | clear | skip"""
     target: str
     """Kind/namespace/name"""
     done: bool
@@ -81,8 +87,40 @@ def current_replicas(obj: Mapping[str, Any]) -> int:
     return 1 if replicas is None else int(replicas)
 
 
-def _stamp(now: datetime) -> str:
-    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
+def stamp(moment: datetime) -> str:
+    """RFC 3339 in UTC, to the second: how every annotation of ours writes a time."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+_stamp = stamp
+
+
+def suspend_path(kind: str) -> tuple[str, ...] | None:
+    """Where the boolean that suspends a batch kind lives (`constants.SUSPENDABLE_KINDS`)."""
+    entry = constants.SUSPENDABLE_KINDS.get(kind)
+    return entry[1] if entry else None
+
+
+def is_suspended(obj: Mapping[str, Any]) -> bool:
+    """Whether a batch workload's suspend flag is set (by anyone: us, its owner, Kueue, a person)."""
+    path = suspend_path(obj.get("kind", ""))
+    value: Any = obj
+    for key in path or ("-",):
+        value = value.get(key) if isinstance(value, Mapping) else None
+    return value is True
+
+
+def _nested(path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    """`("spec", "runPolicy", "suspend"), True` -> `{"spec": {"runPolicy": {"suspend": True}}}`."""
+    body: Any = value
+    for key in reversed(path):
+        body = {key: body}
+    return dict(body)
+
+
+def _wake_command(obj: Mapping[str, Any]) -> str:
+    metadata = obj["metadata"]
+    return f"comptroller wake {obj['kind']}/{metadata['name']} -n {metadata.get('namespace')}"
 
 
 class Effector:
@@ -242,6 +280,85 @@ class Effector:
         log.info("scaled %s to zero: %s", target, reason)
         return Outcome("scale", target, done=True, detail=message)
 
+    # -- idle GPUs: notice, suspension of batch workloads --------------------------------------------
+
+    def notify_idle(
+        self,
+        obj: Mapping[str, Any],
+        *,
+        reason: str,
+        policy: str,
+        suspend_at: datetime | None,
+        now: datetime,
+        note: str = "",
+    ) -> Outcome:
+        """Event `GPUIdle` and annotation `idle-notified-at` (with `idle-suspend-at` when a suspension
+        follows): what the data scientist sees in `kubectl describe`. Nothing else changes."""
+        target = object_ref(obj)
+        if suspend_at is not None:
+            path = ".".join(suspend_path(obj["kind"]) or ("spec", "suspend"))
+            message = (
+                f"{reason} (policy {policy}). It will be suspended at {_stamp(suspend_at)} "
+                f"(in {format_duration(suspend_at - now)}) if they stay idle ({path}: true: its pods "
+                f"stop, nothing is deleted). To keep it running, run `{_wake_command(obj)}`; "
+                f"once suspended, the same command resumes it."
+            )
+        else:
+            message = (
+                f"{reason} (policy {policy}). Nothing is changed"
+                + (f": {note}" if note else "")
+                + ". If it is done or stuck, end it to free the GPUs."
+            )
+        annotations: dict[str, str | None] = {
+            constants.IDLE_NOTIFIED_ANNOTATION: _stamp(now),
+            constants.IDLE_SUSPEND_AT_ANNOTATION: _stamp(suspend_at) if suspend_at is not None else None,
+        }
+        if self.dry_run:
+            log.info("dry-run: would note %s as idle: %s", target, message)
+            self._event(obj, reason=constants.REASON_GPU_IDLE, message=message, now=now, type_="Warning")
+            return Outcome("notify", target, done=False, dry_run=True, detail=message)
+        # The note first: if writing it fails, the next sweep tries again, and no Event went out for nothing.
+        self._patch(obj, {"metadata": {"annotations": annotations}})
+        self._event(obj, reason=constants.REASON_GPU_IDLE, message=message, now=now, type_="Warning")
+        log.info("notified %s: %s", target, message)
+        return Outcome("notify", target, done=True, detail=message)
+
+    def suspend_idle(self, obj: Mapping[str, Any], *, reason: str, policy: str, now: datetime) -> Outcome:
+        """Set the suspend flag of an idle batch workload (Event `IdleSuspended`); never deletes it."""
+        target = object_ref(obj)
+        path = suspend_path(obj["kind"])
+        if path is None:
+            raise LookupError(f"{obj['kind']} cannot be suspended")
+        message = (
+            f"suspended ({'.'.join(path)}: true): {reason} (policy {policy}). Its pods are stopped, "
+            f"nothing is deleted. Resume it with `{_wake_command(obj)}`."
+        )
+        if self.dry_run:
+            log.warning("dry-run: would suspend %s: %s", target, reason)
+            self._event(
+                obj, reason=constants.REASON_IDLE_SUSPENDED, message=message, now=now, type_="Warning"
+            )
+            return Outcome("suspend", target, done=False, dry_run=True, detail=message)
+        body = _nested(path, True)
+        body["metadata"] = {"annotations": {constants.IDLE_SUSPENDED_ANNOTATION: _stamp(now)}}
+        self._patch(obj, body)
+        self._event(obj, reason=constants.REASON_IDLE_SUSPENDED, message=message, now=now, type_="Warning")
+        log.warning("suspended %s: %s (policy %s)", target, reason, policy)
+        return Outcome("suspend", target, done=True, detail=message)
+
+    def clear_idle_notice(self, obj: Mapping[str, Any], *, why: str) -> Outcome:
+        """Remove the idle annotations (no Event): the next idle stretch starts with a fresh notice."""
+        target = object_ref(obj)
+        if self.dry_run:
+            log.info("dry-run: would clear the idle notice of %s: %s", target, why)
+            return Outcome("clear", target, done=False, dry_run=True, detail=why)
+        existing = _annotations(obj)
+        gone = [a for a in _IDLE_ANNOTATIONS if a in existing]
+        if gone:
+            self._patch(obj, {"metadata": {"annotations": dict.fromkeys(gone)}})
+        log.info("cleared the idle notice of %s: %s", target, why)
+        return Outcome("clear", target, done=bool(gone), detail=why)
+
     # -- wake ------------------------------------------------------------------------------------
 
     def wake(self, obj: Mapping[str, Any], *, now: datetime, grace_note: str = "") -> Outcome:
@@ -259,12 +376,17 @@ class Effector:
             constants.SCALED_TO_ZERO_ANNOTATION: None,
             constants.HPA_ANNOTATION: None,
             constants.EXPIRING_SOON_NOTIFIED_ANNOTATION: None,
+            **dict.fromkeys(_IDLE_ANNOTATIONS),
             constants.WOKEN_AT_ANNOTATION: _stamp(now),
         }
         spec: dict[str, Any] = {}
         restored = "nothing to restore"
         kind = obj["kind"]
-        if kind in SCALABLE_KINDS and constants.ORIGINAL_REPLICAS_ANNOTATION in existing:
+        path = suspend_path(kind)
+        if path is not None and constants.IDLE_SUSPENDED_ANNOTATION in existing and is_suspended(obj):
+            spec = _nested(path[1:], False)
+            restored = "resumed"
+        elif kind in SCALABLE_KINDS and constants.ORIGINAL_REPLICAS_ANNOTATION in existing:
             replicas = restored_replicas(existing)
             spec["replicas"] = replicas
             restored = f"restored to {replicas} replicas"
@@ -310,6 +432,12 @@ def restored_replicas(annotations: Mapping[str, str]) -> int:
             pass
     return max(replicas, 1)
 
+
+_IDLE_ANNOTATIONS = (
+    constants.IDLE_NOTIFIED_ANNOTATION,
+    constants.IDLE_SUSPEND_AT_ANNOTATION,
+    constants.IDLE_SUSPENDED_ANNOTATION,
+)
 
 _PAST = {
     "delete": "deleted",

@@ -81,7 +81,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="safety brake: at most N expired workloads terminated per rolling minute "
                         "(default: %(default)s)")
     parser.add_argument("--idle-interval", type=float, default=60.0, metavar="SECONDS",
-                        help="seconds between idle scale-to-zero sweeps (default: %(default)s)")
+                        help="seconds between idle sweeps (scale-to-zero, notices, suspensions; "
+                        "default: %(default)s)")
     parser.add_argument("--wake-grace-period", type=float, default=3600.0, metavar="SECONDS",
                         help="after a wake, seconds before idle or expiry may act on it again "
                         "(default: %(default)s)")

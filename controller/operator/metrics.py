@@ -62,6 +62,10 @@ EXPIRED_TERMINATED = Counter(
 IDLE_SCALED_TO_ZERO = Counter(
     "comptroller_idle_scaled_to_zero_total", "Idle workloads scaled to zero", registry=REGISTRY,
 )
+IDLE_SUSPENDED = Counter(
+    "comptroller_idle_suspended_total", "Batch workloads suspended because their GPUs stayed idle",
+    registry=REGISTRY,
+)
 # The background audit of running workloads. The counter counts each violation once, when an audit
 # first sees it; the gauge is what the last audit found. (The webhook counts what it finds in
 # admission requests as comptroller_admission_violations_total.)
