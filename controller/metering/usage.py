@@ -68,7 +68,7 @@ from controller.engine.accelerators import (
     pod_gpus,
     resource_filter,
 )
-from controller.engine.expiry import expires_at_in, parse_expires_at
+from controller.engine.expiry import expires_at_of
 from controller.engine.timestamps import parse_time
 
 SECONDS_PER_HOUR = 3600.0
@@ -417,7 +417,7 @@ def pod_record(
         priority=int(spec.get("priority") or 0) if isinstance(spec.get("priority"), int) else 0,
         created=parse_time(metadata.get("creationTimestamp")),
         gang=gang_of(metadata),
-        expires=_expires(metadata),
+        expires=expires_at_of(pod, key=constants.DEFAULT_EXPIRY_KEY)[0],
     )
 
 
@@ -444,17 +444,6 @@ def gang_of(metadata: Mapping[str, Any]) -> str:
         if owner.get("controller") and owner.get("kind") in GANG_OWNERS:
             return f"{owner['kind']}/{namespace}/{owner.get('name', '')}"
     return ""
-
-
-def _expires(metadata: Mapping[str, Any]) -> datetime | None:
-    key = constants.DEFAULT_EXPIRY_KEY
-    raw, source = expires_at_in(metadata.get("annotations"), metadata.get("labels"), key=key)
-    if source is None:
-        return None
-    try:
-        return parse_expires_at(raw, source=source)
-    except ValueError:
-        return None
 
 
 def needs_finalizer(pod: PodRecord, *, matched: bool, now: datetime) -> bool:
