@@ -110,6 +110,8 @@ def test_every_form_of_gpu_is_metered_within_one_percent(stack, cluster, acceler
             used, at = wait_until(lambda f=form: metered(f), timeout=RUN_SECONDS + 60,
                                   what=f"budget of {form} metered {RUN_SECONDS}s into the run")
             truth = equivalents * (at - started[form]) / 3600
+            print(f"{form}: {equivalents:.4f} GPU-equivalents, charged {used:.6f} GPU-hours, truth "
+                  f"{truth:.6f} ({100 * (used - truth) / truth:+.3f} %)")
             assert used == pytest.approx(truth, rel=TOLERANCE), (form, used, truth)
     finally:
         # Pods first: their metering finalizer goes once their budgets committed the final charge.

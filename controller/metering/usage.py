@@ -65,6 +65,7 @@ from controller.engine.accelerators import (
     UNRESOLVED_CLAIM,
     Equivalence,
     NodeFacts,
+    PodGPUs,
     pod_gpus,
     resource_filter,
 )
@@ -168,13 +169,19 @@ def count_gpus(asks: str, *, namespace: str, node: NodeFacts | None, counting: C
         asked = [e for e, name in zip(entries, names, strict=False) if allocated.get(name) is None]
         spec = {**spec, "resourceClaims": asked + entries[len(names):]}
     found = pod_gpus(spec, data.get("annotations"), table=counting.table, node=node, namespace=namespace)
+    return by_key_of(found, allocated.values())
+
+
+def by_key_of(found: PodGPUs, allocated: Iterable[Mapping[str, float] | None] = ()) -> dict[str, float]:
+    """A pod's GPU-equivalents by resource or DeviceClass: its own, its shared claims', 1 for each
+    claim nobody here could resolve, what its allocated claims hold, and the unknown resources."""
     by_key = dict(found.per_pod)
     for shared in found.shared.values():
         for key, value in shared.items():
             by_key[key] = by_key.get(key, 0.0) + value
     if found.unresolved:
         by_key[UNRESOLVED_CLAIM] = by_key.get(UNRESOLVED_CLAIM, 0.0) + found.unresolved
-    for value in allocated.values():
+    for value in allocated:
         for key, amount in (value or {}).items():
             by_key[key] = by_key.get(key, 0.0) + amount
     for key, units in found.unknown.items():  # counted only by a `resources` list naming them
@@ -368,9 +375,11 @@ def pod_record(
     asks = _asks(pod)
     claims = claim_names(pod)
     node_name = str(spec.get("nodeName") or "")
-    devices = count_gpus(
-        asks, namespace=namespace, node=counting.nodes.get(node_name), counting=counting, claims=claims
-    )
+    facts = counting.nodes.get(node_name)
+    if facts is None and not any(claims):  # counted as the check above did: no second pass
+        devices = by_key_of(found)
+    else:
+        devices = count_gpus(asks, namespace=namespace, node=facts, counting=counting, claims=claims)
     status = pod.get("status") or {}
     phase = status.get("phase") or "Pending"
     starts, finishes, all_terminated = _container_times(status)
