@@ -80,6 +80,18 @@ def quiet_stack_operator(cluster):
         Stack(cluster, operator_args=E2E_OPERATOR_ARGS).start_operator()
 
 
+@pytest.fixture(scope="module")
+def prometheus():
+    """A real Prometheus scraping a fake DCGM exporter (e2e/prometheus.py) for one module:
+    `prometheus.url` for the policies, `prometheus.exporter.set(namespace, pod, value)` to publish a
+    pod's GPU utilisation."""
+    from e2e.prometheus import GpuExporter, Prometheus
+
+    with GpuExporter() as exporter, Prometheus(exporter.address) as prom:
+        prom.exporter = exporter
+        yield prom
+
+
 @pytest.fixture(scope="session")
 def stack(cluster):
     """The Comptroller stack on the session's plane: CRDs, default policies, the webhook

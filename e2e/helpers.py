@@ -1,5 +1,6 @@
 """Helpers shared by the e2e tests: polling, CRDs, namespaces the webhook leaves alone, workload
-builders, `comptroller wake`, and a private operator process with fast intervals.
+builders, `comptroller wake`, the chart's RBAC for an operator, and a private operator process with
+fast intervals.
 
 Policies are cluster-scoped, so any operator running in the cluster acts on a test's policies.
 A test's operator therefore joins the stack's kopf peering (when there is one) with a priority
@@ -16,7 +17,8 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,15 +40,18 @@ COMPLIANT_LABELS = {
 }
 
 
-def wait_until(predicate: Callable[[], T], *, timeout: float = 30, what: str, interval: float = 0.5) -> T:
-    """Poll until `predicate()` is truthy and return it; fail saying what did not happen."""
+def wait_until(predicate: Callable[[], T], *, timeout: float = 30, what: str, interval: float = 0.5,
+               on_timeout: Callable[[], str] | None = None) -> T:
+    """Poll until `predicate()` is truthy and return it; fail saying what did not happen, followed
+    by what `on_timeout()` says then (an operator's log, a namespace's events...)."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+            extra = f"\n{on_timeout()}" if on_timeout else ""
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}{extra}")
         time.sleep(interval)
 
 
@@ -190,12 +195,31 @@ def wake(cluster: Any, ref: str, namespace: str, *, timeout: int = 30) -> subpro
     )
 
 
-class OperatorProcess:
-    """`comptroller operator` on the test cluster, with the given extra flags; stopped on exit."""
+@contextmanager
+def chart_operator_kubeconfig(cluster: Any, *, release: str, path: Path) -> Iterator[Path]:
+    """The chart's ServiceAccounts and RBAC installed as release `release` in Comptroller's namespace,
+    and a kubeconfig at `path` with the token of its operator's ServiceAccount: an operator run with
+    it (`OperatorProcess(..., kubeconfig=path)`) may do exactly what the chart grants. The RBAC is
+    removed on exit."""
+    from e2e.chart import install_rbac, service_account_kubeconfig, uninstall_rbac
 
-    def __init__(self, cluster: Any, *args: str) -> None:
+    rbac = install_rbac(cluster, namespace=OWN_NAMESPACE, release=release)
+    try:
+        yield service_account_kubeconfig(cluster, namespace=OWN_NAMESPACE,
+                                         service_account=f"{release}-comptroller-operator", path=path)
+    finally:
+        uninstall_rbac(cluster, rbac)
+
+
+class OperatorProcess:
+    """`comptroller operator` on the test cluster, with the given extra flags; stopped on exit.
+
+    It uses the cluster's admin kubeconfig unless given another (see `chart_operator_kubeconfig`)."""
+
+    def __init__(self, cluster: Any, *args: str, kubeconfig: Path | None = None) -> None:
         self.cluster = cluster
         self.args = args
+        self.kubeconfig = kubeconfig or cluster.kubeconfig
         self.liveness_port = free_port()
         self.metrics_port = free_port()
         self._log_file = Path(tempfile.mkstemp(prefix="comptroller-operator-", suffix=".log")[1])
@@ -215,7 +239,7 @@ class OperatorProcess:
             str(VENV_BIN / "comptroller"),
             "operator",
             "--kubeconfig",
-            str(self.cluster.kubeconfig),
+            str(self.kubeconfig),
             "--namespace",
             OWN_NAMESPACE,
             "--liveness-port",
@@ -245,6 +269,10 @@ class OperatorProcess:
 
     def log(self) -> str:
         return self._log_file.read_text(errors="replace")
+
+    def log_tail(self) -> str:
+        """The end of the log, for a failure message (`wait_until(..., on_timeout=operator.log_tail)`)."""
+        return f"operator log:\n{self.log()[-4000:]}"
 
     def __exit__(self, *exc: object) -> None:
         if self.process is not None:

@@ -19,15 +19,14 @@ module only: other modules count the plane's nodes.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 
 import pytest
 
 from e2e import accelerators as acc
 from e2e.accelerators import LAB
-from e2e.helpers import fresh_namespace, get_json, unique
+from e2e.helpers import fresh_namespace, get_json, unique, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -52,20 +51,10 @@ def lab(cluster, accelerator_lab) -> Iterator[str]:
 # ---- helpers -----------------------------------------------------------------------------------
 
 
-def wait_for(predicate, what: str, *, cluster, namespace: str | None = None, timeout: float = RUN_TIMEOUT):
-    """`predicate()` once truthy; on timeout, fails with what the namespace's events say."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            events = ""
-            if namespace:
-                events = cluster.kubectl("get", "events", "-n", namespace, "--sort-by=.lastTimestamp",
-                                         check=False).stdout[-3000:]
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}\n{events}")
-        time.sleep(0.25)
+def namespace_events(cluster, namespace: str) -> Callable[[], str]:
+    """For `wait_until(..., on_timeout=)`: what the namespace's events say (the scheduler's reasons)."""
+    return lambda: cluster.kubectl("get", "events", "-n", namespace, "--sort-by=.lastTimestamp",
+                                   check=False).stdout[-3000:]
 
 
 def running(cluster, namespace: str, name: str) -> dict:
@@ -74,7 +63,8 @@ def running(cluster, namespace: str, name: str) -> dict:
         pod = get_json(cluster, "pod", "-n", namespace, name)
         return pod if pod and pod.get("status", {}).get("phase") == "Running" else None
 
-    return wait_for(get, f"pod {namespace}/{name} to run", cluster=cluster, namespace=namespace)
+    return wait_until(get, timeout=RUN_TIMEOUT, interval=0.25, what=f"pod {namespace}/{name} to run",
+                      on_timeout=namespace_events(cluster, namespace))
 
 
 def stamp(value: str) -> datetime:
@@ -103,8 +93,9 @@ def allocation(cluster, namespace: str, claim: str) -> dict:
         found = get_json(cluster, "resourceclaim", "-n", namespace, claim)
         return found if found and found.get("status", {}).get("allocation") else None
 
-    return wait_for(get, f"ResourceClaim {namespace}/{claim} to be allocated", cluster=cluster,
-                    namespace=namespace)
+    return wait_until(get, timeout=RUN_TIMEOUT, interval=0.25,
+                      what=f"ResourceClaim {namespace}/{claim} to be allocated",
+                      on_timeout=namespace_events(cluster, namespace))
 
 
 def results(claim: dict) -> list[dict]:

@@ -23,7 +23,6 @@ from e2e.helpers import (
     wait_until,
     wake,
 )
-from e2e.prometheus import GpuExporter, Prometheus
 
 IDLE_AFTER = 8
 GRACE = 12
@@ -31,13 +30,6 @@ LABELS = {"environment": "development", "workload_type": "inference"}
 
 # These tests run operators of their own; the stack's must not act on their objects meanwhile.
 pytestmark = pytest.mark.usefixtures("quiet_stack_operator")
-
-
-@pytest.fixture(scope="module")
-def prometheus():
-    with GpuExporter() as exporter, Prometheus(exporter.address) as prom:
-        prom.exporter = exporter
-        yield prom
 
 
 @pytest.fixture(scope="module")

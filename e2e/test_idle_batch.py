@@ -27,6 +27,7 @@ from controller import constants
 from e2e.helpers import (
     OWN_NAMESPACE,
     OperatorProcess,
+    chart_operator_kubeconfig,
     events,
     fresh_namespace,
     get_json,
@@ -36,7 +37,6 @@ from e2e.helpers import (
     wait_until,
     wake,
 )
-from e2e.prometheus import GpuExporter, Prometheus
 
 IDLE_AFTER = 8
 NOTIFY_BEFORE = 8
@@ -59,13 +59,6 @@ PYTORCHJOB_CRD = {
 
 # These tests run an operator of their own; the stack's must not act on their objects meanwhile.
 pytestmark = pytest.mark.usefixtures("quiet_stack_operator")
-
-
-@pytest.fixture(scope="module")
-def prometheus():
-    with GpuExporter() as exporter, Prometheus(exporter.address) as prom:
-        prom.exporter = exporter
-        yield prom
 
 
 @pytest.fixture(scope="module")
@@ -148,20 +141,7 @@ def job_suspended(cluster, name: str, namespace: str) -> bool | None:
     return (get_json(cluster, "job", name, "-n", namespace) or {}).get("spec", {}).get("suspend")
 
 
-class _WithKubeconfig:
-    """The plane, seen through another kubeconfig (the operator's ServiceAccount)."""
-
-    def __init__(self, cluster, kubeconfig) -> None:
-        self._cluster = cluster
-        self.kubeconfig = kubeconfig
-
-    def __getattr__(self, name: str):
-        return getattr(self._cluster, name)
-
-
 def test_idle_batch_workloads_are_noticed_suspended_by_opt_in_and_woken(cluster, setup, prometheus, tmp_path):
-    from e2e.chart import install_rbac, service_account_kubeconfig, uninstall_rbac
-
     namespace, exporter = setup, prometheus.exporter
     cluster.apply([pytorchjob("idle", namespace), pytorchjob("busy", namespace),
                    job("batch", namespace, {"app": "batch"}),
@@ -176,20 +156,19 @@ def test_idle_batch_workloads_are_noticed_suspended_by_opt_in_and_woken(cluster,
             exporter.set(namespace, pod, value)
     prometheus.wait_for_series(f'DCGM_FI_DEV_GPU_UTIL{{namespace="{namespace}"}}', count=6)
 
-    release = f"ib{uuid.uuid4().hex[:6]}"
-    rbac = install_rbac(cluster, namespace=OWN_NAMESPACE, release=release)
-    kubeconfig = service_account_kubeconfig(cluster, namespace=OWN_NAMESPACE,
-                                            service_account=f"{release}-comptroller-operator",
-                                            path=tmp_path / "operator.kubeconfig")
     timings: dict[str, float] = {}
 
     def idle_annotations() -> dict:
         return annotations(cluster, "pytorchjob", "idle", namespace)
 
     try:
-        with OperatorProcess(_WithKubeconfig(cluster, kubeconfig), "--idle-interval", "1",
-                             "--wake-grace-period", str(GRACE), "--expiry-interval", "3600",
-                             "--audit-interval", "3600", "--metering-interval", "3600") as operator:
+        with (
+            chart_operator_kubeconfig(cluster, release=f"ib{uuid.uuid4().hex[:6]}",
+                                      path=tmp_path / "operator.kubeconfig") as kubeconfig,
+            OperatorProcess(cluster, "--idle-interval", "1", "--wake-grace-period", str(GRACE),
+                            "--expiry-interval", "3600", "--audit-interval", "3600",
+                            "--metering-interval", "3600", kubeconfig=kubeconfig) as operator,
+        ):
             started = time.monotonic()
 
             # Notice first: Event and annotations, the job untouched.
@@ -269,5 +248,4 @@ def test_idle_batch_workloads_are_noticed_suspended_by_opt_in_and_woken(cluster,
                 for name in names:
                     assert get_json(cluster, kind, name, "-n", namespace) is not None
     finally:
-        uninstall_rbac(cluster, rbac)
         print(f"\nidle batch e2e timings (s) since the operator was up: {timings}")

@@ -15,23 +15,28 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from e2e.cluster.plane import REPO, free_port
-from e2e.helpers import install_crds
+from e2e.helpers import (
+    IGNORE_LABEL,
+    OWN_NAMESPACE,
+    VENV_BIN,
+    OperatorProcess,
+    chart_operator_kubeconfig,
+    install_crds,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
-COMPTROLLER = Path(sys.executable).parent / "comptroller"
-OWN_NAMESPACE = "comptroller-system"
-IGNORE_LABEL = "finops.comptroller.dev/ignore"
+COMPTROLLER = VENV_BIN / "comptroller"
 GPU_HOURS = "finops.comptroller.dev/gpu-hours"
 COST = "finops.comptroller.dev/cost"
 FINAL = "finops.comptroller.dev/cost-final"
@@ -47,17 +52,6 @@ def parse(stamp: str) -> float:
 
 def kubectl_json(cluster, *args: str) -> dict:
     return json.loads(cluster.kubectl(*args, "-o", "json").stdout)
-
-
-def wait_for(what: str, predicate: Callable[[], object], *, timeout: float, log: Path | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    tail = f"\noperator log:\n{log.read_text(errors='replace')[-4000:]}" if log and log.exists() else ""
-    raise AssertionError(f"timed out waiting for {what}{tail}")
 
 
 def labels(team: str) -> dict[str, str]:
@@ -119,6 +113,12 @@ def annotations(cluster, kind: str, namespace: str, name: str) -> dict:
     return kubectl_json(cluster, "get", kind, "-n", namespace, name)["metadata"].get("annotations") or {}
 
 
+def final_annotations(cluster, kind: str, namespace: str, name: str) -> dict | None:
+    """The object's annotations once its cost is marked final."""
+    got = annotations(cluster, kind, namespace, name)
+    return got if FINAL in got else None
+
+
 @pytest.fixture(scope="module")
 def run_cluster(cluster):
     install_crds(cluster)
@@ -126,40 +126,50 @@ def run_cluster(cluster):
     return cluster
 
 
-def test_a_finished_job_and_bare_pod_carry_their_cost(run_cluster, quiet_stack_operator, tmp_path):
-    from e2e.chart import install_rbac, service_account_kubeconfig, uninstall_rbac
-
-    cluster = run_cluster
+@contextmanager
+def metered_team(cluster, prefix: str, tmp_path: Path) -> Iterator[tuple[str, str, OperatorProcess]]:
+    """(namespace, team, operator): a fresh namespace and a team of the same name with a budget at
+    PRICE, metered by an operator of its own (2 s ticks) that runs with the chart's ServiceAccount
+    and RBAC. On exit the pods and the budget go while the operator runs (it releases its metering
+    finalizer from the pods, and kopf's finalizer leaves the budget with its daemons), then the
+    operator, the RBAC and the namespace."""
     run = uuid.uuid4().hex[:6]
-    team, ns, release = f"rc-{run}", f"rc-{run}", f"rc{run}"
+    ns = team = f"{prefix}-{run}"
     cluster.create_namespace(ns, labels={IGNORE_LABEL: "true"})
-    rbac = install_rbac(cluster, namespace=OWN_NAMESPACE, release=release)
-    kubeconfig = service_account_kubeconfig(cluster, namespace=OWN_NAMESPACE,
-                                            service_account=f"{release}-comptroller-operator",
-                                            path=tmp_path / "operator.kubeconfig")
-    cluster.apply([budget(team, team)])
-    log = tmp_path / "operator.log"
-    argv = [str(COMPTROLLER), "operator", "--kubeconfig", str(kubeconfig), "--standalone",
-            "--namespace", OWN_NAMESPACE, "--metering-interval", "2",
-            "--liveness-port", str(free_port()), "--metrics-port", str(free_port())]
-    with log.open("a") as out:
-        operator = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
     try:
+        with chart_operator_kubeconfig(cluster, release=f"{prefix}{run}",
+                                       path=tmp_path / "operator.kubeconfig") as kubeconfig:
+            cluster.apply([budget(team, team)])
+            with OperatorProcess(cluster, "--metering-interval", "2", kubeconfig=kubeconfig) as operator:
+                try:
+                    yield ns, team, operator
+                finally:
+                    cluster.kubectl("delete", "pods", "--all", "-n", ns, "--grace-period=0", "--force",
+                                    "--wait=false", check=False)
+                    cluster.kubectl("wait", "--for=delete", "pods", "--all", "-n", ns, "--timeout=30s",
+                                    check=False)
+                    cluster.kubectl("delete", "gpubudget", team, "--timeout=30s", check=False)
+    finally:
+        cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def test_a_finished_job_and_bare_pod_carry_their_cost(run_cluster, quiet_stack_operator, tmp_path):
+    cluster = run_cluster
+    with metered_team(cluster, "rc", tmp_path) as (ns, team, operator):
         cluster.apply([job("train", ns, team), bare_pod("solo", ns, team)])
 
         def running_job_pods() -> list[dict] | None:
             pods = [p for p in job_pods(cluster, ns, "train") if container_times(p)[0] is not None]
             return pods if len(pods) == 2 else None
 
-        first = wait_for("the Job's two pods running", running_job_pods, timeout=60)
+        first = wait_until(running_job_pods, timeout=60, what="the Job's two pods running")
         starts = {p["metadata"]["name"]: container_times(p)[0] for p in first}
         gpus = {name: 4 for name in starts}
-        wait_for("solo running", lambda: container_times(kubectl_json(cluster, "get", "pod", "-n", ns,
-                                                                      "solo"))[0], timeout=30)
+        wait_until(lambda: container_times(kubectl_json(cluster, "get", "pod", "-n", ns, "solo"))[0],
+                   timeout=30, what="solo running")
         # Written while it runs (first sight; then every 5 minutes), not final yet.
-        running = wait_for("the Job's running cost annotation",
-                           lambda: annotations(cluster, "job", ns, "train").get(GPU_HOURS),
-                           timeout=30, log=log)
+        running = wait_until(lambda: annotations(cluster, "job", ns, "train").get(GPU_HOURS), timeout=30,
+                             what="the Job's running cost annotation", on_timeout=operator.log_tail)
         assert FINAL not in annotations(cluster, "job", ns, "train") and float(running) >= 0
         time.sleep(8)
 
@@ -175,7 +185,8 @@ def test_a_finished_job_and_bare_pod_carry_their_cost(run_cluster, quiet_stack_o
                      if p["metadata"]["name"] not in starts and container_times(p)[0] is not None]
             return fresh[0] if fresh else None
 
-        new = wait_for("the replacement attempt running", replacement, timeout=60, log=log)
+        new = wait_until(replacement, timeout=60, what="the replacement attempt running",
+                         on_timeout=operator.log_tail)
         starts[new["metadata"]["name"]] = container_times(new)[0]
         gpus[new["metadata"]["name"]] = 4
         time.sleep(8)
@@ -189,17 +200,16 @@ def test_a_finished_job_and_bare_pod_carry_their_cost(run_cluster, quiet_stack_o
             done = {n: end for n, end in pods.items() if n != victim and end is not None}
             return done if len(done) == 2 else None
 
-        ends.update(wait_for("the Job's pods finished", finished_job_pods, timeout=30))
-        solo_start, solo_end = wait_for(
-            "solo finished", lambda: (lambda t: t if t[1] else None)(
-                container_times(kubectl_json(cluster, "get", "pod", "-n", ns, "solo"))), timeout=30)
+        ends.update(wait_until(finished_job_pods, timeout=30, what="the Job's pods finished"))
+        solo_start, solo_end = wait_until(
+            lambda: (lambda t: t if t[1] else None)(
+                container_times(kubectl_json(cluster, "get", "pod", "-n", ns, "solo"))),
+            timeout=30, what="solo finished")
 
-        job_annotations = wait_for("the Job's final cost annotation",
-                                   lambda: (lambda a: a if FINAL in a else None)(
-                                       annotations(cluster, "job", ns, "train")), timeout=60, log=log)
-        pod_annotations = wait_for("solo's final cost annotation",
-                                   lambda: (lambda a: a if FINAL in a else None)(
-                                       annotations(cluster, "pod", ns, "solo")), timeout=60, log=log)
+        job_annotations = wait_until(lambda: final_annotations(cluster, "job", ns, "train"), timeout=60,
+                                     what="the Job's final cost annotation", on_timeout=operator.log_tail)
+        pod_annotations = wait_until(lambda: final_annotations(cluster, "pod", ns, "solo"), timeout=60,
+                                     what="solo's final cost annotation", on_timeout=operator.log_tail)
 
         truth_job = sum(gpus[n] * (ends[n] - starts[n]) for n in starts) / 3600
         truth_solo = 4 * (solo_end - solo_start) / 3600
@@ -234,7 +244,8 @@ def test_a_finished_job_and_bare_pod_carry_their_cost(run_cluster, quiet_stack_o
         # The Job's pods are deleted: the report still counts it, from its annotation.
         cluster.kubectl("delete", "pods", "-n", ns, "-l", "batch.kubernetes.io/job-name=train",
                         "--wait=false")
-        wait_for("the Job's pods gone", lambda: not job_pods(cluster, ns, "train"), timeout=60, log=log)
+        wait_until(lambda: not job_pods(cluster, ns, "train"), timeout=60, what="the Job's pods gone",
+                   on_timeout=operator.log_tail)
         report = subprocess.run([str(COMPTROLLER), "report", "--by", "workload", "-o", "json", "--top", "100",
                                  "--kubeconfig", str(cluster.kubeconfig)],
                                 capture_output=True, text=True, check=True, timeout=60)
@@ -248,22 +259,7 @@ def test_a_finished_job_and_bare_pod_carry_their_cost(run_cluster, quiet_stack_o
                                capture_output=True, text=True, check=True, timeout=60).stdout
         line = next(line for line in table.splitlines() if line.startswith(ns) and "Job/train" in line)
         assert line.split()[-2:] == ["Finished", "annotation"], table
-        assert "forbidden" not in log.read_text(errors="replace").lower()
-    finally:
-        # Pods and budget go while the operator runs: it releases its metering finalizer from the
-        # pods, and kopf's finalizer leaves the budget with its daemons.
-        cluster.kubectl("delete", "pods", "--all", "-n", ns, "--grace-period=0", "--force", "--wait=false",
-                        check=False)
-        cluster.kubectl("wait", "--for=delete", "pods", "--all", "-n", ns, "--timeout=30s", check=False)
-        cluster.kubectl("delete", "gpubudget", team, "--timeout=30s", check=False)
-        operator.terminate()
-        try:
-            operator.wait(30)
-        except subprocess.TimeoutExpired:
-            operator.kill()
-            operator.wait(10)
-        uninstall_rbac(cluster, rbac)
-        cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+        assert "forbidden" not in operator.log().lower()
 
 
 PYTORCHJOB_CRD = {
@@ -290,30 +286,22 @@ def pytorchjob(name: str, namespace: str, team: str) -> dict:
             "spec": {"pytorchReplicaSpecs": {"Master": role(1), "Worker": role(1)}}}
 
 
-def test_a_finished_pytorchjob_carries_its_cost(run_cluster, quiet_stack_operator, tmp_path):
+@pytest.fixture
+def pytorchjob_crd(run_cluster):
+    """A minimal PyTorchJob CRD, there before the test's operator starts; deleted afterwards."""
+    run_cluster.apply([PYTORCHJOB_CRD])
+    run_cluster.kubectl("wait", "--for=condition=Established", "crd/pytorchjobs.kubeflow.org",
+                        "--timeout=30s")
+    yield
+    run_cluster.kubectl("delete", "crd", "pytorchjobs.kubeflow.org", "--wait=false", check=False)
+
+
+def test_a_finished_pytorchjob_carries_its_cost(run_cluster, pytorchjob_crd, quiet_stack_operator, tmp_path):
     """The Kubeflow training operator is not on this plane: the test stands in for it, creating the
     job's two pods (owned by the PyTorchJob, as the operator makes them) and, once they finished,
     the `Succeeded` condition. The operator finds the run by the pods' owner and writes its cost."""
-    from e2e.chart import install_rbac, service_account_kubeconfig, uninstall_rbac
-
     cluster = run_cluster
-    run = uuid.uuid4().hex[:6]
-    team, ns, release = f"pt-{run}", f"pt-{run}", f"pt{run}"
-    cluster.apply([PYTORCHJOB_CRD])
-    cluster.kubectl("wait", "--for=condition=Established", "crd/pytorchjobs.kubeflow.org", "--timeout=30s")
-    cluster.create_namespace(ns, labels={IGNORE_LABEL: "true"})
-    rbac = install_rbac(cluster, namespace=OWN_NAMESPACE, release=release)
-    kubeconfig = service_account_kubeconfig(cluster, namespace=OWN_NAMESPACE,
-                                            service_account=f"{release}-comptroller-operator",
-                                            path=tmp_path / "operator.kubeconfig")
-    cluster.apply([budget(team, team)])
-    log = tmp_path / "operator.log"
-    argv = [str(COMPTROLLER), "operator", "--kubeconfig", str(kubeconfig), "--standalone",
-            "--namespace", OWN_NAMESPACE, "--metering-interval", "2",
-            "--liveness-port", str(free_port()), "--metrics-port", str(free_port())]
-    with log.open("a") as out:
-        operator = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-    try:
+    with metered_team(cluster, "pt", tmp_path) as (ns, team, operator):
         cluster.apply([pytorchjob("bert", ns, team)])
         owner = kubectl_json(cluster, "get", "pytorchjob", "-n", ns, "bert")["metadata"]
         reference = {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "name": "bert",
@@ -323,36 +311,23 @@ def test_a_finished_pytorchjob_carries_its_cost(run_cluster, quiet_stack_operato
                         "metadata": {"name": name, "namespace": ns, "labels": labels(team),
                                      "ownerReferences": [reference]},
                         "spec": {**pod_spec(8, "p4d.24xlarge"), "restartPolicy": "Never"}} for name in names])
-        starts = {name: wait_for(f"{name} running", lambda n=name: container_times(
-            kubectl_json(cluster, "get", "pod", "-n", ns, n))[0], timeout=60) for name in names}
+        starts = {name: wait_until(lambda n=name: container_times(
+            kubectl_json(cluster, "get", "pod", "-n", ns, n))[0], timeout=60, what=f"{name} running")
+            for name in names}
         time.sleep(8)
         for name in names:
             finish(cluster, ns, name)
-        ends = {name: wait_for(f"{name} finished", lambda n=name: container_times(
-            kubectl_json(cluster, "get", "pod", "-n", ns, n))[1], timeout=30) for name in names}
+        ends = {name: wait_until(lambda n=name: container_times(
+            kubectl_json(cluster, "get", "pod", "-n", ns, n))[1], timeout=30, what=f"{name} finished")
+            for name in names}
         cluster.kubectl("patch", "pytorchjob", "-n", ns, "bert", "--subresource=status", "--type=merge", "-p",
                         json.dumps({"status": {"conditions": [{"type": "Succeeded", "status": "True",
                                                                "reason": "PyTorchJobSucceeded"}]}}))
-        got = wait_for("the PyTorchJob's final cost annotation",
-                       lambda: (lambda a: a if FINAL in a else None)(
-                           annotations(cluster, "pytorchjob", ns, "bert")), timeout=60, log=log)
+        got = wait_until(lambda: final_annotations(cluster, "pytorchjob", ns, "bert"), timeout=60,
+                         what="the PyTorchJob's final cost annotation", on_timeout=operator.log_tail)
         truth = sum(8 * (ends[n] - starts[n]) for n in names) / 3600
         assert float(got[GPU_HOURS]) == pytest.approx(truth, rel=TOLERANCE)
         assert float(got[COST]) == pytest.approx(truth * PRICE, rel=TOLERANCE)
         described = cluster.kubectl("describe", "pytorchjob", "-n", ns, "bert").stdout
         assert "GPUCost" in described and f"{got[GPU_HOURS]} GPU-hours" in described, described
-        assert "forbidden" not in log.read_text(errors="replace").lower()
-    finally:
-        cluster.kubectl("delete", "pods", "--all", "-n", ns, "--grace-period=0", "--force", "--wait=false",
-                        check=False)
-        cluster.kubectl("wait", "--for=delete", "pods", "--all", "-n", ns, "--timeout=30s", check=False)
-        cluster.kubectl("delete", "gpubudget", team, "--timeout=30s", check=False)
-        operator.terminate()
-        try:
-            operator.wait(30)
-        except subprocess.TimeoutExpired:
-            operator.kill()
-            operator.wait(10)
-        uninstall_rbac(cluster, rbac)
-        cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
-        cluster.kubectl("delete", "crd", "pytorchjobs.kubeflow.org", "--wait=false", check=False)
+        assert "forbidden" not in operator.log().lower()

@@ -4,89 +4,20 @@ ledger commits, compare-and-swap conflicts, restarts, threshold Events, finalize
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from metering_fakes import FakeApi, FakeWatch, state_for
 
 from controller import constants
 from controller.k8s.ledgers import ledger_name
-from controller.k8s.workloads import Conflict, NotFound
 from controller.metering.budgets import Budget
 from controller.metering.usage import Entry, Ledger, PodRecord
 from controller.operator import accounting
-from controller.operator.accounting import MeteringState, plan_finalizers, tick
-from controller.operator.settings import MeteringSettings, OperatorConfig
+from controller.operator.accounting import plan_finalizers, tick
 
 T0 = datetime(2026, 11, 10, 12, 0, tzinfo=UTC)
-
-
-class FakeApi:
-    """The subset of `Workloads` metering uses, over an in-memory object store."""
-
-    def __init__(self) -> None:
-        self.configmaps: dict[str, dict] = {}
-        self.statuses: dict[str, dict] = {}
-        self.events: list[dict] = []
-        self.patches: list[tuple[str, str, dict]] = []
-        self.listed: dict[str, list[dict]] = {}
-        self.rv = 0
-
-    def iter_objects(self, resource, **_):
-        """Nodes, ResourceClaims, GPUEquivalences: none unless a test adds them."""
-        return iter(copy.deepcopy(self.listed.get(resource.kind, [])))
-
-    def list_objects(self, resource, **kwargs):
-        return list(self.iter_objects(resource, **kwargs))
-
-    def get(self, resource, namespace, name):
-        obj = self.configmaps.get(name)
-        return copy.deepcopy(obj) if obj else None
-
-    def request(self, method, path, *, body=None, content_type=None, query=None):
-        if path.endswith("/status"):
-            self.statuses[path.split("/")[-2]] = body["status"]
-            return {}
-        name = body["metadata"]["name"]
-        if method == "POST":
-            if name in self.configmaps:
-                raise Conflict(409, "exists")
-        elif self.configmaps[name]["metadata"]["resourceVersion"] != body["metadata"]["resourceVersion"]:
-            raise Conflict(409, "changed")
-        self.rv += 1
-        stored = copy.deepcopy(body)
-        stored["metadata"]["resourceVersion"] = str(self.rv)
-        self.configmaps[name] = stored
-        return copy.deepcopy(stored)
-
-    def patch(self, resource, namespace, name, body, *, content_type=None):
-        self.patches.append((namespace, name, body))
-        if name.startswith("gone"):
-            raise NotFound(404, "gone")
-        return {}
-
-    def emit_event(self, obj, *, reason, message, type_="Normal", now=None):
-        self.events.append({"object": obj["metadata"]["name"], "reason": reason, "message": message,
-                            "type": type_})
-
-    def ledger(self, budget: str) -> dict:
-        return json.loads(self.configmaps[ledger_name(budget)]["data"][constants.LEDGER_KEY])
-
-
-class FakeWatch:
-    def __init__(self, records=()) -> None:
-        self.pods = list(records)
-
-    def records(self):
-        return tuple(self.pods)
-
-    def tombstones(self):
-        return ()
-
-    def ready(self):
-        return True
 
 
 def pod(uid: str, gpus: int, since: datetime | None, *, team: str = "nlp", until: datetime | None = None,
@@ -105,17 +36,6 @@ def budget_body(name: str = "team-nlp", *, team: str = "nlp", hours: float = 10,
                  "pricePerGPUHour": {"default": 2.0}},
         "status": status or {},
     }
-
-
-@pytest.fixture
-def executor():
-    with ThreadPoolExecutor(2) as pool:
-        yield pool
-
-
-def state_for(api: FakeApi, watch: FakeWatch, executor, clock: list[datetime]) -> MeteringState:
-    config = OperatorConfig(namespace="comptroller-system", metering=MeteringSettings(interval=1))
-    return MeteringState(config=config, api=api, watch=watch, executor=executor, clock=lambda: clock[0])
 
 
 def run(coro):
@@ -233,7 +153,7 @@ def test_reconcile_patches_only_our_finalizer_and_tolerates_gone_pods(executor):
     state.ledgers = {"team-nlp": (closed("done"), "1")}
     plan = run(accounting.reconcile_finalizers(state))
     assert {p.uid for p in plan.add} == {"new", "gone-1"} and [p.uid for p in plan.release] == ["done"]
-    bodies = {name: body for _, name, body in api.patches}
+    bodies = {name: body for _, name, body, _ in api.patches}
     assert bodies["new"]["metadata"]["finalizers"] == [constants.METERING_FINALIZER]
     assert bodies["done"]["metadata"]["$deleteFromPrimitiveList/finalizers"] == [constants.METERING_FINALIZER]
     assert bodies["new"]["metadata"]["uid"] == "new"  # never a namesake
@@ -277,4 +197,4 @@ def test_finalizer_sweeps_run_in_the_background_at_most_once_per_interval(execut
 
     first, second, third = run(scenario())
     assert first is not None and second is None and third is None
-    assert [name for _, name, _ in api.patches] == ["new"]
+    assert [name for _, name, *_ in api.patches] == ["new"]

@@ -5,26 +5,24 @@ planner (controller.metering.queue) and the sweep that removes gates and posts E
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from metering_fakes import FakeApi, FakeWatch, state_for
 
 from controller import constants
 from controller.k8s import workloads as workloads_api
 from controller.k8s.ledgers import ledger_name
-from controller.k8s.workloads import Conflict, NotFound, WriteScope
+from controller.k8s.workloads import WriteScope
 from controller.metering import queue
 from controller.metering.budgets import Budget
 from controller.metering.usage import Ledger, PodRecord, format_time, gang_of, pod_record
 from controller.operator import accounting
 from controller.operator.accounting import MeteringState
-from controller.operator.settings import MeteringSettings, OperatorConfig
 
 T0 = datetime(2026, 11, 10, 12, 0, tzinfo=UTC)
 PERIOD = (datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC))
@@ -444,96 +442,6 @@ def test_the_waiting_message_names_the_budget_the_place_and_the_reset():
 # -- the operator: release_queue ---------------------------------------------------------------------------
 
 
-class FakeApi:
-    """The subset of `Workloads` metering and the queue use: ledgers (ConfigMaps) with
-    compare-and-swap, budget statuses, pod patches and Events. A pod patch goes to the cache
-    (`watch`) too, as the real watch would report it, unless `watch` is None."""
-
-    def __init__(self, watch: FakeWatch | None = None) -> None:
-        self.watch = watch
-        self.configmaps: dict[str, dict] = {}
-        self.statuses: dict[str, dict] = {}
-        self.events: list[dict] = []
-        self.patches: list[tuple[str, str, dict, str | None]] = []
-        self.budgets: list[dict] = []
-        """The GPUBudgets the API server lists (the queue plans with every budget there is)."""
-        self.rv = 0
-
-    def iter_objects(self, resource, **_):
-        return iter(copy.deepcopy(self.budgets) if resource.kind == "GPUBudget" else ())
-
-    def list_objects(self, resource, **kwargs):
-        return []
-
-    def get(self, resource, namespace, name):
-        obj = self.configmaps.get(name)
-        return copy.deepcopy(obj) if obj else None
-
-    def request(self, method, path, *, body=None, content_type=None, query=None):
-        if path.endswith("/status"):
-            self.statuses[path.split("/")[-2]] = body["status"]
-            return {}
-        name = body["metadata"]["name"]
-        if method == "POST":
-            if name in self.configmaps:
-                raise Conflict(409, "exists")
-        elif self.configmaps[name]["metadata"]["resourceVersion"] != body["metadata"]["resourceVersion"]:
-            raise Conflict(409, "changed")
-        self.rv += 1
-        stored = copy.deepcopy(body)
-        stored["metadata"]["resourceVersion"] = str(self.rv)
-        self.configmaps[name] = stored
-        return copy.deepcopy(stored)
-
-    def patch(self, resource, namespace, name, body, *, content_type=None):
-        self.patches.append((namespace, name, copy.deepcopy(body), content_type))
-        if name.startswith("gone"):
-            raise NotFound(404, "gone")
-        if self.watch is not None:
-            gates = (body.get("spec") or {}).get("schedulingGates") or ()
-            if any(g.get("$patch") == "delete" and g.get("name") == GATE for g in gates):
-                self.watch.pods = [replace(p, gated=False) if p.uid == body["metadata"]["uid"] else p
-                                   for p in self.watch.pods]
-        return {}
-
-    def emit_event(self, obj, *, reason, message, type_="Normal", now=None):
-        self.events.append({"object": obj["metadata"]["name"], "kind": obj["kind"], "reason": reason,
-                            "message": message, "type": type_})
-
-    def released(self) -> list[str]:
-        """Pods whose budget gate was removed, in order (finalizer patches left out)."""
-        return [name for _, name, body, _ in self.patches if "schedulingGates" in (body.get("spec") or {})]
-
-    def reasons(self, reason: str) -> list[str]:
-        return [e["object"] for e in self.events if e["reason"] == reason]
-
-
-class FakeWatch:
-    def __init__(self, records=()) -> None:
-        self.pods = list(records)
-
-    def records(self):
-        return tuple(self.pods)
-
-    def tombstones(self):
-        return ()
-
-    def ready(self):
-        return True
-
-
-@pytest.fixture
-def executor():
-    with ThreadPoolExecutor(2) as pool:
-        yield pool
-
-
-def state_for(api, watch, executor, clock: list[datetime], *, dry_run: bool = False) -> MeteringState:
-    config = OperatorConfig(namespace="comptroller-system", dry_run=dry_run,
-                            metering=MeteringSettings(interval=1))
-    return MeteringState(config=config, api=api, watch=watch, executor=executor, clock=lambda: clock[0])
-
-
 def with_budgets(state: MeteringState, *budgets: tuple[Budget, float]) -> MeteringState:
     """The state a tick of each budget leaves: its spec, and a committed ledger of `used` GPU-hours."""
     for budget, used in budgets:
@@ -695,7 +603,7 @@ def test_after_a_restart_a_budget_not_yet_ticked_releases_nothing(executor):
     watch = FakeWatch(pods)
     api = FakeApi(watch)
     nlp, cv = budget_body(hours=100), budget_body("team-cv", team="cv", hours=5)
-    api.budgets = [nlp, cv]
+    api.listed["GPUBudget"] = [nlp, cv]
 
     async def sweep(state):
         await accounting.tick(state, nlp)

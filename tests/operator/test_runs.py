@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from lifecycle_fakes import merge
+from metering_fakes import FakeWatch, state_for
 
 from controller import constants
 from controller.k8s import workloads as workloads_api
@@ -24,7 +25,6 @@ from controller.k8s.workloads import (
 from controller.metering.budgets import Budget
 from controller.metering.usage import PodRecord
 from controller.operator import runs as runs_module
-from controller.operator.accounting import MeteringState
 from controller.operator.runs import (
     Owners,
     RunCosts,
@@ -34,7 +34,6 @@ from controller.operator.runs import (
     finished,
     format_hours,
 )
-from controller.operator.settings import MeteringSettings, OperatorConfig
 
 T0 = datetime(2026, 11, 10, 12, 0, tzinfo=UTC)
 H = constants.GPU_HOURS_ANNOTATION
@@ -42,17 +41,6 @@ C = constants.COST_ANNOTATION
 GROUPS = {"JobSet": "jobset.x-k8s.io", "RayJob": "ray.io", "RayCluster": "ray.io", "RayService": "ray.io",
           "PyTorchJob": "kubeflow.org", "CronJob": "batch", "Job": "batch", "Deployment": "apps",
           "ReplicaSet": "apps"}
-
-
-def merge(target: dict, patch: dict) -> dict:
-    for key, value in patch.items():
-        if value is None:
-            target.pop(key, None)
-        elif isinstance(value, dict):
-            target[key] = merge(target.get(key) if isinstance(target.get(key), dict) else {}, value)
-        else:
-            target[key] = value
-    return target
 
 
 class FakeApi:
@@ -104,20 +92,6 @@ class FakeApi:
         return [(k, n) for k, _, n, _ in self.patches if kind is None or k == kind]
 
 
-class FakeWatch:
-    def __init__(self, *records: PodRecord) -> None:
-        self.pods = list(records)
-
-    def records(self):
-        return tuple(self.pods)
-
-    def tombstones(self):
-        return ()
-
-    def ready(self):
-        return True
-
-
 def obj(kind: str, name: str, uid: str, *, namespace: str = "ml", owner: tuple[str, str, str] | None = None,
         conditions: list[tuple[str, str]] = (), status: dict | None = None, annotations: dict | None = None):
     group = GROUPS.get(kind, "")
@@ -157,12 +131,6 @@ def budget(name: str = "team-nlp", team: str = "nlp", prices: dict | None = None
     })
 
 
-@pytest.fixture
-def executor():
-    with ThreadPoolExecutor(2) as pool:
-        yield pool
-
-
 @pytest.fixture(autouse=True)
 def write_everywhere(monkeypatch):
     monkeypatch.setattr(workloads_api, "WRITES", WriteScope())
@@ -178,9 +146,7 @@ class World:
         self.restart()
 
     def restart(self) -> None:
-        config = OperatorConfig(namespace="comptroller-system", metering=MeteringSettings(interval=1))
-        self.state = MeteringState(config=config, api=self.api, watch=self.watch, executor=self.executor,
-                                   clock=lambda: self.clock[0])
+        self.state = state_for(self.api, self.watch, self.executor, self.clock)
         self.state.budgets = {b.name: b for b in self.budgets}
         self.state.node_types_at = float("inf")  # no node listing in these tests
         self.runs = RunCosts(self.state)
@@ -202,7 +168,7 @@ def test_departed_pods_stay_in_the_run_total_until_it_finishes(executor):
     api = FakeApi(obj("Job", "train", "j1"))
     a = job_pod("a", "train", "j1", 2, T0)
     b = job_pod("b", "train", "j1", 1, T0)
-    world = World(api, FakeWatch(a, b), executor, now=T0)
+    world = World(api, FakeWatch([a, b]), executor, now=T0)
     world.at(T0 + timedelta(hours=1))
     assert hours_of(api, "Job", "train") == pytest.approx(3.0)
     assert api.annotations("Job", "ml", "train")[C] == "6.00"
@@ -227,16 +193,16 @@ def test_departed_pods_stay_in_the_run_total_until_it_finishes(executor):
 
 def test_prices_come_from_the_first_budget_by_name_and_the_instance_type(executor):
     api = FakeApi(obj("Job", "train", "j1"))
-    world = World(api, FakeWatch(job_pod("a", "train", "j1", 1, T0, itype="p4d.24xlarge")), executor, now=T0,
-                  budgets=[budget("z-all", prices={"default": 9.0}),
-                           budget("a-nlp", prices={"default": 2.0, "p4d.24xlarge": 4.0})])
+    world = World(api, FakeWatch([job_pod("a", "train", "j1", 1, T0, itype="p4d.24xlarge")]), executor,
+                  now=T0, budgets=[budget("z-all", prices={"default": 9.0}),
+                                   budget("a-nlp", prices={"default": 2.0, "p4d.24xlarge": 4.0})])
     world.at(T0 + timedelta(hours=2))
     assert api.annotations("Job", "ml", "train")[C] == "8.00"
 
 
 def test_without_budgets_gpu_hours_are_written_at_no_cost(executor):
     api = FakeApi(obj("Job", "train", "j1"))
-    world = World(api, FakeWatch(job_pod("a", "train", "j1", 0.5, T0)), executor, now=T0, budgets=())
+    world = World(api, FakeWatch([job_pod("a", "train", "j1", 0.5, T0)]), executor, now=T0, budgets=())
     world.at(T0 + timedelta(hours=2))
     assert api.annotations("Job", "ml", "train")[H] == "1.0000"  # half a GPU (a MIG slice) for 2 h
     assert api.annotations("Job", "ml", "train")[C] == "0.00"
@@ -247,7 +213,7 @@ def test_without_budgets_gpu_hours_are_written_at_no_cost(executor):
 
 def test_a_running_run_is_rewritten_every_five_minutes_and_no_more(executor):
     api = FakeApi(obj("Job", "train", "j1"))
-    world = World(api, FakeWatch(job_pod("a", "train", "j1", 1, T0)), executor, now=T0)
+    world = World(api, FakeWatch([job_pod("a", "train", "j1", 1, T0)]), executor, now=T0)
     for minutes in (1, 2, 5, 5.9, 6, 10, 10.99, 11, 16):
         world.at(T0 + timedelta(minutes=minutes))
     # first sight, then 5 minutes after each write
@@ -262,7 +228,7 @@ def test_a_running_run_is_rewritten_every_five_minutes_and_no_more(executor):
 def test_nothing_is_written_when_the_rounded_values_did_not_change(executor):
     api = FakeApi(obj("Job", "train", "j1"))  # never says it finished (a suspended Job, say)
     ended = job_pod("a", "train", "j1", 1, T0, until=T0 + timedelta(hours=1))
-    world = World(api, FakeWatch(ended), executor, now=T0)
+    world = World(api, FakeWatch([ended]), executor, now=T0)
     world.at(T0 + timedelta(hours=1, minutes=1))
     assert len(api.patches) == 1
     ticks = 60
@@ -276,7 +242,7 @@ def test_nothing_is_written_when_the_rounded_values_did_not_change(executor):
 
 def test_a_finished_run_gets_one_event_even_across_restarts(executor):
     api = FakeApi(obj("Job", "train", "j1", conditions=[("Failed", "True")]))
-    world = World(api, FakeWatch(job_pod("a", "train", "j1", 4, T0, until=T0 + timedelta(minutes=30))),
+    world = World(api, FakeWatch([job_pod("a", "train", "j1", 4, T0, until=T0 + timedelta(minutes=30))]),
                   executor, now=T0)
     world.at(T0 + timedelta(minutes=31))
     world.at(T0 + timedelta(minutes=40))
@@ -291,7 +257,7 @@ def test_a_finished_run_gets_one_event_even_across_restarts(executor):
 def test_a_retried_job_is_not_finished_between_attempts(executor):
     api = FakeApi(obj("Job", "train", "j1"))
     first = job_pod("a", "train", "j1", 1, T0, until=T0 + timedelta(minutes=10))
-    world = World(api, FakeWatch(first), executor, now=T0)
+    world = World(api, FakeWatch([first]), executor, now=T0)
     world.at(T0 + timedelta(minutes=11))  # attempt 1 failed, the Job has not
     second = job_pod("b", "train", "j1", 1, T0 + timedelta(minutes=12), until=T0 + timedelta(minutes=40))
     world.watch.pods = [first, second]
@@ -307,10 +273,10 @@ def test_writes_only_where_the_write_scope_allows(executor, monkeypatch):
     monkeypatch.setattr(workloads_api, "WRITES", WriteScope(["team-a"], own="comptroller-system"))
     api = FakeApi(obj("Job", "train", "j1", conditions=[("Complete", "True")]),
                   obj("Job", "train", "j2", namespace="team-a", conditions=[("Complete", "True")]))
-    world = World(api, FakeWatch(
+    world = World(api, FakeWatch([
         job_pod("a", "train", "j1", 1, T0, until=T0 + timedelta(hours=1)),
         job_pod("b", "train", "j2", 1, T0, until=T0 + timedelta(hours=1), namespace="team-a"),
-    ), executor, now=T0)
+    ]), executor, now=T0)
     world.at(T0 + timedelta(hours=2))
     assert [(ns, name) for _, ns, name, _ in api.patches] == [("team-a", "train")]
     assert all(ns == "team-a" for _, ns, _ in api.gets)  # not even read elsewhere
@@ -320,7 +286,7 @@ def test_writes_only_where_the_write_scope_allows(executor, monkeypatch):
 def test_a_namesake_is_never_written(executor):
     # The Job the pods belonged to was replaced by another of the same name (another uid).
     api = FakeApi(obj("Job", "train", "new-uid"))
-    world = World(api, FakeWatch(job_pod("a", "train", "old-uid", 1, T0)), executor, now=T0)
+    world = World(api, FakeWatch([job_pod("a", "train", "old-uid", 1, T0)]), executor, now=T0)
     world.at(T0 + timedelta(hours=1))
     assert api.patches == [] and api.events == []
 
@@ -332,7 +298,7 @@ def test_a_restart_continues_exactly_from_the_annotations(executor):
     api = FakeApi(obj("Job", "train", "j1"))
     a = job_pod("a", "train", "j1", 1, T0)
     b = job_pod("b", "train", "j1", 1, T0, until=T0 + timedelta(hours=1))
-    world = World(api, FakeWatch(a, b), executor, now=T0)
+    world = World(api, FakeWatch([a, b]), executor, now=T0)
     world.at(T0 + timedelta(hours=1))
     world.watch.pods = [a]  # b is deleted; its hour is in memory only
     world.at(T0 + timedelta(hours=1, minutes=5))
@@ -349,7 +315,7 @@ def test_a_restart_continues_exactly_from_the_annotations(executor):
 def test_a_restart_never_lowers_what_is_written(executor):
     api = FakeApi(obj("Job", "train", "j1"))
     a = job_pod("a", "train", "j1", 1, T0)
-    world = World(api, FakeWatch(a), executor, now=T0)
+    world = World(api, FakeWatch([a]), executor, now=T0)
     world.at(T0 + timedelta(hours=5))
     assert api.annotations("Job", "ml", "train")[C] == "10.00"
     world.budgets = [budget(prices={"default": 0.5})]  # a cheaper price from now on
@@ -383,7 +349,7 @@ def test_carry_over_is_what_the_visible_pods_do_not_explain():
 
 def test_becoming_active_again_rereads_the_annotations(executor):
     api = FakeApi(obj("Job", "train", "j1"))
-    world = World(api, FakeWatch(job_pod("a", "train", "j1", 1, T0)), executor, now=T0)
+    world = World(api, FakeWatch([job_pod("a", "train", "j1", 1, T0)]), executor, now=T0)
     world.at(T0 + timedelta(hours=1))
     world.runs.daemon_stopped()  # paused by peering; a peer writes meanwhile
     api.objects[("Job", "ml", "train")]["metadata"]["annotations"].update(
@@ -469,9 +435,9 @@ def test_a_job_under_an_unknown_controller_is_the_run():
 def test_only_runs_are_ever_patched(executor):
     api = FakeApi(obj("Deployment", "serve", "d1"), obj("StatefulSet", "db", "s1"),
                   obj("Pod", "bare", "bare", status={"phase": "Succeeded"}))
-    world = World(api, FakeWatch(pod("web", 1, T0, workload="Deployment/serve"),
-                                 pod("db-0", 1, T0, workload="StatefulSet/db"),
-                                 pod("bare", 1, T0, until=T0 + timedelta(hours=1))), executor, now=T0)
+    world = World(api, FakeWatch([pod("web", 1, T0, workload="Deployment/serve"),
+                                  pod("db-0", 1, T0, workload="StatefulSet/db"),
+                                  pod("bare", 1, T0, until=T0 + timedelta(hours=1))]), executor, now=T0)
     world.at(T0 + timedelta(hours=2))
     world.at(T0 + timedelta(hours=3))
     assert api.patched() == [("Pod", "bare")]
@@ -481,7 +447,7 @@ def test_only_runs_are_ever_patched(executor):
 
 def test_a_deleted_workload_is_dropped_without_writes(executor):
     api = FakeApi(obj("Job", "train", "j1"))
-    world = World(api, FakeWatch(job_pod("a", "train", "j1", 1, T0)), executor, now=T0)
+    world = World(api, FakeWatch([job_pod("a", "train", "j1", 1, T0)]), executor, now=T0)
     world.at(T0 + timedelta(minutes=1))
     del api.objects[("Job", "ml", "train")]
     world.watch.pods = [job_pod("a", "train", "j1", 1, T0, until=T0 + timedelta(minutes=2))]
@@ -512,7 +478,7 @@ def test_finished(body, done):
 
 def test_one_tick_at_a_time_whatever_the_number_of_daemons(executor):
     api = FakeApi(obj("Job", "train", "j1"))
-    world = World(api, FakeWatch(job_pod("a", "train", "j1", 1, T0)), executor, now=T0 + timedelta(hours=1))
+    world = World(api, FakeWatch([job_pod("a", "train", "j1", 1, T0)]), executor, now=T0 + timedelta(hours=1))
     calls = []
 
     async def counting_tick():
@@ -550,7 +516,7 @@ def test_a_jobset_and_a_rayjob_are_annotated_themselves_never_their_jobs_or_clus
     pods = [job_pod("w0", "js-w-0", "j0", 4, T0, until=end), job_pod("w1", "js-w-1", "j1", 4, T0, until=end),
             pod("head", 1, T0, until=end, workload="RayCluster/rj-c"),
             pod("rw", 2, T0, until=end, workload="RayCluster/rj-c")]
-    world = World(api, FakeWatch(*pods), executor, now=T0)
+    world = World(api, FakeWatch(pods), executor, now=T0)
     world.at(T0 + timedelta(minutes=30))
     assert sorted(api.patched()) == [("JobSet", "js"), ("RayJob", "rj")]
     api.objects[("JobSet", "ml", "js")]["status"]["conditions"] = [{"type": "Completed", "status": "True"}]
