@@ -53,7 +53,10 @@ down:  ## stop the local stack, leaving no process behind
 demo: preflight install build-plane  ## scripted data-scientist session on the local stack
 	$(PY) -m e2e.demo
 
+# The peers bench/peers_bench.py compares with (Kyverno, Gatekeeper) are built here only, never by
+# `make test` or `make demo`; a failed build is reported in the results (`peers.<name>.error`).
 bench: preflight install build-plane  ## benchmarks -> bench/results.json
+	-@bash e2e/cluster/build.sh kyverno gatekeeper
 	$(PY) -m bench.run
 
 image:  ## build the container image without a daemon into dist/ (OCI archive)

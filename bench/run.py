@@ -28,6 +28,8 @@ PARTS = [
     ("bench.operator_bench", True),
     ("bench.lifecycle_bench", True),
     ("bench.soak_bench", False),
+    # Kyverno and Gatekeeper beside Comptroller on the same API server (built from their Go modules).
+    ("bench.peers_bench", True),
 ]
 
 
@@ -51,6 +53,8 @@ def flatten(prefix: str, value, rows: list[tuple[str, str]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", help="run only these parts (module suffix)")
+    parser.add_argument("--plane-dir", type=Path, default=REPO / ".cluster" / "bench",
+                        help="the control plane's directory (default: %(default)s)")
     args = parser.parse_args(argv)
     results: dict = {"machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if RESULTS.exists() and args.only:
@@ -68,9 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {module_name}", flush=True)
         try:
             if needs_plane and plane is None:
-                from e2e.cluster.plane import REPO as _repo
                 from e2e.cluster.plane import ControlPlane
-                plane = ControlPlane(_repo / ".cluster" / "bench").up()
+                plane = ControlPlane(args.plane_dir.resolve()).up()
             results.update(module.run(plane) if needs_plane else module.run())
         except Exception:  # a broken part is reported, the others still run
             traceback.print_exc()

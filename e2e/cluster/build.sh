@@ -4,9 +4,9 @@
 # Idempotent: a component whose binaries already exist is not rebuilt.
 # Prints one line per component; each one's full output goes to .cluster/logs/build-<name>.log,
 # whose last lines are shown only if it fails.
-# Usage: build.sh [all|kubernetes|etcd|kwok|helm|prometheus|actionlint]...
-# `all` is the control plane and Prometheus; actionlint (the workflow linter `make lint` runs) is
-# built only when named.
+# Usage: build.sh [all|kubernetes|etcd|kwok|helm|prometheus|actionlint|kyverno|gatekeeper]...
+# `all` is the control plane and Prometheus; actionlint (the workflow linter `make lint` runs) and
+# the benchmark peers kyverno and gatekeeper (`make bench`) are built only when named.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -139,6 +139,57 @@ build_helm() {
 # scripts only when they are on PATH, and skips those checks otherwise.
 build_actionlint() {
   build_go_install actionlint "$ACTIONLINT_VERSION" github.com/rhysd/actionlint/cmd/actionlint actionlint
+}
+
+# ---- admission-controller peers, for bench/peers_bench.py (`make bench` only) ----------------
+# Compiled at low priority: the machine's two cores are shared with whoever runs the tests.
+peer_go() { nice -n 10 go "$@"; }
+
+# Kyverno's admission controller (cmd/kyverno). Its go.mod has a replace directive
+# (k8s.io/pod-security-admission => a Kyverno fork), so `go install module/cmd@version` is refused;
+# that is tried first (its answer goes to the log), then a wrapper module requires Kyverno at the
+# pinned version and repeats the upstream replace lines, which then apply.
+build_kyverno() {
+  local v="$KYVERNO_VERSION" out="$CACHE/bin/kyverno-$KYVERNO_VERSION"
+  if [[ -x "$out/kyverno" ]]; then say "kyverno $v: cached"; return; fi
+  local ld="-s -w -X github.com/kyverno/kyverno/pkg/version.BuildVersion=$v"
+  rm -rf "$out.tmp"; mkdir -p "$out.tmp"
+  log "kyverno $v: trying go install github.com/kyverno/kyverno/cmd/kyverno@$v"
+  if GOBIN="$out.tmp" peer_go install -ldflags "$ld" "github.com/kyverno/kyverno/cmd/kyverno@$v"; then
+    rm -rf "$out"; mv "$out.tmp" "$out"; log "kyverno $v: done (go install) -> $out"; return
+  fi
+  local src="$CACHE/src/kyverno-$v"
+  log "kyverno $v: go install refused; wrapper module with Kyverno's replace lines"
+  new_module "$src" comptroller.dev/bench/kyverno
+  cd "$src"
+  local modfile; modfile="$(go mod download -json "github.com/kyverno/kyverno@$v" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
+  go mod edit -require="github.com/kyverno/kyverno@$v"
+  # Single-line replace directives (`replace a => b v`) and those inside a `replace ( ... )` block.
+  awk '/^replace \(/ {b=1; next} b && /^\)/ {b=0; next} b {print; next} /^replace / {sub(/^replace /, ""); print}' "$modfile" \
+    | while read -r old _ new newv; do
+        [[ -n "$old" ]] || continue
+        go mod edit -replace="$old=$new${newv:+@$newv}"
+        log "kyverno $v: replace $old => $new $newv"
+      done
+  say "kyverno $v: resolving modules"
+  peer_go get "github.com/kyverno/kyverno/cmd/kyverno@$v"
+  say "kyverno $v: compiling cmd/kyverno (cold: 15-25 minutes on 2 shared cores)"
+  peer_go build -ldflags "$ld" -o "$out.tmp/kyverno" github.com/kyverno/kyverno/cmd/kyverno
+  rm -rf "$out"; mv "$out.tmp" "$out"
+  log "kyverno $v: done -> $out"
+}
+
+# OPA Gatekeeper's manager (the module's root package); its go.mod has no replace directive.
+build_gatekeeper() {
+  local v="$GATEKEEPER_VERSION" out="$CACHE/bin/gatekeeper-$GATEKEEPER_VERSION"
+  if [[ -x "$out/gatekeeper" ]]; then say "gatekeeper $v: cached"; return; fi
+  say "gatekeeper $v: compiling github.com/open-policy-agent/gatekeeper/v3 (the manager)"
+  rm -rf "$out.tmp"; mkdir -p "$out.tmp"
+  GOBIN="$out.tmp" peer_go install \
+    -ldflags "-s -w -X github.com/open-policy-agent/gatekeeper/v3/pkg/version.Version=$v" \
+    "github.com/open-policy-agent/gatekeeper/v3@$v"
+  rm -rf "$out"; mv "$out.tmp" "$out"
+  log "gatekeeper $v: done -> $out"
 }
 
 targets=("$@"); [[ ${#targets[@]} -eq 0 || "${targets[0]}" == all ]] && targets=(etcd kwok kubernetes helm prometheus)
