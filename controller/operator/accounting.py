@@ -59,6 +59,7 @@ from controller.operator.settings import OperatorConfig
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 NODE_TYPES_TTL = 60.0
+NEW_NODE_TTL = 5.0
 
 
 def end_at_deletion(record: PodRecord, now: datetime) -> PodRecord:
@@ -135,9 +136,13 @@ def visible_pods(state: MeteringState) -> list[PodRecord]:
     return live
 
 
-async def refresh_node_types(state: MeteringState) -> None:
-    """Nodes (instance types and GPU facts) and the GPU-equivalents table, at most once a minute."""
-    if time.monotonic() - state.node_types_at < NODE_TYPES_TTL:
+async def refresh_node_types(state: MeteringState, pods: Iterable[PodRecord] = ()) -> None:
+    """Nodes (instance types and GPU facts) and the GPU-equivalents table, at most once a minute,
+    or every few seconds while a pod runs on a node not known yet: a MIG slice or a shared GPU on
+    it would count as a whole GPU until then."""
+    since = time.monotonic() - state.node_types_at
+    unknown = any(p.node and p.node not in state.node_facts for p in pods)
+    if since < NODE_TYPES_TTL and not (unknown and since >= NEW_NODE_TTL):
         return
     state.node_types_at = time.monotonic()
     keys = state.config.metering.instance_type_keys
@@ -270,9 +275,9 @@ async def tick(state: MeteringState, body: Any, *, logger: logging.Logger | None
         state.ledgers[budget.name] = await load(state, budget)  # type: ignore[assignment]
     previous, resource_version = state.ledgers[budget.name]
 
-    await refresh_node_types(state)
     now = state.clock()
     pods = [p for p in visible_pods(state) if budget.selector.matches(p.labels)]
+    await refresh_node_types(state, pods)
     await refresh_claims(state, pods)
     pods = counted(state, pods)
     ledger, announce = advance(budget, previous, pods, now=now)
