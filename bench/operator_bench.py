@@ -238,21 +238,22 @@ def run_one(cluster: Any, *, pods: int, namespaces: int, interval: float, mixed:
         result["rss_mib"] = round(sampler.stop(), 1)
         result["rss_mib_end"] = round(sampler.read(), 1)
     finally:
-        operator.send_signal(signal.SIGTERM)
-        try:
-            result["shutdown_s"] = _timed_wait(operator, 60)
-        except subprocess.TimeoutExpired:
-            operator.kill()
-        # Nothing will meter these pods any more: release them, then clean up.
-        subprocess.run([str(COMPTROLLER), "operator", "--kubeconfig", str(cluster.kubeconfig),
-                        "--release-finalizers", "--log-level", "WARNING"], check=False, cwd=REPO)
-        cluster.kubectl("delete", "gpubudget", "-l", f"bench.comptroller.dev/run={run_id}", "--wait=false",
-                        check=False)
-        cluster.kubectl("delete", "namespace", "-l", f"bench.comptroller.dev/run={run_id}", "--wait=false",
-                        check=False)
-        cluster.kubectl("delete", "node", "-l", f"bench.comptroller.dev/run={run_id}", "--wait=false",
-                        check=False)
+        tear_down(cluster, operator, result, selector=f"bench.comptroller.dev/run={run_id}")
     return {key: result}
+
+
+def tear_down(cluster: Any, operator: subprocess.Popen, result: dict[str, Any], *, selector: str) -> None:
+    """Stop the benchmark's operator (timing its shutdown), release the pods it protected (nothing
+    will meter them any more), and delete the run's budgets, namespaces and nodes."""
+    operator.send_signal(signal.SIGTERM)
+    try:
+        result["shutdown_s"] = _timed_wait(operator, 60)
+    except subprocess.TimeoutExpired:
+        operator.kill()
+    subprocess.run([str(COMPTROLLER), "operator", "--kubeconfig", str(cluster.kubeconfig),
+                    "--release-finalizers", "--log-level", "WARNING"], check=False, cwd=REPO)
+    for kind in ("gpubudget", "namespace", "node"):
+        cluster.kubectl("delete", kind, "-l", selector, "--wait=false", check=False)
 
 
 def _timed_wait(process: subprocess.Popen, timeout: float) -> float:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.operator_bench import RssSampler, _timed_wait
+from bench.operator_bench import RssSampler, tear_down
 from e2e.helpers import install_crds, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -126,15 +125,7 @@ def run(cluster: Any, *, teams: int = 50, pods_per_team: int = 20, interval: flo
             result["release_all_s"] = round(waits[-1], 1)
         result["rss_mib"] = round(sampler.stop(), 1)
     finally:
-        operator.send_signal(signal.SIGTERM)
-        try:
-            result["shutdown_s"] = _timed_wait(operator, 60)
-        except subprocess.TimeoutExpired:
-            operator.kill()
-        subprocess.run([str(COMPTROLLER), "operator", "--kubeconfig", str(cluster.kubeconfig),
-                        "--release-finalizers", "--log-level", "WARNING"], check=False, cwd=REPO)
-        for kind in ("gpubudget", "namespace", "node"):
-            cluster.kubectl("delete", kind, "-l", selector, "--wait=false", check=False)
+        tear_down(cluster, operator, result, selector=selector)
     return {"queue": result}
 
 

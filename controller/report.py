@@ -499,22 +499,20 @@ def run(args: argparse.Namespace) -> int:
     if by_workload:
         by = build_workload_report(workloads, pods, budgets, now=now, runs=runs, top=args.top,
                                    team_label=args.team_label, cost_center_label=args.cost_center_label)
-        if args.output == "json":
-            print(json.dumps(by, indent=2))
-        elif args.output == "csv":
-            sys.stdout.write(render_workloads_csv(by))
-        else:
-            sys.stdout.write(render_workloads_table(by))
+        _write(by, args.output, csv=render_workloads_csv, table=render_workloads_table)
         return 0
     report = build_report(budgets, pods, now=now, period=args.period, top=args.top,
                           team_label=args.team_label, cost_center_label=args.cost_center_label)
-    if args.output == "json":
-        print(json.dumps(report, indent=2))
-    elif args.output == "csv":
-        sys.stdout.write(render_csv(report))
-    else:
-        sys.stdout.write(render_table(report))
+    _write(report, args.output, csv=render_csv, table=render_table)
     return 0
+
+
+def _write(report: Any, output: str, *, csv: Any, table: Any) -> None:
+    """The report as json, or rendered by `csv` or `table`, on standard output."""
+    if output == "json":
+        print(json.dumps(report, indent=2))
+    else:
+        sys.stdout.write(csv(report) if output == "csv" else table(report))
 
 
 def _list_workloads(api: Any) -> list[dict[str, Any]]:

@@ -116,12 +116,10 @@ def idle_verdict(
 
 def idle_skip_reason(obj: Mapping[str, Any], *, now: datetime, grace_period: timedelta) -> str | None:
     """Why an endpoint is not a candidate right now (None: ask Prometheus)."""
-    metadata = obj.get("metadata") or {}
-    annotations = metadata.get("annotations") or {}
-    if metadata.get("deletionTimestamp"):
-        return "being deleted"
-    if constants.WAKE_ANNOTATION in annotations:
-        return "a wake is pending"
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    reason = _going_or_waking(obj)
+    if reason:
+        return reason
     if current_replicas(obj) == 0:
         return "already at zero replicas"
     return _grace_reason(annotations, now=now, grace_period=grace_period)
@@ -136,10 +134,9 @@ def batch_skip_reason(obj: Mapping[str, Any], *, now: datetime, grace_period: ti
     """
     metadata = obj.get("metadata") or {}
     annotations = metadata.get("annotations") or {}
-    if metadata.get("deletionTimestamp"):
-        return "being deleted"
-    if constants.WAKE_ANNOTATION in annotations:
-        return "a wake is pending"
+    reason = _going_or_waking(obj)
+    if reason:
+        return reason
     if is_suspended(obj):
         return "suspended"
     if batch_finished(obj):
@@ -148,6 +145,16 @@ def batch_skip_reason(obj: Mapping[str, Any], *, now: datetime, grace_period: ti
         if ref.get("controller") and ref.get("kind") != "CronJob":
             return f"run by its {ref.get('kind')} {ref.get('name')}"
     return _grace_reason(annotations, now=now, grace_period=grace_period)
+
+
+def _going_or_waking(obj: Mapping[str, Any]) -> str | None:
+    """What rules out any workload: it is being deleted, or someone asked to wake it."""
+    metadata = obj.get("metadata") or {}
+    if metadata.get("deletionTimestamp"):
+        return "being deleted"
+    if constants.WAKE_ANNOTATION in (metadata.get("annotations") or {}):
+        return "a wake is pending"
+    return None
 
 
 def _grace_reason(annotations: Mapping[str, str], *, now: datetime, grace_period: timedelta) -> str | None:
