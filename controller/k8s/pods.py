@@ -104,6 +104,11 @@ class PodWatch:
                 del self._tombstones[uid]
             return tuple(self._tombstones.values())
 
+    def uids(self) -> frozenset[str]:
+        """Uids of every pod in view: cached, or seen deleted within the tombstone TTL."""
+        with self._lock:
+            return frozenset((*self._records, *self._tombstones))
+
     def ready(self) -> bool:
         return self._ready.is_set()
 
@@ -214,13 +219,28 @@ def add_finalizer(api: Workloads, *, namespace: str, name: str, uid: str) -> boo
     return True
 
 
-def remove_finalizer(api: Workloads, *, namespace: str, name: str, uid: str | None = None) -> bool:
-    """Remove the metering finalizer (only ours); False when the pod is already gone."""
+def remove_finalizer(api: Workloads, *, namespace: str, name: str, uid: str | None = None,
+                     mark: bool = False) -> bool:
+    """Remove the metering finalizer (only ours); False when the pod is already gone. `mark`: in
+    the same write, mark it metered (`finops.comptroller.dev/metered: <uid>`): every ledger holds
+    its final charge."""
     body: dict[str, Any] = {
         "metadata": {"$deleteFromPrimitiveList/finalizers": [constants.METERING_FINALIZER]}
     }
     if uid:
         body["metadata"]["uid"] = uid
+        if mark:
+            body["metadata"]["annotations"] = {constants.METERED_ANNOTATION: uid}
+    try:
+        api.patch(PODS, namespace, name, body, content_type=STRATEGIC_MERGE_PATCH)
+    except NotFound:
+        return False
+    return True
+
+
+def mark_metered(api: Workloads, *, namespace: str, name: str, uid: str) -> bool:
+    """Mark an ended pod metered (see `remove_finalizer`); False when it is gone."""
+    body = {"metadata": {"uid": uid, "annotations": {constants.METERED_ANNOTATION: uid}}}
     try:
         api.patch(PODS, namespace, name, body, content_type=STRATEGIC_MERGE_PATCH)
     except NotFound:

@@ -8,17 +8,25 @@ once per period: the ledger records which were reached, in the same write that c
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from controller.constants import API_VERSION
+from controller.constants import API_VERSION, DEFAULT_GROUP_LABELS
 from controller.engine.budgets import period_bounds
 from controller.engine.matching import Selector
 from controller.engine.models import GPUBudget
 from controller.engine.rules.budget import format_gpu_hours
-from controller.metering.usage import Ledger, PodRecord, format_time, meter, new_ledger, roll_over
+from controller.metering.usage import (
+    CellOf,
+    Ledger,
+    PodRecord,
+    format_time,
+    meter,
+    new_ledger,
+    roll_over,
+)
 
 PERIODS = ("Daily", "Weekly", "Monthly")
 
@@ -176,28 +184,48 @@ def project_status(
 
 
 def advance(
-    budget: Budget, ledger: Ledger | None, pods: Sequence[PodRecord], *, now: datetime
+    budget: Budget,
+    ledger: Ledger | None,
+    pods: Sequence[PodRecord],
+    *,
+    now: datetime,
+    cell_of: CellOf | None = None,
+    present: Collection[str] | None = None,
+    group_labels: Sequence[str] = DEFAULT_GROUP_LABELS,
 ) -> tuple[Ledger, tuple[int, ...]]:
     """One metering tick of one budget: the new ledger, and the thresholds to announce now.
 
-    `pods` are the visible pods that match the budget. A missing ledger, or one of another budget
-    of the same name, starts the current period afresh from the visible pods. A ledger whose
-    period is over is metered to its end and closed into history first (also when the budget's
-    `period` changed), so an operator that was down across a period boundary splits usage right.
+    `pods` are the visible pods that match the budget (`cell_of` and `present`: see `meter`). A
+    missing ledger, or one of another budget of the same name, starts the current period afresh
+    from the visible pods. A ledger whose period is over is metered to its end and closed into
+    history first (also when the budget's `period` changed), so an operator that was down across a
+    period boundary splits usage right.
     """
     bounds = period_bounds(budget.period, now)
+    charge = {"prices": budget.prices, "resources": budget.resources, "cell_of": cell_of}
     if ledger is None or ledger.budget_uid != budget.uid:
-        ledger = new_ledger(budget_uid=budget.uid, period=bounds)
+        ledger = new_ledger(budget_uid=budget.uid, period=bounds, group_labels=group_labels)
     elif (ledger.period_start, ledger.period_end) != bounds:
-        ledger = meter(ledger, pods, now=min(now, ledger.period_end), prices=budget.prices,
-                       resources=budget.resources)
-        ledger = roll_over(ledger, period=bounds)
-    ledger = meter(ledger, pods, now=now, prices=budget.prices, resources=budget.resources)
+        ledger = meter(ledger, pods, now=min(now, ledger.period_end), present=present, **charge)
+        ledger = roll_over(ledger, period=bounds, pods=pods, **charge)
+    if ledger.group_labels != tuple(group_labels):
+        ledger = replace(ledger, group_labels=tuple(group_labels))  # new cells group by the new labels
+    ledger = meter(ledger, pods, now=now, present=present, **charge)
     reached = reached_thresholds(budget, ledger)
     announce = tuple(t for t in reached if t not in ledger.thresholds)
     if announce:
         ledger = replace(ledger, thresholds=tuple(sorted({*ledger.thresholds, *announce})))
     return ledger, announce
+
+
+def first_covering(pod: PodRecord, budgets: Iterable[Budget]) -> Budget | None:
+    """The budget that prices a pod in showback and holds its per-day cells: the first by name
+    whose selector matches it and whose resources count some of its GPUs (one per pod, so the
+    ledgers' cells add up without counting a pod twice)."""
+    for budget in sorted(budgets, key=lambda b: b.name):
+        if budget.selector.matches(pod.labels) and pod.gpus_of(budget.resources) > 0:
+            return budget
+    return None
 
 
 def _plain(value: Any) -> Any:

@@ -17,10 +17,10 @@ What a pod consumes
 Where the ledger lives, and why
     One ledger per GPUBudget, in a ConfigMap `comptroller-ledger-<budget>` in Comptroller's own
     namespace, owned by the budget (garbage-collected with it). It is the source of truth; the
-    budget's status is a projection of it rewritten on every tick. The ledger holds, for the
-    current period, each still-existing pod's charge so far (`entries`, by pod uid) plus the
-    frozen charges of pods that are gone (`base`). Each tick *recomputes* every visible pod's
-    charge from its timestamps instead of adding a delta, so:
+    budget's status is a projection of it rewritten on every tick. For the current period it holds
+    each running pod's charge so far (`entries`, by pod uid), and `base`: the final charges of pods
+    that ended (folded in as they end) and the frozen charges of pods that vanished. Each tick
+    *recomputes* every open pod's charge from its timestamps instead of adding a delta, so:
 
     - a tick that is repeated (crash after computing, conflict on write, two replicas during a
       peering hand-over) recomputes the same numbers: nothing is double counted;
@@ -30,10 +30,21 @@ Where the ledger lives, and why
       total and the per-pod state together: there is no window between two writes to crash in.
       Status, metrics and Events are derived afterwards and redone by the next tick if lost.
 
+    What it persists grows with running pods, teams and days, not with pods over time. A pod that
+    ends is folded once: its final charge goes into `base` and, split by UTC day, into `cells`
+    (GPU-hours and cost per team and cost center per day, for `comptroller report`), and its uid
+    into `folded` so no later tick counts it again. The uid is forgotten once the pod is gone from
+    the cluster, or carries the mark `finops.comptroller.dev/metered: <its uid>`, which the
+    operator writes (with the finalizer's release) once every ledger that charges the pod folded
+    it. A pod is in one ledger's `cells` only: its first budget by name (`cell_of`), so summing the
+    ledgers' cells counts each pod once. Cells are kept for the current and the previous calendar
+    month, whatever the budget's period: a running pod's share of a closing period goes into them
+    at the roll-over.
+
     Why not the status itself: the GPUBudget status schema is a user-facing contract and would
-    grow by one entry per pod. Why not a per-pod `metered-until` annotation: one write per pod per
-    tick (5,000 pods every 30 s), and a crash between the budget write and the pod write double
-    counts an interval.
+    grow by one entry per running pod. Why not a per-pod `metered-until` annotation: one write per
+    pod per tick (5,000 pods every 30 s), and a crash between the budget write and the pod write
+    double counts an interval.
 
 Pods that end while the operator is down
     A deleted pod disappears, and with it its end time. So once a GPU pod that some budget
@@ -51,9 +62,9 @@ Pods that end while the operator is down
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from controller import constants
@@ -239,6 +250,9 @@ class PodRecord:
     group; "" for a pod that goes alone (a Deployment's, a bare one)."""
     expires: datetime | None = None
     """Its `expires_at`, which bounds what it may use (a queue reserves up to it)."""
+    metered: bool = False
+    """It carries the mark `finops.comptroller.dev/metered` with its own uid: every ledger that
+    charged it holds its final charge already (see the module docstring)."""
 
     def gpus_of(self, resources: Iterable[str] | None) -> float:
         """GPU-equivalents held of `resources` (None: every resource the operator counts)."""
@@ -427,6 +441,8 @@ def pod_record(
         created=parse_time(metadata.get("creationTimestamp")),
         gang=gang_of(metadata),
         expires=expires_at_of(pod, key=constants.DEFAULT_EXPIRY_KEY)[0],
+        metered=bool(metadata.get("uid"))
+        and (metadata.get("annotations") or {}).get(constants.METERED_ANNOTATION) == metadata.get("uid"),
     )
 
 
@@ -465,12 +481,20 @@ def needs_finalizer(pod: PodRecord, *, matched: bool, now: datetime) -> bool:
 
 @dataclass(frozen=True)
 class Entry:
-    """One pod's charge to a budget in the current period."""
+    """A running pod's charge to a budget in the current period, as of the last tick."""
 
     gpu_hours: float
     cost: float
-    closed: bool
-    """The pod has ended and this is its final charge (its finalizer may go, as far as we care)."""
+
+
+Cells = Mapping[str, Mapping[str, tuple[float, float]]]
+"""Group (`<team>/<cost center>`, label values) -> UTC day (`YYYY-MM-DD`) -> (GPU-hours, cost)."""
+
+
+def group_key(labels: Mapping[str, str], keys: Sequence[str] = constants.DEFAULT_GROUP_LABELS) -> str:
+    """The cells group of a pod: its team and cost-center label values, `/`-joined (label values
+    cannot contain `/`); "" for a missing label."""
+    return "/".join(str(labels.get(key) or "") for key in keys)
 
 
 @dataclass(frozen=True)
@@ -482,13 +506,20 @@ class Ledger:
     period_end: datetime
     metered_at: datetime | None = None
     base_gpu_hours: float = 0.0
-    """Charges of pods no longer visible (deleted, or no longer matching the selector)."""
+    """Final charges of pods that ended, and frozen charges of pods no longer visible."""
     base_cost: float = 0.0
     entries: Mapping[str, Entry] = field(default_factory=dict)
+    """Running pods' charges so far, by uid."""
     thresholds: tuple[int, ...] = ()
     """Alert thresholds (percent) already reached, and announced, this period."""
     history: tuple[Mapping[str, Any], ...] = ()
     """Closed periods, oldest first: {start, end, usedGPUHours, estimatedCost}."""
+    folded: frozenset[str] = frozenset()
+    """Uids of ended pods whose final charge is in `base`, while they may still be seen."""
+    cells: Cells = field(default_factory=dict)
+    """Folded charges by group and day, of the pods this budget is the first to cover."""
+    group_labels: tuple[str, ...] = constants.DEFAULT_GROUP_LABELS
+    """The label keys `cells` groups by."""
 
     @property
     def used_gpu_hours(self) -> float:
@@ -504,8 +535,12 @@ class Ledger:
             "period": {"start": format_time(self.period_start), "end": format_time(self.period_end)},
             "meteredAt": format_time(self.metered_at) if self.metered_at else None,
             "base": [self.base_gpu_hours, self.base_cost],
-            # Compact rows: uid -> [GPU-hours, cost, closed]; 5,000 pods fit in ~250 KB.
-            "entries": {uid: [e.gpu_hours, e.cost, int(e.closed)] for uid, e in self.entries.items()},
+            # Compact rows: uid -> [GPU-hours, cost]; only running pods.
+            "entries": {uid: [e.gpu_hours, e.cost] for uid, e in self.entries.items()},
+            "folded": sorted(self.folded),
+            "groupLabels": list(self.group_labels),
+            "cells": {group: {day: list(value) for day, value in sorted(days.items())}
+                      for group, days in sorted(self.cells.items())},
             "thresholds": list(self.thresholds),
             "history": list(self.history),
         }
@@ -517,24 +552,39 @@ class Ledger:
         if start is None or end is None:
             raise ValueError("ledger has no period")
         base = data.get("base") or [0.0, 0.0]
+        base_hours, base_cost = float(base[0]), float(base[1])
+        entries: dict[str, Entry] = {}
+        folded = set(str(uid) for uid in data.get("folded") or ())
+        for uid, row in (data.get("entries") or {}).items():
+            if len(row) > 2 and row[2]:
+                # A ledger written before pods were folded as they end: a closed row is final.
+                base_hours, base_cost = base_hours + float(row[0]), base_cost + float(row[1])
+                folded.add(uid)
+            else:
+                entries[uid] = Entry(float(row[0]), float(row[1]))
         return cls(
             budget_uid=str(data.get("budgetUID", "")),
             period_start=start,
             period_end=end,
             metered_at=parse_time(data.get("meteredAt")),
-            base_gpu_hours=float(base[0]),
-            base_cost=float(base[1]),
-            entries={
-                uid: Entry(float(row[0]), float(row[1]), bool(row[2]))
-                for uid, row in (data.get("entries") or {}).items()
-            },
+            base_gpu_hours=base_hours,
+            base_cost=base_cost,
+            entries=entries,
             thresholds=tuple(int(t) for t in data.get("thresholds") or ()),
             history=tuple(data.get("history") or ()),
+            folded=frozenset(folded),
+            cells={
+                str(group): {str(day): (float(value[0]), float(value[1])) for day, value in days.items()}
+                for group, days in (data.get("cells") or {}).items()
+            },
+            group_labels=tuple(data.get("groupLabels") or constants.DEFAULT_GROUP_LABELS),
         )
 
 
-def new_ledger(*, budget_uid: str, period: tuple[datetime, datetime]) -> Ledger:
-    return Ledger(budget_uid=budget_uid, period_start=period[0], period_end=period[1])
+def new_ledger(*, budget_uid: str, period: tuple[datetime, datetime],
+               group_labels: Sequence[str] = constants.DEFAULT_GROUP_LABELS) -> Ledger:
+    return Ledger(budget_uid=budget_uid, period_start=period[0], period_end=period[1],
+                  group_labels=tuple(group_labels))
 
 
 def price_for(prices: Mapping[str, Any] | None, instance_type: str) -> float:
@@ -550,6 +600,46 @@ def price_for(prices: Mapping[str, Any] | None, instance_type: str) -> float:
         return 0.0
 
 
+def days_of(start: datetime, end: datetime) -> Iterator[tuple[str, float]]:
+    """(UTC day, seconds of [start, end) within it), day by day."""
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
+    while start < end:
+        midnight = datetime.combine(start.date() + timedelta(days=1), datetime.min.time(), UTC)
+        stop = min(midnight, end)
+        yield start.date().isoformat(), (stop - start).total_seconds()
+        start = stop
+
+
+def add_to_cells(cells: dict[str, dict[str, tuple[float, float]]], group: str, pod: PodRecord, *,
+                 start: datetime, end: datetime, now: datetime, price: float,
+                 resources: Iterable[str] | None) -> None:
+    """Add what `pod` consumed within [start, end) to `cells[group]`, split by UTC day."""
+    gpus = pod.gpus_of(resources)
+    if pod.started is None or gpus <= 0:
+        return
+    lo, hi = max(pod.started, start), min(pod.end(now) or now, end, now)
+    days = cells.setdefault(group, {})
+    for day, seconds in days_of(lo, hi):
+        hours = gpus * seconds / SECONDS_PER_HOUR
+        old_hours, old_cost = days.get(day, (0.0, 0.0))
+        days[day] = (old_hours + hours, old_cost + hours * price)
+
+
+def cells_kept_from(at: datetime) -> str:
+    """The first day whose cells are kept at `at`: the first of the previous calendar month."""
+    first = at.astimezone(UTC).date().replace(day=1)
+    return (first - timedelta(days=1)).replace(day=1).isoformat()
+
+
+def _writable_cells(cells: Cells, *, kept_from: str) -> dict[str, dict[str, tuple[float, float]]]:
+    out = {group: {d: v for d, v in days.items() if d >= kept_from} for group, days in cells.items()}
+    return {group: days for group, days in out.items() if days}
+
+
+CellOf = Callable[[PodRecord], str | None]
+"""A pod's cells group in this ledger, or None when another budget holds its cells."""
+
+
 def meter(
     ledger: Ledger,
     pods: Iterable[PodRecord],
@@ -557,42 +647,80 @@ def meter(
     now: datetime,
     prices: Mapping[str, Any] | None = None,
     resources: Iterable[str] | None = None,
+    cell_of: CellOf | None = None,
+    present: Collection[str] | None = None,
 ) -> Ledger:
     """The ledger recomputed at `now` from the pods that currently match the budget.
 
-    Every visible pod's charge is recomputed from its timestamps, clipped to the period; pods that
-    were charged before but are no longer visible keep their last charge, frozen into `base`.
-    Does not roll the period over (see `roll_over`); `now` past the period end meters up to it.
-    `resources` limits which GPU resources count (a budget's `spec.resources`).
+    Every open pod's charge is recomputed from its timestamps, clipped to the period; a pod that
+    ended is folded (its final charge into `base` and, by `cell_of`, into `cells`); pods that were
+    charged before but are no longer visible keep their last charge, frozen into `base`. Does not
+    roll the period over (see `roll_over`); `now` past the period end meters up to it.
+    `resources` limits which GPU resources count (a budget's `spec.resources`). `present`: uids
+    of every pod still in view, matching or not (default: `pods`); a folded uid is kept while
+    its pod is.
     """
     resources = tuple(resources) if resources is not None else None
     window_end = min(now, ledger.period_end)
     entries: dict[str, Entry] = {}
+    folded = set(ledger.folded)
+    cells = _writable_cells(ledger.cells, kept_from=cells_kept_from(window_end))
+    base_hours, base_cost = ledger.base_gpu_hours, ledger.base_cost
+    seen: set[str] = set()
     for pod in pods:
+        seen.add(pod.uid)
+        end = pod.end(now)
+        closed = end is not None and end <= window_end  # one that ends after the period runs on in it
+        if pod.uid in ledger.folded:
+            if closed and pod.metered:
+                folded.discard(pod.uid)  # every ledger folded it; it will not be counted again
+            continue
+        if closed and pod.metered and pod.uid not in ledger.entries:
+            continue  # folded by this ledger before it forgot the pod
         hours = pod.gpu_hours(ledger.period_start, window_end, now=now, resources=resources)
-        closed = pod.end(now) is not None
         if hours <= 0 and pod.uid not in ledger.entries and not (closed and pod.finalizer):
             continue  # not yet running, or ran only before this period: nothing to remember
         price = price_for(prices, pod.instance_type)
-        entries[pod.uid] = Entry(hours, hours * price, closed)
-    base_hours, base_cost = ledger.base_gpu_hours, ledger.base_cost
+        if not closed:
+            entries[pod.uid] = Entry(hours, hours * price)
+            continue
+        base_hours += hours
+        base_cost += hours * price
+        folded.add(pod.uid)
+        group = cell_of(pod) if cell_of is not None else None
+        if group is not None:
+            add_to_cells(cells, group, pod, start=ledger.period_start, end=window_end, now=now, price=price,
+                         resources=resources)
     for uid, entry in ledger.entries.items():
-        if uid not in entries:
+        if uid not in entries and uid not in folded:
             base_hours += entry.gpu_hours
             base_cost += entry.cost
+    keep = seen if present is None else present
     return replace(
         ledger,
         metered_at=window_end,
         base_gpu_hours=base_hours,
         base_cost=base_cost,
         entries=entries,
+        folded=frozenset(uid for uid in folded if uid in keep or uid in seen),
+        cells=cells,
     )
 
 
-def roll_over(ledger: Ledger, *, period: tuple[datetime, datetime]) -> Ledger:
+def roll_over(
+    ledger: Ledger,
+    *,
+    period: tuple[datetime, datetime],
+    pods: Iterable[PodRecord] = (),
+    prices: Mapping[str, Any] | None = None,
+    resources: Iterable[str] | None = None,
+    cell_of: CellOf | None = None,
+) -> Ledger:
     """Close the ledger's period into its history and start `period` from zero.
 
-    Meter up to the old period's end first (`meter(ledger, pods, now=ledger.period_end)`).
+    Meter up to the old period's end first (`meter(ledger, pods, now=ledger.period_end)`). The
+    running pods' shares of the closing period go into `cells` (their later shares are folded
+    when they end); the folded uids and the cells carry over.
     """
     closed = {
         "start": format_time(ledger.period_start),
@@ -601,27 +729,40 @@ def roll_over(ledger: Ledger, *, period: tuple[datetime, datetime]) -> Ledger:
         "estimatedCost": round(ledger.cost, 2),
     }
     history = (*ledger.history, closed)[-HISTORY_LENGTH:]
+    cells = _writable_cells(ledger.cells, kept_from=cells_kept_from(period[0]))
+    if cell_of is not None:
+        resources = tuple(resources) if resources is not None else None
+        for pod in pods:
+            group = cell_of(pod) if pod.uid in ledger.entries else None
+            if group is not None:
+                add_to_cells(cells, group, pod, start=ledger.period_start, end=ledger.period_end,
+                             now=ledger.period_end, price=price_for(prices, pod.instance_type),
+                             resources=resources)
     return Ledger(
         budget_uid=ledger.budget_uid,
         period_start=period[0],
         period_end=period[1],
         metered_at=period[0],
         history=history,
+        folded=ledger.folded,
+        cells=cells,
+        group_labels=ledger.group_labels,
     )
 
 
 def releasable(pod: PodRecord, ledgers: Sequence[Ledger | None], *, now: datetime) -> bool:
     """Whether the metering finalizer can go: the pod has ended and every budget it matches
     (`ledgers`, None for a budget whose ledger is not committed yet) holds its final charge."""
-    if pod.end(now) is None:
+    end = pod.end(now)
+    if end is None:
         return False
+    if pod.metered:
+        return True
     for ledger in ledgers:
         if ledger is None:
             return False
-        entry = ledger.entries.get(pod.uid)
-        if entry is None or not entry.closed:
-            # A pod that ended before this period began has nothing to charge here.
-            end = pod.end(now)
-            if not (entry is None and end is not None and end <= ledger.period_start):
-                return False
+        # A pod that ended before this period began has nothing to charge here.
+        before = pod.uid not in ledger.entries and end <= ledger.period_start
+        if pod.uid not in ledger.folded and not before:
+            return False
     return True

@@ -42,12 +42,13 @@ from controller.k8s import workloads as workloads_api
 from controller.k8s.pods import PodWatch
 from controller.k8s.workloads import ApiError, Conflict, Workloads
 from controller.metering import queue
-from controller.metering.budgets import Budget, advance, project_status, threshold_message
+from controller.metering.budgets import Budget, advance, first_covering, project_status, threshold_message
 from controller.metering.usage import (
     Counting,
     Ledger,
     PodRecord,
     count_gpus,
+    group_key,
     needs_finalizer,
     pod_gpu_total,
     pod_record,
@@ -96,6 +97,10 @@ class MeteringState:
     """Uids of gated pods told where they wait (one BudgetQueued Event each per operator run)."""
     released: dict[str, float] = field(default_factory=dict)
     """Uid -> when (monotonic) its gate was removed: the pod cache may show it gated a while yet."""
+    listed: list[Budget] = field(default_factory=list)
+    """Every GPUBudget in the cluster, listed at most once per interval: which budget holds a pod's
+    cells (`first_covering`) must not depend on which daemons have ticked since a restart."""
+    listed_at: float = float("-inf")
     last_sweep: float = float("-inf")
     sweep_task: asyncio.Task | None = None
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
@@ -250,6 +255,26 @@ def counted(state: MeteringState, pods: Iterable[PodRecord]) -> list[PodRecord]:
     return out
 
 
+async def cells_of(state: MeteringState, budget: Budget) -> Callable[[PodRecord], str | None]:
+    """Which pods' per-day cells `budget`'s ledger holds: those it is the first budget to cover,
+    among every budget listed (at most once per interval), grouped by the team and cost-center
+    labels."""
+    if time.monotonic() - state.listed_at >= state.config.metering.interval:
+        try:
+            state.listed = await state.call(list_budgets, state.api)
+            state.listed_at = time.monotonic()
+        except ApiError as error:
+            log.warning("could not list GPUBudgets for showback cells: %s", error)
+    known = sorted({**{b.name: b for b in state.listed}, **state.budgets}.values(), key=lambda b: b.name)
+    labels = state.config.metering.group_labels
+
+    def cell_of(pod: PodRecord) -> str | None:
+        first = first_covering(pod, known)
+        return group_key(pod.labels, labels) if first is not None and first.name == budget.name else None
+
+    return cell_of
+
+
 async def load(state: MeteringState, budget: Budget) -> tuple[Ledger | None, str | None]:
     stored = await state.call(
         ledger_store.load_ledger, state.api, namespace=state.config.namespace, budget=budget.name
@@ -280,7 +305,8 @@ async def tick(state: MeteringState, body: Any, *, logger: logging.Logger | None
     await refresh_node_types(state, pods)
     await refresh_claims(state, pods)
     pods = counted(state, pods)
-    ledger, announce = advance(budget, previous, pods, now=now)
+    ledger, announce = advance(budget, previous, pods, now=now, cell_of=await cells_of(state, budget),
+                               present=state.watch.uids(), group_labels=state.config.metering.group_labels)
     try:
         resource_version = await state.call(
             ledger_store.store_ledger,
@@ -332,6 +358,10 @@ async def tick(state: MeteringState, body: Any, *, logger: logging.Logger | None
 class FinalizerPlan:
     add: tuple[PodRecord, ...]
     release: tuple[PodRecord, ...]
+    """Released; those that ended are marked metered in the same write."""
+    mark: tuple[PodRecord, ...] = ()
+    """Ended pods without the finalizer that every ledger charging them folded: marked metered,
+    so the ledgers forget them (see controller/metering/usage.py)."""
 
 
 def plan_finalizers(
@@ -349,6 +379,7 @@ def plan_finalizers(
     ever release again makes its deletion hang."""
     add: list[PodRecord] = []
     release: list[PodRecord] = []
+    mark: list[PodRecord] = []
     for pod in pods:
         # A budget draws on a pod its selector matches and whose resources it counts.
         matching = [b for b in budgets if b.selector.matches(pod.labels) and pod.gpus_of(b.resources) > 0]
@@ -358,16 +389,20 @@ def plan_finalizers(
             not matching or releasable(pod, [committed(b.name) for b in matching], now=now)
         ):
             release.append(pod)
-    return FinalizerPlan(tuple(add), tuple(release))
+        elif (protect and matching and not pod.finalizer and not pod.metered
+              and releasable(pod, [committed(b.name) for b in matching], now=now)):
+            mark.append(pod)
+    return FinalizerPlan(tuple(add), tuple(release), tuple(mark))
 
 
 async def reconcile_finalizers(state: MeteringState, *, stopped: Any = None) -> FinalizerPlan:
     """Apply `plan_finalizers` to the cache's pods (tombstones are gone already: nothing to do)."""
+    now = state.clock()
     plan = plan_finalizers(
         state.watch.records(),
         list(state.budgets.values()),
         state.committed,
-        now=state.clock(),
+        now=now,
         protect=state.config.metering.finalizer and not state.config.dry_run,
     )
     # Pods in namespaces the operator may not write in are metered without the finalizer.
@@ -375,8 +410,11 @@ async def reconcile_finalizers(state: MeteringState, *, stopped: Any = None) -> 
     jobs = [
         *(state.call(pod_api.add_finalizer, state.api, namespace=p.namespace, name=p.name, uid=p.uid)
           for p in plan.add if writable(p.namespace)),
-        *(state.call(pod_api.remove_finalizer, state.api, namespace=p.namespace, name=p.name, uid=p.uid)
+        *(state.call(pod_api.remove_finalizer, state.api, namespace=p.namespace, name=p.name, uid=p.uid,
+                     mark=p.end(now) is not None and not p.metered)
           for p in plan.release),
+        *(state.call(pod_api.mark_metered, state.api, namespace=p.namespace, name=p.name, uid=p.uid)
+          for p in plan.mark if writable(p.namespace)),
     ]
     batch = max(1, state.config.metering.max_concurrent_writes * 4)
     failures = 0
@@ -390,9 +428,9 @@ async def reconcile_finalizers(state: MeteringState, *, stopped: Any = None) -> 
             if isinstance(result, Exception):
                 failures += 1
                 log.debug("finalizer update failed: %s", result)
-    if plan.add or plan.release:
-        log.info("metering finalizer: added to %d pods, released from %d (%d failed)",
-                 len(plan.add), len(plan.release), failures)
+    if plan.add or plan.release or plan.mark:
+        log.info("metering finalizer: added to %d pods, released from %d, %d more marked metered (%d failed)",
+                 len(plan.add), len(plan.release), len(plan.mark), failures)
     return plan
 
 

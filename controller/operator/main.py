@@ -59,6 +59,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu-resource", action="append", metavar="NAME",
                         help="what a budget without `resources` counts as GPUs: resource names, globs or "
                         "DRA DeviceClasses (repeatable; default: *, every accelerator)")
+    parser.add_argument("--team-label", default=constants.DEFAULT_GROUP_LABELS[0], metavar="KEY",
+                        help="pod label the ledgers' per-day showback cells group by (default: %(default)s)")
+    parser.add_argument("--cost-center-label", default=constants.DEFAULT_GROUP_LABELS[1], metavar="KEY",
+                        help="second label of that grouping (default: %(default)s)")
     parser.add_argument("--no-metering-finalizer", action="store_true",
                         help="do not protect running GPU pods with the metering finalizer")
     parser.add_argument("--release-finalizers", action="store_true",
@@ -105,6 +109,7 @@ def build_config(args: argparse.Namespace) -> OperatorConfig:
         interval=args.metering_interval,
         gpu_resources=tuple(args.gpu_resource or constants.DEFAULT_GPU_RESOURCES),
         finalizer=not args.no_metering_finalizer,
+        group_labels=(args.team_label, args.cost_center_label),
     )
     config = OperatorConfig(
         namespace=args.namespace,

@@ -44,6 +44,8 @@ class MeteringSettings:
     """Protect running GPU pods with the metering finalizer (see `metering.py`)."""
     max_concurrent_writes: int = 8
     """API writes (finalizers, statuses) in flight at once, to spare the API server."""
+    group_labels: tuple[str, ...] = constants.DEFAULT_GROUP_LABELS
+    """Pod label keys (team, cost center) the ledgers' per-day cells are grouped by."""
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,9 @@ class FakeWatch:
     def tombstones(self):
         return ()
 
+    def uids(self):
+        return frozenset(p.uid for p in self.pods)
+
     def ready(self):
         return True
 

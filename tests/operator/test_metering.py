@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -12,7 +14,9 @@ from controller.metering.usage import (
     Entry,
     Ledger,
     PodRecord,
+    days_of,
     format_time,
+    group_key,
     meter,
     needs_finalizer,
     new_ledger,
@@ -222,7 +226,7 @@ def test_meter_charges_gpus_times_run_time_and_cost():
     assert result.used_gpu_hours == pytest.approx(2.5)
     assert result.cost == pytest.approx(2 * 4.0 + 0.5 * 2.0)
     assert result.metered_at == at(60)
-    assert not result.entries["a"].closed
+    assert set(result.entries) == {"a", "b"} and not result.folded
 
 
 def test_meter_is_idempotent_so_a_repeated_tick_never_double_counts():
@@ -244,7 +248,7 @@ def test_an_end_seen_late_is_refunded():
     assert running.used_gpu_hours == pytest.approx(2.0)
     finished = meter(running, [rec("a", gpus=2, finished=45)], now=at(61))
     assert finished.used_gpu_hours == pytest.approx(1.5)
-    assert finished.entries["a"].closed
+    assert "a" in finished.folded and "a" not in finished.entries  # folded: final
 
 
 def test_a_vanished_pod_keeps_its_charge_frozen():
@@ -260,9 +264,10 @@ def test_a_vanished_pod_keeps_its_charge_frozen():
 def test_pods_that_ran_only_before_the_period_are_not_remembered():
     old = rec("a", started=-60 * 24 * 20, finished=-60 * 24 * 15)
     assert meter(ledger(), [old], now=at(0)).entries == {}
-    # ...unless it still carries our finalizer, which needs a closed entry to be released
-    assert meter(ledger(), [rec("a", started=-60 * 24 * 20, finished=-60 * 24 * 15, finalizer=True)],
-                 now=at(0)).entries["a"] == Entry(0.0, 0.0, True)
+    # ...unless it still carries our finalizer, which is released once the ledger folded it
+    kept = meter(ledger(), [rec("a", started=-60 * 24 * 20, finished=-60 * 24 * 15, finalizer=True)],
+                 now=at(0))
+    assert kept.folded == {"a"} and kept.used_gpu_hours == 0
 
 
 def test_meter_past_the_period_end_stops_at_the_end():
@@ -302,9 +307,10 @@ def test_ledger_without_period_is_rejected():
         (rec("a"), [], False),  # still running
         (rec("a", finished=10), [], True),  # no budget draws on it
         (rec("a", finished=10), [None], False),  # a matching budget has no committed ledger yet
-        (rec("a", finished=10), [ledger(entries={"a": Entry(0.2, 0, True)})], True),
-        (rec("a", finished=10), [ledger(entries={"a": Entry(0.2, 0, False)})], False),  # charged while open
-        (rec("a", finished=10), [ledger(entries={"a": Entry(0.2, 0, True)}), ledger()], False),
+        (rec("a", finished=10), [ledger(folded=frozenset({"a"}))], True),
+        (rec("a", finished=10), [ledger(entries={"a": Entry(0.2, 0)})], False),  # charged while open
+        (rec("a", finished=10), [ledger(folded=frozenset({"a"})), ledger()], False),
+        (replace(rec("a", finished=10), metered=True), [ledger()], True),  # marked: every ledger folded it
         (rec("a", started=-60 * 24 * 20, finished=-60 * 24 * 15), [ledger()], True),  # before the period
     ],
 )
@@ -379,3 +385,83 @@ def test_pod_record_keeps_gpus_per_resource():
     assert record.gpus == 3
     assert record.gpus_of(["amd.com/gpu"]) == 1
     assert record.gpus_of(None) == 3
+
+
+# -- folding: what the ledger persists grows with teams and days, not with pods ------------------
+
+
+def by_team(pod: PodRecord) -> str:
+    return group_key(pod.labels)
+
+
+def test_an_ended_pod_is_folded_once_into_base_and_its_days():
+    pods = [rec("a", gpus=2, started=-60 * 13, finished=60), rec("b", started=0)]  # "a": 23:00 day before
+    first = meter(ledger(), pods, now=at(90), cell_of=by_team)
+    assert first.folded == {"a"} and set(first.entries) == {"b"}
+    assert first.cells == {"nlp/": {"2026-11-09": (2.0, 0.0), "2026-11-10": (26.0, 0.0)}}
+    again = meter(first, pods, now=at(120), cell_of=by_team)  # still visible: not counted twice
+    assert again.base_gpu_hours == pytest.approx(28.0) and again.cells == first.cells
+    assert again.used_gpu_hours == pytest.approx(28.0 + 2.0)
+
+
+def test_a_folded_pod_is_forgotten_once_gone_or_marked():
+    done = rec("a", finished=30)
+    folded = meter(ledger(), [done], now=at(60))
+    assert folded.folded == {"a"}
+    still_there = meter(folded, [], now=at(70), present={"a"})  # relabelled out, still in the cluster
+    assert still_there.folded == {"a"}
+    assert meter(folded, [], now=at(70), present=set()).folded == frozenset()  # deleted
+    marked = meter(folded, [replace(done, metered=True)], now=at(70))
+    assert marked.folded == frozenset() and marked.used_gpu_hours == pytest.approx(0.5)
+    # and once forgotten, the marked pod is never charged again
+    assert meter(marked, [replace(done, metered=True)], now=at(80)).used_gpu_hours == pytest.approx(0.5)
+
+
+def test_cells_go_to_the_covering_budget_only():
+    pods = [rec("a", finished=60)]
+    other = meter(ledger(), pods, now=at(90), cell_of=lambda pod: None)
+    assert other.used_gpu_hours == pytest.approx(1.0) and other.cells == {}
+
+
+def test_persisted_size_does_not_grow_with_finished_pods():
+    def size(n: int) -> int:
+        pods = [rec(f"p{i}", started=i % 600, finished=i % 600 + 5) for i in range(n)]
+        folded = meter(ledger(), pods, now=at(700), cell_of=by_team)
+        marked = [replace(p, metered=True) for p in pods]
+        return len(json.dumps(meter(folded, marked, now=at(710), cell_of=by_team).to_json()))
+    assert size(10) == size(5000)
+
+
+def test_roll_over_puts_running_pods_share_of_the_closing_period_in_cells():
+    running = rec("a", gpus=2, started=60 * 24 * 20 + 60 * 10)  # Nov 30 22:00
+    november = meter(ledger(), [running], now=MONTH[1], cell_of=by_team)
+    december = (MONTH[1], datetime(2027, 1, 1, tzinfo=UTC))
+    rolled = roll_over(november, period=december, pods=[running], cell_of=by_team)
+    assert rolled.cells == {"nlp/": {"2026-11-30": (4.0, 0.0)}}
+    ended = replace(running, finished=MONTH[1] + timedelta(hours=3))
+    later = meter(rolled, [ended], now=MONTH[1] + timedelta(hours=5), cell_of=by_team)
+    assert later.used_gpu_hours == pytest.approx(6.0)  # December's share only
+    assert later.cells["nlp/"]["2026-12-01"] == pytest.approx((6.0, 0.0))
+
+
+def test_a_pod_that_ends_after_the_period_is_not_folded_into_the_closing_one():
+    crossing = rec("a", started=60 * 24 * 20 + 60 * 11, finished=60 * 24 * 20 + 60 * 13)  # 23:00 -> 01:00
+    closing = meter(ledger(), [crossing], now=MONTH[1] + timedelta(hours=2))
+    assert closing.entries == {"a": Entry(1.0, 0.0)} and not closing.folded
+
+
+def test_cells_keep_the_current_and_previous_month():
+    old = ledger(cells={"nlp/": {"2026-09-30": (1.0, 0.0), "2026-10-01": (2.0, 0.0)}})
+    assert meter(old, [], now=at(0)).cells == {"nlp/": {"2026-10-01": (2.0, 0.0)}}
+
+
+def test_a_ledger_written_before_folding_is_read_with_its_closed_rows_folded():
+    old = {"budgetUID": "b", "period": {"start": "2026-11-01T00:00:00Z", "end": "2026-12-01T00:00:00Z"},
+           "base": [1.0, 2.0], "entries": {"a": [0.5, 1.0, 1], "b": [0.25, 0.5, 0]}}
+    restored = Ledger.from_json(old)
+    assert restored.folded == {"a"} and restored.entries == {"b": Entry(0.25, 0.5)}
+    assert restored.used_gpu_hours == pytest.approx(1.75) and restored.cost == pytest.approx(3.5)
+
+
+def test_days_of_splits_at_utc_midnight():
+    assert list(days_of(at(-60 * 13), at(60))) == [("2026-11-09", 3600.0), ("2026-11-10", 13 * 3600.0)]

@@ -13,7 +13,7 @@ from metering_fakes import FakeApi, FakeWatch, state_for
 from controller import constants
 from controller.k8s.ledgers import ledger_name
 from controller.metering.budgets import Budget
-from controller.metering.usage import Entry, Ledger, PodRecord
+from controller.metering.usage import Ledger, PodRecord
 from controller.operator import accounting
 from controller.operator.accounting import plan_finalizers, tick
 
@@ -117,7 +117,7 @@ def budgets(*teams: str) -> list[Budget]:
 
 def closed(uid: str) -> Ledger:
     return Ledger(budget_uid="x", period_start=T0 - timedelta(days=9), period_end=T0 + timedelta(days=20),
-                  entries={uid: Entry(1.0, 0.0, True)})
+                  base_gpu_hours=1.0, folded=frozenset({uid}))
 
 
 NOW = T0 + timedelta(hours=1)
@@ -157,6 +157,21 @@ def test_reconcile_patches_only_our_finalizer_and_tolerates_gone_pods(executor):
     assert bodies["new"]["metadata"]["finalizers"] == [constants.METERING_FINALIZER]
     assert bodies["done"]["metadata"]["$deleteFromPrimitiveList/finalizers"] == [constants.METERING_FINALIZER]
     assert bodies["new"]["metadata"]["uid"] == "new"  # never a namesake
+    # the release marks it metered in the same write: the ledgers may forget it
+    assert bodies["done"]["metadata"]["annotations"] == {constants.METERED_ANNOTATION: "done"}
+
+
+def test_an_ended_pod_without_the_finalizer_is_marked_once_folded_everywhere(executor):
+    api, clock = FakeApi(), [NOW]
+    short = pod("short", 1, T0, until=T0 + timedelta(minutes=5))
+    watch = FakeWatch([short])
+    state = state_for(api, watch, executor, clock)
+    state.budgets = {b.name: b for b in budgets("nlp")}
+    state.ledgers = {"team-nlp": (closed("short"), "1")}
+    plan = run(accounting.reconcile_finalizers(state))
+    assert [p.uid for p in plan.mark] == ["short"] and not plan.release
+    body = {name: body for _, name, body, _ in api.patches}["short"]
+    assert body["metadata"] == {"uid": "short", "annotations": {constants.METERED_ANNOTATION: "short"}}
 
 
 def test_end_at_deletion_closes_a_pod_that_vanished_running():
