@@ -2,9 +2,12 @@
 team and cost center, and the top workloads, as a table for people or json/csv for tools.
 
 Budgets come from the GPUBudgets' status (the operator's metering: exact, including pods long
-gone). The team, cost-center and workload breakdowns are computed from the GPU pods still in
-the cluster (running, or finished and not yet deleted) over the current calendar period, priced
-with the first budget that covers each pod; deleted pods are only in the budget totals.
+gone). The team and cost-center breakdowns, over the current calendar period, add up the
+budgets' ledgers (their per-team, per-day cells of pods that ended, deleted ones included) and
+the GPU pods in the cluster not folded into them yet, each pod priced with the first budget that
+covers it; pods no budget covers count while they are in the cluster. Top workloads come from the
+GPU pods in the cluster. Reading the ledgers (ConfigMaps in Comptroller's namespace) needs `get`
+on them; without it the breakdown falls back to the pods, said on stderr.
 
 `--by workload` ranks whole runs instead (not clipped to a period): a finished Job, JobSet,
 Kubeflow job, RayJob or bare Pod by the `finops.comptroller.dev/gpu-hours` and `.../cost`
@@ -29,8 +32,8 @@ from typing import Any
 
 from controller import constants
 from controller.engine.budgets import period_bounds
-from controller.metering.budgets import PERIODS, Budget
-from controller.metering.usage import PodRecord, format_time, pod_record, price_for
+from controller.metering.budgets import PERIODS, Budget, first_covering
+from controller.metering.usage import Ledger, PodRecord, format_time, pod_record, price_for
 
 NONE = "(none)"
 CSV_FIELDS = ("scope", "name", "team", "cost_center", "gpu_hours", "estimated_cost", "running_gpus",
@@ -47,6 +50,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top", type=int, default=10, metavar="N", help="top workloads shown (default: 10)")
     parser.add_argument("--period", choices=PERIODS, default="Monthly",
                         help="calendar period (UTC) of the team/cost-center breakdown (default: Monthly)")
+    parser.add_argument("--namespace", default="comptroller-system", metavar="NS",
+                        help="Comptroller's namespace, where the operator keeps the budgets' ledgers "
+                        "(default: %(default)s)")
     parser.add_argument("--team-label", default="team", metavar="KEY")
     parser.add_argument("--cost-center-label", default="cost_center", metavar="KEY")
     parser.add_argument("--gpu-resource", action="append", metavar="NAME",
@@ -102,7 +108,7 @@ def _group(rows: Iterable[dict[str, Any]], key: str) -> list[dict[str, Any]]:
         group["gpuHours"] += row["gpuHours"]
         group["estimatedCost"] += row["estimatedCost"]
         group["runningGPUs"] += row["runningGPUs"]
-        group["pods"] += 1
+        group["pods"] += row.get("pods", 1)  # a ledger's cells are many pods, counted in none
         group["teams"].add(row["team"])
         group["costCenters"].add(row["costCenter"])
     out = []
@@ -124,8 +130,17 @@ def build_report(
     top: int = 10,
     team_label: str = "team",
     cost_center_label: str = "cost_center",
+    ledgers: Mapping[str, Ledger] | None = None,
 ) -> dict[str, Any]:
-    """The showback report (json shape) from GPUBudget objects and GPU pod records."""
+    """The showback report (json shape) from GPUBudget objects, GPU pod records and the budgets'
+    ledgers (by budget name; none: pods only).
+
+    A pod counts for the budget that covers it first (`first_covering`). Its ledger's cells hold
+    the pods that ended (and shares of closed budget periods), by team and day, so finished pods
+    count after they are deleted; the pods in the cluster add what is not folded yet, from the
+    ledger's period start. Pods no budget covers count from the pods alone. Top workloads come
+    from the pods in the cluster.
+    """
     budget_objects = list(budgets)
     budget_rows = sorted((_budget_row(b) for b in budget_objects), key=lambda r: r["name"])
     compiled = []
@@ -134,17 +149,20 @@ def build_report(
             compiled.append(Budget.from_object(obj))
         except ValueError:
             continue
+    compiled.sort(key=lambda b: b.name)
+    ledgers = ledgers or {}
     start, end = period_bounds(period, now)
 
-    pod_rows: list[dict[str, Any]] = []
+    pod_rows: list[dict[str, Any]] = []  # every GPU pod in the cluster: the top workloads
+    team_rows: list[dict[str, Any]] = []  # what teams and cost centers add up: cells + unfolded pods
     for pod in pods:
         hours = pod.gpu_hours(start, end, now=now)
         running = pod.gpus if pod.running(now) else 0
         if hours <= 0 and not running:
             continue
-        covering = next((b for b in compiled if b.selector.matches(pod.labels)), None)
+        covering = first_covering(pod, compiled)
         price = price_for(covering.prices, pod.instance_type) if covering else 0.0
-        pod_rows.append({
+        row = {
             "namespace": pod.namespace,
             "workload": pod.workload,
             "team": pod.labels.get(team_label) or NONE,
@@ -152,9 +170,25 @@ def build_report(
             "gpuHours": hours,
             "estimatedCost": hours * price,
             "runningGPUs": running,
-        })
+        }
+        pod_rows.append(row)
+        ledger = ledgers.get(covering.name) if covering else None
+        if ledger is None:
+            team_rows.append(row)
+        elif pod.uid not in ledger.folded and not (pod.metered and pod.end(now) is not None):
+            since = pod.gpu_hours(max(start, ledger.period_start), end, now=now)
+            team_rows.append({**row, "gpuHours": since, "estimatedCost": since * price})
+    first_day, last_day = start.date().isoformat(), end.date().isoformat()
+    for ledger in ledgers.values():
+        for group, days in ledger.cells.items():
+            team, _, cost_center = group.partition("/")
+            hours = sum(h for day, (h, _) in days.items() if first_day <= day < last_day)
+            cost = sum(c for day, (_, c) in days.items() if first_day <= day < last_day)
+            if hours > 0:
+                team_rows.append({"team": team or NONE, "costCenter": cost_center or NONE, "gpuHours": hours,
+                                  "estimatedCost": cost, "runningGPUs": 0, "pods": 0})
 
-    teams = _group(pod_rows, "team")
+    teams = _group(team_rows, "team")
     for team in teams:
         # Budget use of a team: the budgets whose selector pins exactly this team.
         team["budgets"] = [
@@ -172,12 +206,12 @@ def build_report(
         "period": {"name": period, "start": format_time(start), "end": format_time(end)},
         "budgets": budget_rows,
         "teams": teams,
-        "costCenters": _group(pod_rows, "costCenter"),
+        "costCenters": _group(team_rows, "costCenter"),
         "topWorkloads": workloads,
         "totals": {
-            "gpuHours": round(sum(r["gpuHours"] for r in pod_rows), 3),
-            "estimatedCost": round(sum(r["estimatedCost"] for r in pod_rows), 2),
-            "runningGPUs": sum(r["runningGPUs"] for r in pod_rows),
+            "gpuHours": round(sum(r["gpuHours"] for r in team_rows), 3),
+            "estimatedCost": round(sum(r["estimatedCost"] for r in team_rows), 2),
+            "runningGPUs": sum(r["runningGPUs"] for r in team_rows),
         },
     }
 
@@ -496,12 +530,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"comptroller report: cannot read the cluster: {error}", file=sys.stderr)
         return 2
     now = datetime.now(UTC).replace(microsecond=0)
+    ledgers = {} if by_workload else _load_ledgers(api, budgets, namespace=args.namespace)
     if by_workload:
         by = build_workload_report(workloads, pods, budgets, now=now, runs=runs, top=args.top,
                                    team_label=args.team_label, cost_center_label=args.cost_center_label)
         _write(by, args.output, csv=render_workloads_csv, table=render_workloads_table)
         return 0
-    report = build_report(budgets, pods, now=now, period=args.period, top=args.top,
+    report = build_report(budgets, pods, now=now, period=args.period, top=args.top, ledgers=ledgers,
                           team_label=args.team_label, cost_center_label=args.cost_center_label)
     _write(report, args.output, csv=render_csv, table=render_table)
     return 0
@@ -513,6 +548,27 @@ def _write(report: Any, output: str, *, csv: Any, table: Any) -> None:
         print(json.dumps(report, indent=2))
     else:
         sys.stdout.write(csv(report) if output == "csv" else table(report))
+
+
+def _load_ledgers(api: Any, budgets: Iterable[Mapping[str, Any]], *, namespace: str) -> dict[str, Ledger]:
+    """Each budget's committed ledger, by budget name (those that cannot be read are left out, said
+    on stderr: the breakdown then counts their pods from the cluster only)."""
+    from controller.k8s.ledgers import load_ledger
+    from controller.k8s.workloads import ApiError
+
+    ledgers: dict[str, Ledger] = {}
+    for obj in budgets:
+        name = str((obj.get("metadata") or {}).get("name", ""))
+        uid = (obj.get("metadata") or {}).get("uid")
+        try:
+            stored = load_ledger(api, namespace=namespace, budget=name)
+            ledger = Ledger.from_json(stored.data) if stored.data is not None else None
+        except (ApiError, ValueError, KeyError, TypeError) as error:
+            print(f"comptroller report: ledger of GPUBudget {name} left out: {error}", file=sys.stderr)
+            continue
+        if ledger is not None and (uid is None or ledger.budget_uid == uid):
+            ledgers[name] = ledger
+    return ledgers
 
 
 def _list_workloads(api: Any) -> list[dict[str, Any]]:

@@ -283,3 +283,23 @@ def test_report_by_workload_reads_the_cluster(monkeypatch, capsys):
     assert [(w["workload"], w["source"]) for w in data["workloads"]] == [
         ("Job/finetune", "annotation"), ("Job/live", "pods")]
     assert ("Job", True) in listed  # metadata only
+
+
+def test_teams_add_the_ledgers_cells_and_the_pods_not_folded_yet():
+    from controller.metering.usage import Ledger
+
+    month = (datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC))
+    folded = pod("done", "nlp", 2, 3, running=False)  # still in the cluster, and folded already
+    deleted_cells = {"nlp/cc-100": {"2026-11-03": (50.0, 100.0), "2026-10-30": (7.0, 14.0)},
+                     "vision/cc-300": {"2026-11-04": (5.0, 10.0)}}
+    ledger = Ledger(budget_uid="uid-team-nlp", period_start=month[0], period_end=month[1],
+                    folded=frozenset({"done"}), cells=deleted_cells)
+    report = build_report(BUDGETS, [*PODS, folded], now=NOW, ledgers={"team-nlp": ledger})
+    teams = {t["name"]: t for t in report["teams"]}
+    # 80 GPU-hours of running pods + 2 of serve, and the 50 of pods long deleted (October's 7 are
+    # another period); "done" is in the cells, not counted a second time from the cluster
+    assert teams["nlp"]["gpuHours"] == pytest.approx(80 + 2 + 50)
+    assert teams["nlp"]["pods"] == 3
+    assert teams["vision"]["gpuHours"] == pytest.approx(5.0)  # only in the ledger now
+    top = {w["workload"]: w for w in report["topWorkloads"]}
+    assert top["Pod/done"]["gpuHours"] == pytest.approx(6.0)  # the cluster's pods, as they are
