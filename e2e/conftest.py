@@ -69,15 +69,22 @@ E2E_OPERATOR_ARGS = [
 def quiet_stack_operator(cluster):
     """Stops the stack's operator (when it runs) for a module whose tests run operators of their
     own, and starts it again afterwards. Pausing it through kopf peering is not enough: between
-    two tests it resumes and acts on the objects the next test has just created."""
+    two tests it resumes and acts on the objects the next test has just created. A module whose
+    test brings the session's stack up first (a fresh plane) gets it without its operator too."""
     running = cluster.running("operator")
     if running:
         cluster.stop_process("operator")
+    QUIET.add(id(cluster))
     yield
-    if running:
+    QUIET.discard(id(cluster))
+    if running or cluster.running("webhook"):
         from e2e.stack import Stack
 
         Stack(cluster, operator_args=E2E_OPERATOR_ARGS).start_operator()
+
+
+QUIET: set[int] = set()
+"""Planes whose stack operator a module keeps stopped (`quiet_stack_operator`)."""
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +107,8 @@ def stack(cluster):
     from e2e.stack import Stack
 
     running = Stack(cluster, failure_policy="Fail", operator_args=E2E_OPERATOR_ARGS).up()
+    if id(cluster) in QUIET:
+        cluster.stop_process("operator")  # the module runs operators of its own; it restarts this one
     try:
         yield running
     finally:

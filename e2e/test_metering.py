@@ -18,7 +18,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -477,3 +477,58 @@ def test_the_operator_meters_under_the_charts_own_rbac_writing_only_where_allowe
         uninstall_rbac(cluster, objects)
         for ns in (writable, other):
             cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def test_finished_pods_fold_into_day_cells_and_the_report_still_counts_them(metering_cluster, operator):
+    """Pods that ended and linger (a Job's pods without a TTL) leave the ledger: their final charge
+    is folded into the team's cells for the day, the operator marks them metered, and the ledger
+    forgets their uids, so what it persists does not grow with them. `comptroller report` counts
+    them once while they are in the cluster, and still after they are deleted."""
+    cluster = metering_cluster
+    run = uuid.uuid4().hex[:6]
+    team, ns = f"fold-{run}", f"fold-{run}"
+    cluster.create_namespace(ns, labels={IGNORE_LABEL: "true"})
+    cluster.apply([budget(team, team, 1000)])
+    operator.start()
+    pods = {"f-1": 2, "f-2": 1, "f-3": 1}
+    cluster.apply([gpu_pod(name, ns, team, gpus, "g6.12xlarge") for name, gpus in pods.items()])
+    start = {name: wait_for(f"{name} running", lambda n=name: started_at(cluster, ns, n), timeout=30)
+             for name in pods}
+    time.sleep(3)
+    end = {name: finish(cluster, ns, name) for name in pods}
+    truth = sum(gpus * (end[n] - start[n]) / 3600 for n, gpus in pods.items())
+
+    def ledger() -> dict | None:
+        got = cluster.kubectl("get", "configmap", "-n", OWN_NAMESPACE, f"comptroller-ledger-{team}",
+                              "-o", "jsonpath={.data.ledger\\.json}", check=False)
+        return json.loads(got.stdout) if got.returncode == 0 and got.stdout else None  # not written yet
+
+    def forgotten():
+        items = kubectl_json(cluster, "get", "pods", "-n", ns)["items"]
+        marked = all((p["metadata"].get("annotations") or {}).get("finops.comptroller.dev/metered")
+                     == p["metadata"]["uid"] for p in items)
+        state = ledger()
+        done = state is not None and not state["entries"] and not state["folded"]
+        return state if marked and len(items) == 3 and done else None
+
+    state = wait_for("the finished pods marked and forgotten by the ledger", forgotten, timeout=40,
+                     operator=operator)
+    day = datetime.fromtimestamp(max(end.values()), UTC).date().isoformat()
+    cells = state["cells"][f"{team}/cc-100"]
+    assert sum(hours for hours, _ in cells.values()) == pytest.approx(truth, rel=TOLERANCE)
+    assert day in cells
+    assert state["base"][0] == pytest.approx(truth, rel=TOLERANCE)
+
+    def team_hours() -> float:
+        out = subprocess.run([str(COMPTROLLER), "report", "-o", "json", "--kubeconfig",
+                              str(cluster.kubeconfig), "--namespace", OWN_NAMESPACE],
+                             capture_output=True, text=True, check=True)
+        rows = {t["name"]: t for t in json.loads(out.stdout)["teams"]}
+        return rows[team]["gpuHours"]
+
+    assert team_hours() == pytest.approx(truth, abs=0.002)  # once, though the pods are still there
+    cluster.kubectl("delete", "pods", "-n", ns, "--all", "--wait=true", "--timeout=30s")
+    assert team_hours() == pytest.approx(truth, abs=0.002)  # and after they are gone
+    delete_budgets(cluster, team)
+    assert operator.terminate() == 0
+    cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
