@@ -403,4 +403,9 @@ class Workloads:
         try:
             self.request("POST", f"/api/v1/namespaces/{quote(namespace)}/events", body=event)
         except ApiError as exc:
+            if exc.status == 403 and "being terminated" in exc.message:
+                # The namespace is being deleted: the Event would go with it. Not an RBAC problem.
+                log.debug("Event %s on %s not posted: its namespace is being deleted", reason,
+                          object_ref(obj))
+                return
             log.warning("could not post Event %s on %s: %s", reason, object_ref(obj), exc)
