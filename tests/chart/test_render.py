@@ -343,7 +343,8 @@ def test_operator_deployment(values, expected_args, strategy, pdb):
     (operator,) = deployment["spec"]["template"]["spec"]["containers"]
     assert operator["args"] == [
         "operator", "--namespace=$(POD_NAMESPACE)", "--peering=comptroller", "--liveness-port=8080",
-        "--metrics-port=9090", "--metering-interval=30", "--expiry-interval=30", "--idle-interval=60",
+        "--metrics-port=9090", "--metering-interval=30", "--team-label=team",
+        "--cost-center-label=cost_center", "--expiry-interval=30", "--idle-interval=60",
         "--audit-interval=300", "--reports-format=auto", "--max-terminations-per-minute=30", *expected_args,
     ]
     scoped = [r for r in one(objects, "ClusterRole", "comptroller-operator")["rules"]
@@ -567,3 +568,10 @@ def test_gpu_equivalents_values_render_one_gpu_equivalence_the_engine_loads():
     assert table.device_classes["gpu.example.com"].equivalents == 0.5
     assert table.weight("nvidia.com/gpu") == 1.0  # the built-in table stays under the override
 
+
+
+def test_operator_showback_labels_follow_the_values():
+    values = {"operator": {"showbackLabels": {"team": "example.com/team", "costCenter": "example.com/cc"}}}
+    (operator,) = one(rendered(values), "Deployment", "comptroller-operator")["spec"]["template"]["spec"][
+        "containers"]
+    assert {"--team-label=example.com/team", "--cost-center-label=example.com/cc"} <= set(operator["args"])
