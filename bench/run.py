@@ -26,6 +26,8 @@ PARTS = [
     ("bench.webhook_bench", False),
     ("bench.apiserver_bench", True),
     ("bench.operator_bench", True),
+    # Metering over a simulated month: 20,000 running and 200,000 finished GPU pods.
+    ("bench.operator_scale_bench", True),
     ("bench.lifecycle_bench", True),
     ("bench.soak_bench", False),
     # Kyverno and Gatekeeper beside Comptroller on the same API server (built from their Go modules).
