@@ -535,8 +535,10 @@ class Ledger:
             "period": {"start": format_time(self.period_start), "end": format_time(self.period_end)},
             "meteredAt": format_time(self.metered_at) if self.metered_at else None,
             "base": [self.base_gpu_hours, self.base_cost],
-            # Compact rows: uid -> [GPU-hours, cost]; only running pods.
-            "entries": {uid: [e.gpu_hours, e.cost] for uid, e in self.entries.items()},
+            # Compact rows: uid -> [GPU-hours, cost]; only running pods. Each tick recomputes them
+            # from timestamps (a stored row is read only for a pod that vanished unseen), so rounding
+            # to a millionth never accumulates; base and cells, which do, keep every digit.
+            "entries": {uid: [round(e.gpu_hours, 6), round(e.cost, 6)] for uid, e in self.entries.items()},
             "folded": sorted(self.folded),
             "groupLabels": list(self.group_labels),
             "cells": {group: {day: list(value) for day, value in sorted(days.items())}
