@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -107,7 +108,7 @@ def run_one(cluster: Any, *, pods: int, namespaces: int, interval: float, mixed:
     from controller.k8s.config import load_api_client
     from controller.k8s.ledgers import BUDGETS
     from controller.k8s.pods import PODS
-    from controller.k8s.workloads import ApiError, Workloads
+    from controller.k8s.workloads import Workloads
     from e2e.cluster.plane import free_port, node_manifest
 
     install_crds(cluster)
@@ -168,22 +169,8 @@ def run_one(cluster: Any, *, pods: int, namespaces: int, interval: float, mixed:
                              "containers": [{"name": "main", "image": "train:latest",
                                              "resources": {"limits": dict(limits)}}]}}
 
-        def create(i: int) -> None:
-            body = pod(i)
-            for attempt in range(30):  # a fresh namespace's ServiceAccount may not exist yet
-                try:
-                    api.request("POST", PODS.path(body["metadata"]["namespace"]), body=body)
-                    return
-                except ApiError as error:
-                    if error.status == 409:
-                        return
-                    time.sleep(0.5 + attempt * 0.1)
-            raise RuntimeError(f"could not create pod {i}")
-
         began = time.monotonic()
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(create, range(pods)))
-        result["create_s"] = round(time.monotonic() - began, 1)
+        result["create_s"] = create_pods(api, pod, pods)
         print(f"created {pods} GPU pods in {result['create_s']}s", flush=True)
 
         def statuses() -> dict[str, dict]:
@@ -242,6 +229,46 @@ def run_one(cluster: Any, *, pods: int, namespaces: int, interval: float, mixed:
     return {key: result}
 
 
+def create_pods(api: Any, bodies: Callable[[int], dict], count: int, *, threads: int = 8) -> float:
+    """Create `bodies(i)` for i < count through the API server, `threads` at a time; seconds taken.
+    A fresh namespace's ServiceAccount may not exist yet: each create is retried a while."""
+    from controller.k8s.pods import PODS
+    from controller.k8s.workloads import ApiError
+
+    def create(i: int) -> None:
+        body = bodies(i)
+        for attempt in range(30):
+            try:
+                api.request("POST", PODS.path(body["metadata"]["namespace"]), body=body)
+                return
+            except ApiError as error:
+                if error.status == 409:
+                    return
+                time.sleep(0.5 + attempt * 0.1)
+        raise RuntimeError(f"could not create pod {i}")
+
+    began = time.monotonic()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(create, range(count)))
+    return round(time.monotonic() - began, 1)
+
+
+def on_plane(directory: Path, work: Callable[[Any], dict]) -> int:
+    """Run `work(plane)` on the local control plane in `directory` (reused when healthy, else started
+    and stopped afterwards) and print what it returns."""
+    from e2e.cluster.plane import ControlPlane
+
+    plane = ControlPlane(directory.resolve())
+    reused = plane.healthy()
+    plane.up()
+    try:
+        print(json.dumps(work(plane), indent=2))
+    finally:
+        if not reused:
+            plane.down(quiet=True)
+    return 0
+
+
 def tear_down(cluster: Any, operator: subprocess.Popen, result: dict[str, Any], *, selector: str) -> None:
     """Stop the benchmark's operator (timing its shutdown), release the pods it protected (nothing
     will meter them any more), and delete the run's budgets, namespaces and nodes."""
@@ -263,8 +290,6 @@ def _timed_wait(process: subprocess.Popen, timeout: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from e2e.cluster.plane import ControlPlane
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=REPO / ".cluster" / "bench")
     parser.add_argument("--pods", type=int, default=5000)
@@ -273,16 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--forms", action="append", choices=["whole", "mixed"],
                         help="which run (repeatable; default: both)")
     args = parser.parse_args(argv)
-    plane = ControlPlane(args.dir.resolve())
-    reused = plane.healthy()
-    plane.up()
-    try:
-        print(json.dumps(run(plane, pods=args.pods, namespaces=args.namespaces, interval=args.interval,
-                             forms=tuple(args.forms or ("whole", "mixed"))), indent=2))
-    finally:
-        if not reused:
-            plane.down(quiet=True)
-    return 0
+    return on_plane(args.dir, lambda plane: run(plane, pods=args.pods, namespaces=args.namespaces,
+                                                interval=args.interval,
+                                                forms=tuple(args.forms or ("whole", "mixed"))))
 
 
 if __name__ == "__main__":

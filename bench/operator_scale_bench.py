@@ -41,12 +41,11 @@ import subprocess
 import sys
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.operator_bench import COMPTROLLER, OWN_NAMESPACE, RssSampler, parse
+from bench.operator_bench import COMPTROLLER, OWN_NAMESPACE, RssSampler, create_pods, on_plane, parse
 from e2e.helpers import install_crds, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -115,7 +114,7 @@ def run(cluster: Any, *, running: int = 20000, short: int = 200000, namespaces: 
     from controller.k8s.config import load_api_client
     from controller.k8s.ledgers import BUDGETS, CONFIGMAPS, ledger_name
     from controller.k8s.pods import PODS
-    from controller.k8s.workloads import ApiError, Workloads
+    from controller.k8s.workloads import Workloads
     from e2e.cluster.plane import node_manifest
 
     install_crds(cluster)
@@ -147,28 +146,16 @@ def run(cluster: Any, *, running: int = 20000, short: int = 200000, namespaces: 
                               "metering_interval_s": INTERVAL_S}
     sampler = RssSampler(os.getpid())
     try:
-        def create(i: int) -> None:
-            body = {"apiVersion": "v1", "kind": "Pod",
+        def pod(i: int) -> dict:
+            return {"apiVersion": "v1", "kind": "Pod",
                     "metadata": {"name": f"gpu-{i:05d}", "namespace": ns_names[i % namespaces],
                                  "labels": {"team": teams[i % TEAMS], "cost_center": f"cc-{i % TEAMS % 4}",
                                             **label}},
                     "spec": {"nodeName": nodes[i // PODS_PER_NODE], "tolerations": [{"operator": "Exists"}],
                              "containers": [{"name": "main", "image": "train:latest",
                                              "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}}
-            for attempt in range(30):  # a fresh namespace's ServiceAccount may not exist yet
-                try:
-                    api.request("POST", PODS.path(body["metadata"]["namespace"]), body=body)
-                    return
-                except ApiError as error:
-                    if error.status == 409:
-                        return
-                    time.sleep(0.5 + attempt * 0.1)
-            raise RuntimeError(f"could not create pod {i}")
 
-        began = time.monotonic()
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(create, range(running)))
-        result["create_s"] = round(time.monotonic() - began, 1)
+        result["create_s"] = create_pods(api, pod, running)
         print(f"created {running} GPU pods in {result['create_s']}s", flush=True)
 
         def bound() -> dict[str, list[float]] | None:
@@ -336,24 +323,14 @@ async def simulate(kubeconfig: str, api: Any, *, teams: list[str], ns_names: lis
 
 
 def main(argv: list[str] | None = None) -> int:
-    from e2e.cluster.plane import ControlPlane
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=REPO / ".cluster" / "bench")
     parser.add_argument("--running", type=int, default=20000)
     parser.add_argument("--short", type=int, default=200000)
     parser.add_argument("--namespaces", type=int, default=200)
     args = parser.parse_args(argv)
-    plane = ControlPlane(args.dir.resolve())
-    reused = plane.healthy()
-    plane.up()
-    try:
-        print(json.dumps(run(plane, running=args.running, short=args.short, namespaces=args.namespaces),
-                         indent=2))
-    finally:
-        if not reused:
-            plane.down(quiet=True)
-    return 0
+    return on_plane(args.dir, lambda plane: run(plane, running=args.running, short=args.short,
+                                                namespaces=args.namespaces))
 
 
 if __name__ == "__main__":

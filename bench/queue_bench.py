@@ -16,16 +16,14 @@ is 2 s, the chart's 30 s): a release waits for the next tick of the budget and i
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.operator_bench import RssSampler, tear_down
+from bench.operator_bench import RssSampler, create_pods, on_plane, tear_down
 from e2e.helpers import install_crds, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,7 +36,7 @@ def run(cluster: Any, *, teams: int = 50, pods_per_team: int = 20, interval: flo
     from controller.k8s.config import load_api_client
     from controller.k8s.ledgers import BUDGETS
     from controller.k8s.pods import PODS
-    from controller.k8s.workloads import ApiError, Workloads
+    from controller.k8s.workloads import Workloads
     from e2e.cluster.plane import free_port, node_manifest
 
     install_crds(cluster)
@@ -76,27 +74,17 @@ def run(cluster: Any, *, teams: int = 50, pods_per_team: int = 20, interval: flo
         time.sleep(3)
         sampler.start()
 
-        def create(i: int) -> None:
+        def pod(i: int) -> dict:
             team = names[i % teams]
-            body = {"apiVersion": "v1", "kind": "Pod",
+            return {"apiVersion": "v1", "kind": "Pod",
                     "metadata": {"name": f"gpu-{i:05d}", "namespace": team,
                                  "labels": {"team": team, **label}},
                     "spec": {"schedulingGates": [{"name": GATE}], "tolerations": [{"operator": "Exists"}],
                              "nodeSelector": {"bench.comptroller.dev/queue": run_id},
                              "containers": [{"name": "main", "image": "train:latest",
                                              "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}}
-            for attempt in range(30):  # a fresh namespace's ServiceAccount may not exist yet
-                try:
-                    api.request("POST", PODS.path(team), body=body)
-                    return
-                except ApiError as error:
-                    if error.status == 409:
-                        return
-                    time.sleep(0.5 + attempt * 0.1)
-            raise RuntimeError(f"could not create pod {i}")
 
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(create, range(total)))
+        create_pods(api, pod, total)
 
         def gated() -> dict[str, bool]:
             return {f"{p['metadata']['namespace']}/{p['metadata']['name']}":
@@ -130,24 +118,14 @@ def run(cluster: Any, *, teams: int = 50, pods_per_team: int = 20, interval: flo
 
 
 def main(argv: list[str] | None = None) -> int:
-    from e2e.cluster.plane import ControlPlane
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=REPO / ".cluster" / "bench")
     parser.add_argument("--teams", type=int, default=50)
     parser.add_argument("--pods-per-team", type=int, default=20)
     parser.add_argument("--interval", type=float, default=10.0, help="metering interval (seconds)")
     args = parser.parse_args(argv)
-    plane = ControlPlane(args.dir.resolve())
-    reused = plane.healthy()
-    plane.up()
-    try:
-        print(json.dumps(run(plane, teams=args.teams, pods_per_team=args.pods_per_team,
-                             interval=args.interval), indent=2))
-    finally:
-        if not reused:
-            plane.down(quiet=True)
-    return 0
+    return on_plane(args.dir, lambda plane: run(plane, teams=args.teams, pods_per_team=args.pods_per_team,
+                                                interval=args.interval))
 
 
 if __name__ == "__main__":

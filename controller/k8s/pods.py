@@ -211,12 +211,8 @@ def add_finalizer(api: Workloads, *, namespace: str, name: str, uid: str) -> boo
 
     A strategic merge patch unions `finalizers`, so nobody else's finalizer is touched.
     """
-    body = {"metadata": {"uid": uid, "finalizers": [constants.METERING_FINALIZER]}}
-    try:
-        api.patch(PODS, namespace, name, body, content_type=STRATEGIC_MERGE_PATCH)
-    except NotFound:
-        return False
-    return True
+    return _patch(api, namespace, name, {"metadata": {"uid": uid,
+                                                      "finalizers": [constants.METERING_FINALIZER]}})
 
 
 def remove_finalizer(api: Workloads, *, namespace: str, name: str, uid: str | None = None,
@@ -231,21 +227,13 @@ def remove_finalizer(api: Workloads, *, namespace: str, name: str, uid: str | No
         body["metadata"]["uid"] = uid
         if mark:
             body["metadata"]["annotations"] = {constants.METERED_ANNOTATION: uid}
-    try:
-        api.patch(PODS, namespace, name, body, content_type=STRATEGIC_MERGE_PATCH)
-    except NotFound:
-        return False
-    return True
+    return _patch(api, namespace, name, body)
 
 
 def mark_metered(api: Workloads, *, namespace: str, name: str, uid: str) -> bool:
     """Mark an ended pod metered (see `remove_finalizer`); False when it is gone."""
-    body = {"metadata": {"uid": uid, "annotations": {constants.METERED_ANNOTATION: uid}}}
-    try:
-        api.patch(PODS, namespace, name, body, content_type=STRATEGIC_MERGE_PATCH)
-    except NotFound:
-        return False
-    return True
+    return _patch(api, namespace, name, {"metadata": {"uid": uid,
+                                                      "annotations": {constants.METERED_ANNOTATION: uid}}})
 
 
 def remove_gate(api: Workloads, *, namespace: str, name: str, uid: str) -> bool:
@@ -255,6 +243,12 @@ def remove_gate(api: Workloads, *, namespace: str, name: str, uid: str) -> bool:
         "metadata": {"uid": uid},
         "spec": {"schedulingGates": [{"$patch": "delete", "name": constants.BUDGET_GATE}]},
     }
+    return _patch(api, namespace, name, body)
+
+
+def _patch(api: Workloads, namespace: str, name: str, body: dict[str, Any]) -> bool:
+    """A strategic merge patch of a pod; False when it is gone (or, with a uid in the body, when a
+    namesake replaced it)."""
     try:
         api.patch(PODS, namespace, name, body, content_type=STRATEGIC_MERGE_PATCH)
     except NotFound:
