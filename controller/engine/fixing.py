@@ -25,7 +25,7 @@ from typing import Any
 from controller.engine.api import Decision, Edit, Snapshot, Violation
 from controller.engine.evaluation import evaluate, matching_policies
 from controller.engine.view import WorkloadView, defaulted_labels
-from controller.engine.workloads import BUILTIN_KINDS
+from controller.engine.workloads import BUILTIN_KINDS, is_map
 
 MAX_ROUNDS = 6
 MAX_CANDIDATES = 24
@@ -120,6 +120,15 @@ class _Judge:
     def __init__(self, manifest: Mapping[str, Any], **how: Any) -> None:
         self.manifest = manifest
         self.how = how
+        self._shared: bool | None = None
+
+    def apply(self, manifest: Mapping[str, Any], edits: Any) -> dict[str, Any]:
+        """The manifest with the edits made, to judge. The copies are only read (by `evaluate`):
+        they share what no edit touches with the manifest, unless a map or list appears in it twice
+        (a YAML alias), where only a deep copy gives every appearance the edit."""
+        if self._shared is None:
+            self._shared = not _aliased(self.manifest)
+        return with_edits(manifest, edits) if self._shared else apply_edits(manifest, edits)
 
     def decide(self, manifest: Mapping[str, Any]) -> Decision:
         how = self.how
@@ -134,7 +143,7 @@ class _Judge:
 
     def converge(self, start: dict[Path, Edit]) -> JointFix:
         edits = dict(start)
-        current = apply_edits(self.manifest, edits.values()) if edits else self.manifest
+        current = self.apply(self.manifest, edits.values()) if edits else self.manifest
         decision: Decision | None = None
         for _ in range(MAX_ROUNDS):
             if decision is None:
@@ -146,7 +155,7 @@ class _Judge:
             if not new:
                 break
             edits.update(new)
-            current = apply_edits(self.manifest, edits.values())
+            current = self.apply(self.manifest, edits.values())
             decision = None
         if decision is None:
             decision = self.decide(current)
@@ -266,16 +275,64 @@ def apply_edits(manifest: Mapping[str, Any], edits: Any) -> dict[str, Any]:
     return fixed
 
 
-def set_value(document: Any, path: Path, value: Any, *, new_map: Any) -> bool:
+def with_edits(manifest: Mapping[str, Any], edits: Any) -> dict[str, Any]:
+    """`apply_edits` without the deep copy, for reading only: the maps and lists each edit goes
+    through are copied (each once), everything else, and the values set, are `manifest`'s own. A
+    denial's joint fix judges a few such copies of a whole manifest to change a label or two.
+
+    Equal to `apply_edits` when no map or list appears twice in `manifest` (see `_aliased`)."""
+    fixed = dict(manifest)
+    owned = {id(fixed)}
+    for edit in edits:
+        set_value(fixed, edit.path, edit.value, new_map=dict, owned=owned)
+    return fixed
+
+
+def _aliased(document: Any) -> bool:
+    """Whether a map or list appears at two places in `document` (YAML anchors and aliases)."""
+    seen: set[int] = set()
+    stack = [document]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            return True
+        seen.add(id(node))
+        for child in node.values() if is_map(node) else node:
+            # By concrete type first (no ABC check): parsed JSON is dicts, lists and scalars.
+            kind = type(child)
+            if kind is dict or kind is list or (kind not in _SCALARS and isinstance(child, Mapping | list)):
+                stack.append(child)
+    return False
+
+
+_SCALARS = frozenset((str, int, float, bool, type(None)))
+
+
+def _own(parent: Any, key: Any, child: Any, owned: set[int] | None) -> Any:
+    """`parent[key]`, copied into `parent` first unless the edited document already owns it."""
+    if owned is None or id(child) in owned or not isinstance(child, dict | list):
+        return child
+    copied = dict(child) if isinstance(child, dict) else list(child)
+    parent[key] = copied
+    owned.add(id(copied))
+    return copied
+
+
+def set_value(
+    document: Any, path: Path, value: Any, *, new_map: Any, owned: set[int] | None = None
+) -> bool:
     """Set `value` at `path` in a nested document in place (`new_map()` makes missing maps, so a
     round-trip YAML document gets its own map type). False when the path runs through a list item
-    that does not exist, or through a scalar."""
+    that does not exist, or through a scalar.
+
+    `owned`: the ids of the maps and lists `document` owns; the others on the path are shared with
+    another document, and are copied before they change (`with_edits`)."""
     node = document
     for part, following in zip(path, path[1:], strict=False):
         if isinstance(part, int):
             if not isinstance(node, list) or not -len(node) <= part < len(node):
                 return False
-            node = node[part]
+            node = _own(node, part, node[part], owned)
             continue
         if not isinstance(node, dict):
             return False
@@ -284,7 +341,9 @@ def set_value(document: Any, path: Path, value: Any, *, new_map: Any) -> bool:
             if isinstance(following, int):
                 return False
             child = node[part] = new_map()
-        node = child
+            if owned is not None:
+                owned.add(id(child))
+        node = _own(node, part, child, owned)
     last = path[-1]
     if isinstance(last, int):
         if not isinstance(node, list) or not -len(node) <= last < len(node):

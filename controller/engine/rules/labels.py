@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from functools import lru_cache
 from typing import Any
 
 from controller.engine.api import Violation
@@ -188,8 +189,12 @@ def suggest(rule: RequiredLabel, *, wrong: str | None = None, namespace_value: s
     return PLACEHOLDER
 
 
+@lru_cache(maxsize=256)
 def example_for(pattern: str) -> str | None:
-    """The shortest-ish string a simple regex fully matches (`^cc-[0-9]{3}$` -> `cc-000`), or None."""
+    """The shortest-ish string a simple regex fully matches (`^cc-[0-9]{3}$` -> `cc-000`), or None.
+
+    Remembered per pattern: the patterns are the policies' own, and every denial for a missing
+    label asks again (parsing the regex is most of what a denial's fix hints cost)."""
     if _sre is None:
         return None
     try:
