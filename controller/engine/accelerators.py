@@ -31,9 +31,10 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from functools import lru_cache
 from typing import Any
 
-from controller.engine.workloads import container_request, effective_request, quantity
+from controller.engine.workloads import container_request, effective_request, is_map, quantity
 
 # -- node facts --------------------------------------------------------------------------------
 
@@ -79,6 +80,8 @@ class NodeFacts:
     @property
     def mig_profile(self) -> str:
         """The MIG profile `nvidia.com/gpu` is on this node (single strategy), or ``."""
+        if not self.product:  # a pod pinning no GPU product: every admission of a GPU pod asks
+            return ""
         found = _MIG_IN_PRODUCT.search(self.product)
         return found.group(1).lower() if found else ""
 
@@ -97,9 +100,14 @@ def pinned_node(pod_spec: Mapping[str, Any]) -> NodeFacts:
     required node-affinity term agrees on (what the pod is sure to land on)."""
     labels: dict[str, str] = {}
     selector = pod_spec.get("nodeSelector")
-    if isinstance(selector, Mapping):
-        labels.update((k, str(v)) for k, v in selector.items() if k in NODE_LABELS)
-    affinity = (pod_spec.get("affinity") or {}).get("nodeAffinity") or {}
+    if is_map(selector):
+        for key, value in selector.items():  # a loop, not a generator: this runs for every GPU pod
+            if key in NODE_LABELS:
+                labels[key] = str(value)
+    affinity = pod_spec.get("affinity")
+    if not affinity:  # the common case: a nodeSelector alone
+        return NodeFacts.of(labels)
+    affinity = affinity.get("nodeAffinity") or {}
     required = affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}
     terms = required.get("nodeSelectorTerms") or ()
     agreed: dict[str, str] | None = None
@@ -185,6 +193,7 @@ DEFAULT_DEVICE_CLASSES: Mapping[str, DeviceClassEquivalent] = {
 
 HAMI_SHARES = ("nvidia.com/gpucores", "nvidia.com/gpumem", "nvidia.com/gpumem-percentage")
 """HAMi's per-vGPU limits: they shape `nvidia.com/gpu` in the same container and count nothing alone."""
+_HAMI_SET = frozenset(HAMI_SHARES)
 KAI_FRACTION = "gpu-fraction"
 KAI_MEMORY = "gpu-memory"
 KAI_DEVICES = "gpu-fraction-num-devices"
@@ -383,12 +392,14 @@ def pod_gpus(
     per_pod: dict[str, float] = {}
     unknown: dict[str, float] = {}
     overhead = pod_spec.get("overhead") or {}
-    hami = names and any(name in names for name in HAMI_SHARES)
+    hami = not _HAMI_SET.isdisjoint(names)
     for name in names:
-        if name in HAMI_SHARES:
+        if name in _HAMI_SET:
             continue
         weight = table.weight(name)
-        units = effective_request(pod_spec, name) + quantity(overhead.get(name))
+        units = effective_request(pod_spec, name)
+        if overhead:
+            units += quantity(overhead.get(name))
         if units <= 0:
             continue
         if weight is None:
@@ -412,16 +423,21 @@ def pod_gpus(
     return PodGPUs(per_pod, shared, unknown, unresolved, tuple(notes))
 
 
+_CORE_RESOURCES = frozenset(("cpu", "memory", "ephemeral-storage"))
+"""The resources every container asks for, none of them extended (`vendor/name`)."""
+
+
 def _extended_resources(pod_spec: Mapping[str, Any]) -> list[str]:
     """Names of the extended resources (`vendor/name`) any container or the overhead asks for."""
     names: list[str] = []
     for group in ("containers", "initContainers"):
         for container in pod_spec.get(group) or ():
-            resources = container.get("resources") if isinstance(container, Mapping) else None
+            resources = container.get("resources") if is_map(container) else None
             if not resources:
                 continue
             for part in (resources.get("requests"), resources.get("limits")):
-                if part:
+                # Checked in C first: most containers ask for nothing but CPU and memory.
+                if part and not (type(part) is dict and _CORE_RESOURCES.issuperset(part)):
                     for name in part:
                         if "/" in name and name not in names:
                             names.append(name)
@@ -730,7 +746,13 @@ def _attribute(attributes: Mapping[str, Any] | None, name: str) -> str:
 def resource_filter(resources: Iterable[str]) -> Callable[[str], bool] | None:
     """Which keys a `resources` list counts: None for `*` (every accelerator the table knows);
     otherwise names or globs of extended resources and DeviceClasses."""
-    names = tuple(resources)
+    return _resource_filter(tuple(resources))
+
+
+@lru_cache(maxsize=256)
+def _resource_filter(names: tuple[str, ...]) -> Callable[[str], bool] | None:
+    """`resource_filter`, built once per list: the lists are the policies' and budgets' own, a few
+    per cluster, and every admission of a GPU pod asks for one."""
     if "*" in names:
         return None
     exact = frozenset(n for n in names if not _is_glob(n))

@@ -13,13 +13,14 @@ from typing import Any
 from controller.constants import DEFAULTED_ANNOTATION
 from controller.engine.accelerators import (
     DEFAULT_EQUIVALENCE,
+    NO_GPUS,
     ClaimLookup,
     Equivalence,
     PodGPUs,
     pod_gpus,
     resource_filter,
 )
-from controller.engine.workloads import BUILTIN_KINDS, KindSpec, PodTemplate, escape, pod_templates_of
+from controller.engine.workloads import BUILTIN_KINDS, KindSpec, PodTemplate, escape, is_map, pod_templates_of
 
 
 class WorkloadView:
@@ -144,16 +145,22 @@ class WorkloadView:
     def gpu_notes(self) -> list[str]:
         """What counting the GPUs had to assume (an unresolved claim), once each; none when no
         rule counted them."""
-        if self._asks is None:
-            return []
-        return list(dict.fromkeys(note for asked in self._asks for note in asked.notes))
+        notes: dict[str, None] = {}
+        for asked in self._asks or ():
+            if asked.notes:
+                notes.update(dict.fromkeys(asked.notes))
+        return list(notes)
 
     def _count_gpus(self, resources: tuple[str, ...]) -> tuple[list[float], float]:
+        asks = self.asks()
+        if all(asked is NO_GPUS for asked in asks):  # most pods: nothing to count, whatever counts
+            counted = self._gpus[resources] = ([0.0] * len(asks), 0.0)
+            return counted
         counts = resource_filter(resources)
         per_pod: list[float] = []
         total = 0.0
         shared: dict[str, float] = {}
-        for template, asked in zip(self.templates, self.asks(), strict=True):
+        for template, asked in zip(self.templates, asks, strict=True):
             own = asked.total(counts, shared=False)
             per_pod.append(asked.total(counts) if asked.shared else own)
             total += own * template.replicas
@@ -244,8 +251,8 @@ def workload_gpus(
 
 def _annotations(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
     metadata = obj.get("metadata")
-    annotations = metadata.get("annotations") if isinstance(metadata, Mapping) else None
-    return annotations if isinstance(annotations, Mapping) else None
+    annotations = metadata.get("annotations") if is_map(metadata) else None
+    return annotations if is_map(annotations) else None
 
 
 def defaulted_labels(annotations: Mapping[str, Any] | None) -> frozenset[str]:

@@ -99,7 +99,7 @@ def _ray(prefix: str) -> tuple[TemplateSpec, ...]:
         CRD's default) clamped to [minReplicas, maxReplicas], none while the group is suspended,
         times numOfHosts (multi-host groups such as TPU slices run that many pods per replica)."""
         group = _get(manifest, group_at, bound)
-        if not _is_map(group) or group.get("suspend") is True:
+        if not is_map(group) or group.get("suspend") is True:
             return 0
         low = _count(group.get("minReplicas"), missing=0)
         high = _count(group.get("maxReplicas"), missing=_MAX_REPLICAS)
@@ -117,11 +117,11 @@ def _lws_workers(manifest: Mapping[str, Any], bound: tuple[str | int, ...]) -> i
     leaderTemplate, the leader is that template's pod and size-1 come from the worker template;
     without one, all `size` come from the worker template."""
     spec = manifest.get("spec")
-    spec = spec if _is_map(spec) else {}
+    spec = spec if is_map(spec) else {}
     lwt = spec.get("leaderWorkerTemplate")
-    lwt = lwt if _is_map(lwt) else {}
+    lwt = lwt if is_map(lwt) else {}
     size = _count(lwt.get("size"))
-    workers = size - 1 if _is_map(lwt.get("leaderTemplate")) else size
+    workers = size - 1 if is_map(lwt.get("leaderTemplate")) else size
     return _count(spec.get("replicas")) * max(workers, 0)
 
 
@@ -218,7 +218,7 @@ class KindRegistry:
 BUILTIN_KINDS = KindRegistry(BUILTIN_KIND_SPECS)
 
 
-def _is_map(value: Any) -> TypeGuard[Mapping[str, Any]]:
+def is_map(value: Any) -> TypeGuard[Mapping[str, Any]]:
     """isinstance(value, Mapping), with parsed JSON's dicts answered first: the ABC check costs six
     times a type check, and admission runs it on every step into a manifest."""
     return type(value) is dict or isinstance(value, Mapping)
@@ -247,7 +247,7 @@ class PodTemplate:
         self.template = template
         self.replicas = replicas
         metadata = template.get("metadata")
-        self.labels = (metadata.get("labels") if _is_map(metadata) else None) or {}
+        self.labels = (metadata.get("labels") if is_map(metadata) else None) or {}
         self.spec = template.get("spec") or {}
 
 
@@ -259,7 +259,7 @@ def _walk(
         return
     head, rest = segments[0], segments[1:]
     if head == "*":
-        if _is_map(node):
+        if is_map(node):
             items: Iterable[tuple[str | int, Any]] = node.items()
         elif isinstance(node, list):
             items = enumerate(node)
@@ -268,7 +268,7 @@ def _walk(
         for key, child in items:
             yield from _walk(child, rest, (*path, key), (*bound, key))
         return
-    if _is_map(node):
+    if is_map(node):
         if head in node:
             yield from _walk(node[head], rest, (*path, head), bound)
     elif isinstance(node, list) and head.isdecimal() and int(head) < len(node):
@@ -279,7 +279,7 @@ def _get(node: Any, segments: Sequence[str], bound: Sequence[str | int]) -> Any:
     wildcard = iter(bound)
     for segment in segments:
         key: str | int | None = next(wildcard, None) if segment == "*" else segment
-        if _is_map(node) and isinstance(key, str):
+        if is_map(node) and isinstance(key, str):
             node = node.get(key)
         elif isinstance(node, list):
             index = (
@@ -316,7 +316,7 @@ def pod_templates_of(manifest: Mapping[str, Any], spec: KindSpec) -> list[PodTem
             continue
         if "*" not in tspec._segments:  # the common case (Deployment, Job, ...): plain lookups
             template = _get(manifest, tspec._segments, ())
-            if _is_map(template):
+            if is_map(template):
                 if tspec.pods is not None:
                     replicas = tspec.pods(manifest, ())
                 else:
@@ -326,7 +326,7 @@ def pod_templates_of(manifest: Mapping[str, Any], spec: KindSpec) -> list[PodTem
                 found.append(PodTemplate(tspec.path, tspec._segments, template, replicas))
             continue
         for path, template, bound in _walk(manifest, tspec._segments, (), ()):
-            if not _is_map(template):
+            if not is_map(template):
                 continue
             if tspec.pods is not None:
                 replicas = tspec.pods(manifest, bound)
@@ -362,7 +362,7 @@ def scaled(
     node = top
     for key in parents:
         child = node.get(key)
-        copied: dict[str, Any] = dict(child) if _is_map(child) else {}
+        copied: dict[str, Any] = dict(child) if is_map(child) else {}
         node[key] = copied
         node = copied
     node[leaf] = replicas
