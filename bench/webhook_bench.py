@@ -3,7 +3,8 @@
 One `comptroller webhook` worker over TLS on 127.0.0.1 serves a static view of the default
 policies; `wrk` (C, epoll, keep-alive; Debian package) drives it from another process with the
 same load for `/noop` (a constant allowed review: TLS + HTTP + framework + body read) and for
-`/validate` with realistic Pod and Deployment AdmissionReviews as the API server sends them.
+`/validate` with realistic Pod and Deployment AdmissionReviews as the API server sends them, and
+with a pod missing three required labels (denied, with the joint fix to paste in the message).
 A last run paces requests to about 1,000 per second and reports the latency there.
 
     python -m bench.webhook_bench          # prints JSON; `make bench` includes it
@@ -171,6 +172,15 @@ def pod_review() -> dict:
         "status": {},
     }
     return _review(pod, kind={"group": "", "version": "v1", "kind": "Pod"}, resource="pods")
+
+
+def denied_pod_review() -> dict:
+    """The pod of `pod_review` without its team, project and cost center: denied, with a joint fix."""
+    review = pod_review()
+    labels = review["request"]["object"]["metadata"]["labels"]
+    for key in ("team", "project", "cost_center"):
+        del labels[key]
+    return review
 
 
 def deployment_review() -> dict:
@@ -355,7 +365,8 @@ def run(*, policies: Path | None = None, duration: float = DURATION_S) -> dict:
         script = workdir / "post.lua"
         script.write_text(LUA)
         bodies = {}
-        for name, review in (("pod", pod_review()), ("deployment", deployment_review())):
+        reviews = {"pod": pod_review(), "deployment": deployment_review(), "denied": denied_pod_review()}
+        for name, review in reviews.items():
             bodies[name] = workdir / f"{name}.json"
             bodies[name].write_text(json.dumps(review))
         server = Server(workdir, policies)
@@ -363,14 +374,17 @@ def run(*, policies: Path | None = None, duration: float = DURATION_S) -> dict:
             # The reviews must be judged for real (admitted, so the whole rule set runs).
             for name, body in bodies.items():
                 verdict = server.post("/validate", body.read_bytes())["response"]
-                if not verdict["allowed"]:
-                    raise RuntimeError(f"the {name} review is denied: {verdict['status']['message']}")
+                if verdict["allowed"] != (name != "denied"):
+                    raise RuntimeError(f"the {name} review is judged otherwise than meant: {verdict}")
+            if "fix (admitted with it)" not in verdict["status"]["message"]:
+                raise RuntimeError(f"the denial carries no joint fix: {verdict['status']['message']}")
             # Interleaved rounds, median per endpoint: the machine is shared, and a burst of other
             # work should not land on one endpoint only.
             runs = {
                 "webhook.noop": ("/noop", "pod"),
                 "webhook.validate": ("/validate", "pod"),
                 "webhook.validate_deployment": ("/validate", "deployment"),
+                "webhook.validate_denied": ("/validate", "denied"),
             }
             wrk(server.url + "/noop", bodies["pod"], script=script, connections=CONNECTIONS, duration=1)
             samples: dict[str, list[dict]] = {name: [] for name in runs}

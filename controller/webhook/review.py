@@ -86,7 +86,8 @@ class AdmissionRequest:
 
 
 def parse_review(body: bytes) -> AdmissionRequest:
-    """Parse the JSON with orjson, then validate the envelope.
+    """Parse the JSON with orjson, then validate the envelope: a well-formed one (`well_formed`) is
+    taken as parsed, anything else is validated (and coerced, or refused) by pydantic.
 
     orjson refuses what the API server never sends but JSON allows (integers beyond 64 bits):
     such a body goes through pydantic's own parser instead, which also says where JSON is broken.
@@ -96,7 +97,7 @@ def parse_review(body: bytes) -> AdmissionRequest:
     except orjson.JSONDecodeError:
         review = _validated(_REVIEW.validate_json, body)
     else:
-        review = _validated(_REVIEW.validate_python, data)
+        review = data if well_formed(data) else _validated(_REVIEW.validate_python, data)
     request = review["request"]
     resource = request.get("resource")
     return AdmissionRequest(
@@ -113,6 +114,45 @@ def parse_review(body: bytes) -> AdmissionRequest:
         else ("", "", ""),
         sub_resource=request.get("subResource", ""),
     )
+
+
+_OPERATIONS = frozenset(("CREATE", "UPDATE", "DELETE", "CONNECT"))
+_OPTIONAL_STRINGS = ("subResource", "namespace", "name")
+
+
+def well_formed(data: Any) -> bool:
+    """Whether `data` is a review pydantic would take exactly as it is: every field of `_Review`
+    present where required and of its very type, so there is nothing to coerce and nothing to
+    report. The API server only ever sends such reviews, and checking one here costs a fifth of
+    pydantic's validation, which builds a copy of the envelope; anything else (a missing field, a
+    `"true"` lax mode turns into `True`) goes through pydantic as before."""
+    if type(data) is not dict or data.get("apiVersion") != API_VERSION or data.get("kind") != KIND:
+        return False
+    request = data.get("request")
+    if type(request) is not dict:
+        return False
+    uid = request.get("uid")
+    operation = request.get("operation")
+    if type(uid) is not str or not uid or type(operation) is not str or operation not in _OPERATIONS:
+        return False
+    if not _group_version(request.get("kind"), "kind"):
+        return False
+    if "resource" in request and not _group_version(request["resource"], "resource"):
+        return False
+    for name in _OPTIONAL_STRINGS:
+        if name in request and type(request[name]) is not str:
+            return False
+    for name in ("object", "oldObject"):
+        if name in request and request[name] is not None and type(request[name]) is not dict:
+            return False
+    return "dryRun" not in request or type(request["dryRun"]) is bool
+
+
+def _group_version(value: Any, name: str) -> bool:
+    """A `_GroupVersionKind` (`name` "kind") or `_GroupVersionResource` ("resource") as it is."""
+    if type(value) is not dict or type(value.get(name)) is not str:
+        return False
+    return all(type(value[key]) is str for key in ("group", "version") if key in value)
 
 
 def _validated(validate: Any, data: Any) -> _Review:
