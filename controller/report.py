@@ -415,7 +415,7 @@ def render_table(report: Mapping[str, Any]) -> str:
           b["runningGPUs"], _money(b["estimatedCost"]), b["state"]] for b in budgets],
     ) if budgets else "(no GPUBudgets)")
     out.append("")
-    out.append("BY TEAM (GPU pods in the cluster)")
+    out.append("BY TEAM (ended pods from the budgets' ledgers, plus the GPU pods in the cluster)")
     out.append(_table(
         ["TEAM", "GPU-HOURS", "EST. COST", "RUNNING GPUS", "PODS", "BUDGET USE"],
         [[t["name"], f"{t['gpuHours']:.2f}", _money(t["estimatedCost"]), t["runningGPUs"], t["pods"],
