@@ -81,10 +81,6 @@ SUSPENDABLE_KINDS = {
 # Metering (operator): a GPU pod keeps this finalizer until every budget it draws on has
 # committed its final charge, so a pod deleted while the operator is down is still metered.
 METERING_FINALIZER = f"{GROUP}/metering"
-METERED_ANNOTATION = f"{GROUP}/metered"
-"""Set to the pod's own uid once every budget it draws on has folded its final charge into its
-ledger's aggregates (written with the finalizer's release): the ledgers then forget the pod, so
-what they persist does not grow with finished pods that linger (docs/metering.md)."""
 DEFAULT_GROUP_LABELS = ("team", "cost_center")
 """Pod label keys the ledgers' per-day aggregates are grouped by (operator `--team-label`,
 `--cost-center-label`; `comptroller report` reads them from the ledgers)."""

@@ -175,7 +175,7 @@ def build_report(
         ledger = ledgers.get(covering.name) if covering else None
         if ledger is None:
             team_rows.append(row)
-        elif pod.uid not in ledger.folded and not (pod.metered and pod.end(now) is not None):
+        elif pod.uid not in ledger.folded:
             since = pod.gpu_hours(max(start, ledger.period_start), end, now=now)
             team_rows.append({**row, "gpuHours": since, "estimatedCost": since * price})
     first_day, last_day = start.date().isoformat(), end.date().isoformat()

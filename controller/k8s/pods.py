@@ -215,25 +215,14 @@ def add_finalizer(api: Workloads, *, namespace: str, name: str, uid: str) -> boo
                                                       "finalizers": [constants.METERING_FINALIZER]}})
 
 
-def remove_finalizer(api: Workloads, *, namespace: str, name: str, uid: str | None = None,
-                     mark: bool = False) -> bool:
-    """Remove the metering finalizer (only ours); False when the pod is already gone. `mark`: in
-    the same write, mark it metered (`finops.comptroller.dev/metered: <uid>`): every ledger holds
-    its final charge."""
+def remove_finalizer(api: Workloads, *, namespace: str, name: str, uid: str | None = None) -> bool:
+    """Remove the metering finalizer (only ours); False when the pod is already gone."""
     body: dict[str, Any] = {
         "metadata": {"$deleteFromPrimitiveList/finalizers": [constants.METERING_FINALIZER]}
     }
     if uid:
         body["metadata"]["uid"] = uid
-        if mark:
-            body["metadata"]["annotations"] = {constants.METERED_ANNOTATION: uid}
     return _patch(api, namespace, name, body)
-
-
-def mark_metered(api: Workloads, *, namespace: str, name: str, uid: str) -> bool:
-    """Mark an ended pod metered (see `remove_finalizer`); False when it is gone."""
-    return _patch(api, namespace, name, {"metadata": {"uid": uid,
-                                                      "annotations": {constants.METERED_ANNOTATION: uid}}})
 
 
 def remove_gate(api: Workloads, *, namespace: str, name: str, uid: str) -> bool:

@@ -34,9 +34,9 @@ Where the ledger lives, and why
     ends is folded once: its final charge goes into `base` and, split by UTC day, into `cells`
     (GPU-hours and cost per team and cost center per day, for `comptroller report`), and its uid
     into `folded` so no later tick counts it again. The uid is forgotten once the pod is gone from
-    the cluster, or carries the mark `finops.comptroller.dev/metered: <its uid>`, which the
-    operator writes (with the finalizer's release) once every ledger that charges the pod folded
-    it. A pod is in one ledger's `cells` only: its first budget by name (`cell_of`), so summing the
+    the cluster (so a finished pod that lingers costs its uid, about 40 bytes, until it is
+    deleted; nothing a user can write on a pod, such as an annotation, decides that it was
+    charged). A pod is in one ledger's `cells` only: its first budget by name (`cell_of`), so summing the
     ledgers' cells counts each pod once. Cells are kept for the current and the previous calendar
     month, whatever the budget's period: a running pod's share of a closing period goes into them
     at the roll-over.
@@ -250,9 +250,6 @@ class PodRecord:
     group; "" for a pod that goes alone (a Deployment's, a bare one)."""
     expires: datetime | None = None
     """Its `expires_at`, which bounds what it may use (a queue reserves up to it)."""
-    metered: bool = False
-    """It carries the mark `finops.comptroller.dev/metered` with its own uid: every ledger that
-    charged it holds its final charge already (see the module docstring)."""
 
     def gpus_of(self, resources: Iterable[str] | None) -> float:
         """GPU-equivalents held of `resources` (None: every resource the operator counts)."""
@@ -441,8 +438,6 @@ def pod_record(
         created=parse_time(metadata.get("creationTimestamp")),
         gang=gang_of(metadata),
         expires=expires_at_of(pod, key=constants.DEFAULT_EXPIRY_KEY)[0],
-        metered=bool(metadata.get("uid"))
-        and (metadata.get("annotations") or {}).get(constants.METERED_ANNOTATION) == metadata.get("uid"),
     )
 
 
@@ -674,11 +669,7 @@ def meter(
         end = pod.end(now)
         closed = end is not None and end <= window_end  # one that ends after the period runs on in it
         if pod.uid in ledger.folded:
-            if closed and pod.metered:
-                folded.discard(pod.uid)  # every ledger folded it; it will not be counted again
             continue
-        if closed and pod.metered and pod.uid not in ledger.entries:
-            continue  # folded by this ledger before it forgot the pod
         hours = pod.gpu_hours(ledger.period_start, window_end, now=now, resources=resources)
         if hours <= 0 and pod.uid not in ledger.entries and not (closed and pod.finalizer):
             continue  # not yet running, or ran only before this period: nothing to remember
@@ -758,8 +749,6 @@ def releasable(pod: PodRecord, ledgers: Sequence[Ledger | None], *, now: datetim
     end = pod.end(now)
     if end is None:
         return False
-    if pod.metered:
-        return True
     for ledger in ledgers:
         if ledger is None:
             return False

@@ -358,10 +358,6 @@ async def tick(state: MeteringState, body: Any, *, logger: logging.Logger | None
 class FinalizerPlan:
     add: tuple[PodRecord, ...]
     release: tuple[PodRecord, ...]
-    """Released; those that ended are marked metered in the same write."""
-    mark: tuple[PodRecord, ...] = ()
-    """Ended pods without the finalizer that every ledger charging them folded: marked metered,
-    so the ledgers forget them (see controller/metering/usage.py)."""
 
 
 def plan_finalizers(
@@ -379,7 +375,6 @@ def plan_finalizers(
     ever release again makes its deletion hang."""
     add: list[PodRecord] = []
     release: list[PodRecord] = []
-    mark: list[PodRecord] = []
     for pod in pods:
         # A budget draws on a pod its selector matches and whose resources it counts.
         matching = [b for b in budgets if b.selector.matches(pod.labels) and pod.gpus_of(b.resources) > 0]
@@ -389,18 +384,17 @@ def plan_finalizers(
             not matching or releasable(pod, [committed(b.name) for b in matching], now=now)
         ):
             release.append(pod)
-        elif (protect and matching and not pod.finalizer and not pod.metered
-              and releasable(pod, [committed(b.name) for b in matching], now=now)):
-            mark.append(pod)
-    return FinalizerPlan(tuple(add), tuple(release), tuple(mark))
+    return FinalizerPlan(tuple(add), tuple(release))
 
 
 async def reconcile_finalizers(state: MeteringState, *, stopped: Any = None) -> FinalizerPlan:
     """Apply `plan_finalizers` to the cache's pods (tombstones are gone already: nothing to do)."""
     now = state.clock()
+    # Every budget listed, not only those whose daemon ticked since this replica started: one that
+    # has not committed its ledger yet holds the pods it matches (their final charge is not in it).
     plan = plan_finalizers(
         state.watch.records(),
-        list(state.budgets.values()),
+        list({**{b.name: b for b in state.listed}, **state.budgets}.values()),
         state.committed,
         now=now,
         protect=state.config.metering.finalizer and not state.config.dry_run,
@@ -410,11 +404,8 @@ async def reconcile_finalizers(state: MeteringState, *, stopped: Any = None) -> 
     jobs = [
         *(state.call(pod_api.add_finalizer, state.api, namespace=p.namespace, name=p.name, uid=p.uid)
           for p in plan.add if writable(p.namespace)),
-        *(state.call(pod_api.remove_finalizer, state.api, namespace=p.namespace, name=p.name, uid=p.uid,
-                     mark=p.end(now) is not None and not p.metered)
+        *(state.call(pod_api.remove_finalizer, state.api, namespace=p.namespace, name=p.name, uid=p.uid)
           for p in plan.release),
-        *(state.call(pod_api.mark_metered, state.api, namespace=p.namespace, name=p.name, uid=p.uid)
-          for p in plan.mark if writable(p.namespace)),
     ]
     batch = max(1, state.config.metering.max_concurrent_writes * 4)
     failures = 0
@@ -428,9 +419,9 @@ async def reconcile_finalizers(state: MeteringState, *, stopped: Any = None) -> 
             if isinstance(result, Exception):
                 failures += 1
                 log.debug("finalizer update failed: %s", result)
-    if plan.add or plan.release or plan.mark:
-        log.info("metering finalizer: added to %d pods, released from %d, %d more marked metered (%d failed)",
-                 len(plan.add), len(plan.release), len(plan.mark), failures)
+    if plan.add or plan.release:
+        log.info("metering finalizer: added to %d pods, released from %d (%d failed)",
+                 len(plan.add), len(plan.release), failures)
     return plan
 
 
@@ -593,6 +584,7 @@ async def meter_budget(name: str, body: Any, stopped: kopf.DaemonStopped, memo: 
         state.budgets.pop(name, None)
         if stopped.reason and kopf.DaemonStoppingReason.RESOURCE_DELETED in stopped.reason:
             state.ledgers.pop(name, None)
+            state.listed = [b for b in state.listed if b.name != name]
             metrics.forget_budget(name)
             if not state.budgets:
                 # The last budget is gone: nothing will meter the pods it protected; let them go.

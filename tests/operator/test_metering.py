@@ -310,7 +310,6 @@ def test_ledger_without_period_is_rejected():
         (rec("a", finished=10), [ledger(folded=frozenset({"a"}))], True),
         (rec("a", finished=10), [ledger(entries={"a": Entry(0.2, 0)})], False),  # charged while open
         (rec("a", finished=10), [ledger(folded=frozenset({"a"})), ledger()], False),
-        (replace(rec("a", finished=10), metered=True), [ledger()], True),  # marked: every ledger folded it
         (rec("a", started=-60 * 24 * 20, finished=-60 * 24 * 15), [ledger()], True),  # before the period
     ],
 )
@@ -404,17 +403,15 @@ def test_an_ended_pod_is_folded_once_into_base_and_its_days():
     assert again.used_gpu_hours == pytest.approx(28.0 + 2.0)
 
 
-def test_a_folded_pod_is_forgotten_once_gone_or_marked():
+def test_a_folded_pod_is_forgotten_once_gone_from_the_cluster():
     done = rec("a", finished=30)
     folded = meter(ledger(), [done], now=at(60))
     assert folded.folded == {"a"}
     still_there = meter(folded, [], now=at(70), present={"a"})  # relabelled out, still in the cluster
-    assert still_there.folded == {"a"}
+    assert still_there.folded == {"a"} and still_there.used_gpu_hours == pytest.approx(0.5)
+    back = meter(still_there, [done], now=at(80))  # relabelled back: not charged twice
+    assert back.used_gpu_hours == pytest.approx(0.5)
     assert meter(folded, [], now=at(70), present=set()).folded == frozenset()  # deleted
-    marked = meter(folded, [replace(done, metered=True)], now=at(70))
-    assert marked.folded == frozenset() and marked.used_gpu_hours == pytest.approx(0.5)
-    # and once forgotten, the marked pod is never charged again
-    assert meter(marked, [replace(done, metered=True)], now=at(80)).used_gpu_hours == pytest.approx(0.5)
 
 
 def test_cells_go_to_the_covering_budget_only():
@@ -423,12 +420,11 @@ def test_cells_go_to_the_covering_budget_only():
     assert other.used_gpu_hours == pytest.approx(1.0) and other.cells == {}
 
 
-def test_persisted_size_does_not_grow_with_finished_pods():
+def test_persisted_size_does_not_grow_with_deleted_pods():
     def size(n: int) -> int:
         pods = [rec(f"p{i}", started=i % 600, finished=i % 600 + 5) for i in range(n)]
         folded = meter(ledger(), pods, now=at(700), cell_of=by_team)
-        marked = [replace(p, metered=True) for p in pods]
-        return len(json.dumps(meter(folded, marked, now=at(710), cell_of=by_team).to_json()))
+        return len(json.dumps(meter(folded, [], now=at(710), present=set(), cell_of=by_team).to_json()))
     assert size(10) == size(5000)
 
 

@@ -157,21 +157,22 @@ def test_reconcile_patches_only_our_finalizer_and_tolerates_gone_pods(executor):
     assert bodies["new"]["metadata"]["finalizers"] == [constants.METERING_FINALIZER]
     assert bodies["done"]["metadata"]["$deleteFromPrimitiveList/finalizers"] == [constants.METERING_FINALIZER]
     assert bodies["new"]["metadata"]["uid"] == "new"  # never a namesake
-    # the release marks it metered in the same write: the ledgers may forget it
-    assert bodies["done"]["metadata"]["annotations"] == {constants.METERED_ANNOTATION: "done"}
 
 
-def test_an_ended_pod_without_the_finalizer_is_marked_once_folded_everywhere(executor):
+def test_a_listed_budget_that_has_not_ticked_yet_holds_the_pods_it_matches(executor):
+    """After a restart, one budget's daemon ticks first: the finalizer of a pod another matching
+    budget has not charged yet stays until that one has committed it."""
     api, clock = FakeApi(), [NOW]
-    short = pod("short", 1, T0, until=T0 + timedelta(minutes=5))
-    watch = FakeWatch([short])
-    state = state_for(api, watch, executor, clock)
-    state.budgets = {b.name: b for b in budgets("nlp")}
-    state.ledgers = {"team-nlp": (closed("short"), "1")}
-    plan = run(accounting.reconcile_finalizers(state))
-    assert [p.uid for p in plan.mark] == ["short"] and not plan.release
-    body = {name: body for _, name, body, _ in api.patches}["short"]
-    assert body["metadata"] == {"uid": "short", "annotations": {constants.METERED_ANNOTATION: "short"}}
+    done = pod("done", 1, T0, until=NOW, finalizer=True)
+    state = state_for(api, FakeWatch([done]), executor, clock)
+    first, second = Budget.from_object(budget_body("a-first", team="nlp", uid="b-a")), \
+        Budget.from_object(budget_body("b-second", team="nlp", uid="b-b"))
+    state.budgets = {first.name: first}
+    state.listed = [first, second]
+    state.ledgers = {"a-first": (closed("done"), "1")}
+    assert not run(accounting.reconcile_finalizers(state)).release
+    state.ledgers["b-second"] = (closed("done"), "1")
+    assert [p.uid for p in run(accounting.reconcile_finalizers(state)).release] == ["done"]
 
 
 def test_end_at_deletion_closes_a_pod_that_vanished_running():
