@@ -110,6 +110,11 @@ class MeteringState:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
 
+    def known_budgets(self) -> list[Budget]:
+        """Every budget listed, with the latest spec of those whose daemon runs, by name."""
+        merged = {**{b.name: b for b in self.listed}, **self.budgets}
+        return [merged[name] for name in sorted(merged)]
+
     def committed(self, budget: str) -> Ledger | None:
         entry = self.ledgers.get(budget)
         return entry[0] if entry else None
@@ -265,7 +270,7 @@ async def cells_of(state: MeteringState, budget: Budget) -> Callable[[PodRecord]
             state.listed_at = time.monotonic()
         except ApiError as error:
             log.warning("could not list GPUBudgets for showback cells: %s", error)
-    known = sorted({**{b.name: b for b in state.listed}, **state.budgets}.values(), key=lambda b: b.name)
+    known = state.known_budgets()
     labels = state.config.metering.group_labels
 
     def cell_of(pod: PodRecord) -> str | None:
@@ -394,7 +399,7 @@ async def reconcile_finalizers(state: MeteringState, *, stopped: Any = None) -> 
     # has not committed its ledger yet holds the pods it matches (their final charge is not in it).
     plan = plan_finalizers(
         state.watch.records(),
-        list({**{b.name: b for b in state.listed}, **state.budgets}.values()),
+        state.known_budgets(),
         state.committed,
         now=now,
         protect=state.config.metering.finalizer and not state.config.dry_run,
