@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from controller.constants import API_VERSION, DEFAULT_GROUP_LABELS
@@ -18,6 +18,7 @@ from controller.engine.budgets import period_bounds
 from controller.engine.matching import Selector
 from controller.engine.models import GPUBudget
 from controller.engine.rules.budget import format_gpu_hours
+from controller.engine.timestamps import parse_time
 from controller.metering.usage import (
     CellOf,
     Ledger,
@@ -48,6 +49,8 @@ class Budget:
     admission: str = "Exhausted"
     when_exhausted: str = "Deny"
     """`Queue`: pods it cannot pay for wait SchedulingGated (controller.metering.queue)."""
+    created: datetime | None = None
+    """Its `creationTimestamp`: which budget holds a pod's showback cells (`first_covering`)."""
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any]) -> Budget:
@@ -75,6 +78,7 @@ class Budget:
             resources=tuple(spec.resources) if (obj.get("spec") or {}).get("resources") else None,
             admission=spec.admission,
             when_exhausted=spec.when_exhausted,
+            created=parse_time(metadata.get("creationTimestamp")),
         )
 
     def percent_used(self, used: float) -> float:
@@ -219,13 +223,20 @@ def advance(
 
 
 def first_covering(pod: PodRecord, budgets: Iterable[Budget]) -> Budget | None:
-    """The budget that prices a pod in showback and holds its per-day cells: the first by name
-    whose selector matches it and whose resources count some of its GPUs (one per pod, so the
-    ledgers' cells add up without counting a pod twice)."""
-    for budget in sorted(budgets, key=lambda b: b.name):
-        if budget.selector.matches(pod.labels) and pod.gpus_of(budget.resources) > 0:
-            return budget
-    return None
+    """The budget that prices a pod in showback and holds its per-day cells, of those whose
+    selector matches it and whose resources count some of its GPUs: the one that has covered it
+    the longest, the first by name among those that existed when it started.
+
+    One per pod, so the ledgers' cells add up without counting a pod twice, and the same one for
+    the pod's whole life when budgets are added: a budget created after the pod started never
+    takes its cells over from one that already held them (docs/metering.md).
+    """
+    since = pod.started or pod.created or _EPOCH
+    covering = [b for b in budgets if b.selector.matches(pod.labels) and pod.gpus_of(b.resources) > 0]
+    return min(covering, key=lambda b: (max(b.created or _EPOCH, since), b.name), default=None)
+
+
+_EPOCH = datetime.min.replace(tzinfo=UTC)
 
 
 def _plain(value: Any) -> Any:

@@ -36,10 +36,10 @@ Where the ledger lives, and why
     into `folded` so no later tick counts it again. The uid is forgotten once the pod is gone from
     the cluster (so a finished pod that lingers costs its uid, about 40 bytes, until it is
     deleted; nothing a user can write on a pod, such as an annotation, decides that it was
-    charged). A pod is in one ledger's `cells` only: its first budget by name (`cell_of`), so summing the
-    ledgers' cells counts each pod once. Cells are kept for the current and the previous calendar
-    month, whatever the budget's period: a running pod's share of a closing period goes into them
-    at the roll-over.
+    charged). A pod is in one ledger's `cells` only, its budget's by `first_covering` (`cell_of`),
+    so summing the ledgers' cells counts each pod once. Cells are kept for the current and the
+    previous calendar month, whatever the budget's period: a running pod's share of a closing period
+    goes into them at the roll-over.
 
     Why not the status itself: the GPUBudget status schema is a user-facing contract and would
     grow by one entry per running pod. Why not a per-pod `metered-until` annotation: one write per

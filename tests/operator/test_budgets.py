@@ -172,3 +172,46 @@ def test_status_has_remaining_percent_for_the_printer_column():
                     base_gpu_hours=2.5)
     status = project_status(budget(), ledger, running_gpus=0, previous=None, now=NOV)
     assert status["remainingPercent"] == pytest.approx(75.0)
+
+
+def test_a_budget_created_while_a_pod_runs_never_takes_its_cells_over():
+    """A Daily budget holds a pod's cells (its roll-overs put each day's share in them); a Monthly
+    one that sorts first by name but is created while the pod runs must not take them over, or the
+    pod's first days would be in both ledgers' cells (and the report would count them twice)."""
+    from controller.metering.budgets import first_covering
+    from controller.metering.usage import group_key
+
+    def budget_(name: str, period: str, created: datetime) -> Budget:
+        return Budget.from_object({
+            "metadata": {"name": name, "uid": f"uid-{name}", "creationTimestamp": created.isoformat()},
+            "spec": {"selector": {"matchLabels": {"team": "nlp"}}, "gpuHours": 1000, "period": period},
+        })
+
+    start, end = utc(2026, 11, 1, 6), utc(2026, 11, 5, 18)
+    daily = budget_("b-daily", "Daily", utc(2026, 10, 1))
+    monthly = budget_("a-monthly", "Monthly", utc(2026, 11, 3, 12))
+    labels = {"team": "nlp", "cost_center": "cc-1"}
+    ledgers: dict[str, Ledger | None] = {daily.name: None, monthly.name: None}
+    now = start
+    while now <= end + timedelta(hours=1):
+        pod = PodRecord(uid="p", namespace="ns", name="p", labels=labels, gpus=2, started=start,
+                        finished=end if now >= end else None)
+        existing = [b for b in (daily, monthly) if b.created <= now]
+        for b in existing:
+            def cell_of(record: PodRecord, b: Budget = b, existing: list[Budget] = existing) -> str | None:
+                owner = first_covering(record, existing)
+                return group_key(record.labels) if owner is not None and owner.name == b.name else None
+
+            ledgers[b.name], _ = advance(b, ledgers[b.name], [pod], now=now, cell_of=cell_of, present={"p"})
+        now += timedelta(hours=1)
+
+    cells = {name: sum(h for days in ledger.cells.values() for h, _ in days.values())
+             for name, ledger in ledgers.items() if ledger is not None}
+    truth = 2 * (end - start).total_seconds() / 3600
+    assert cells == {daily.name: pytest.approx(truth), monthly.name: 0}
+    assert first_covering(pod, [daily, monthly]) is daily
+    # Both budgets were created before this pod started: the first by name holds its cells.
+    later = PodRecord(uid="q", namespace="ns", name="q", labels=labels, gpus=1, started=utc(2026, 11, 4))
+    assert first_covering(later, [daily, monthly]) is monthly
+    # A budget without a creationTimestamp (built by hand) counts as older than every pod.
+    assert first_covering(pod, [daily, Budget(**{**monthly.__dict__, "created": None})]).name == "a-monthly"
