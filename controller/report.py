@@ -135,7 +135,7 @@ def build_report(
     """The showback report (json shape) from GPUBudget objects, GPU pod records and the budgets'
     ledgers (by budget name; none: pods only).
 
-    A pod counts for the budget that covers it first (`first_covering`). Its ledger's cells hold
+    A pod counts for the budget that holds its cells (`first_covering`). Its ledger's cells hold
     the pods that ended (and shares of closed budget periods), by team and day, so finished pods
     count after they are deleted; the pods in the cluster add what is not folded yet, from the
     ledger's period start. Pods no budget covers count from the pods alone. Top workloads come
@@ -173,10 +173,11 @@ def build_report(
         }
         pod_rows.append(row)
         ledger = ledgers.get(covering.name) if covering else None
-        if ledger is None:
+        if ledger is None or covering is None:
             team_rows.append(row)
         elif pod.uid not in ledger.folded:
-            since = pod.gpu_hours(max(start, ledger.period_start), end, now=now)
+            # As its ledger will fold it: of the resources that budget counts.
+            since = pod.gpu_hours(max(start, ledger.period_start), end, now=now, resources=covering.resources)
             team_rows.append({**row, "gpuHours": since, "estimatedCost": since * price})
     first_day, last_day = start.date().isoformat(), end.date().isoformat()
     for ledger in ledgers.values():
@@ -327,7 +328,7 @@ def build_workload_report(
         if pod.started is None:
             continue
         hours = pod.gpu_hours(pod.started, now, now=now)
-        covering = next((b for b in compiled if b.selector.matches(pod.labels)), None)
+        covering = first_covering(pod, compiled)  # priced as in the team rows
         price = price_for(covering.prices, pod.instance_type) if covering else 0.0
         entry = row(pod.namespace, runs.get(pod.uid) or pod.workload)
         entry["podGPUHours"] += hours

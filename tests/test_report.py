@@ -303,3 +303,20 @@ def test_teams_add_the_ledgers_cells_and_the_pods_not_folded_yet():
     assert teams["vision"]["gpuHours"] == pytest.approx(5.0)  # only in the ledger now
     top = {w["workload"]: w for w in report["topWorkloads"]}
     assert top["Pod/done"]["gpuHours"] == pytest.approx(6.0)  # the cluster's pods, as they are
+
+
+def test_a_pod_not_folded_yet_counts_what_its_budget_will_fold():
+    """A budget that counts only NVIDIA GPUs folds only those into its cells: the pod's row counts the
+    same while it runs, so a team's hours do not drop when the pod ends."""
+    from dataclasses import replace
+
+    from controller.metering.usage import Ledger
+
+    nvidia = budget("team-nlp", "nlp", used=0)
+    nvidia["spec"]["resources"] = ["nvidia.com/gpu"]
+    mixed = replace(pod("mixed", "nlp", 3, 10), devices={"nvidia.com/gpu": 2, "amd.com/gpu": 1})
+    ledger = Ledger(budget_uid="uid-team-nlp", period_start=datetime(2026, 11, 1, tzinfo=UTC),
+                    period_end=datetime(2026, 12, 1, tzinfo=UTC))
+    report = build_report([nvidia], [mixed], now=NOW, ledgers={"team-nlp": ledger})
+    assert report["teams"][0]["gpuHours"] == pytest.approx(2 * 10)
+    assert report["topWorkloads"][0]["gpuHours"] == pytest.approx(3 * 10)  # the pod as it is
