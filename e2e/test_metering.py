@@ -79,6 +79,13 @@ class Operator:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
             return response.status, response.read().decode()
 
+    def serving(self) -> bool:
+        """Whether its metrics endpoint answers (a busy machine can take seconds to start it)."""
+        try:
+            return self.get(self.metrics_port, "/metrics")[0] == 200
+        except OSError:
+            return False
+
     def committed_ticks(self) -> float:
         _, text = self.get(self.metrics_port, "/metrics")
         for line in text.splitlines():
@@ -399,6 +406,7 @@ def test_peering_keeps_one_replica_active_and_a_standby_takes_over(metering_clus
         start = wait_for("train running", lambda: started_at(cluster, ns, "train"), timeout=30)
         wait_for("the budget metered", lambda: budget_status(cluster, team).get("runningGPUs") == 4,
                  timeout=30, operator=active)
+        wait_for("the standby's metrics endpoint", standby.serving, timeout=60, operator=standby)
         time.sleep(3 * INTERVAL)
         assert active.committed_ticks() > 0
         assert standby.committed_ticks() == 0, standby.tail()  # paused by kopf peering
