@@ -492,6 +492,15 @@ def group_key(labels: Mapping[str, str], keys: Sequence[str] = constants.DEFAULT
     return "/".join(str(labels.get(key) or "") for key in keys)
 
 
+LEDGER_FORMAT = 2
+"""The ledger layout this operator writes: 2 folds ended pods (`folded`, `cells`); 1, written
+without a `format` key, kept a row for every pod of the period. Both are read."""
+
+
+class NewerLedgerFormat(ValueError):
+    """A ledger written by a newer Comptroller: this one must neither meter nor overwrite it."""
+
+
 @dataclass(frozen=True)
 class Ledger:
     """One budget's metering state for its current period (see the module docstring)."""
@@ -526,6 +535,7 @@ class Ledger:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "format": LEDGER_FORMAT,
             "budgetUID": self.budget_uid,
             "period": {"start": format_time(self.period_start), "end": format_time(self.period_end)},
             "meteredAt": format_time(self.metered_at) if self.metered_at else None,
@@ -544,6 +554,14 @@ class Ledger:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Ledger:
+        layout = data.get("format", 1)
+        if type(layout) is not int:
+            raise ValueError(f"ledger format {layout!r} is not a number")
+        if layout > LEDGER_FORMAT:
+            raise NewerLedgerFormat(
+                f"written in ledger format {layout!r}, by a newer Comptroller (this one reads up to "
+                f"{LEDGER_FORMAT})"
+            )
         period = data.get("period") or {}
         start, end = parse_time(period.get("start")), parse_time(period.get("end"))
         if start is None or end is None:

@@ -46,6 +46,7 @@ from controller.metering.budgets import Budget, advance, first_covering, project
 from controller.metering.usage import (
     Counting,
     Ledger,
+    NewerLedgerFormat,
     PodRecord,
     count_gpus,
     group_key,
@@ -288,6 +289,8 @@ async def load(state: MeteringState, budget: Budget) -> tuple[Ledger | None, str
         return None, stored.resource_version
     try:
         return Ledger.from_json(stored.data), stored.resource_version
+    except NewerLedgerFormat:
+        raise  # not broken: this operator is too old to read it (see `tick`)
     except (ValueError, KeyError, TypeError, IndexError) as error:
         # Keeping the broken ledger would stop metering for good; visible pods are recounted.
         log.error("ledger of GPUBudget %s is unreadable (%s); restarting it from visible pods", budget.name,
@@ -302,7 +305,18 @@ async def tick(state: MeteringState, body: Any, *, logger: logging.Logger | None
     state.budgets[budget.name] = budget
     started = time.monotonic()
     if budget.name not in state.ledgers:
-        state.ledgers[budget.name] = await load(state, budget)  # type: ignore[assignment]
+        try:
+            state.ledgers[budget.name] = await load(state, budget)  # type: ignore[assignment]
+        except NewerLedgerFormat as error:
+            # A rollback to an older operator: recounting from visible pods would overwrite the
+            # charges of every pod that ended this period. The budget keeps its last status, and
+            # the pods it matches keep their finalizer, until an operator that reads the ledger runs.
+            metrics.METERING_TICKS.labels("refused").inc()
+            logger.error("GPUBudget %s is not metered: its ledger (ConfigMap %s/%s) was %s. It is left "
+                         "untouched; run that Comptroller again, or delete the ConfigMap to restart the "
+                         "period from the pods in the cluster", budget.name, state.config.namespace,
+                         ledger_store.ledger_name(budget.name), error)
+            return None
     previous, resource_version = state.ledgers[budget.name]
 
     now = state.clock()

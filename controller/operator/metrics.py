@@ -43,7 +43,7 @@ BUDGET_THRESHOLD_REACHED = Gauge(
     ["budget"], registry=REGISTRY,
 )
 METERING_TICKS = Counter(
-    "comptroller_metering_ticks_total", "Metering ticks, by outcome (committed, conflict, error)",
+    "comptroller_metering_ticks_total", "Metering ticks, by outcome (committed, conflict, error, refused)",
     ["outcome"], registry=REGISTRY,
 )
 METERING_TICK_SECONDS = Gauge(

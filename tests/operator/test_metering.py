@@ -296,6 +296,19 @@ def test_ledger_round_trips_through_json():
     assert restored == original
 
 
+def test_a_ledger_says_its_format_and_one_from_a_newer_comptroller_is_refused():
+    from controller.metering.usage import LEDGER_FORMAT, NewerLedgerFormat
+
+    data = meter(ledger(), [rec("a")], now=at(45)).to_json()
+    assert data["format"] == LEDGER_FORMAT
+    assert Ledger.from_json({k: v for k, v in data.items() if k != "format"}).entries  # format 1: no key
+    with pytest.raises(NewerLedgerFormat, match=f"ledger format {LEDGER_FORMAT + 1}, by a newer"):
+        Ledger.from_json({**data, "format": LEDGER_FORMAT + 1})
+    with pytest.raises(ValueError, match="ledger format '2' is not a number") as broken:
+        Ledger.from_json({**data, "format": "2"})
+    assert not isinstance(broken.value, NewerLedgerFormat)  # broken, not newer: restarted as before
+
+
 def test_ledger_without_period_is_rejected():
     with pytest.raises(ValueError):
         Ledger.from_json({"entries": {}})

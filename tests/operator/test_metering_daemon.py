@@ -111,6 +111,28 @@ def test_an_unreadable_ledger_restarts_from_visible_pods(executor):
     assert committed.used_gpu_hours == pytest.approx(1.0)
 
 
+def test_a_ledger_from_a_newer_comptroller_is_neither_metered_nor_overwritten(executor):
+    """After a rollback, an operator that cannot read the ledger's format leaves it, and the pods
+    it matches keep their finalizer: recounting from visible pods would drop what ended."""
+    from controller.operator import metrics
+
+    api, clock = FakeApi(), [T0 + timedelta(hours=1)]
+    done = pod("a", 1, T0, until=T0 + timedelta(minutes=30), finalizer=True)
+    watch = FakeWatch([done])
+    run(tick(state_for(api, watch, executor, clock), budget_body()))
+    newer = {**api.ledger("team-nlp"), "format": 3, "somethingNew": [1, 2]}
+    api.configmaps[ledger_name("team-nlp")]["data"][constants.LEDGER_KEY] = json.dumps(newer)
+    refused = metrics.METERING_TICKS.labels("refused")
+    before = refused._value.get()
+    old = state_for(api, watch, executor, clock)
+    clock[0] = T0 + timedelta(hours=2)
+    assert run(tick(old, budget_body())) is None
+    assert api.ledger("team-nlp") == newer
+    assert refused._value.get() == before + 1
+    old.listed = [Budget.from_object(budget_body())]
+    assert not run(accounting.reconcile_finalizers(old)).release
+
+
 def budgets(*teams: str) -> list[Budget]:
     return [Budget.from_object(budget_body(f"team-{t}", team=t, uid=f"b-{t}")) for t in teams]
 
