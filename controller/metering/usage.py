@@ -730,8 +730,9 @@ def roll_over(
     """Close the ledger's period into its history and start `period` from zero.
 
     Meter up to the old period's end first (`meter(ledger, pods, now=ledger.period_end)`). The
-    running pods' shares of the closing period go into `cells` (their later shares are folded
-    when they end); the folded uids and the cells carry over.
+    running pods' shares up to the new period's start go into `cells`: the closing period's and,
+    when no operator ran across whole periods, those of the periods nobody metered (their later
+    shares are folded when they end); the folded uids and the cells carry over.
     """
     closed = {
         "start": format_time(ledger.period_start),
@@ -746,9 +747,8 @@ def roll_over(
         for pod in pods:
             group = cell_of(pod) if pod.uid in ledger.entries else None
             if group is not None:
-                add_to_cells(cells, group, pod, start=ledger.period_start, end=ledger.period_end,
-                             now=ledger.period_end, price=price_for(prices, pod.instance_type),
-                             resources=resources)
+                add_to_cells(cells, group, pod, start=ledger.period_start, end=period[0], now=period[0],
+                             price=price_for(prices, pod.instance_type), resources=resources)
     return Ledger(
         budget_uid=ledger.budget_uid,
         period_start=period[0],

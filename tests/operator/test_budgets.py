@@ -215,3 +215,34 @@ def test_a_budget_created_while_a_pod_runs_never_takes_its_cells_over():
     assert first_covering(later, [daily, monthly]) is monthly
     # A budget without a creationTimestamp (built by hand) counts as older than every pod.
     assert first_covering(pod, [daily, Budget(**{**monthly.__dict__, "created": None})]).name == "a-monthly"
+
+
+def test_a_daily_budget_down_across_days_keeps_the_running_pods_days_in_cells():
+    """No operator ran from Nov 10 noon to Nov 13 noon: the Daily budget's totals for Nov 11 and 12
+    are gone (nobody metered those periods), but the report's cells still hold every day the pods
+    ran, the one that ended while nobody watched included."""
+    from controller.metering.usage import group_key
+
+    daily = Budget.from_object({
+        "metadata": {"name": "team-nlp", "uid": "b-1"},
+        "spec": {"selector": {"matchLabels": {"team": "nlp"}}, "gpuHours": 1000, "period": "Daily"},
+    })
+    labels = {"team": "nlp", "cost_center": "cc-1"}
+
+    def pods(end_long: datetime | None) -> list[PodRecord]:
+        return [PodRecord(uid="long", namespace="ns", name="long", labels=labels, gpus=1,
+                          started=utc(2026, 11, 10, 6), finished=end_long),
+                PodRecord(uid="gap", namespace="ns", name="gap", labels=labels, gpus=2,
+                          started=utc(2026, 11, 10, 8), finished=utc(2026, 11, 11, 12))]
+
+    def cell_of(pod: PodRecord) -> str:
+        return group_key(pod.labels)
+
+    ledger, _ = advance(daily, None, pods(None), now=utc(2026, 11, 10, 12), cell_of=cell_of)
+    ledger, _ = advance(daily, ledger, pods(None), now=utc(2026, 11, 13, 12), cell_of=cell_of)
+    ledger, _ = advance(daily, ledger, pods(utc(2026, 11, 13, 18)), now=utc(2026, 11, 13, 19),
+                        cell_of=cell_of)
+    days = {day: hours for day, (hours, _) in ledger.cells["nlp/cc-1"].items()}
+    assert days == {"2026-11-10": pytest.approx(18 + 2 * 16), "2026-11-11": pytest.approx(24 + 2 * 12),
+                    "2026-11-12": pytest.approx(24), "2026-11-13": pytest.approx(18)}
+    assert ledger.used_gpu_hours == pytest.approx(18)  # today's period only
