@@ -655,13 +655,22 @@ def ceiling(peer: Comptroller, bodies: dict[str, Path], script: Path) -> dict:
             "validate_deployment": ("/validate", "deployment"),
             "validate_pod_denied": ("/validate", "pod_denied")}
     samples: dict[str, list[dict]] = {name: [] for name in runs}
+    cpu_us: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(ROUNDS):
         for name, (path, body) in runs.items():
-            samples[name].append(wb.wrk(peer.base_url + path, bodies[body], script=script,
-                                        connections=CONNECTIONS, duration=DURATION_S))
+            before = cpu_seconds(peer.pid)
+            measured = wb.wrk(peer.base_url + path, bodies[body], script=script, connections=CONNECTIONS,
+                              duration=DURATION_S)
+            samples[name].append(measured)
+            cpu_us[name].append(1e6 * (cpu_seconds(peer.pid) - before) / (measured["rps"] * DURATION_S))
     full = {name: wb._median(measured) for name, measured in samples.items()}
+    # The server's own CPU time per request: what the ratio of throughputs stands for, without
+    # the share of the two cores the load generator happened to take in that round.
+    cpu = {name: round(statistics.median(values), 1) for name, values in cpu_us.items()}
     return {
         "full_load": full,
+        "cpu_us_per_request": cpu,
+        "validate_vs_noop_cpu": round(cpu["noop"] / cpu["validate_pod"], 3),
         "validate_vs_noop": round(full["validate_pod"]["rps"] / full["noop"]["rps"], 3),
         "deployment_vs_noop": round(full["validate_deployment"]["rps"] / full["noop"]["rps"], 3),
         "denied_pod_vs_noop": round(full["validate_pod_denied"]["rps"] / full["noop"]["rps"], 3),
@@ -698,6 +707,10 @@ def cprofile_review(body: bytes, *, allowed: bool, count: int = 2000) -> dict:
     for _ in range(count):
         admission.validate(body)
     plain_us = (time.perf_counter() - started) / count * 1e6
+    started = time.perf_counter()
+    for _ in range(count):
+        admission.noop(body)
+    noop_us = (time.perf_counter() - started) / count * 1e6
     profiler = cProfile.Profile()
     profiler.enable()
     for _ in range(count):
@@ -714,6 +727,7 @@ def cprofile_review(body: bytes, *, allowed: bool, count: int = 2000) -> dict:
         })
     rows.sort(key=lambda r: r["cumulative_us_per_review"], reverse=True)
     return {"reviews": count, "handler_us_per_review_unprofiled": round(plain_us, 1),
+            "noop_handler_us_unprofiled": round(noop_us, 1),
             "top_cumulative": rows[:12], "top_own": sorted(rows, key=lambda r: r["own_us_per_review"],
                                                              reverse=True)[:10]}
 
