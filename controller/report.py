@@ -4,10 +4,10 @@ team and cost center, and the top workloads, as a table for people or json/csv f
 Budgets come from the GPUBudgets' status (the operator's metering: exact, including pods long
 gone). The team and cost-center breakdowns, over the current calendar period, add up the
 budgets' ledgers (their per-team, per-day cells of pods that ended, deleted ones included) and
-the GPU pods in the cluster not folded into them yet, each pod priced with the first budget that
-covers it; pods no budget covers count while they are in the cluster. Top workloads come from the
-GPU pods in the cluster. Reading the ledgers (ConfigMaps in Comptroller's namespace) needs `get`
-on them; without it the breakdown falls back to the pods, said on stderr.
+the GPU pods in the cluster not folded into them yet, each pod priced with the budget that holds
+its cells (`first_covering`); pods no budget covers count while they are in the cluster. Top
+workloads come from the GPU pods in the cluster. Reading the ledgers (ConfigMaps in Comptroller's
+namespace) needs `get` on them; without it the breakdown falls back to the pods, said on stderr.
 
 `--by workload` ranks whole runs instead (not clipped to a period): a finished Job, JobSet,
 Kubeflow job, RayJob or bare Pod by the `finops.comptroller.dev/gpu-hours` and `.../cost`
@@ -56,7 +56,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--team-label", default="team", metavar="KEY")
     parser.add_argument("--cost-center-label", default="cost_center", metavar="KEY")
     parser.add_argument("--gpu-resource", action="append", metavar="NAME",
-                        help="extended resource counted as GPUs (repeatable; default: nvidia.com/gpu)")
+                        help="resource or DeviceClass counted as GPUs (repeatable; default: *, every "
+                        "accelerator, as the operator meters)")
     parser.add_argument("--by", choices=["all", "workload"], default="all",
                         help="all: budgets, teams, cost centers and top workloads this period (default); "
                         "workload: the top spending runs over their whole life, finished ones included "
@@ -177,7 +178,7 @@ def build_report(
             team_rows.append(row)
         elif pod.uid not in ledger.folded:
             # As its ledger will fold it: of the resources that budget counts.
-            since = pod.gpu_hours(max(start, ledger.period_start), end, now=now, resources=covering.resources)
+            since = pod.gpu_hours(max(start, ledger.cells_start), end, now=now, resources=covering.resources)
             team_rows.append({**row, "gpuHours": since, "estimatedCost": since * price})
     first_day, last_day = start.date().isoformat(), end.date().isoformat()
     for ledger in ledgers.values():
@@ -496,13 +497,15 @@ def render_csv(report: Mapping[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from controller.constants import DEFAULT_GPU_RESOURCES
     from controller.engine.models import DEFAULT_INSTANCE_TYPE_KEYS
     from controller.k8s.config import load_api_client
     from controller.k8s.ledgers import list_budgets
     from controller.k8s.pods import PODS
     from controller.k8s.workloads import ApiError, Workloads
 
-    resources = tuple(args.gpu_resource or ("nvidia.com/gpu",))
+    # As the operator counts by default, so a pod's live hours match what its ledger will fold.
+    resources = tuple(args.gpu_resource or DEFAULT_GPU_RESOURCES)
     by_workload = getattr(args, "by", "all") == "workload"
     workloads: list[dict[str, Any]] = []
     runs: dict[str, str] = {}

@@ -205,6 +205,11 @@ def advance(
     history first (also when the budget's `period` changed), so an operator that was down across a
     period boundary splits usage right.
     """
+    last = ledger.metered_at if ledger is not None and ledger.budget_uid == budget.uid else None
+    if last is not None and now < last:
+        # A clock behind the last commit (a peer's, at a hand-over) never takes a ledger back into
+        # the period it closed: that would close it a second time, into history and the cells.
+        now = last
     bounds = period_bounds(budget.period, now)
     charge = {"prices": budget.prices, "resources": budget.resources, "cell_of": cell_of}
     if ledger is None or ledger.budget_uid != budget.uid:
@@ -224,12 +229,13 @@ def advance(
 
 def first_covering(pod: PodRecord, budgets: Iterable[Budget]) -> Budget | None:
     """The budget that prices a pod in showback and holds its per-day cells, of those whose
-    selector matches it and whose resources count some of its GPUs: the one that has covered it
-    the longest, the first by name among those that existed when it started.
+    selector matches it and whose resources count some of its GPUs: the first by name of those
+    created before the pod started, else the one created first after.
 
     One per pod, so the ledgers' cells add up without counting a pod twice, and the same one for
     the pod's whole life when budgets are added: a budget created after the pod started never
-    takes its cells over from one that already held them (docs/metering.md).
+    takes its cells over from one that already held them. Relabelling a running pod, or editing a
+    selector, can still move them (docs/metering.md).
     """
     since = pod.started or pod.created or _EPOCH
     covering = [b for b in budgets if b.selector.matches(pod.labels) and pod.gpus_of(b.resources) > 0]

@@ -493,8 +493,8 @@ def group_key(labels: Mapping[str, str], keys: Sequence[str] = constants.DEFAULT
 
 
 LEDGER_FORMAT = 2
-"""The ledger layout this operator writes: 2 folds ended pods (`folded`, `cells`); 1, written
-without a `format` key, kept a row for every pod of the period. Both are read."""
+"""The ledger layout this operator writes: 2 records it. Ledgers without a `format` key were written
+before it was (rows for every pod of the period, or folded as 2 does); both are read."""
 
 
 class NewerLedgerFormat(ValueError):
@@ -521,9 +521,16 @@ class Ledger:
     folded: frozenset[str] = frozenset()
     """Uids of ended pods whose final charge is in `base`, while they may still be seen."""
     cells: Cells = field(default_factory=dict)
-    """Folded charges by group and day, of the pods this budget is the first to cover."""
+    """Folded charges by group and day, of the pods whose cells this budget holds (`first_covering`)."""
     group_labels: tuple[str, ...] = constants.DEFAULT_GROUP_LABELS
     """The label keys `cells` groups by."""
+    cells_from: datetime | None = None
+    """Where the running pods' cells start: their shares before it are in `cells` already (a
+    period switched to a longer one begins before them). None: the period's start."""
+
+    @property
+    def cells_start(self) -> datetime:
+        return max(self.cells_from, self.period_start) if self.cells_from else self.period_start
 
     @property
     def used_gpu_hours(self) -> float:
@@ -546,6 +553,7 @@ class Ledger:
             "entries": {uid: [round(e.gpu_hours, 6), round(e.cost, 6)] for uid, e in self.entries.items()},
             "folded": sorted(self.folded),
             "groupLabels": list(self.group_labels),
+            **({"cellsFrom": format_time(self.cells_from)} if self.cells_from else {}),
             "cells": {group: {day: list(value) for day, value in sorted(days.items())}
                       for group, days in sorted(self.cells.items())},
             "thresholds": list(self.thresholds),
@@ -593,6 +601,7 @@ class Ledger:
                 for group, days in (data.get("cells") or {}).items()
             },
             group_labels=tuple(data.get("groupLabels") or constants.DEFAULT_GROUP_LABELS),
+            cells_from=parse_time(data.get("cellsFrom")),
         )
 
 
@@ -633,6 +642,8 @@ def add_to_cells(cells: dict[str, dict[str, tuple[float, float]]], group: str, p
     if pod.started is None or gpus <= 0:
         return
     lo, hi = max(pod.started, start), min(pod.end(now) or now, end, now)
+    if hi <= lo:
+        return
     days = cells.setdefault(group, {})
     for day, seconds in days_of(lo, hi):
         hours = gpus * seconds / SECONDS_PER_HOUR
@@ -700,7 +711,7 @@ def meter(
         folded.add(pod.uid)
         group = cell_of(pod) if cell_of is not None else None
         if group is not None:
-            add_to_cells(cells, group, pod, start=ledger.period_start, end=window_end, now=now, price=price,
+            add_to_cells(cells, group, pod, start=ledger.cells_start, end=window_end, now=now, price=price,
                          resources=resources)
     for uid, entry in ledger.entries.items():
         if uid not in entries and uid not in folded:
@@ -745,9 +756,10 @@ def roll_over(
     if cell_of is not None:
         resources = tuple(resources) if resources is not None else None
         for pod in pods:
-            group = cell_of(pod) if pod.uid in ledger.entries else None
+            # Every pod not folded yet: those that started while nobody metered too.
+            group = cell_of(pod) if pod.uid not in ledger.folded else None
             if group is not None:
-                add_to_cells(cells, group, pod, start=ledger.period_start, end=period[0], now=period[0],
+                add_to_cells(cells, group, pod, start=ledger.cells_start, end=period[0], now=period[0],
                              price=price_for(prices, pod.instance_type), resources=resources)
     return Ledger(
         budget_uid=ledger.budget_uid,
@@ -758,6 +770,8 @@ def roll_over(
         folded=ledger.folded,
         cells=cells,
         group_labels=ledger.group_labels,
+        # A period switched to a longer one starts before what the cells hold already.
+        cells_from=ledger.cells_start if ledger.cells_start > period[0] else None,
     )
 
 

@@ -262,9 +262,8 @@ def counted(state: MeteringState, pods: Iterable[PodRecord]) -> list[PodRecord]:
 
 
 async def cells_of(state: MeteringState, budget: Budget) -> Callable[[PodRecord], str | None]:
-    """Which pods' per-day cells `budget`'s ledger holds: those it is the first budget to cover,
-    among every budget listed (at most once per interval), grouped by the team and cost-center
-    labels."""
+    """Which pods' per-day cells `budget`'s ledger holds: those `first_covering` gives it, among
+    every budget listed (at most once per interval), grouped by the team and cost-center labels."""
     if time.monotonic() - state.listed_at >= state.config.metering.interval:
         try:
             state.listed = await state.call(list_budgets, state.api)
@@ -311,12 +310,11 @@ async def tick(state: MeteringState, body: Any, *, logger: logging.Logger | None
             # A rollback to an older operator: recounting from visible pods would overwrite the
             # charges of every pod that ended this period. The budget keeps its last status, and
             # the pods it matches keep their finalizer, until an operator that reads the ledger runs.
-            metrics.METERING_TICKS.labels("refused").inc()
-            logger.error("GPUBudget %s is not metered: its ledger (ConfigMap %s/%s) was %s. It is left "
-                         "untouched; run that Comptroller again, or delete the ConfigMap to restart the "
-                         "period from the pods in the cluster", budget.name, state.config.namespace,
-                         ledger_store.ledger_name(budget.name), error)
-            return None
+            raise NewerLedgerFormat(
+                f"its ledger (ConfigMap {state.config.namespace}/{ledger_store.ledger_name(budget.name)}) "
+                f"was {error}. It is left untouched; run that Comptroller again, or delete the ConfigMap "
+                "to restart the period from the pods in the cluster"
+            ) from None
     previous, resource_version = state.ledgers[budget.name]
 
     now = state.clock()
@@ -592,6 +590,9 @@ async def meter_budget(name: str, body: Any, stopped: kopf.DaemonStopped, memo: 
                     await stopped.wait(1.0)  # conflict: reread and retry soon
                     continue
                 maybe_reconcile_finalizers(state, stopped=stopped)
+            except NewerLedgerFormat as error:  # after a rollback: retried every interval, as errors are
+                logger.error("GPUBudget %s is not metered: %s", name, error)
+                metrics.METERING_TICKS.labels("refused").inc()
             except ValueError as error:
                 logger.error("GPUBudget %s cannot be metered: %s", name, error)
                 metrics.METERING_TICKS.labels("error").inc()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from controller.constants import API_VERSION
 from controller.metering.budgets import Budget, advance, period_bounds, project_status
 from controller.metering.usage import Ledger, PodRecord
 
@@ -233,7 +235,12 @@ def test_a_daily_budget_down_across_days_keeps_the_running_pods_days_in_cells():
         return [PodRecord(uid="long", namespace="ns", name="long", labels=labels, gpus=1,
                           started=utc(2026, 11, 10, 6), finished=end_long),
                 PodRecord(uid="gap", namespace="ns", name="gap", labels=labels, gpus=2,
-                          started=utc(2026, 11, 10, 8), finished=utc(2026, 11, 11, 12))]
+                          started=utc(2026, 11, 10, 8), finished=utc(2026, 11, 11, 12)),
+                # Started while nobody metered: one still runs, one is a finished Job's pod.
+                PodRecord(uid="late", namespace="ns", name="late", labels=labels, gpus=4,
+                          started=utc(2026, 11, 11, 6), finished=end_long),
+                PodRecord(uid="job", namespace="ns", name="job", labels=labels, gpus=8,
+                          started=utc(2026, 11, 11, 18), finished=utc(2026, 11, 12, 6))]
 
     def cell_of(pod: PodRecord) -> str:
         return group_key(pod.labels)
@@ -243,6 +250,77 @@ def test_a_daily_budget_down_across_days_keeps_the_running_pods_days_in_cells():
     ledger, _ = advance(daily, ledger, pods(utc(2026, 11, 13, 18)), now=utc(2026, 11, 13, 19),
                         cell_of=cell_of)
     days = {day: hours for day, (hours, _) in ledger.cells["nlp/cc-1"].items()}
-    assert days == {"2026-11-10": pytest.approx(18 + 2 * 16), "2026-11-11": pytest.approx(24 + 2 * 12),
-                    "2026-11-12": pytest.approx(24), "2026-11-13": pytest.approx(18)}
-    assert ledger.used_gpu_hours == pytest.approx(18)  # today's period only
+    assert days == {"2026-11-10": pytest.approx(18 + 2 * 16),
+                    "2026-11-11": pytest.approx(24 + 2 * 12 + 4 * 18 + 8 * 6),
+                    "2026-11-12": pytest.approx(24 + 4 * 24 + 8 * 6),
+                    "2026-11-13": pytest.approx(18 + 4 * 18)}
+    assert ledger.used_gpu_hours == pytest.approx(18 + 4 * 18)  # today's period only
+
+
+def test_a_period_switched_to_a_longer_one_puts_no_day_in_cells_twice():
+    """Daily to Monthly on Nov 15: the new period starts on Nov 1, but the Daily roll-overs already
+    put Nov 1 to 14 of the running pod in the cells; folding it must add only what follows, and the
+    report counts the running pod from there too."""
+    from controller.metering.usage import group_key
+    from controller.report import build_report
+
+    def body(period: str) -> dict:
+        return {"metadata": {"name": "team-nlp", "uid": "b-1"},
+                "spec": {"selector": {"matchLabels": {"team": "nlp"}}, "gpuHours": 1000, "period": period}}
+
+    labels = {"team": "nlp", "cost_center": "cc-1"}
+
+    def running(until: datetime | None = None) -> list[PodRecord]:
+        return [PodRecord(uid="p", namespace="ns", name="p", labels=labels, gpus=1, started=utc(2026, 11, 1),
+                          finished=until)]
+
+    def cell_of(pod: PodRecord) -> str:
+        return group_key(pod.labels)
+
+    def cells(ledger: Ledger) -> float:
+        return sum(h for days in ledger.cells.values() for h, _ in days.values())
+
+    ledger = None
+    now = utc(2026, 11, 1, 6)
+    while now < utc(2026, 11, 15, 10):
+        ledger, _ = advance(Budget.from_object(body("Daily")), ledger, running(), now=now, cell_of=cell_of)
+        now += timedelta(hours=6)
+    assert ledger is not None and cells(ledger) == pytest.approx(14 * 24)
+    monthly = Budget.from_object(body("Monthly"))
+    ledger, _ = advance(monthly, ledger, running(), now=utc(2026, 11, 15, 12), cell_of=cell_of)
+    assert ledger.cells_start == utc(2026, 11, 15)
+    assert Ledger.from_json(json.loads(json.dumps(ledger.to_json()))) == ledger
+    report = build_report([{**body("Monthly"), "apiVersion": API_VERSION,
+                            "kind": "GPUBudget"}], running(), now=utc(2026, 11, 15, 12),
+                          ledgers={"team-nlp": ledger})
+    assert report["teams"][0]["gpuHours"] == pytest.approx(14 * 24 + 12)
+    ended = running(utc(2026, 11, 16))
+    ledger, _ = advance(monthly, ledger, ended, now=utc(2026, 11, 16, 1), cell_of=cell_of)
+    assert cells(ledger) == pytest.approx(15 * 24)
+    assert ledger.used_gpu_hours == pytest.approx(15 * 24)  # the budget's own total, from Nov 1
+
+
+def test_a_clock_behind_the_last_commit_never_takes_the_ledger_back_a_period():
+    """At a hand-over the new active replica's clock is 7 s behind, across midnight: its tick must
+    not reopen the day the ledger closed, or that day would be closed (and put in cells) twice."""
+    from controller.metering.usage import group_key
+
+    daily = Budget.from_object({
+        "metadata": {"name": "team-nlp", "uid": "b-1"},
+        "spec": {"selector": {"matchLabels": {"team": "nlp"}}, "gpuHours": 1000, "period": "Daily"},
+    })
+    pods = [PodRecord(uid="p", namespace="ns", name="p", labels={"team": "nlp"}, gpus=1,
+                      started=utc(2026, 11, 3))]
+
+    def cell_of(pod: PodRecord) -> str:
+        return group_key(pod.labels)
+
+    ledger, _ = advance(daily, None, pods, now=utc(2026, 11, 3, 12), cell_of=cell_of)
+    ledger, _ = advance(daily, ledger, pods, now=utc(2026, 11, 4, 0, 0, 5), cell_of=cell_of)
+    behind, _ = advance(daily, ledger, pods, now=utc(2026, 11, 3, 23, 59, 58), cell_of=cell_of)
+    assert behind.period_start == utc(2026, 11, 4)
+    assert behind.history == ledger.history and behind.cells == ledger.cells
+    assert behind.used_gpu_hours == pytest.approx(ledger.used_gpu_hours)
+    later, _ = advance(daily, behind, pods, now=utc(2026, 11, 4, 1), cell_of=cell_of)
+    assert later.cells == {"nlp/": {"2026-11-03": (24.0, 0.0)}}
+    assert later.used_gpu_hours == pytest.approx(1.0)

@@ -111,9 +111,13 @@ def test_an_unreadable_ledger_restarts_from_visible_pods(executor):
     assert committed.used_gpu_hours == pytest.approx(1.0)
 
 
-def test_a_ledger_from_a_newer_comptroller_is_neither_metered_nor_overwritten(executor):
+def test_a_ledger_from_a_newer_comptroller_is_neither_metered_nor_overwritten(executor, caplog):
     """After a rollback, an operator that cannot read the ledger's format leaves it, and the pods
-    it matches keep their finalizer: recounting from visible pods would drop what ended."""
+    it matches keep their finalizer: recounting from visible pods would drop what ended. The
+    budget's daemon retries once an interval, not at the pace of a conflict."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
     from controller.operator import metrics
 
     api, clock = FakeApi(), [T0 + timedelta(hours=1)]
@@ -122,13 +126,32 @@ def test_a_ledger_from_a_newer_comptroller_is_neither_metered_nor_overwritten(ex
     run(tick(state_for(api, watch, executor, clock), budget_body()))
     newer = {**api.ledger("team-nlp"), "format": 3, "somethingNew": [1, 2]}
     api.configmaps[ledger_name("team-nlp")]["data"][constants.LEDGER_KEY] = json.dumps(newer)
+    old = state_for(api, watch, executor, clock)
+    old.config = replace(old.config, metering=replace(old.config.metering, interval=30))
+    clock[0] = T0 + timedelta(hours=2)
+
+    class Stopped:  # kopf's DaemonStopped: stops the daemon after its third wait
+        reason = None
+
+        def __init__(self) -> None:
+            self.waits: list[float] = []
+
+        def __bool__(self) -> bool:
+            return len(self.waits) >= 3
+
+        async def wait(self, timeout: float) -> None:
+            self.waits.append(timeout)
+
     refused = metrics.METERING_TICKS.labels("refused")
     before = refused._value.get()
-    old = state_for(api, watch, executor, clock)
-    clock[0] = T0 + timedelta(hours=2)
-    assert run(tick(old, budget_body())) is None
+    stopped = Stopped()
+    run(accounting.meter_budget(name="team-nlp", body=budget_body(), stopped=stopped,
+                                memo=SimpleNamespace(metering=old), logger=accounting.log))
+    assert all(wait > 29 for wait in stopped.waits), stopped.waits
+    assert refused._value.get() == before + 3
+    assert "written in ledger format 3, by a newer Comptroller" in caplog.text
+    assert f"ConfigMap comptroller-system/{ledger_name('team-nlp')}" in caplog.text
     assert api.ledger("team-nlp") == newer
-    assert refused._value.get() == before + 1
     old.listed = [Budget.from_object(budget_body())]
     assert not run(accounting.reconcile_finalizers(old)).release
 
