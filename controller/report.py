@@ -138,9 +138,9 @@ def build_report(
 
     A pod counts for the budget that holds its cells (`first_covering`). Its ledger's cells hold
     the pods that ended (and shares of closed budget periods), by team and day, so finished pods
-    count after they are deleted; the pods in the cluster add what is not folded yet, from the
-    ledger's period start. Pods no budget covers count from the pods alone. Top workloads come
-    from the pods in the cluster.
+    count after they are deleted; the pods in the cluster add what is not folded yet, from where
+    the ledger's cells end (`cells_start`). Pods no budget covers count from the pods alone. Top
+    workloads come from the pods in the cluster.
     """
     budget_objects = list(budgets)
     budget_rows = sorted((_budget_row(b) for b in budget_objects), key=lambda r: r["name"])

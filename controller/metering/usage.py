@@ -521,7 +521,8 @@ class Ledger:
     folded: frozenset[str] = frozenset()
     """Uids of ended pods whose final charge is in `base`, while they may still be seen."""
     cells: Cells = field(default_factory=dict)
-    """Folded charges by group and day, of the pods whose cells this budget holds (`first_covering`)."""
+    """Charges by group and day, of the pods whose cells this budget holds (`first_covering`): of those
+    that ended, and the running ones' shares of closed periods."""
     group_labels: tuple[str, ...] = constants.DEFAULT_GROUP_LABELS
     """The label keys `cells` groups by."""
     cells_from: datetime | None = None

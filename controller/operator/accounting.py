@@ -49,6 +49,7 @@ from controller.metering.usage import (
     NewerLedgerFormat,
     PodRecord,
     count_gpus,
+    format_time,
     group_key,
     needs_finalizer,
     pod_gpu_total,
@@ -318,6 +319,10 @@ async def tick(state: MeteringState, body: Any, *, logger: logging.Logger | None
     previous, resource_version = state.ledgers[budget.name]
 
     now = state.clock()
+    if previous is not None and previous.metered_at and (previous.metered_at - now).total_seconds() > 60:
+        logger.warning("the clock (%s) is behind the last commit of GPUBudget %s's ledger (%s): metering "
+                       "it as of that commit until the clock catches up", format_time(now), budget.name,
+                       format_time(previous.metered_at))
     pods = [p for p in visible_pods(state) if budget.selector.matches(p.labels)]
     await refresh_node_types(state, pods)
     await refresh_claims(state, pods)
@@ -593,6 +598,8 @@ async def meter_budget(name: str, body: Any, stopped: kopf.DaemonStopped, memo: 
             except NewerLedgerFormat as error:  # after a rollback: retried every interval, as errors are
                 logger.error("GPUBudget %s is not metered: %s", name, error)
                 metrics.METERING_TICKS.labels("refused").inc()
+                # New GPU pods still get the finalizer; this budget's pods are held (not committed).
+                maybe_reconcile_finalizers(state, stopped=stopped)
             except ValueError as error:
                 logger.error("GPUBudget %s cannot be metered: %s", name, error)
                 metrics.METERING_TICKS.labels("error").inc()

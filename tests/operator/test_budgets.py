@@ -297,7 +297,8 @@ def test_a_period_switched_to_a_longer_one_puts_no_day_in_cells_twice():
     ended = running(utc(2026, 11, 16))
     ledger, _ = advance(monthly, ledger, ended, now=utc(2026, 11, 16, 1), cell_of=cell_of)
     assert cells(ledger) == pytest.approx(15 * 24)
-    assert ledger.used_gpu_hours == pytest.approx(15 * 24)  # the budget's own total, from Nov 1
+    # The budget's own total: the pods in the cluster from Nov 1 (this one ran throughout).
+    assert ledger.used_gpu_hours == pytest.approx(15 * 24)
 
 
 def test_a_clock_behind_the_last_commit_never_takes_the_ledger_back_a_period():

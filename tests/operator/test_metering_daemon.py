@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -142,17 +143,28 @@ def test_a_ledger_from_a_newer_comptroller_is_neither_metered_nor_overwritten(ex
         async def wait(self, timeout: float) -> None:
             self.waits.append(timeout)
 
+    watch.pods.append(pod("new", 2, T0 + timedelta(hours=1, minutes=30)))  # started during the rollback
+    old.listed = [Budget.from_object(budget_body())]
+    old.listed_at = time.monotonic()
     refused = metrics.METERING_TICKS.labels("refused")
     before = refused._value.get()
     stopped = Stopped()
-    run(accounting.meter_budget(name="team-nlp", body=budget_body(), stopped=stopped,
-                                memo=SimpleNamespace(metering=old), logger=accounting.log))
+
+    async def daemon() -> None:
+        await accounting.meter_budget(name="team-nlp", body=budget_body(), stopped=stopped,
+                                      memo=SimpleNamespace(metering=old), logger=accounting.log)
+        if old.sweep_task is not None:
+            await old.sweep_task
+
+    run(daemon())
     assert all(wait > 29 for wait in stopped.waits), stopped.waits
     assert refused._value.get() == before + 3
+    # The sweep still runs: the new pod is protected by the finalizer, the ended one stays held.
+    finalized = [name for _, name, body, _ in api.patches if "finalizers" in body["metadata"]]
+    assert finalized == ["new"]
     assert "written in ledger format 3, by a newer Comptroller" in caplog.text
     assert f"ConfigMap comptroller-system/{ledger_name('team-nlp')}" in caplog.text
     assert api.ledger("team-nlp") == newer
-    old.listed = [Budget.from_object(budget_body())]
     assert not run(accounting.reconcile_finalizers(old)).release
 
 
