@@ -548,33 +548,41 @@ def test_a_ledger_from_a_newer_comptroller_is_left_as_it_is(metering_cluster, op
     """A rollback past a change of the ledger's layout: this operator cannot read the ledger, so it
     neither meters the budget nor overwrites the ledger (that would drop every pod that ended this
     period), and says why; deleting the ledger, as the README says, restarts the period."""
+    from controller.metering.usage import LEDGER_FORMAT
+
     cluster = metering_cluster
     team = f"newer-{uuid.uuid4().hex[:6]}"
-    cluster.apply([budget(team, team, 1000)])
-    uid = kubectl_json(cluster, "get", "gpubudget", team)["metadata"]["uid"]
     name = f"comptroller-ledger-{team}"
-    newer = {"format": 99, "budgetUID": uid, "somethingNew": {"rows": [[1, 2]]},
-             "period": {"start": "2026-12-01T00:00:00Z", "end": "2027-01-01T00:00:00Z"}}
-    cluster.apply([{"apiVersion": "v1", "kind": "ConfigMap",
-                    "metadata": {"name": name, "namespace": OWN_NAMESPACE},
-                    "data": {"ledger.json": json.dumps(newer)}}])
-    stored = kubectl_json(cluster, "get", "configmap", "-n", OWN_NAMESPACE, name)
-    operator.start()
-    wait_for("two refused ticks", lambda: operator.serving() and operator.ticks("refused") >= 2, timeout=60,
-             operator=operator)
-    now = kubectl_json(cluster, "get", "configmap", "-n", OWN_NAMESPACE, name)
-    assert now["metadata"]["resourceVersion"] == stored["metadata"]["resourceVersion"]
-    assert json.loads(now["data"]["ledger.json"]) == newer
-    assert operator.committed_ticks() == 0
-    assert "written in ledger format 99, by a newer Comptroller" in operator.tail()
-    cluster.kubectl("delete", "configmap", "-n", OWN_NAMESPACE, name)
+    cluster.apply([budget(team, team, 1000)])
+    try:
+        uid = kubectl_json(cluster, "get", "gpubudget", team)["metadata"]["uid"]
+        newer = {"format": 99, "budgetUID": uid, "somethingNew": {"rows": [[1, 2]]},
+                 "period": {"start": "2026-12-01T00:00:00Z", "end": "2027-01-01T00:00:00Z"}}
+        cluster.apply([{"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": name, "namespace": OWN_NAMESPACE},
+                        "data": {"ledger.json": json.dumps(newer)}}])
+        stored = kubectl_json(cluster, "get", "configmap", "-n", OWN_NAMESPACE, name)
+        operator.start()
+        wait_for("two refused ticks", lambda: operator.serving() and operator.ticks("refused") >= 2,
+                 timeout=60, operator=operator)
+        now = kubectl_json(cluster, "get", "configmap", "-n", OWN_NAMESPACE, name)
+        assert now["metadata"]["resourceVersion"] == stored["metadata"]["resourceVersion"]
+        assert json.loads(now["data"]["ledger.json"]) == newer
+        assert "lastMeteredAt" not in budget_status(cluster, team)  # not metered
+        assert "written in ledger format 99, by a newer Comptroller" in operator.tail()
+        cluster.kubectl("delete", "configmap", "-n", OWN_NAMESPACE, name)
 
-    def restarted() -> dict | None:
-        got = cluster.kubectl("get", "configmap", "-n", OWN_NAMESPACE, name, "-o",
-                              "jsonpath={.data.ledger\\.json}", check=False)
-        ledger = json.loads(got.stdout) if got.returncode == 0 and got.stdout else {}
-        return ledger if ledger.get("format") == 2 else None
+        def restarted() -> dict | None:
+            got = cluster.kubectl("get", "configmap", "-n", OWN_NAMESPACE, name, "-o",
+                                  "jsonpath={.data.ledger\\.json}", check=False)
+            ledger = json.loads(got.stdout) if got.returncode == 0 and got.stdout else {}
+            return ledger if ledger.get("format") == LEDGER_FORMAT else None
 
-    assert wait_for("the period restarted", restarted, timeout=30, operator=operator)["budgetUID"] == uid
-    delete_budgets(cluster, team)
-    assert operator.terminate() == 0
+        assert wait_for("the period restarted", restarted, timeout=30, operator=operator)["budgetUID"] == uid
+        assert wait_for("the budget metered", lambda: budget_status(cluster, team).get("lastMeteredAt"),
+                        timeout=30, operator=operator)
+        delete_budgets(cluster, team)
+        assert operator.terminate() == 0
+    finally:
+        cluster.kubectl("delete", "gpubudget", team, "--wait=false", check=False)
+        cluster.kubectl("delete", "configmap", "-n", OWN_NAMESPACE, name, "--wait=false", check=False)
