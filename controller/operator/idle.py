@@ -215,9 +215,13 @@ def suspend_window(
     """The window a suspension is judged on: `idleAfter` before the notice, and all the time since.
 
     A busy moment anywhere in it (which the sweeps in between may have missed: the operator was
-    down, or the burst fell between two sweeps) keeps the workload running.
+    down, or the burst fell between two sweeps) keeps the workload running. The notice's stamp is
+    in whole seconds and the notice was judged within the second after it: the window starts
+    there, never before the stretch the notice itself found covered by data (a window reaching
+    past the first samples would clear the notice and give a new one, with a later suspension).
     """
     start = notice.notified_at or (notice.suspend_at - notify_before if notice.suspend_at else now)
+    start = min(start + timedelta(seconds=1), now)
     return max(idle_after, now - start + idle_after)
 
 

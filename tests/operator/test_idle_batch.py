@@ -20,6 +20,8 @@ from controller.operator.idle import (
     batch_skip_reason,
     effective_action,
     idle_rules,
+    idle_verdict,
+    query_step,
     suspend_window,
     sweep_idle,
 )
@@ -246,14 +248,35 @@ def test_the_suspension_is_judged_on_idle_after_plus_the_whole_notice_period():
     cluster.sweep(T0)
     cluster.sweep(T0 + timedelta(minutes=20))
     _, start, end = prometheus.queries[-1]
-    assert (start, end) == (T0 - timedelta(minutes=30), T0 + timedelta(minutes=20))
+    # From idleAfter before the notice (stamped in whole seconds, so from the end of its second).
+    second = timedelta(seconds=1)
+    assert (start, end) == (T0 - timedelta(minutes=30) + second, T0 + timedelta(minutes=20))
     notice = Notice.of(cluster.annotations("PyTorchJob", "bert"))
     assert suspend_window(
         notice,
         idle_after=timedelta(minutes=30),
         notify_before=timedelta(minutes=15),
         now=T0 + timedelta(hours=1),
-    ) == timedelta(minutes=90)
+    ) == timedelta(minutes=90) - second
+
+
+def test_the_suspension_window_never_starts_before_the_data_the_notice_judged():
+    """Stamps are whole seconds: a notice given at 12:00:04.9, on data from 11:59:56.9 on, reads back
+    as 12:00:04. The window one sweep later must not start before 11:59:57, or it would find the
+    data short, clear the notice and give a new one with a later suspension."""
+    notice = Notice(notified_at=datetime(2026, 11, 10, 12, 0, 4, tzinfo=UTC),
+                    suspend_at=datetime(2026, 11, 10, 12, 0, 12, tzinfo=UTC), suspended_at=None)
+    now = datetime(2026, 11, 10, 12, 0, 5, 900000, tzinfo=UTC)
+    window = suspend_window(notice, idle_after=timedelta(seconds=8), notify_before=timedelta(seconds=8),
+                            now=now)
+    assert now - window == datetime(2026, 11, 10, 11, 59, 57, tzinfo=UTC)
+    # The first sample as late as the notice allowed: 2 steps of slack after 11:59:56.9.
+    first = datetime(2026, 11, 10, 11, 59, 58, 900000, tzinfo=UTC).timestamp()
+    samples = [(first + i, 0.0) for i in range(8)]
+    assert idle_verdict(samples, threshold=5, idle_after=window, now=now, step=query_step(window))
+    from_the_stamp = now - notice.notified_at + timedelta(seconds=8)  # the window before this fix
+    assert not idle_verdict(samples, threshold=5, idle_after=from_the_stamp, now=now,
+                            step=query_step(from_the_stamp))
 
 
 def test_a_busy_job_is_never_suspended_nor_noted():
