@@ -81,6 +81,11 @@ class Budget:
             created=parse_time(metadata.get("creationTimestamp")),
         )
 
+    def draws_on(self, pod: PodRecord) -> bool:
+        """Whether this budget charges `pod`: its selector matches the pod's labels and its
+        resources count some of the pod's GPUs."""
+        return bool(self.selector.matches(pod.labels)) and pod.gpus_of(self.resources) > 0
+
     def percent_used(self, used: float) -> float:
         if self.gpu_hours <= 0:
             return 100.0 if used > 0 else 0.0
@@ -238,7 +243,7 @@ def first_covering(pod: PodRecord, budgets: Iterable[Budget]) -> Budget | None:
     selector, can still move them (docs/metering.md).
     """
     since = pod.started or pod.created or _EPOCH
-    covering = [b for b in budgets if b.selector.matches(pod.labels) and pod.gpus_of(b.resources) > 0]
+    covering = [b for b in budgets if b.draws_on(pod)]
     return min(covering, key=lambda b: (max(b.created or _EPOCH, since), b.name), default=None)
 
 

@@ -69,9 +69,6 @@ def plan_release(
     plan = Plan()
     queueing = [b for b in budgets if b.when_exhausted == "Queue"]
 
-    def draws(budget: Budget, pod: PodRecord) -> bool:
-        return bool(budget.selector.matches(pod.labels)) and pod.gpus_of(budget.resources) > 0
-
     live = [p for p in pods if p.end(now) is None]
     remaining: dict[str, float] = {}
     for budget in queueing:
@@ -80,7 +77,7 @@ def plan_release(
             continue
         if budget.admission == "Projected":
             reserved = sum(
-                worst_case(p, budget, usage[name], now) for p in live if not p.gated and draws(budget, p)
+                worst_case(p, budget, usage[name], now) for p in live if not p.gated and budget.draws_on(p)
             )
             plan.reserved[name] = reserved
             remaining[name] = budget.gpu_hours - usage[name].used - reserved
@@ -99,7 +96,7 @@ def plan_release(
     blocked: set[str] = set()
     for key in sorted(gangs, key=lambda k: place(gangs[k])):
         members = gangs[key]
-        on = [b for b in queueing if any(draws(b, p) for p in members)]
+        on = [b for b in queueing if any(b.draws_on(p) for p in members)]
         if not on:
             plan.release.extend(members)  # nothing queues it any more
             continue
@@ -111,7 +108,7 @@ def plan_release(
                 fits = False
                 continue
             if budget.admission == "Projected":
-                need = sum(worst_case(p, budget, usage[name], now) for p in members if draws(budget, p))
+                need = sum(worst_case(p, budget, usage[name], now) for p in members if budget.draws_on(p))
                 needs[name] = need
                 fits = fits and need <= remaining[name] + EPSILON
             else:

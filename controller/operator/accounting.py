@@ -398,8 +398,7 @@ def plan_finalizers(
     add: list[PodRecord] = []
     release: list[PodRecord] = []
     for pod in pods:
-        # A budget draws on a pod its selector matches and whose resources it counts.
-        matching = [b for b in budgets if b.selector.matches(pod.labels) and pod.gpus_of(b.resources) > 0]
+        matching = [b for b in budgets if b.draws_on(pod)]
         if protect and needs_finalizer(pod, matched=bool(matching), now=now):
             add.append(pod)
         elif pod.finalizer and (
