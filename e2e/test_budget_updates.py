@@ -1,8 +1,9 @@
 """A spent budget on the real control plane: every way a data scientist adds GPUs to a running
 workload is refused, through the same API server paths kubectl uses (a merge patch of the
 Deployment, `kubectl scale` through the scale subresource, a new GPU count or instance type),
-and every way of keeping or shedding GPUs (relabel, rollout restart, scale down) is admitted.
-See docs/crds.md#updates-and-scaling."""
+and every way of keeping or shedding GPUs (relabel, rollout restart, scale down) is admitted. A
+Pod keeps the budget it was created under: `kubectl label` cannot take it out of the budget that
+charges it, nor move it onto a spent one for free. See docs/crds.md#updates-and-scaling."""
 
 from __future__ import annotations
 
@@ -152,3 +153,45 @@ def test_an_hpa_cannot_scale_past_a_spent_budget(stack, cluster, namespace):
         assert replicas("gpu") == "1"
     finally:
         cluster.kubectl("delete", "gpubudget", spent, "--ignore-not-found", check=False)
+
+
+def test_a_pod_keeps_the_budget_it_was_created_under(stack, cluster, namespace):
+    suffix = uuid.uuid4().hex[:6]
+    team, spent_team = f"keep-{suffix}", f"spent-{suffix}"
+    budgets = [team_budget(team, 1000), team_budget(spent_team, 0)]
+    for budget in budgets:
+        assert apply(cluster, budget).returncode == 0
+    try:
+        template = gpu_deployment(namespace, {**COMPLIANT_LABELS, "team": team})["spec"]["template"]
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "train", "namespace": namespace, **template["metadata"]},
+               "spec": template["spec"]}
+        created = apply(cluster, pod)
+        assert created.returncode == 0, created.stderr
+        probe = gpu_deployment(namespace, {**COMPLIANT_LABELS, "team": spent_team}, name="probe")
+        wait_until(lambda: f"team-{spent_team}" in apply(cluster, probe, "--dry-run=server").stderr,
+                   what="the webhook sees both budgets")
+
+        def label(*pairs: str):
+            return cluster.kubectl("label", "pod", "train", "-n", namespace, "--overwrite", *pairs,
+                                   check=False)
+
+        out = label(f"team=scratch-{suffix}")
+        assert out.returncode != 0, out.stdout
+        assert f"would take it out of team-{team}" in out.stderr, out.stderr
+        assert f"team: {team}" in out.stderr, out.stderr  # the labels to keep, to paste
+
+        onto_spent = label(f"team={spent_team}")
+        assert onto_spent.returncode != 0, onto_spent.stdout
+        assert f"GPU budget team-{spent_team} is exhausted" in onto_spent.stderr, onto_spent.stderr
+
+        kept = label("model_id=ranker-v8")
+        assert kept.returncode == 0, kept.stderr
+        now = json.loads(cluster.kubectl("get", "pod", "train", "-n", namespace, "-o", "json").stdout)
+        assert now["metadata"]["labels"]["team"] == team
+    finally:
+        for budget in budgets:
+            cluster.kubectl("delete", "gpubudget", budget["metadata"]["name"], "--ignore-not-found",
+                            check=False)
+        cluster.kubectl("delete", "pod", "train", "-n", namespace, "--ignore-not-found", "--wait=false",
+                        check=False)

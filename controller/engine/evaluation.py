@@ -107,9 +107,17 @@ def evaluate(
         keys = (p.spec.expiry.key for p in matcher.matching() if p.spec.expiry is not None)
         ctx.expiry_key = next((key for key in keys if key != DEFAULT_EXPIRY_KEY), DEFAULT_EXPIRY_KEY)
     gates: dict[str, str] = {}
+    released = update is not None and queueing.claims_released(update)
     for budget in snapshot.budgets:
-        found = budget_rule.validate(budget, view, ctx)
-        if budget.spec.when_exhausted == "Queue" and _covers(budget, view):
+        covers = _covers(budget, view)
+        # What an update brings under a budget (a relabel), or lets go to the scheduler with claims
+        # that may hold other devices than at its creation, is judged as a creation under it.
+        anew = update is not None and covers and (released or not _covers(budget, update.old))
+        found = budget_rule.validate(budget, view, replace(ctx, update=None) if anew else ctx)
+        if update is not None and not covers and view.is_pod and _covers(budget, update.old):
+            if not _finished(view):  # relabelled out of a budget that draws on it
+                found = [budget_rule.left(budget, update)]
+        if budget.spec.when_exhausted == "Queue" and covers:
             if update is not None and queueing.ungated(update):
                 # Taking the gate off is starting the pod: judged as at its creation, so a queued
                 # pod cannot be started past a spent budget by a patch (the operator's releases fit).
@@ -152,6 +160,12 @@ def _covers(budget: Any, view: WorkloadView) -> bool:
     """Whether a budget draws on the workload: it asks for GPUs the budget counts, and its
     effective labels match the budget's selector."""
     return view.gpus(budget.spec.resource_tuple) > 0 and budget.spec.selector.compiled.matches(view.labels())
+
+
+def _finished(view: WorkloadView) -> bool:
+    """A Pod that ended: its GPUs are released and its final charge is the ledger's already."""
+    status = view.manifest.get("status")
+    return isinstance(status, Mapping) and status.get("phase") in ("Succeeded", "Failed")
 
 
 def _validate(policy: Any, view: WorkloadView, ctx: Context) -> list[Violation]:

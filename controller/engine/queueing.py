@@ -41,15 +41,34 @@ class Queued:
     """Why the pod is gated, when mutation must gate it ("" when not)."""
 
 
-def has_gate(pod_spec: Mapping[str, Any]) -> bool:
+def has_gate(pod_spec: Mapping[str, Any], name: str = BUDGET_GATE) -> bool:
+    return name in gate_names(pod_spec)
+
+
+def gate_names(pod_spec: Mapping[str, Any]) -> frozenset[str]:
     gates = pod_spec.get("schedulingGates") or ()
-    return any(isinstance(g, Mapping) and g.get("name") == BUDGET_GATE for g in gates)
+    return frozenset(g["name"] for g in gates if isinstance(g, Mapping) and isinstance(g.get("name"), str))
 
 
 def ungated(update: Any) -> bool:
     """An UPDATE of a pod that takes the budget's gate off (what starts a queued pod)."""
     new, old = update.new, update.old
     return bool(new.is_pod and has_gate(old.templates[0].spec) and not has_gate(new.templates[0].spec))
+
+
+def claims_released(update: Any) -> bool:
+    """An UPDATE that takes any scheduling gate off a pod with ResourceClaims, before it is bound.
+
+    What its claims hold can change while it waits (an unallocated claim deleted and created again
+    with other devices), with no update of the pod to judge: so letting it go to the scheduler is
+    judged as its creation, with the claims as they are now."""
+    new = update.new
+    if not new.is_pod or new.manifest.get("spec", {}).get("nodeName"):
+        return False
+    spec = new.templates[0].spec
+    if not spec.get("resourceClaims"):
+        return False
+    return bool(gate_names(update.old.templates[0].spec) - gate_names(spec))
 
 
 def judge(budget: Any, view: Any, operation: str, found: list[Violation], *, mutate: bool) -> Queued:

@@ -15,7 +15,9 @@ only for what the update itself breaks (see docs/crds.md#updates-and-scaling):
   policy existed can still be updated, scaled down, or fixed one field at a time.
 
 Budgets are never grandfathered: they are judged on the increase only (`added_gpus`,
-`extra_gpu_hours`), so a relabel or a restart is never hit by a spent budget.
+`extra_gpu_hours`), so a restart, or a relabel within the same budgets, is never hit by a spent
+budget. Labels choose the budget: what a relabel moves is judged by the budget rule
+(controller.engine.rules.budget).
 """
 
 from __future__ import annotations

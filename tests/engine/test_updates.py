@@ -249,3 +249,64 @@ def test_scaled_sets_the_scale_path_and_leaves_the_original_alone(manifest, path
 def test_kinds_without_a_scale_subresource_are_not_scaled():
     assert scaled({"apiVersion": "batch/v1", "kind": "Job", "spec": {}}, 3) is None
     assert scaled({"apiVersion": "v1", "kind": "ConfigMap"}, 3) is None
+
+
+# -- labels choose the budget --------------------------------------------------------------------
+
+
+def nlp_pod(labels=TEAM, **kw):
+    from engine_cases import pod
+
+    return pod(labels, gpus=8, node_selector={TYPE_KEY: "p4d.24xlarge"}, **kw)
+
+
+def test_relabelling_a_pod_out_of_the_budget_that_charges_it_is_denied_with_the_labels_to_keep():
+    """A running pod relabelled out of every budget would be charged no more (its ledger entry is
+    frozen at the relabel): a budget that a `kubectl label` ends is no budget. The denial says
+    which labels to keep, whatever is left in the budget."""
+    old, new = nlp_pod(), nlp_pod({**TEAM, "team": "scratch"})
+    for budget_item in (spent(), budget("team-nlp", used=0, selector={"matchLabels": {"team": "nlp"}},
+                                        gpuHours=500, period="Monthly")):
+        decision = judge(new, old, budget_item)
+        assert not decision.allowed
+        (violation,) = decision.violations
+        assert violation.policy == "team-nlp" and "team=nlp" in violation.message
+        assert "team: nlp" in violation.fix
+
+
+def test_a_relabel_that_keeps_the_pod_under_its_budget_or_of_a_finished_pod_is_admitted():
+    old = nlp_pod()
+    assert judge(nlp_pod({**TEAM, "project": "bert"}), old, spent()).allowed
+    finished = nlp_pod({**TEAM, "team": "scratch"})
+    finished["status"] = {"phase": "Succeeded"}
+    assert judge(finished, old, spent()).allowed
+
+
+def test_relabelling_a_pod_into_a_spent_budget_is_judged_as_its_creation_there():
+    """Moving a pod's team onto a spent budget adds all its GPUs to that budget: before, `added_gpus`
+    compared GPUs only, so the move was free."""
+    old, new = nlp_pod({**TEAM, "team": "vision"}), nlp_pod()
+    decision = judge(new, old, spent())
+    assert not decision.allowed and [v.policy for v in decision.violations] == ["team-nlp"]
+    # a Deployment's template relabelled onto the spent budget: its pods would all be new there
+    assert not judge(running(), running(labels={**TEAM, "team": "vision"}), spent()).allowed
+
+
+def test_taking_a_foreign_gate_off_a_pod_with_claims_judges_the_claims_as_they_are_now():
+    """An unallocated ResourceClaim can be deleted and created again with other devices while the
+    pod waits behind its own gate: taking the gate off is judged as the pod's creation."""
+    from engine_cases import pod
+
+    def claiming(gates=(), node=""):
+        manifest = pod(TEAM, gpus=0)
+        manifest["spec"]["resourceClaims"] = [{"name": "r", "resourceClaimName": "c"}]
+        if gates:
+            manifest["spec"]["schedulingGates"] = [{"name": g} for g in gates]
+        if node:
+            manifest["spec"]["nodeName"] = node
+        return manifest
+
+    old, new = claiming(["example.com/hold"]), claiming()
+    assert not judge(new, old, spent()).allowed  # the claim is unresolved here: 1 GPU at least
+    assert judge(claiming(["example.com/hold"]), old, spent()).allowed  # the gate kept: nothing new
+    assert judge(claiming(node="n1"), claiming(node="n1"), spent()).allowed

@@ -8,8 +8,10 @@ period's budget), or until the period ends when it has no `expires_at`.
 
 At UPDATE, when the caller passes the old object, only what the update adds is judged: more GPUs
 (a template whose instance type changed counts in full), and under `Projected` the extra hours a
-later `expires_at` gives the GPUs it keeps. Relabelling, restarting or scaling down a running
-workload never hits the budget (controller.engine.update).
+later `expires_at` gives the GPUs it keeps. Restarting or scaling down a running workload never
+hits the budget (controller.engine.update). Labels choose the budget, so a relabel is judged for
+what it moves: into a budget, as a creation under it; a Pod out of a budget that draws on it, not
+at all (`left`): the budget would stop charging it.
 """
 
 from __future__ import annotations
@@ -147,3 +149,23 @@ def _duration(delta: timedelta) -> str:
     hours, minutes = divmod(minutes, 60)
     parts = [f"{n}{unit}" for n, unit in ((days, "d"), (hours, "h"), (minutes, "m")) if n]
     return "".join(parts) or "under a minute"
+
+
+def left(budget: Any, update: Any) -> Violation:
+    """A Pod relabelled out of a budget that draws on it: the budget's ledger would stop charging
+    its GPUs from then on, and no budget may be left that way. The fix puts back the labels the
+    update changed or removed."""
+    old, new = update.old.labels(), update.new.labels()
+    kept = {key: value for key, value in old.items() if new.get(key) != value}
+    changed = ", ".join(f"{key}={value}" for key, value in sorted(kept.items())) or "its labels"
+    note = f"keep {changed}: the pod stays charged to {budget.name} until it ends"
+    return Violation(
+        policy=budget.name,
+        rule="budget",
+        key=budget.name,
+        message=f"GPU budget {budget.name} charges this pod's GPUs; this update changes {changed}, "
+        f"which would take it out of {budget.name} while it holds them. A pod keeps the budget it "
+        "was created under: to move the work, delete the pod and create it with the new labels",
+        summary=f"relabelling would take the pod out of {budget.name}",
+        **fix_fields([(("metadata", "labels"), kept)], note=note) if kept else {"fix": f"# {note}"},
+    )
