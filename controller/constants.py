@@ -44,6 +44,8 @@ QUEUED_ANNOTATION = f"{GROUP}/queued"
 """On a gated pod: `<budget>: <why it waits>`, written by the mutating webhook."""
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 """A workload Kueue admits: Kueue's own suspend stays in charge; Comptroller never gates it."""
+KUEUE_GATE = "kueue.x-k8s.io/admission"
+"""The scheduling gate Kueue's webhook puts on the plain pods it manages."""
 REASON_QUEUED = "BudgetQueued"
 REASON_RELEASED = "BudgetReleased"
 

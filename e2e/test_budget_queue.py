@@ -6,7 +6,8 @@ real control plane: the session's webhook gates pods at creation, the real sched
   within 30 s and it runs;
 - a 4-pod Job (a gang) under `Projected` is released whole or not at all;
 - priorities order the queue;
-- the operator killed while pods wait: after its restart every pod is released once;
+- the operator killed while pods wait: a user taking the gate off by hand is refused, and after
+  its restart every pod is released once;
 - 20 submissions at once under `Projected`: the operator releases exactly what the budget can
   pay for, however the webhook replicas interleaved them (no overshoot).
 """
@@ -195,6 +196,13 @@ def test_pods_queued_while_the_operator_is_down_are_released_once_after_it_resta
     try:
         assert apply(cluster, queue_budget(team, 100)).returncode == 0
         assert all(gated(p) for p in pods_of(cluster, namespace, "waits")), "nobody releases while it is down"
+        # The budget has room now, but the gate is the operator's to take off, in turn: not the user's.
+        first = pods_of(cluster, namespace, "waits")[0]["metadata"]["name"]
+        by_hand = cluster.kubectl("patch", "pod", first, "-n", namespace, "--type=json", "-p",
+                                  '[{"op": "remove", "path": "/spec/schedulingGates"}]', check=False)
+        assert by_hand.returncode != 0, by_hand.stdout
+        assert "taken off by Comptroller's operator" in by_hand.stderr, by_hand.stderr
+        assert all(gated(p) for p in pods_of(cluster, namespace, "waits"))
     finally:
         stack.start_operator()
     wait_until(lambda: not any(gated(p) for p in pods_of(cluster, namespace, "waits")), timeout=60,

@@ -48,6 +48,7 @@ def evaluate(
     operation: str = "CREATE",
     namespace: str | None = None,
     old_object: Mapping[str, Any] | None = None,
+    gate_owner: bool = True,
 ) -> Decision:
     """Judge one workload.
 
@@ -56,6 +57,8 @@ def evaluate(
     `old_object`, at UPDATE, is the object before it: what it already violated is only warned
     about unless the update adds to its cost, and budgets judge only the increase
     (`controller.engine.update`).
+    `gate_owner`: whether the request comes from whoever releases pods a queueing budget gated
+    (Comptroller's operator); taking that gate off is denied to anyone else (docs/queueing.md).
     Objects that are not a supported workload kind, in an excluded namespace, or operations other
     than CREATE and UPDATE are allowed with an empty decision.
     """
@@ -119,9 +122,13 @@ def evaluate(
                 found = [budget_rule.left(budget, update)]
         if budget.spec.when_exhausted == "Queue" and covers:
             if update is not None and queueing.ungated(update):
-                # Taking the gate off is starting the pod: judged as at its creation, so a queued
-                # pod cannot be started past a spent budget by a patch (the operator's releases fit).
-                found = budget_rule.validate(budget, view, replace(ctx, update=None))
+                # Taking the gate off is starting the pod: the operator's to do, judged as at its
+                # creation, so a queued pod cannot be started past a spent budget by a patch.
+                found = (
+                    budget_rule.validate(budget, view, replace(ctx, update=None))
+                    if gate_owner
+                    else [queueing.self_released(budget)]
+                )
             queued = queueing.judge(budget, view, operation, found, mutate=mutate)
             found = queued.deny
             if queued.gate and not _waived(exceptions, budget.name, "budget"):

@@ -78,10 +78,12 @@ def joint_fix(
     namespace: str | None = None,
     operation: str = "CREATE",
     old_object: Mapping[str, Any] | None = None,
+    gate_owner: bool = True,
 ) -> JointFix:
     """The fix for the whole decision on `manifest`, judged as `evaluate` judges it (mutation first)."""
     judge = _Judge(
-        manifest, snapshot=snapshot, now=now, namespace=namespace, operation=operation, old=old_object
+        manifest, snapshot=snapshot, now=now, namespace=namespace, operation=operation, old=old_object,
+        gate_owner=gate_owner,
     )
     best = judge.converge({})
     if not (best.admitted and not _overwritten(manifest, best.edits)):
@@ -139,6 +141,7 @@ class _Judge:
             namespace=how["namespace"],
             operation=how["operation"],
             old_object=how["old"],
+            gate_owner=how["gate_owner"],
         )
 
     def converge(self, start: dict[Path, Edit]) -> JointFix:

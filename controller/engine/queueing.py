@@ -13,10 +13,14 @@ pods:
 - a controller or an ML job (its pods queue when they are created), an UPDATE or a scale-up is
   admitted, with a warning saying its pods will wait;
 - a workload Kueue admits (`kueue.x-k8s.io/queue-name`) is never gated: Kueue's suspend stays in
-  charge of when it runs, and the budget's verdict comes as a warning;
+  charge of when it runs, and the budget's verdict comes as a warning. The label is only a claim a
+  user writes: the validating webhook takes a Pod as Kueue's only when Kueue gated it too
+  (`kueue.x-k8s.io/admission`), and judges any other as under `Deny`;
 - the validating webhook, which sees the pod after mutation, admits a gated pod with a warning
   saying why it waits; a pod the mutating webhook did not gate (it was down, with
-  `failurePolicy: Ignore`) is judged as under `Deny`, so a budget is never bypassed.
+  `failurePolicy: Ignore`) is judged as under `Deny`, so a budget is never bypassed;
+- the gate is the operator's to take off: the webhook tells the engine whether the request
+  comes from it (`gate_owner`), and a pod anyone else ungates is denied, whatever remains.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from controller.constants import BUDGET_GATE, KUEUE_QUEUE_LABEL, QUEUED_ANNOTATION
+from controller.constants import BUDGET_GATE, KUEUE_GATE, KUEUE_QUEUE_LABEL, QUEUED_ANNOTATION
 from controller.engine.api import Violation
 
 
@@ -71,12 +75,36 @@ def claims_released(update: Any) -> bool:
     return bool(gate_names(update.old.templates[0].spec) - gate_names(spec))
 
 
+def self_released(budget: Any) -> Violation:
+    """A pod whose budget gate someone other than the operator took off."""
+    return Violation(
+        policy=budget.name,
+        rule="budget",
+        key=budget.name,
+        message=f"GPU budget {budget.name} queues this pod: its scheduling gate {BUDGET_GATE} is taken "
+        "off by Comptroller's operator when the budget can pay for it, in turn with the pods "
+        "queued before it, not by hand",
+        summary=f"only Comptroller's operator releases pods queued by {budget.name}",
+        fix=f"# nothing to change: leave {BUDGET_GATE} on the pod; `kubectl describe pod` shows why "
+        "it waits (a larger gpuHours or a FinOpsException releases it sooner)",
+    )
+
+
+def kueue_managed(view: Any, *, mutate: bool) -> bool:
+    """Whether Kueue decides when the workload runs. A pod's label is only believed by the
+    validating webhook when Kueue's own gate is on it too (Kueue's webhook adds it at creation,
+    after ours mutated); a controller's pods are judged again when they are created."""
+    if KUEUE_QUEUE_LABEL not in view.labels() and KUEUE_QUEUE_LABEL not in view.meta_labels:
+        return False
+    return mutate or not view.is_pod or has_gate(view.templates[0].spec, KUEUE_GATE)
+
+
 def judge(budget: Any, view: Any, operation: str, found: list[Violation], *, mutate: bool) -> Queued:
     """A queueing budget's verdict on a workload it covers, given what it would deny (`found`)."""
     spec = budget.spec
     projected = spec.admission == "Projected"
     waiting = found[0].summary if found else "it fits in what remains (pods are released in order)"
-    if KUEUE_QUEUE_LABEL in view.labels() or KUEUE_QUEUE_LABEL in view.meta_labels:
+    if kueue_managed(view, mutate=mutate):
         return Queued([], [_note(budget, f"Kueue admits this workload; for {budget.name}: {waiting}")]
                       if found else [])
     if view.is_pod and operation == "UPDATE" and found:

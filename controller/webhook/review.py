@@ -83,6 +83,8 @@ class AdmissionRequest:
     """`(group, version, plural)` of the resource requested (`request.resource`)."""
     sub_resource: str = ""
     """`scale`, `status`, ... when a subresource was requested."""
+    username: str = ""
+    """`userInfo.username`: who asked (the API server authenticated them)."""
 
 
 def parse_review(body: bytes) -> AdmissionRequest:
@@ -113,7 +115,13 @@ def parse_review(body: bytes) -> AdmissionRequest:
         if resource
         else ("", "", ""),
         sub_resource=request.get("subResource", ""),
+        username=_username(request.get("userInfo")),
     )
+
+
+def _username(user: Any) -> str:
+    name = user.get("username") if type(user) is dict else None
+    return name if type(name) is str else ""
 
 
 _OPERATIONS = frozenset(("CREATE", "UPDATE", "DELETE", "CONNECT"))

@@ -60,6 +60,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="how often to check the certificate files for rotation (default: %(default)s)",
     )
+    parser.add_argument(
+        "--queue-releaser",
+        action="append",
+        metavar="USERNAME",
+        help="who may take a queueing GPUBudget's gate off a pod, as the API server names them (repeat "
+        "for several; default: system:serviceaccount:NAMESPACE:comptroller-operator)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default: %(default)s)")
     parser.add_argument(
         "--log-level", default="info", choices=("debug", "info", "warning", "error"), help="(default: info)"
@@ -72,7 +79,11 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    settings = WebhookSettings(namespace=args.namespace, failure_mode=args.failure_mode)
+    settings = WebhookSettings(
+        namespace=args.namespace,
+        failure_mode=args.failure_mode,
+        queue_releasers=frozenset(args.queue_releaser) if args.queue_releaser else None,
+    )
     for path in (args.cert_file, args.key_file):
         if not path.is_file():
             print(f"comptroller webhook: {path}: no such file", file=sys.stderr)

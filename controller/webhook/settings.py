@@ -10,6 +10,8 @@ from controller.constants import ALWAYS_EXCLUDED_NAMESPACES
 FailureMode = Literal["ignore", "deny"]
 
 DEFAULT_NAMESPACE = "comptroller-system"
+DEFAULT_OPERATOR_SERVICE_ACCOUNT = "comptroller-operator"
+"""The operator's ServiceAccount under the chart's default release name."""
 # An UPDATE's review carries the object twice (object and oldObject), and JSON can spend 6 bytes on
 # one stored byte (the API server writes `<`, `>`, `&` and control characters as \u00XX): a
 # 400 KB Deployment with markup in an env value is a 4.8 MB review. A limit below what the API
@@ -31,6 +33,16 @@ class WebhookSettings:
 
     extra_excluded_namespaces: frozenset[str] = field(default_factory=frozenset)
     """Namespaces excluded besides kube-system and `namespace`."""
+
+    queue_releasers: frozenset[str] | None = None
+    """Users who may take a queueing budget's gate off a pod (`--queue-releaser`); None: the
+    operator's ServiceAccount as the chart names it, in `namespace`."""
+
+    def releases_queue(self, username: str) -> bool:
+        """Whether `username` may take the budget gate off a pod (docs/queueing.md)."""
+        if self.queue_releasers is None:
+            return username == f"system:serviceaccount:{self.namespace}:{DEFAULT_OPERATOR_SERVICE_ACCOUNT}"
+        return username in self.queue_releasers
 
     @property
     def excluded_namespaces(self) -> frozenset[str]:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from controller.constants import BUDGET_GATE, KUEUE_QUEUE_LABEL, QUEUED_ANNOTATION
+from controller.constants import BUDGET_GATE, KUEUE_GATE, KUEUE_QUEUE_LABEL, QUEUED_ANNOTATION
 from controller.engine import evaluate
 from controller.engine.mutation_scope import mutation_condition
 from tests.engine.engine_cases import (
@@ -242,10 +242,16 @@ def test_a_scale_up_under_a_spent_queueing_budget_is_admitted_with_a_warning():
     assert ["pods will wait" in w.message for w in decision.warnings] == [True]
 
 
+def kueue_gated(manifest):
+    out = copy.deepcopy(manifest)
+    out["spec"]["schedulingGates"] = [{"name": KUEUE_GATE}]
+    return out
+
+
 @pytest.mark.parametrize(
     "workload",
     [
-        pod({**NLP, KUEUE_QUEUE_LABEL: "team-q"}, gpus=1),
+        kueue_gated(pod({**NLP, KUEUE_QUEUE_LABEL: "team-q"}, gpus=1)),
         job(NLP, gpus=1, meta_labels={KUEUE_QUEUE_LABEL: "team-q"}),
     ],
     ids=["Pod", "Job"],
@@ -255,6 +261,25 @@ def test_a_workload_kueue_admits_is_never_gated_and_only_warned(workload):
         assert decision.allowed and not decision.violations and not gate_ops(decision)
         (warning,) = decision.warnings
         assert warning.enforcement == "Warn" and "Kueue" in warning.message
+
+
+def test_a_pod_that_only_claims_kueue_is_gated_and_judged_as_any_other():
+    """The label alone is something anyone writes: without Kueue's own gate on the pod (Kueue not
+    installed, or not managing it), the validating webhook judges it as under Deny."""
+    workload = pod({**NLP, KUEUE_QUEUE_LABEL: "does-not-exist"}, gpus=8)
+    decision = validate(workload, nlp_budget())
+    assert not decision.allowed and [v.policy for v in decision.violations] == ["team-nlp"]
+    # Our mutating webhook runs before Kueue's adds its gate: it believes the label, and the
+    # validating webhook, which sees Kueue's gate, takes the pod as Kueue's.
+    assert gate_ops(mutate(workload, nlp_budget())) == []
+    assert validate(kueue_gated(workload), nlp_budget()).allowed
+
+
+def test_adding_the_kueue_label_while_taking_the_budget_gate_off_is_denied():
+    old = gated(pod(NLP, gpus=8))
+    new = pod({**NLP, KUEUE_QUEUE_LABEL: "team-q"}, gpus=8)
+    decision = validate(new, nlp_budget(), operation="UPDATE", old=old)
+    assert not decision.allowed and [v.policy for v in decision.violations] == ["team-nlp"]
 
 
 def test_a_kueue_workload_with_room_is_not_even_warned():

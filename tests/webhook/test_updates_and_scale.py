@@ -144,3 +144,45 @@ def test_scale_in_an_excluded_namespace_is_never_read():
 def test_malformed_scale_review_is_a_400():
     client = make_client(ML_PLATFORM, fetch_workload=Workloads())
     assert client.post("/scale", content=b"{").status_code == 400
+
+
+# -- who takes a queueing budget's gate off ---------------------------------------------------------
+
+OPERATOR = "system:serviceaccount:comptroller-system:comptroller-operator"
+
+
+def queueing(used):
+    budget = copy.deepcopy(SPENT)
+    budget["spec"].update(whenExhausted="Queue", admission="Projected", gpuHours=100_000)
+    budget["status"]["usedGPUHours"] = used
+    return budget
+
+
+@pytest.mark.parametrize(
+    ("username", "settings", "allowed"),
+    [
+        (OPERATOR, None, True),
+        ("data-scientist", None, False),
+        ("system:serviceaccount:other:comptroller-operator", None, False),
+        ("releaser", frozenset({"releaser"}), True),
+        (OPERATOR, frozenset({"releaser"}), False),
+    ],
+)
+def test_only_the_operator_takes_the_budget_gate_off_even_with_room(username, settings, allowed):
+    """Under Projected, the operator releases queued pods in turn against what remains after the
+    reservations of those it released before; a user taking the gate off themselves would skip
+    that, so it is denied even when the hours look free."""
+    from webhook_fixtures import pod
+
+    from controller.constants import BUDGET_GATE
+    from controller.webhook.settings import WebhookSettings
+
+    old = pod(labels=GOOD_LABELS)
+    old["spec"]["schedulingGates"] = [{"name": BUDGET_GATE}]
+    body = review(pod(labels=GOOD_LABELS), operation="UPDATE", old=old)
+    body["request"]["userInfo"] = {"username": username}
+    client = make_client(ML_PLATFORM, queueing(used=0), settings=WebhookSettings(queue_releasers=settings))
+    response = _response(client.post("/validate", json=body))
+    assert response["allowed"] is allowed, response
+    if not allowed:
+        assert "operator" in response["status"]["message"]
