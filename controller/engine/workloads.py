@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal, DecimalException
+from decimal import Decimal, DecimalException, localcontext
 from typing import Any, TypeGuard
 
 Pointer = str
@@ -390,20 +390,25 @@ def effective_labels(manifest: Mapping[str, Any], kinds: KindRegistry | None = N
 
 
 _SUFFIXES = {
-    "": 1,
-    "k": 10**3,
-    "M": 10**6,
-    "G": 10**9,
-    "T": 10**12,
-    "P": 10**15,
-    "E": 10**18,
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-    "Pi": 2**50,
-    "Ei": 2**60,
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "k": Decimal(10**3),
+    "M": Decimal(10**6),
+    "G": Decimal(10**9),
+    "T": Decimal(10**12),
+    "P": Decimal(10**15),
+    "E": Decimal(10**18),
+    "Ki": Decimal(2**10),
+    "Mi": Decimal(2**20),
+    "Gi": Decimal(2**30),
+    "Ti": Decimal(2**40),
+    "Pi": Decimal(2**50),
+    "Ei": Decimal(2**60),
 }
+"""Every suffix of the Kubernetes quantity grammar but its decimal exponent (`1e3`, `1E3`), which
+Decimal reads itself. A suffix it does not know would make the count junk, 0: `8000000000n` GPUs
+are 8, not none."""
 
 
 _MAX_QUANTITY = 2**63 - 1  # the API server stores a quantity in an int64; anything larger is junk
@@ -436,17 +441,18 @@ def _odd_quantity(value: Any) -> int:
         return 0
     text = value.strip()
     scale = Decimal(1)
-    if text.endswith("m"):
-        text, scale = text[:-1], Decimal("0.001")
-    else:
-        for suffix in ("Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "k", "M", "G", "T", "P", "E"):
-            if text.endswith(suffix):
-                text, scale = text[: -len(suffix)], Decimal(_SUFFIXES[suffix])
-                break
+    for suffix in _SUFFIXES:
+        if text.endswith(suffix):
+            text, scale = text[: -len(suffix)], _SUFFIXES[suffix]
+            break
     try:
         number = Decimal(text)
-        if scale != 1:  # multiplying rounds to the context's 28 digits: only when there is a suffix
-            number *= scale
+        if scale != 1 and number.is_finite():
+            # Exactly: the context's 28 digits would round `1000.0000000000000000000000000001m` down
+            # to 1 where the count is 2. Digits enough for both factors make the product exact.
+            with localcontext() as exact:
+                exact.prec = len(number.as_tuple().digits) + 20
+                number *= scale
     except DecimalException:  # not a number, or beyond even Decimal's range ("1e999999E")
         return 0
     # NaN, infinities and anything past int64 are junk; checked before ceil() builds a huge int.

@@ -94,6 +94,23 @@ def test_pod_units_sums_every_configured_resource():
         ("sNaN", 0),
         # Without a suffix, exact: no rounding to Decimal's 28 digits.
         ("1.0000000000000000000000000001", 2),
+        # Every suffix of the grammar (a CRD's int-or-string keeps what the user wrote): nano and
+        # micro too, exactly and rounded up, with a suffix as without.
+        ("8000000000n", 8),
+        ("1000000u", 1),
+        ("1n", 1),
+        ("1500000001n", 2),
+        ("1500001u", 2),
+        ("0n", 0),
+        ("1000.0000000000000000000000000001m", 2),
+        ("9223372036854775807000000000n", 2**63 - 1),
+        ("9223372036854775808000000000n", 0),
+        ("1Ki", 1024),
+        ("1E", 10**18),
+        # The decimal exponent, either case.
+        ("1e3", 1000),
+        ("1E3", 1000),
+        ("1.5E3", 1500),
     ],
 )
 def test_quantity(value, expected):
