@@ -13,8 +13,9 @@ A whole GPU is 1. Everything else is a share of one, worked out here and only he
 - KAI Scheduler / Run:ai fractions (pod annotations `gpu-fraction`, `gpu-memory`);
 - Dynamic Resource Allocation: each of the pod's `resourceClaims`, resolved to its
   ResourceClaimTemplate or ResourceClaim, counts its requests' devices by DeviceClass (a MIG
-  device by the profile its selector names); a claim that cannot be resolved counts as one GPU,
-  with a note, never as zero.
+  device by the one profile its selectors pin, else as a whole GPU; of `firstAvailable`, the
+  alternative worth the most, since the scheduler may give any); a claim that cannot be resolved
+  counts as one GPU, with a note, never as zero.
 
 What depends on the node (which product, how many replicas, how much memory) is read from the
 node's labels when it is known (metering), else from the labels the pod pins with its own
@@ -641,53 +642,186 @@ def claim_gpus(
 ) -> dict[str, float]:
     """GPU-equivalents a claim's `devices` ({requests: [...]}) asks for, by DeviceClass name.
 
-    `exactly` (resource.k8s.io/v1) or the request itself (v1beta1) names the class; of
-    `firstAvailable` the first alternative counts (the one preferred; the others are what the
-    user accepts instead). Classes the table does not list are not accelerators (a NIC)."""
+    `exactly` (resource.k8s.io/v1) or the request itself (v1beta1) names the class. Of
+    `firstAvailable` the alternative worth the most counts: the scheduler takes the first it can
+    satisfy, which may be any of them (a first one that matches nothing, or a class that is no
+    accelerator, only leads it to the next). Classes the table does not list are not accelerators
+    (a NIC)."""
     out: dict[str, float] = {}
     for request in devices.get("requests") or ():
         if not isinstance(request, Mapping):
             continue
-        asked = request.get("exactly") or request
         alternatives = request.get("firstAvailable")
-        if isinstance(alternatives, list) and alternatives and isinstance(alternatives[0], Mapping):
-            asked = alternatives[0]
-        class_name = str(asked.get("deviceClassName") or "")
-        device_class = table.device_classes.get(class_name)
-        if device_class is None:
-            continue
-        if asked.get("allocationMode") == "All":
-            count = device_class.all_devices
-            if notes is not None:
+        if not isinstance(alternatives, list):
+            alternatives = []
+        options = [a for a in alternatives if isinstance(a, Mapping)]
+        if not options:
+            exactly = request.get("exactly")
+            options = [exactly if isinstance(exactly, Mapping) and exactly else request]
+        counted = [_asked_gpus(asked, table, where) for asked in options]
+        best = max(range(len(counted)), key=lambda i: counted[i][1])  # the first of equals
+        class_name, value, said = counted[best]
+        if notes is not None:
+            notes.extend(said)
+            if value > counted[0][1]:
                 notes.append(
-                    f"{where} asks for all {class_name} devices: counted as {count} until allocated"
+                    f"{where} request {request.get('name')} may be given any of its firstAvailable "
+                    f"alternatives: counted as the largest, {options[best].get('name')} ({value:g}), "
+                    "until allocated"
                 )
-        else:
-            count = quantity(asked.get("count", 1)) if asked.get("count") is not None else 1
-        value = count * device_equivalents(device_class, _selected_profile(asked), table)
         if value > 0:
             out[class_name] = out.get(class_name, 0.0) + value
     return out
 
 
+def _asked_gpus(asked: Mapping[str, Any], table: Equivalence, where: str) -> tuple[str, float, list[str]]:
+    """One request (or one `firstAvailable` alternative): its DeviceClass, what it is worth, and the
+    notes counting it would give."""
+    class_name = str(asked.get("deviceClassName") or "")
+    device_class = table.device_classes.get(class_name)
+    if device_class is None:
+        return class_name, 0.0, []
+    said: list[str] = []
+    if asked.get("allocationMode") == "All":
+        count = device_class.all_devices
+        said.append(f"{where} asks for all {class_name} devices: counted as {count} until allocated")
+    else:
+        count = quantity(asked.get("count", 1)) if asked.get("count") is not None else 1
+    profile = _selected_profile(asked) if device_class.mig else ""
+    if device_class.mig and not profile and _named_profiles(asked):
+        said.append(
+            f"{where} does not select its {class_name} devices by one MIG profile alone: counted as "
+            "whole GPUs until allocated"
+        )
+    return class_name, count * device_equivalents(device_class, profile, table), said
+
+
 def device_equivalents(
     device_class: DeviceClassEquivalent, profile: str, table: Equivalence, node: NodeFacts = NO_NODE
 ) -> float:
-    """One device of a class; a MIG device by its profile (unknown profile: the whole GPU)."""
+    """One device of a class; a MIG device by its profile (unknown profile, or one worth nothing:
+    the whole GPU, never 0 for a slice of one)."""
     if device_class.mig:
-        return table.mig_share(profile, node) * device_class.equivalents if profile else 1.0
+        share = table.mig_share(profile, node) if profile else 0.0
+        return share * device_class.equivalents if share > 0 else 1.0
     return device_class.equivalents
 
 
+_PROFILE_ATTRIBUTE = re.compile(
+    r"""device\s*\.\s*attributes\s*\[\s*(['"])[\w.\-/]+\1\s*\]\s*(?:\.\s*profile|\[\s*(['"])profile\2\s*\])"""
+)
+_STRING_LITERAL = re.compile(r"""(['"])([^'"]*)\1""")
+_PROFILE_LITERAL = re.compile(r"([1-9]\d*)g\.([1-9]\d*)gb(?:\+[\w.+]*)?")
+
+
 def _selected_profile(request: Mapping[str, Any]) -> str:
-    """A MIG profile literal a request's CEL selectors name (`... .profile == '1g.10gb'`)."""
+    """The MIG profile a request's CEL selectors pin its devices to (`... .profile == '1g.10gb'`),
+    or `` when they pin none for sure: the devices then count as whole GPUs.
+
+    Only an equality on the `profile` attribute that every selected device must meet (a term of a
+    selector's top-level `&&`; selectors all hold) pins one, and only when no other profile is
+    written anywhere in the selectors: text naming a small profile beside the one that selects
+    (`'0g.0gb' != '' && ... .profile == '7g.80gb'`), a `||`, a `!=` or an `in` list would count a
+    request for whole GPUs as a slice."""
+    expressions = _expressions(request)
+    named = _named_profiles(request, expressions)
+    if len(named) != 1:
+        return ""
+    for expression in expressions:
+        for term in _conjuncts(expression) or ():
+            profile = _profile_equality(term)
+            if _PROFILE_LITERAL.fullmatch(profile) and profile.partition("+")[0] in named:
+                return profile
+    return ""
+
+
+def _expressions(request: Mapping[str, Any]) -> list[str]:
+    """The CEL expressions of a request's selectors (a device must meet them all)."""
+    out = []
     for selector in request.get("selectors") or ():
         cel = selector.get("cel") if isinstance(selector, Mapping) else None
         expression = cel.get("expression") if isinstance(cel, Mapping) else None
-        found = _MIG_PROFILE.search(expression if isinstance(expression, str) else "")
-        if found:
-            return found.group(0)
+        if isinstance(expression, str):
+            out.append(expression)
+    return out
+
+
+def _named_profiles(request: Mapping[str, Any], expressions: list[str] | None = None) -> set[str]:
+    """Every distinct MIG profile (`1g.10gb`) written anywhere in a request's selectors."""
+    return {
+        found.group(0)
+        for expression in (_expressions(request) if expressions is None else expressions)
+        for found in _MIG_PROFILE.finditer(expression)
+    }
+
+
+def _profile_equality(term: str) -> str:
+    """The literal of a `device.attributes['<domain>'].profile == '<literal>'` term (either way
+    round), or ``."""
+    left, equals, right = term.partition("==")
+    if not equals or "==" in right:
+        return ""
+    left, right = left.strip(), right.strip()
+    for attribute, literal in ((left, right), (right, left)):
+        if _PROFILE_ATTRIBUTE.fullmatch(attribute):
+            found = _STRING_LITERAL.fullmatch(literal)
+            return found.group(2) if found else ""
     return ""
+
+
+def _conjuncts(expression: str) -> list[str] | None:
+    """The terms of a CEL expression that must all hold (`a && (b && c)`: a, b, c), or None when
+    it is no plain conjunction (a `||` or `?` outside brackets) or holds what this reading does
+    not follow (a comment, an escape, a raw or triple-quoted string): then no term is sure."""
+    if "\\" in expression or "'''" in expression or '"""' in expression:
+        return None
+    top = _split_and(expression)
+    if top is None:
+        return None
+    out: list[str] = []
+    pending = top[::-1]
+    unwraps = 64  # a few levels of brackets; past them a term stays whole (and pins nothing)
+    while pending:
+        term = pending.pop().strip()
+        inner = None
+        if unwraps and term.startswith("(") and term.endswith(")"):
+            unwraps -= 1
+            inner = _split_and(term[1:-1])
+        if inner is None:
+            out.append(term)
+        else:
+            pending.extend(inner[::-1])
+    return out
+
+
+def _split_and(expression: str) -> list[str] | None:
+    """`expression` split at its `&&` outside brackets and strings; None if it is no conjunction
+    (a `||`, `?` or comment outside them, or brackets and quotes that do not pair up)."""
+    terms: list[str] = []
+    depth, start, quote = 0, 0, ""
+    for i, char in enumerate(expression):
+        if quote:
+            if char == quote:
+                quote = ""
+        elif char in "'\"":
+            quote = char
+        elif expression.startswith("//", i):
+            return None
+        elif char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+            if depth < 0:
+                return None
+        elif depth == 0 and (char == "?" or expression.startswith("||", i)):
+            return None
+        elif depth == 0 and expression.startswith("&&", i):
+            terms.append(expression[start:i])
+            start = i + 2
+    if quote or depth:
+        return None
+    terms.append(expression[start:])
+    return terms
 
 
 def allocated_gpus(

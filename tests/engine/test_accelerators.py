@@ -546,23 +546,106 @@ def test_v1beta1_requests_are_flat():
     assert found.per_pod == {lab.GPU_CLASS: 2.0, lab.MIG_CLASS: approx(3 / 7)}
 
 
+FIRST_AVAILABLE_NOTE = (
+    "ResourceClaimTemplate t request gpu may be given any of its firstAvailable alternatives: "
+    "counted as the largest, {} until allocated"
+)
+
+
 @pytest.mark.parametrize(
-    ("alternatives", "expected"),
+    ("alternatives", "expected", "note"),
     [
-        ([("small", lab.MIG_CLASS, "1g.10gb"), ("big", lab.GPU_CLASS, "")], 1 / 7),
-        ([("big", lab.GPU_CLASS, ""), ("small", lab.MIG_CLASS, "1g.10gb")], 1.0),
-        ([("half", lab.MIG_CLASS, "3g.40gb")], 3 / 7),
+        ([("small", lab.MIG_CLASS, "1g.10gb", 1), ("big", lab.GPU_CLASS, "", 1)], 1.0, "big (1),"),
+        ([("big", lab.GPU_CLASS, "", 1), ("small", lab.MIG_CLASS, "1g.10gb", 1)], 1.0, ""),
+        ([("half", lab.MIG_CLASS, "3g.40gb", 1)], 3 / 7, ""),
+        ([("a", lab.GPU_CLASS, "", 1), ("b", lab.GPU_CLASS, "", 1)], 1.0, ""),  # alike: nothing assumed
+        # The first alternative a decoy the scheduler passes over: a MIG slice, or a class that is no
+        # accelerator (and matches nothing); the next one takes 8 GPUs.
+        ([("tiny", lab.MIG_CLASS, "1g.5gb", 1), ("real", lab.GPU_CLASS, "", 8)], 8.0, "real (8),"),
+        (
+            [("never", "compute-domain-default-channel.nvidia.com", "", 1), ("real", lab.GPU_CLASS, "", 8)],
+            8.0,
+            "real (8),",
+        ),
+        ([("one", lab.GPU_CLASS, "", 1), ("two", lab.GPU_CLASS, "", 2), ("mig", lab.MIG_CLASS, "", 1)], 2.0,
+         "two (2),"),
     ],
 )
-def test_first_available_counts_the_first_alternative(alternatives, expected):
+def test_first_available_counts_the_alternative_worth_the_most(alternatives, expected, note):
+    """The scheduler takes the first alternative it can satisfy, which may be any of them: counting
+    the first lets one that matches nothing stand for the GPUs the next one takes."""
     subrequests = []
-    for name, class_name, profile in alternatives:
-        sub: dict = {"name": name, "deviceClassName": class_name}
+    for name, class_name, profile, count in alternatives:
+        sub: dict = {"name": name, "deviceClassName": class_name, "allocationMode": "ExactCount",
+                     "count": count}
         if profile:
             sub["selectors"] = [{"cel": {"expression": lab.profile_selector(profile)}}]
+        elif not class_name.endswith(lab.DRA_DRIVER):
+            sub["selectors"] = [{"cel": {"expression": "false"}}]
         subrequests.append(sub)
-    total, _, _ = counted_template({"name": "gpu", "firstAvailable": subrequests})
+    total, notes, _ = counted_template({"name": "gpu", "firstAvailable": subrequests})
     assert total == approx(expected)
+    assert notes == ((FIRST_AVAILABLE_NOTE.format(note),) if note else ())
+
+
+def test_first_available_keeps_the_notes_of_the_alternative_it_counts():
+    all_gpus = {"name": "all", "deviceClassName": lab.GPU_CLASS, "allocationMode": "All"}
+    one = {"name": "one", "deviceClassName": lab.GPU_CLASS}
+    total, notes, per_pod = counted_template({"name": "gpu", "firstAvailable": [one, all_gpus]})
+    assert total == 8.0 and per_pod == {lab.GPU_CLASS: 8.0}
+    assert notes == (
+        "ResourceClaimTemplate t asks for all gpu.nvidia.com devices: counted as 8 until allocated",
+        FIRST_AVAILABLE_NOTE.format("all (8),"),
+    )
+    assert counted_template({"name": "gpu", "firstAvailable": [all_gpus, one]})[1] == notes[:1]
+
+
+ATTRIBUTE = "device.attributes['gpu.nvidia.com']"
+PROFILE_NOTE = (
+    "ResourceClaimTemplate t does not select its mig.nvidia.com devices by one MIG profile alone: "
+    "counted as whole GPUs until allocated"
+)
+
+
+@pytest.mark.parametrize(
+    ("selectors", "share"),
+    [
+        # One profile every selected device must have: its share (NVIDIA's own examples, either way
+        # round, in brackets, beside other terms and selectors).
+        ([lab.profile_selector("1g.5gb")], 1 / 7),
+        ([f"{ATTRIBUTE}.profile == '1g.10gb+me'"], 1 / 7),
+        (['device.attributes["gpu.nvidia.com"]["profile"] == "3g.40gb"'], 3 / 7),
+        ([f"'1g.6gb' == {ATTRIBUTE}.profile"], 1 / 4),
+        ([f"device.driver == 'gpu.nvidia.com' && {ATTRIBUTE}.type == 'mig' && "
+          f"{ATTRIBUTE}.profile == '1g.12gb'"], 1 / 7),
+        ([f"({ATTRIBUTE}.type == 'mig') && ({ATTRIBUTE}.profile == '3g.40gb' && true)"], 3 / 7),
+        ([lab.profile_selector("2g.20gb"), f"{ATTRIBUTE}.memory.compareTo(quantity('10Gi')) >= 0"], 2 / 7),
+        # Anything else: whole GPUs, never a slice the devices are not sure to be.
+        ([f"'0g.0gb' != '' && {ATTRIBUTE}.profile == '7g.80gb'"], 1.0),  # a decoy before the real one
+        ([f"{ATTRIBUTE}.profile == '7g.80gb' && '1g.5gb' != ''"], 1.0),  # ... or after it
+        ([lab.profile_selector("0g.0gb")], 1.0),
+        ([lab.profile_selector("1g.0gb")], 1.0),
+        ([lab.profile_selector("1g.5gb"), lab.profile_selector("7g.80gb")], 1.0),
+        ([f"{ATTRIBUTE}.profile == '1g.5gb' || {ATTRIBUTE}.profile == '7g.80gb'"], 1.0),
+        ([f"{ATTRIBUTE}.profile == '1g.5gb' || true"], 1.0),
+        ([f"{ATTRIBUTE}.profile != '1g.5gb'"], 1.0),
+        ([f"{ATTRIBUTE}.profile in ['1g.5gb']"], 1.0),
+        ([f"!({ATTRIBUTE}.profile == '1g.5gb')"], 1.0),
+        ([f"true ? {ATTRIBUTE}.profile == '1g.5gb' : true"], 1.0),
+        ([f"{ATTRIBUTE}.profile == '1g.5gb' // '\n || true // '"], 1.0),  # a comment hiding the ||
+        ([f"{ATTRIBUTE}.profile == '1g.5gb' && r'\\' || true || r'\\' == ''"], 1.0),  # a raw string hiding it
+        ([f"{ATTRIBUTE}.profile == 'x1g.5gb'"], 1.0),
+        ([f"{ATTRIBUTE}.model == '1g.5gb'"], 1.0),  # no profile attribute
+    ],
+)
+def test_a_mig_profile_counts_only_when_the_selectors_pin_it(selectors, share):
+    request = lab.device_request("mig", lab.MIG_CLASS, count=7, selectors=selectors)
+    total, notes, _ = counted_template(request)
+    assert total == approx(7 * share)
+    assert notes == (() if share < 1 else (PROFILE_NOTE,))
+    claim = lab.resource_claim("c", NS, [request])
+    done = allocated(claim, *[("mig", f"gpu-{i}-mig") for i in range(7)])
+    assert allocated_gpus(done) == {lab.MIG_CLASS: approx(7 * share)}  # before the slices are read
 
 
 def test_allocation_mode_all_counts_all_devices_with_a_note():
