@@ -154,3 +154,46 @@ def test_a_budget_spent_on_mig_slices_refuses_the_next_mig_pod(stack, cluster, a
     finally:
         cluster.kubectl("delete", "pods", "--all", "-n", namespace, "--wait=false", check=False)
         cluster.kubectl("delete", "gpubudget", f"team-{team}", "--ignore-not-found", check=False)
+
+
+def test_claims_that_look_smaller_than_what_the_scheduler_gives_are_counted_as_given(
+        stack, cluster, accelerator_lab, namespace):
+    """Two DRA decoys that counted 0 GPUs: a `firstAvailable` whose first alternative can never be
+    satisfied (the real scheduler falls through to 2 whole GPUs), and a MIG selector naming a
+    worthless profile beside the one it selects. Without a budget the scheduler really allocates
+    the fallback; under a spent budget both pods are refused."""
+    team = f"dra-{uuid.uuid4().hex[:6]}"
+    labels = {**COMPLIANT_LABELS, "team": team}
+    fallback = {"name": "gpus", "firstAvailable": [
+        {"name": "never", "deviceClassName": acc.GPU_CLASS, "count": 1,
+         "selectors": [{"cel": {"expression": "false"}}]},
+        {"name": "real", "deviceClassName": acc.GPU_CLASS, "count": 2},
+    ]}
+    decoy = acc.device_request("mig", acc.MIG_CLASS, selectors=[
+        f"'0g.0gb' != '' && {acc.profile_selector('3g.40gb')}"])
+    templates = [acc.claim_template("fallback", namespace, [fallback]),
+                 acc.claim_template("decoy", namespace, [decoy])]
+    for template in templates:
+        created = apply(cluster, template)
+        assert created.returncode == 0, created.stderr
+    try:
+        # No budget: the scheduler gives the fallback alternative, two whole GPUs.
+        free = acc.template_pod("free", namespace, "fallback",
+                                labels={**COMPLIANT_LABELS, "team": f"{team}-x"})
+        assert apply(cluster, free).returncode == 0
+        wait_until(lambda: scheduled_at(cluster, namespace, "free"), timeout=60, what="the fallback to run")
+        claims = get_json(cluster, "resourceclaims", "-n", namespace)["items"]
+        results = [r for c in claims for r in ((c.get("status") or {}).get("allocation") or {})
+                   .get("devices", {}).get("results", [])]
+        assert [r["request"] for r in results] == ["gpus/real", "gpus/real"], results
+
+        assert apply(cluster, team_budget(team, 0)).returncode == 0
+        for name, template in (("fallback", "fallback"), ("decoy", "decoy")):
+            refused = wait_until(
+                lambda t=template, n=name: (r := apply(cluster, acc.template_pod(
+                    f"{n}-pod", namespace, t, labels=labels))).returncode != 0 and r,
+                timeout=30, what=f"the {name} pod refused by the spent budget")
+            assert f"GPU budget team-{team} is exhausted" in refused.stderr, refused.stderr
+    finally:
+        cluster.kubectl("delete", "pods", "--all", "-n", namespace, "--wait=false", check=False)
+        cluster.kubectl("delete", "gpubudget", f"team-{team}", "--ignore-not-found", check=False)
