@@ -115,9 +115,11 @@ def evaluate(
         covers = _covers(budget, view)
         # What an update brings under a budget (a relabel), or lets go to the scheduler with claims
         # that may hold other devices than at its creation, is judged as a creation under it.
-        anew = update is not None and covers and (released or not _covers(budget, update.old))
+        anew = update is not None and covers and (released or not _covered_before(budget, update))
+        if anew and _finished(view):
+            anew = False
         found = budget_rule.validate(budget, view, replace(ctx, update=None) if anew else ctx)
-        if update is not None and not covers and view.is_pod and _covers(budget, update.old):
+        if update is not None and not covers and view.is_pod and _covered_before(budget, update):
             if not _finished(view):  # relabelled out of a budget that draws on it
                 found = [budget_rule.left(budget, update)]
         if budget.spec.when_exhausted == "Queue" and covers:
@@ -129,7 +131,8 @@ def evaluate(
                     if gate_owner
                     else [queueing.self_released(budget)]
                 )
-            queued = queueing.judge(budget, view, operation, found, mutate=mutate)
+            queued = queueing.judge(budget, view, operation, found, mutate=mutate,
+                                    old=update.old if update is not None else None)
             found = queued.deny
             if queued.gate and not _waived(exceptions, budget.name, "budget"):
                 gates[budget.name] = queued.gate
@@ -167,6 +170,19 @@ def _covers(budget: Any, view: WorkloadView) -> bool:
     """Whether a budget draws on the workload: it asks for GPUs the budget counts, and its
     effective labels match the budget's selector."""
     return view.gpus(budget.spec.resource_tuple) > 0 and budget.spec.selector.compiled.matches(view.labels())
+
+
+def _covered_before(budget: Any, update: Update) -> bool:
+    """Whether the budget drew on the object before the update. A required label the mutating
+    webhook fills in on this very update (a default, or the Namespace's) counts as there before:
+    the user did not move the object, Comptroller only wrote down what it already was."""
+    old = update.old
+    if old.gpus(budget.spec.resource_tuple) <= 0:
+        return False
+    labels = old.labels()
+    new_labels = update.new.labels()
+    filled = {k: new_labels[k] for k in update.new.defaulted() if k not in labels and k in new_labels}
+    return bool(budget.spec.selector.compiled.matches({**labels, **filled} if filled else labels))
 
 
 def _finished(view: WorkloadView) -> bool:

@@ -61,7 +61,7 @@ def ungated(update: Any) -> bool:
 
 
 def claims_released(update: Any) -> bool:
-    """An UPDATE that takes any scheduling gate off a pod with ResourceClaims, before it is bound.
+    """An UPDATE that takes the last scheduling gate off a pod with ResourceClaims, before it is bound.
 
     What its claims hold can change while it waits (an unallocated claim deleted and created again
     with other devices), with no update of the pod to judge: so letting it go to the scheduler is
@@ -72,7 +72,8 @@ def claims_released(update: Any) -> bool:
     spec = new.templates[0].spec
     if not spec.get("resourceClaims"):
         return False
-    return bool(gate_names(update.old.templates[0].spec) - gate_names(spec))
+    # The last gate off: while one is left, the pod is not going to the scheduler yet.
+    return bool(gate_names(update.old.templates[0].spec)) and not gate_names(spec)
 
 
 def self_released(budget: Any) -> Violation:
@@ -85,26 +86,31 @@ def self_released(budget: Any) -> Violation:
         "off by Comptroller's operator when the budget can pay for it, in turn with the pods "
         "queued before it, not by hand",
         summary=f"only Comptroller's operator releases pods queued by {budget.name}",
-        fix=f"# nothing to change: leave {BUDGET_GATE} on the pod; `kubectl describe pod` shows why "
-        "it waits (a larger gpuHours or a FinOpsException releases it sooner)",
+        fix=f"# leave {BUDGET_GATE} on the pod: `kubectl describe pod` shows why it waits (a larger "
+        f"gpuHours releases it sooner; under a FinOpsException for {budget.name} you may take it off)",
     )
 
 
-def kueue_managed(view: Any, *, mutate: bool) -> bool:
+def kueue_managed(view: Any, *, mutate: bool, old: Any = None) -> bool:
     """Whether Kueue decides when the workload runs. A pod's label is only believed by the
     validating webhook when Kueue's own gate is on it too (Kueue's webhook adds it at creation,
-    after ours mutated); a controller's pods are judged again when they are created."""
+    after ours mutated), or was before the update (Kueue admitting the pod takes it off, with the
+    flavor's nodeSelector); a controller's pods are judged again when they are created."""
     if KUEUE_QUEUE_LABEL not in view.labels() and KUEUE_QUEUE_LABEL not in view.meta_labels:
         return False
-    return mutate or not view.is_pod or has_gate(view.templates[0].spec, KUEUE_GATE)
+    if mutate or not view.is_pod or has_gate(view.templates[0].spec, KUEUE_GATE):
+        return True
+    return old is not None and old.is_pod and has_gate(old.templates[0].spec, KUEUE_GATE)
 
 
-def judge(budget: Any, view: Any, operation: str, found: list[Violation], *, mutate: bool) -> Queued:
+def judge(
+    budget: Any, view: Any, operation: str, found: list[Violation], *, mutate: bool, old: Any = None
+) -> Queued:
     """A queueing budget's verdict on a workload it covers, given what it would deny (`found`)."""
     spec = budget.spec
     projected = spec.admission == "Projected"
     waiting = found[0].summary if found else "it fits in what remains (pods are released in order)"
-    if kueue_managed(view, mutate=mutate):
+    if kueue_managed(view, mutate=mutate, old=old):
         return Queued([], [_note(budget, f"Kueue admits this workload; for {budget.name}: {waiting}")]
                       if found else [])
     if view.is_pod and operation == "UPDATE" and found:

@@ -263,7 +263,18 @@ def test_a_workload_kueue_admits_is_never_gated_and_only_warned(workload):
         assert warning.enforcement == "Warn" and "Kueue" in warning.message
 
 
-def test_a_pod_that_only_claims_kueue_is_gated_and_judged_as_any_other():
+def test_kueue_taking_its_gate_off_with_the_flavors_node_selector_is_only_warned():
+    """Kueue admits a plain pod by removing its gate and merging the flavor's nodeSelector in one
+    patch: its gate was on the object before, so the pod is still Kueue's."""
+    labels = {**NLP, KUEUE_QUEUE_LABEL: "team-q"}
+    old = kueue_gated(pod(labels, gpus=8))
+    new = pod(labels, gpus=8)
+    new["spec"]["nodeSelector"] = {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    decision = validate(new, nlp_budget(), operation="UPDATE", old=old)
+    assert decision.allowed and ["Kueue" in w.message for w in decision.warnings] == [True]
+
+
+def test_a_pod_that_only_claims_kueue_is_judged_as_any_other():
     """The label alone is something anyone writes: without Kueue's own gate on the pod (Kueue not
     installed, or not managing it), the validating webhook judges it as under Deny."""
     workload = pod({**NLP, KUEUE_QUEUE_LABEL: "does-not-exist"}, gpus=8)

@@ -270,7 +270,7 @@ def test_relabelling_a_pod_out_of_the_budget_that_charges_it_is_denied_with_the_
         decision = judge(new, old, budget_item)
         assert not decision.allowed
         (violation,) = decision.violations
-        assert violation.policy == "team-nlp" and "team=nlp" in violation.message
+        assert violation.policy == "team-nlp" and "team from nlp to scratch" in violation.message
         assert "team: nlp" in violation.fix
 
 
@@ -309,4 +309,19 @@ def test_taking_a_foreign_gate_off_a_pod_with_claims_judges_the_claims_as_they_a
     old, new = claiming(["example.com/hold"]), claiming()
     assert not judge(new, old, spent()).allowed  # the claim is unresolved here: 1 GPU at least
     assert judge(claiming(["example.com/hold"]), old, spent()).allowed  # the gate kept: nothing new
+    # one of two gates off: the pod is not going to the scheduler yet
+    two = claiming(["example.com/hold", "b.example/x"])
+    assert judge(claiming(["example.com/hold"]), two, spent()).allowed
     assert judge(claiming(node="n1"), claiming(node="n1"), spent()).allowed
+
+
+def test_a_label_the_mutating_webhook_fills_in_on_an_update_does_not_move_the_pod():
+    """A pod created without a required label (before the policy, or while the webhook was down)
+    gets it at its next update from mutation (here from the Namespace): an annotate is no move
+    onto the budget that label selects."""
+    from controller.constants import DEFAULTED_ANNOTATION
+
+    old = nlp_pod({k: v for k, v in TEAM.items() if k != "team"})
+    new = nlp_pod(annotations={"note": "x", DEFAULTED_ANNOTATION: "team"})
+    assert judge(new, old, spent()).allowed
+    assert not judge(nlp_pod(), old, spent()).allowed  # the user writing it: a move

@@ -157,15 +157,20 @@ def left(budget: Any, update: Any) -> Violation:
     update changed or removed."""
     old, new = update.old.labels(), update.new.labels()
     kept = {key: value for key, value in old.items() if new.get(key) != value}
-    changed = ", ".join(f"{key}={value}" for key, value in sorted(kept.items())) or "its labels"
-    note = f"keep {changed}: the pod stays charged to {budget.name} until it ends"
+    moves = [f"{key} from {value} to {new[key]}" if key in new else f"removes {key}={value}"
+             for key, value in sorted(kept.items())]
+    moves += [f"adds {key}={new[key]}" for key in sorted(new) if key not in old]
+    changed = ", ".join(moves) or "its labels"
+    keep = ", ".join(f"{key}={value}" for key, value in sorted(kept.items()))
+    note = (f"keep {keep}" if keep else "leave its labels as they were") + (
+        f": the pod stays charged to {budget.name} until it ends")
     return Violation(
         policy=budget.name,
         rule="budget",
         key=budget.name,
         message=f"GPU budget {budget.name} charges this pod's GPUs; this update changes {changed}, "
-        f"which would take it out of {budget.name} while it holds them. A pod keeps the budget it "
-        "was created under: to move the work, delete the pod and create it with the new labels",
+        f"which would take it out of {budget.name}. A pod keeps the budget it was created under: "
+        "to move the work, delete the pod and create it with the new labels",
         summary=f"relabelling would take the pod out of {budget.name}",
         **fix_fields([(("metadata", "labels"), kept)], note=note) if kept else {"fix": f"# {note}"},
     )
