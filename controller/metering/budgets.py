@@ -239,8 +239,8 @@ def first_covering(pod: PodRecord, budgets: Iterable[Budget]) -> Budget | None:
 
     One per pod, so the ledgers' cells add up without counting a pod twice, and the same one for
     the pod's whole life when budgets are added: a budget created after the pod started never
-    takes its cells over from one that already held them. Relabelling a running pod, or editing a
-    selector, can still move them (docs/metering.md).
+    takes its cells over from one that already held them. Editing a selector, or a relabel
+    admission did not judge (webhook down, pod Terminating), can still move them (docs/metering.md).
     """
     since = pod.started or pod.created or _EPOCH
     covering = [b for b in budgets if b.draws_on(pod)]
