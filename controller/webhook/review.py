@@ -160,7 +160,8 @@ def _group_version(value: Any, name: str) -> bool:
     """A `_GroupVersionKind` (`name` "kind") or `_GroupVersionResource` ("resource") as it is."""
     if type(value) is not dict or type(value.get(name)) is not str:
         return False
-    return all(type(value[key]) is str for key in ("group", "version") if key in value)
+    # A key the TypedDict does not declare would be dropped by pydantic: not taken as it is.
+    return all(key in ("group", "version", name) and type(item) is str for key, item in value.items())
 
 
 def _validated(validate: Any, data: Any) -> _Review:
