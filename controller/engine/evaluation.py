@@ -113,15 +113,16 @@ def evaluate(
     released = update is not None and queueing.claims_released(update)
     for budget in snapshot.budgets:
         covers = _covers(budget, view)
-        # What an update brings under a budget (a relabel), or lets go to the scheduler with claims
-        # that may hold other devices than at its creation, is judged as a creation under it.
-        anew = update is not None and covers and (released or not _covered_before(budget, update))
-        if anew and _finished(view):
-            anew = False
+        # Labels choose the budget (a finished pod's charge is final, whatever they say): what an
+        # update brings under a budget, or lets go to the scheduler with claims that may hold other
+        # devices than at its creation, is judged as a creation under it; a Pod relabelled out of
+        # a budget that draws on it is refused.
+        moves = update is not None and not _finished(view)
+        before = update is not None and moves and _covered_before(budget, update)
+        anew = moves and covers and (released or not before)
         found = budget_rule.validate(budget, view, replace(ctx, update=None) if anew else ctx)
-        if update is not None and not covers and view.is_pod and _covered_before(budget, update):
-            if not _finished(view):  # relabelled out of a budget that draws on it
-                found = [budget_rule.left(budget, update)]
+        if before and not covers and view.is_pod:
+            found = [budget_rule.left(budget, update)]
         if budget.spec.when_exhausted == "Queue" and covers:
             if update is not None and queueing.ungated(update):
                 # Taking the gate off is starting the pod: the operator's to do, judged as at its
