@@ -688,7 +688,7 @@ def _asked_gpus(asked: Mapping[str, Any], table: Equivalence, where: str) -> tup
     else:
         count = quantity(asked.get("count", 1)) if asked.get("count") is not None else 1
     profile = _selected_profile(asked) if device_class.mig else ""
-    if device_class.mig and not profile and _named_profiles(asked):
+    if device_class.mig and not profile and _named_profiles(_expressions(asked)):
         said.append(
             f"{where} does not select its {class_name} devices by one MIG profile alone: counted as "
             "whole GPUs until allocated"
@@ -724,7 +724,7 @@ def _selected_profile(request: Mapping[str, Any]) -> str:
     (`'0g.0gb' != '' && ... .profile == '7g.80gb'`), a `||`, a `!=` or an `in` list would count a
     request for whole GPUs as a slice."""
     expressions = _expressions(request)
-    named = _named_profiles(request, expressions)
+    named = _named_profiles(expressions)
     if len(named) != 1:
         return ""
     for expression in expressions:
@@ -746,13 +746,9 @@ def _expressions(request: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def _named_profiles(request: Mapping[str, Any], expressions: list[str] | None = None) -> set[str]:
-    """Every distinct MIG profile (`1g.10gb`) written anywhere in a request's selectors."""
-    return {
-        found.group(0)
-        for expression in (_expressions(request) if expressions is None else expressions)
-        for found in _MIG_PROFILE.finditer(expression)
-    }
+def _named_profiles(expressions: list[str]) -> set[str]:
+    """Every distinct MIG profile (`1g.10gb`) written anywhere in a request's selector expressions."""
+    return {found.group(0) for expression in expressions for found in _MIG_PROFILE.finditer(expression)}
 
 
 def _profile_equality(term: str) -> str:
