@@ -42,7 +42,7 @@ import yaml
 from controller.engine import Decision, Snapshot, evaluate, fixing
 from controller.engine.accelerators import ClaimIndex
 from controller.engine.loading import snapshot_from_objects
-from controller.engine.messages import render_joint_fix, render_warning, snippet
+from controller.engine.messages import dotted, render_joint_fix, render_warning, snippet
 from controller.engine.timestamps import parse_time
 from controller.engine.workloads import BUILTIN_KINDS, KindRegistry, KindSpec
 
@@ -250,26 +250,26 @@ def _shape(value: Any, schema: Any, path: tuple[str | int, ...]) -> str | None:
     if schema is str:
         if isinstance(value, str):
             return None
-        return f"`{_dotted(path)}` must be a string, not {_type_name(value)}"
+        return f"`{dotted(path)}` must be a string, not {_type_name(value)}"
     if isinstance(schema, list):
         if not isinstance(value, list):
-            return f"`{_dotted(path)}` must be a list, not {_type_name(value)}"
+            return f"`{dotted(path)}` must be a list, not {_type_name(value)}"
         for index, item in enumerate(value):
             if item is None:
-                return f"`{_dotted((*path, index))}` must not be null"
+                return f"`{dotted((*path, index))}` must not be null"
             problem = _shape(item, schema[0], (*path, index))
             if problem:
                 return problem
         return None
     if not isinstance(value, dict):
-        return f"`{_dotted(path)}` must be a mapping, not {_type_name(value)}"
+        return f"`{dotted(path)}` must be a mapping, not {_type_name(value)}"
     if schema == _STRINGS:
         for key, item in value.items():
             if not isinstance(key, str):
-                return f"`{_dotted(path)}` keys must be strings, not {_type_name(key)}: {key!r}"
+                return f"`{dotted(path)}` keys must be strings, not {_type_name(key)}: {key!r}"
             if not isinstance(item, str):
                 hint = f' (quote it: "{_yaml_text(item)}")' if isinstance(item, int | float) else ""
-                return f"`{_dotted((*path, key))}` must be a string{hint}, not {_type_name(item)}"
+                return f"`{dotted((*path, key))}` must be a string{hint}, not {_type_name(item)}"
         return None
     for key, field_schema in schema.items():
         problem = _shape(value.get(key), field_schema, (*path, key))
@@ -287,7 +287,7 @@ def _template_problem(node: Any, segments: tuple[str, ...], path: tuple[str | in
     children = _children(node, segments[0])
     if children is None:
         wanted = "a list or a mapping" if segments[0] == "*" else "a mapping"
-        return f"`{_dotted(path)}` must be {wanted}, not {_type_name(node)}"
+        return f"`{dotted(path)}` must be {wanted}, not {_type_name(node)}"
     for key, child in children:
         problem = _template_problem(child, segments[1:], (*path, key))
         if problem:
@@ -314,14 +314,6 @@ def _pointer(pointer: str) -> tuple[str, ...]:
     if not pointer:
         return ()
     return tuple(part.replace("~1", "/").replace("~0", "~") for part in pointer.lstrip("/").split("/"))
-
-
-def _dotted(path: Iterable[str | int]) -> str:
-    """`spec.template.spec.containers[0].resources`."""
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
-    return out
 
 
 def _yaml_text(value: Any) -> str:
@@ -533,7 +525,7 @@ def fix_json(fix: Any) -> dict[str, Any] | None:
         "admitted": fix.admitted,
         "yaml": "\n".join(snippet(fix.edits, fix.manifest)),
         "jsonPatch": fix.json_patch(),
-        "choose": [{"path": _dotted(e.path), "what": e.choose} for e in fix.choices],
+        "choose": [{"path": dotted(e.path), "what": e.choose} for e in fix.choices],
         "unresolved": [f"{v.policy}/{v.rule}" for v in fix.unresolved],
     }
 

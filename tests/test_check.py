@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from controller.cli import main
@@ -507,6 +507,7 @@ _documents = (
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(document=_documents)
+@example(document={"apiVersion": "v1", "kind": "Pod", "metadata": {"annotations": {"\r": None}}})
 def test_check_never_raises_on_any_document(tmp_path, policies, capsys, document):
     """Whatever a document holds, check answers 0, 1 or 2 without raising, names the document when
     it is bad input, still judges the documents around it, and never leaves the engine to trip on a

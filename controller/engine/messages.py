@@ -50,10 +50,17 @@ def scalar(value: Any) -> str:
     return json.dumps(text)
 
 
-def _dotted(path: Path) -> str:
+def dotted(path: Path) -> str:
+    """`spec.template.spec.containers[0].resources`; a key with a control character or a space in
+    it quoted (`metadata.annotations["a\\r"]`), so a message naming it stays on its one line."""
     out = ""
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not part.isprintable() or not part or any(c.isspace() for c in part):
+            out += f"[{json.dumps(part)}]"
+        else:
+            out += f".{part}" if out else part
     return out
 
 
@@ -62,7 +69,7 @@ def fix_tree(entries: Iterable[tuple[Path, Mapping[str, Any]]]) -> dict[str, Any
     tree: dict[str, Any] = {}
     for path, mapping in entries:
         last_index = max((i for i, part in enumerate(path) if isinstance(part, int)), default=-1)
-        keys = [_dotted(path[: last_index + 1])] if last_index >= 0 else []
+        keys = [dotted(path[: last_index + 1])] if last_index >= 0 else []
         keys += [str(part) for part in path[last_index + 1 :]]
         node = tree
         for key in keys:
@@ -121,7 +128,7 @@ def render_fix(entries: Iterable[tuple[Path, Mapping[str, Any]]], *, note: str =
 
 def location(path: Path) -> str:
     """`spec.template.metadata.labels`-style, for messages."""
-    return _dotted(path)
+    return dotted(path)
 
 
 def render_denial(decision: Decision) -> str:
