@@ -14,8 +14,8 @@ A whole GPU is 1. Everything else is a share of one, worked out here and only he
 - Dynamic Resource Allocation: each of the pod's `resourceClaims`, resolved to its
   ResourceClaimTemplate or ResourceClaim, counts its requests' devices by DeviceClass (a MIG
   device by the one profile its selectors pin, else as a whole GPU; of `firstAvailable`, the
-  alternative worth the most, since the scheduler may give any); a claim that cannot be resolved
-  counts as one GPU, with a note, never as zero.
+  alternative worth the most of those a `resources` list counts, since the scheduler may give
+  any); a claim that cannot be resolved counts as one GPU, with a note, never as zero.
 
 What depends on the node (which product, how many replicas, how much memory) is read from the
 node's labels when it is known (metering), else from the labels the pod pins with its own
@@ -333,6 +333,25 @@ ClaimLookup = Callable[[str, str, str], Mapping[str, Any] | None]
 `ResourceClaim` or `ResourceClaimTemplate`. None: not known."""
 
 
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """A DRA request whose `firstAvailable` alternatives are of more than one DeviceClass. It is
+    counted (in `claim_gpus`, `PodGPUs.per_pod` and `.shared`) under the class of its largest
+    alternative; a `resources` list that does not count that class counts the largest alternative
+    it does count instead, as the scheduler may give that one."""
+
+    counted: str
+    """The class it is counted under: its largest alternative's."""
+    by_class: Mapping[str, float]
+    """The largest alternative of each DeviceClass the table knows, `counted`'s included."""
+
+    def beyond(self, counts: Callable[[str], bool]) -> float:
+        """What it adds, for a `resources` list counting `counts`, to its count under `counted`."""
+        if counts(self.counted):
+            return 0.0
+        return max((value for key, value in self.by_class.items() if counts(key)), default=0.0)
+
+
 @dataclass(frozen=True)
 class PodGPUs:
     """A pod's GPU-equivalents, by what it asked them as (resource name or DeviceClass name)."""
@@ -349,6 +368,10 @@ class PodGPUs:
     """Claims that could not be resolved, 1 GPU each: counted whatever `resources` says."""
     notes: tuple[str, ...] = ()
     """What had to be assumed (an unresolved claim, `allocationMode: All`), for a warning."""
+    choices: tuple[tuple[str, Choice], ...] = ()
+    """`firstAvailable` requests of more than one DeviceClass, with the claim they are in: `` for
+    the pod's own (templates, in `per_pod`), else the shared claim's name. Counted in `per_pod` or
+    `shared` as the largest alternative; only a `resources` list reads them (`Choice.beyond`)."""
 
     def total(self, counts: Callable[[str], bool] | None = None, *, shared: bool = True) -> float:
         """GPU-equivalents of the keys `counts` accepts (None: every accelerator)."""
@@ -365,6 +388,21 @@ class PodGPUs:
             for key, value in self.unknown.items():
                 if counts(key):
                     total += value
+            for claim, choice in self.choices:
+                if shared or not claim:
+                    total += choice.beyond(counts)
+        return total
+
+    def shared_total(self, claim: str, counts: Callable[[str], bool] | None = None) -> float:
+        """GPU-equivalents of the keys `counts` accepts in one shared claim (None: every accelerator)."""
+        total = 0.0
+        for key, value in self.shared[claim].items():
+            if counts is None or key == UNRESOLVED_CLAIM or counts(key):
+                total += value
+        if counts is not None:
+            for name, choice in self.choices:
+                if name == claim:
+                    total += choice.beyond(counts)
         return total
 
 
@@ -419,9 +457,10 @@ def pod_gpus(
             per_pod["nvidia.com/gpu"] = per_pod.get("nvidia.com/gpu", 0.0) + share
     shared: dict[str, dict[str, float]] = {}
     unresolved = 0.0
+    choices: list[tuple[str, Choice]] = []
     if dra:
-        unresolved = _claims(dra, namespace, table, claims, per_pod, shared, notes)
-    return PodGPUs(per_pod, shared, unknown, unresolved, tuple(notes))
+        unresolved = _claims(dra, namespace, table, claims, per_pod, shared, notes, choices)
+    return PodGPUs(per_pod, shared, unknown, unresolved, tuple(notes), tuple(choices))
 
 
 _CORE_RESOURCES = frozenset(("cpu", "memory", "ephemeral-storage"))
@@ -544,9 +583,11 @@ def _claims(
     per_pod: dict[str, float],
     shared: dict[str, dict[str, float]],
     notes: list[str],
+    choices: list[tuple[str, Choice]],
 ) -> float:
-    """Adds the pod's claims to `per_pod` (templates) and `shared` (named claims); returns how
-    many claims could not be resolved."""
+    """Adds the pod's claims to `per_pod` (templates) and `shared` (named claims), and their
+    `firstAvailable` requests of more than one class to `choices`; returns how many claims could
+    not be resolved."""
     unresolved = 0.0
     for entry in entries if isinstance(entries, list) else ():
         if not isinstance(entry, Mapping):
@@ -566,13 +607,17 @@ def _claims(
             else:  # a claim its pods share: once for them all
                 shared[str(name)] = {UNRESOLVED_CLAIM: 1.0}
             continue
-        counted = claim_gpus(spec, table, notes=notes, where=f"{kind} {name}")
+        found: list[Choice] = []
+        counted = claim_gpus(spec, table, notes=notes, where=f"{kind} {name}", choices=found)
         if not counted:
             continue
         if template:
             for key, value in counted.items():
                 per_pod[key] = per_pod.get(key, 0.0) + value
+            choices.extend(("", choice) for choice in found)
         else:
+            if str(name) not in shared:  # a claim the pod names twice is still one claim
+                choices.extend((str(name), choice) for choice in found)
             shared[str(name)] = counted
     return unresolved
 
@@ -639,14 +684,17 @@ def claim_gpus(
     *,
     notes: list[str] | None = None,
     where: str = "",
+    choices: list[Choice] | None = None,
 ) -> dict[str, float]:
     """GPU-equivalents a claim's `devices` ({requests: [...]}) asks for, by DeviceClass name.
 
     `exactly` (resource.k8s.io/v1) or the request itself (v1beta1) names the class. Of
-    `firstAvailable` the alternative worth the most counts: the scheduler takes the first it can
-    satisfy, which may be any of them (a first one that matches nothing, or a class that is no
-    accelerator, only leads it to the next). Classes the table does not list are not accelerators
-    (a NIC)."""
+    `firstAvailable` the alternative worth the most counts, under its class: the scheduler takes the
+    first it can satisfy, which may be any of them (a first one that matches nothing, or a class
+    that is no accelerator, only leads it to the next). When the alternatives are of more than one
+    class, a `Choice` added to `choices` says what each class's largest is worth, for a `resources`
+    list that does not count the largest's class. Classes the table does not list are not
+    accelerators (a NIC)."""
     out: dict[str, float] = {}
     for request in devices.get("requests") or ():
         if not isinstance(request, Mapping):
@@ -671,6 +719,13 @@ def claim_gpus(
                 )
         if value > 0:
             out[class_name] = out.get(class_name, 0.0) + value
+        if choices is not None and len(counted) > 1:
+            by_class: dict[str, float] = {}
+            for other, worth, _ in counted:
+                if worth > by_class.get(other, 0.0):
+                    by_class[other] = worth
+            if len(by_class) > 1:
+                choices.append(Choice(class_name, by_class))
     return out
 
 

@@ -165,7 +165,7 @@ class WorkloadView:
             per_pod.append(asked.total(counts) if asked.shared else own)
             total += own * template.replicas
             for claim in asked.shared:
-                shared[claim] = PodGPUs(shared={claim: asked.shared[claim]}).total(counts)
+                shared[claim] = asked.shared_total(claim, counts)
         total += sum(shared.values())
         counted = self._gpus[resources] = (per_pod, total)
         return counted

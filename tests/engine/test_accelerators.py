@@ -36,7 +36,7 @@ from controller.engine.loading import snapshot_from_objects
 from controller.engine.models import GPUEquivalence
 from controller.engine.view import workload_gpus
 from controller.engine.workloads import effective_request
-from controller.metering.usage import Counting, _asks, count_gpus, meter, new_ledger, pod_record
+from controller.metering.usage import Counting, _asks, count_pod, meter, new_ledger, pod_record
 from e2e import accelerators as lab
 
 NS = "ml"
@@ -600,6 +600,76 @@ def test_first_available_keeps_the_notes_of_the_alternative_it_counts():
     assert counted_template({"name": "gpu", "firstAvailable": [all_gpus, one]})[1] == notes[:1]
 
 
+BIG_CLASS = "big.example.com"
+BIG_TABLE = equivalence_of([equivalence("big", deviceClasses={BIG_CLASS: {}})])
+BIG_OR_TWO = {"name": "gpu", "firstAvailable": [
+    {"name": "big", "deviceClassName": BIG_CLASS, "allocationMode": "ExactCount", "count": 8},
+    {"name": "two", "deviceClassName": lab.GPU_CLASS, "allocationMode": "ExactCount", "count": 2},
+]}
+"""8 devices of a class, else 2 nvidia GPUs: the scheduler may well give the 2."""
+
+
+@pytest.mark.parametrize(
+    ("resources", "expected"),
+    [
+        ((lab.GPU_CLASS,), 2.0),  # only the smaller alternative's class: the 2 it may be given
+        ((BIG_CLASS,), 8.0),
+        (("*",), 8.0),
+        ((BIG_CLASS, lab.GPU_CLASS), 8.0),
+        (("gpu.*",), 2.0),  # a glob counts as the names it matches
+        (("amd.com/gpu",), 0.0),  # neither alternative
+    ],
+)
+def test_first_available_counts_the_largest_alternative_a_resources_list_counts(resources, expected):
+    counts = resource_filter(resources)
+    devices = lab.claim_spec([BIG_OR_TWO, lab.device_request("one", lab.GPU_CLASS)])["devices"]
+    assert claim_gpus(devices, BIG_TABLE) == {BIG_CLASS: 8.0, lab.GPU_CLASS: 1.0}  # by key: unchanged
+    index = ClaimIndex([lab.claim_template("t", NS, [BIG_OR_TWO, lab.device_request("one", lab.GPU_CLASS)])])
+    found = pod_gpus(claim_pod_spec(gpus={"resourceClaimTemplateName": "t"}), table=BIG_TABLE, namespace=NS,
+                     claims=index)
+    one = 1.0 if counts is None or counts(lab.GPU_CLASS) else 0.0  # the request without alternatives
+    assert found.total(counts) == found.total(counts, shared=False) == expected + one
+    snap = Snapshot(claims=index, equivalence=BIG_TABLE)
+    workload = manifest_deployment(claim_pod_spec(gpus={"resourceClaimTemplateName": "t"}), replicas=3)
+    assert workload_gpus(workload, snapshot=snap, resources=resources) == 3 * (expected + one)
+
+
+def test_first_available_in_a_shared_claim_counts_once_per_workload_under_a_resources_list():
+    index = ClaimIndex([lab.resource_claim("c", NS, [BIG_OR_TWO])])
+    spec = claim_pod_spec(a={"resourceClaimName": "c"}, b={"resourceClaimName": "c"})  # named twice
+    found = pod_gpus(spec, table=BIG_TABLE, namespace=NS, claims=index)
+    assert found.shared == {"c": {BIG_CLASS: 8.0}}
+    nvidia = resource_filter((lab.GPU_CLASS,))
+    assert found.total(nvidia) == found.shared_total("c", nvidia) == 2.0
+    assert found.total(nvidia, shared=False) == 0.0
+    assert found.total() == found.shared_total("c") == 8.0
+    snap = Snapshot(claims=index, equivalence=BIG_TABLE)
+    workload = manifest_deployment(spec, replicas=3)
+    assert workload_gpus(workload, snapshot=snap, resources=(lab.GPU_CLASS,)) == 2.0
+    assert workload_gpus(workload, snapshot=snap) == 8.0
+
+
+def test_first_available_of_one_class_needs_no_choice():
+    one_class = {"name": "gpu", "firstAvailable": [
+        {"name": "one", "deviceClassName": lab.GPU_CLASS},
+        {"name": "four", "deviceClassName": lab.GPU_CLASS, "allocationMode": "ExactCount", "count": 4},
+        {"name": "nic", "deviceClassName": "rdma.example.com"},  # no accelerator: no class to choose
+    ]}
+    index = ClaimIndex([lab.claim_template("t", NS, [one_class])])
+    found = pod_gpus(claim_pod_spec(gpus={"resourceClaimTemplateName": "t"}), namespace=NS, claims=index)
+    assert found.per_pod == {lab.GPU_CLASS: 4.0} and found.choices == ()
+    assert found.total(resource_filter((lab.GPU_CLASS,))) == 4.0
+    assert found.total(resource_filter(("amd.com/gpu",))) == 0.0
+
+
+def test_a_policy_on_the_smaller_alternatives_class_sees_it():
+    index = ClaimIndex([lab.claim_template("t", NS, [BIG_OR_TWO])])
+    gpu_policy = policy("gpu", gpu={"maxGPUsPerPod": 1, "resources": [lab.GPU_CLASS]})
+    manifest = manifest_pod(claim_pod_spec(gpus={"resourceClaimTemplateName": "t"}))
+    decision = judge(manifest, snap=Snapshot(policies=(gpu_policy,), claims=index, equivalence=BIG_TABLE))
+    assert not decision.allowed
+    assert decision.violations[0].message.startswith("2 GPUs per pod;")
+
 ATTRIBUTE = "device.attributes['gpu.nvidia.com']"
 PROFILE_NOTE = (
     "ResourceClaimTemplate t does not select its mig.nvidia.com devices by one MIG profile alone: "
@@ -1125,7 +1195,7 @@ def test_count_gpus_on_the_pods_node(node, pins, expected):
     facts = NodeFacts.of(node) if node is not None else None
     nodes = {"n": facts} if facts is not None else {}
     obj = bound_pod("p", spec_of({"nvidia.com/gpu": 1}, **pins), node="n", scheduled=T)
-    found = count_gpus(_asks(obj), namespace=NS, node=facts, counting=Counting(nodes=nodes))
+    found = count_pod(_asks(obj), namespace=NS, node=facts, counting=Counting(nodes=nodes))[0]
     assert found == {"nvidia.com/gpu": approx(expected)}
     assert pod_record(obj, counting=Counting(nodes=nodes)).gpus == approx(expected)
 
@@ -1144,9 +1214,9 @@ def test_an_allocated_claim_is_counted_from_its_allocation_instead_of_its_reques
     obj["status"]["resourceClaimStatuses"] = [{"name": "gpus", "resourceClaimName": "p-gpus-x7k2"}]
     asks = _asks(obj)
     claims = ("p-gpus-x7k2",)
-    assert count_gpus(asks, namespace=NS, node=None, counting=Counting(), claims=claims) == {"dra": 1.0}
+    assert count_pod(asks, namespace=NS, node=None, counting=Counting(), claims=claims)[0] == {"dra": 1.0}
     counting = Counting(claims={(NS, "p-gpus-x7k2"): {lab.MIG_CLASS: 3 / 7}})
-    assert count_gpus(asks, namespace=NS, node=None, counting=counting, claims=("p-gpus-x7k2",)) == {
+    assert count_pod(asks, namespace=NS, node=None, counting=counting, claims=("p-gpus-x7k2",))[0] == {
         lab.MIG_CLASS: 3 / 7
     }
     record = pod_record(obj, counting=counting)
@@ -1154,11 +1224,11 @@ def test_an_allocated_claim_is_counted_from_its_allocation_instead_of_its_reques
     assert pod_record(obj, counting=counting, gpu_resources=["amd.com/gpu"]).gpus == 0.0
 
 
-def test_count_gpus_counts_the_claims_not_allocated_as_asked():
+def test_count_pod_counts_the_claims_not_allocated_as_asked():
     spec = claim_pod_spec(own={"resourceClaimTemplateName": "t"}, shared={"resourceClaimName": "shared"})
     asks = _asks({"spec": spec})
     counting = Counting(claims={(NS, "shared"): {lab.GPU_CLASS: 1.0}})
-    found = count_gpus(asks, namespace=NS, node=None, counting=counting, claims=("p-own-abcde", "shared"))
+    found = count_pod(asks, namespace=NS, node=None, counting=counting, claims=("p-own-abcde", "shared"))[0]
     assert found == {lab.GPU_CLASS: 1.0, "dra": 1.0}
 
 
