@@ -14,14 +14,15 @@ when two policies default the same label, the first one wins.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from controller.constants import DEFAULT_EXPIRY_KEY, DEFAULT_GPU_RESOURCES
+from controller.constants import BUDGET_GATE, DEFAULT_GPU_RESOURCES
 from controller.engine import queueing
 from controller.engine.api import Decision, Enforcement, Snapshot, Violation
+from controller.engine.expiry import projection_key
 from controller.engine.matching import namespace_labels_of, placement_matches
 from controller.engine.models import RULE_FAMILIES
 from controller.engine.rules import Context
@@ -48,7 +49,7 @@ def evaluate(
     operation: str = "CREATE",
     namespace: str | None = None,
     old_object: Mapping[str, Any] | None = None,
-    gate_owner: bool = True,
+    gates_owned: frozenset[str] | None = None,
 ) -> Decision:
     """Judge one workload.
 
@@ -57,8 +58,9 @@ def evaluate(
     `old_object`, at UPDATE, is the object before it: what it already violated is only warned
     about unless the update adds to its cost, and budgets judge only the increase
     (`controller.engine.update`).
-    `gate_owner`: whether the request comes from whoever releases pods a queueing budget gated
-    (Comptroller's operator); taking that gate off is denied to anyone else (docs/queueing.md).
+    `gates_owned`: the scheduling gates whoever makes the request may take off a pod a queueing
+    budget covers (None: all of them): Comptroller's operator owns the budget's gate, Kueue its
+    admission gate; taking one off is denied to anyone else (docs/queueing.md).
     Objects that are not a supported workload kind, in an excluded namespace, or operations other
     than CREATE and UPDATE are allowed with an empty decision.
     """
@@ -107,10 +109,14 @@ def evaluate(
             _route(decision, found, policy.spec.enforcement, exceptions)
     if snapshot.budgets:
         # Budgets project up to the workload's expires_at, under the key the matching policies use.
-        keys = (p.spec.expiry.key for p in matcher.matching() if p.spec.expiry is not None)
-        ctx.expiry_key = next((key for key in keys if key != DEFAULT_EXPIRY_KEY), DEFAULT_EXPIRY_KEY)
+        ctx.expiry_key = projection_key(matcher.matching())
     gates: dict[str, str] = {}
     released = update is not None and queueing.claims_released(update)
+    # Taking a queueing gate off is starting the pod: the budget's gate is the operator's to take
+    # off, in turn, and Kueue's admission gate is Kueue's. By anyone else, a pod queued or claimed
+    # by Kueue would start past a spent budget by a patch.
+    taken_off = queueing.gates_taken_off(update) if update is not None else frozenset()
+    by_hand = taken_off - gates_owned if gates_owned is not None else frozenset()
     for budget in snapshot.budgets:
         covers = _covers(budget, view)
         # Labels choose the budget (a finished pod's charge is final, whatever they say): what an
@@ -124,21 +130,18 @@ def evaluate(
         if before and not covers and view.is_pod:
             found = [budget_rule.left(budget, update)]
         if budget.spec.when_exhausted == "Queue" and covers:
-            if update is not None and queueing.ungated(update):
-                # Taking the gate off is starting the pod: the operator's to do, judged as at its
-                # creation, so a queued pod cannot be started past a spent budget by a patch.
-                found = (
-                    budget_rule.validate(budget, view, replace(ctx, update=None))
-                    if gate_owner
-                    else [queueing.self_released(budget)]
-                )
-            queued = queueing.judge(budget, view, operation, found, mutate=mutate,
-                                    old=update.old if update is not None else None)
-            found = queued.deny
-            if queued.gate and not _waived(exceptions, budget.name, "budget"):
-                gates[budget.name] = queued.gate
-            if queued.warn:
-                _route(decision, queued.warn, "Warn", exceptions)
+            if by_hand:
+                found = [queueing.self_released(budget, min(by_hand))]
+            else:
+                if BUDGET_GATE in taken_off:  # the operator releasing it, judged as at its creation
+                    found = budget_rule.validate(budget, view, replace(ctx, update=None))
+                queued = queueing.judge(budget, view, operation, found, mutate=mutate,
+                                        old=update.old if update is not None else None)
+                found = queued.deny
+                if queued.gate and not _waived(exceptions, budget.name, "budget"):
+                    gates[budget.name] = queued.gate
+                if queued.warn:
+                    _route(decision, queued.warn, "Warn", exceptions)
         if found:
             _route(decision, found, budget.spec.enforcement, exceptions)
     if mutate:
@@ -146,6 +149,8 @@ def evaluate(
         decision.patch = view.patch()
         if gate is not None:
             decision.patch.append(gate)
+        elif snapshot.budgets:
+            decision.patch += queueing.handed_to_kueue(view, operation)
     for note in view.gpu_notes():
         decision.warnings.append(
             Violation(
@@ -326,6 +331,15 @@ class PolicyMatch:
     """Rule families a live FinOpsException waives for this policy on this workload."""
 
 
+def projection_key_of(
+    manifest: Mapping[str, Any], *, snapshot: Snapshot, namespace: str | None = None
+) -> str:
+    """The key budgets project the workload to its expiry under (`projection_key` of the policies
+    matching it), as `evaluate` does: the operator's queue reserves a released pod up to it."""
+    matches = matching_policies(manifest, snapshot=snapshot, namespace=namespace)
+    return projection_key(match.policy for match in matches)
+
+
 def matching_policies(
     manifest: Mapping[str, Any],
     *,
@@ -361,6 +375,22 @@ def _gpus_for(policy: Any, view: WorkloadView) -> float:
     """The workload's GPUs as a gpuOnly policy counts them (its own `gpu.resources`, if any)."""
     gpu = policy.spec.gpu
     return view.gpus(gpu.resource_tuple if gpu is not None else _DEFAULT_RESOURCES)
+
+
+def waived(
+    exceptions: Iterable[Any],
+    policy: str,
+    rule: str,
+    *,
+    namespace: str,
+    labels: Mapping[str, str],
+    now: datetime,
+) -> bool:
+    """Whether a FinOpsException of `namespace`, live at `now`, whose selector matches `labels`
+    waives `rule` of `policy` (a GPUBudget's name and "budget": the operator releases a pod that
+    budget queued), as `evaluate` waives it."""
+    live = [e for e in exceptions if e.namespace == namespace and e.spec.expires_at > now]
+    return _waived(_exceptions_for(live, labels), policy, rule)
 
 
 def _exceptions_for(exceptions: list[Any], labels: Mapping[str, str]) -> list[Any]:

@@ -7,15 +7,19 @@ Annotations accept the label formats too, so moving a value from a label to an a
 breaks it. Every parsed time is timezone-aware UTC.
 
 The operator's expiry sweep and the engine's expiry rule both read through `expires_at_of`,
-so they never disagree on when a workload expires.
+so they never disagree on when a workload expires. Budgets project a workload to its expiry under
+the key the policies matching it use (`projection_key`): admission and the operator's queue both
+ask it, so they reserve up to the same time.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
+
+from controller.constants import DEFAULT_EXPIRY_KEY
 
 Source = Literal["label", "annotation"]
 
@@ -104,3 +108,16 @@ def expires_at_of(
         return parse_expires_at(raw, source=source), None
     except ValueError as exc:
         return None, str(exc)
+
+
+# -- which key budgets project to ---------------------------------------------------------------
+
+
+def projection_key(policies: Iterable[Any]) -> str:
+    """The key budgets read a workload's expiry under, given the policies that match it (in snapshot
+    order): the first non-default `spec.expiry.key` among them, else `expires_at`."""
+    for policy in policies:
+        expiry = policy.spec.expiry
+        if expiry is not None and expiry.key != DEFAULT_EXPIRY_KEY:
+            return str(expiry.key)
+    return DEFAULT_EXPIRY_KEY

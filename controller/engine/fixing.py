@@ -78,12 +78,12 @@ def joint_fix(
     namespace: str | None = None,
     operation: str = "CREATE",
     old_object: Mapping[str, Any] | None = None,
-    gate_owner: bool = True,
+    gates_owned: frozenset[str] | None = None,
 ) -> JointFix:
     """The fix for the whole decision on `manifest`, judged as `evaluate` judges it (mutation first)."""
     judge = _Judge(
         manifest, snapshot=snapshot, now=now, namespace=namespace, operation=operation, old=old_object,
-        gate_owner=gate_owner,
+        gates_owned=gates_owned,
     )
     best = judge.converge({})
     if not (best.admitted and not _overwritten(manifest, best.edits)):
@@ -92,7 +92,8 @@ def joint_fix(
             found = judge.converge(start)
             ranked.append(((*_score(manifest, found)[:-1], order + 1), found))
         best = min(ranked, key=lambda item: item[0])[1]
-    return replace(best, manifest=manifest, edits=_payers_choose(best.edits, payer_keys(snapshot)))
+    edits = _payers_choose(best.edits, payer_keys(snapshot), old_object)
+    return replace(best, manifest=manifest, edits=edits)
 
 
 def payer_keys(snapshot: Snapshot) -> frozenset[str]:
@@ -105,17 +106,29 @@ def payer_keys(snapshot: Snapshot) -> frozenset[str]:
     return frozenset(keys)
 
 
-def _payers_choose(edits: tuple[Edit, ...], payers: frozenset[str]) -> tuple[Edit, ...]:
+def _payers_choose(
+    edits: tuple[Edit, ...], payers: frozenset[str], old: Mapping[str, Any] | None
+) -> tuple[Edit, ...]:
     """A label that decides which budget pays is the user's to choose, even where the rule's allowed
-    values gave a valid one: the fix keeps it as a marked placeholder."""
+    values gave a valid one: the fix keeps it as a marked placeholder. Not where the fix puts back
+    what the object had before the update (a pod keeps the budget it was created under)."""
     if not payers:
         return edits
     return tuple(
         replace(edit, note="", choose=f"you choose: {edit.path[-1]} decides which GPUBudget pays")
-        if not edit.choose and edit.path[-1] in payers and edit.path[-3:-1] == ("metadata", "labels")
+        if not edit.choose
+        and edit.path[-1] in payers
+        and edit.path[-3:-1] == ("metadata", "labels")
+        and not _had(old, edit)
         else edit
         for edit in edits
     )
+
+
+def _had(old: Mapping[str, Any] | None, edit: Edit) -> bool:
+    """Whether the object before the update had the edit's value at its path."""
+    found, value = lookup(old, edit.path)
+    return found and value is not None and value == edit.value
 
 
 class _Judge:
@@ -141,7 +154,7 @@ class _Judge:
             namespace=how["namespace"],
             operation=how["operation"],
             old_object=how["old"],
-            gate_owner=how["gate_owner"],
+            gates_owned=how["gates_owned"],
         )
 
     def converge(self, start: dict[Path, Edit]) -> JointFix:

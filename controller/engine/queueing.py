@@ -14,13 +14,14 @@ pods:
   admitted, with a warning saying its pods will wait;
 - a workload Kueue admits (`kueue.x-k8s.io/queue-name`) is never gated: Kueue's suspend stays in
   charge of when it runs, and the budget's verdict comes as a warning. The label is only a claim a
-  user writes: the validating webhook takes a Pod as Kueue's only when Kueue gated it too
-  (`kueue.x-k8s.io/admission`), and judges any other as under `Deny`;
+  user writes: a Pod is Kueue's only when Kueue gated it too (`kueue.x-k8s.io/admission`), and is
+  gated and judged as any other until then (`kueue_managed`);
 - the validating webhook, which sees the pod after mutation, admits a gated pod with a warning
   saying why it waits; a pod the mutating webhook did not gate (it was down, with
   `failurePolicy: Ignore`) is judged as under `Deny`, so a budget is never bypassed;
-- the gate is the operator's to take off: the webhook tells the engine whether the request
-  comes from it (`gate_owner`), and a pod anyone else ungates is denied, whatever remains.
+- the gate is the operator's to take off, and Kueue's admission gate Kueue's: the webhook tells
+  the engine which gates whoever makes the request owns (`gates_owned`), and a pod anyone else
+  ungates is denied, whatever remains.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any
 
 from controller.constants import BUDGET_GATE, KUEUE_GATE, KUEUE_QUEUE_LABEL, QUEUED_ANNOTATION
 from controller.engine.api import Violation
+from controller.engine.workloads import escape
 
 
 @dataclass(frozen=True)
@@ -54,10 +56,17 @@ def gate_names(pod_spec: Mapping[str, Any]) -> frozenset[str]:
     return frozenset(g["name"] for g in gates if isinstance(g, Mapping) and isinstance(g.get("name"), str))
 
 
-def ungated(update: Any) -> bool:
-    """An UPDATE of a pod that takes the budget's gate off (what starts a queued pod)."""
+QUEUEING_GATES = frozenset({BUDGET_GATE, KUEUE_GATE})
+"""The scheduling gates that hold a pod for a queue: the budget's (the operator takes it off) and
+Kueue's admission gate (Kueue takes it off)."""
+
+
+def gates_taken_off(update: Any) -> frozenset[str]:
+    """The queueing gates an UPDATE of a pod takes off (what starts a queued pod)."""
     new, old = update.new, update.old
-    return bool(new.is_pod and has_gate(old.templates[0].spec) and not has_gate(new.templates[0].spec))
+    if not new.is_pod:
+        return frozenset()
+    return (gate_names(old.templates[0].spec) & QUEUEING_GATES) - gate_names(new.templates[0].spec)
 
 
 def claims_released(update: Any) -> bool:
@@ -76,8 +85,20 @@ def claims_released(update: Any) -> bool:
     return bool(gate_names(update.old.templates[0].spec)) and not gate_names(spec)
 
 
-def self_released(budget: Any) -> Violation:
-    """A pod whose budget gate someone other than the operator took off."""
+def self_released(budget: Any, gate: str = BUDGET_GATE) -> Violation:
+    """A pod a queueing budget covers whose gate someone other than its owner took off."""
+    if gate == KUEUE_GATE:
+        return Violation(
+            policy=budget.name,
+            rule="budget",
+            key=budget.name,
+            message=f"GPU budget {budget.name} pays for this pod when Kueue admits it: Kueue's scheduling "
+            f"gate {KUEUE_GATE} is taken off by Kueue, not by hand",
+            summary=f"only Kueue takes {KUEUE_GATE} off a pod {budget.name} pays for",
+            fix=f"# leave {KUEUE_GATE} on the pod for Kueue to take off; to run without Kueue, create the "
+            f"pod again without {KUEUE_QUEUE_LABEL} and the gate, and {budget.name} queues it (if Kueue "
+            "runs as another user, name it to Comptroller's webhook: --kueue-controller)",
+        )
     return Violation(
         policy=budget.name,
         rule="budget",
@@ -87,18 +108,24 @@ def self_released(budget: Any) -> Violation:
         "queued before it, not by hand",
         summary=f"only Comptroller's operator releases pods queued by {budget.name}",
         fix=f"# leave {BUDGET_GATE} on the pod: `kubectl describe pod` shows why it waits (a larger "
-        f"gpuHours releases it sooner; under a FinOpsException for {budget.name} you may take it off)",
+        f"gpuHours releases it sooner, and so does a FinOpsException for {budget.name})",
     )
 
 
-def kueue_managed(view: Any, *, mutate: bool, old: Any = None) -> bool:
-    """Whether Kueue decides when the workload runs. A pod's label is only believed by the
-    validating webhook when Kueue's own gate is on it too (Kueue's webhook adds it at creation,
-    after ours mutated), or was before the update (Kueue admitting the pod takes it off, with the
-    flavor's nodeSelector); a controller's pods are judged again when they are created."""
+def kueue_managed(view: Any, *, old: Any = None) -> bool:
+    """Whether Kueue decides when the workload runs. A pod's label is only believed when Kueue's
+    own gate is on it too, or was before the update (Kueue admitting the pod takes it off, with the
+    flavor's nodeSelector: anyone else taking it off is refused before this is asked); a
+    controller's pods are judged again when they are created.
+
+    When our mutating webhook is called before Kueue's (the API server orders them by configuration
+    name), a Pod with the label alone is gated as any other; when Kueue's gate comes, the API
+    server calls ours again (`reinvocationPolicy: IfNeeded`), which takes its own gate back off
+    (`handed_to_kueue`). Called after Kueue's, ours sees Kueue's gate at once. Where Kueue does
+    not manage the pod, the budget's gate stays: the label alone never skips the queue."""
     if KUEUE_QUEUE_LABEL not in view.labels() and KUEUE_QUEUE_LABEL not in view.meta_labels:
         return False
-    if mutate or not view.is_pod or has_gate(view.templates[0].spec, KUEUE_GATE):
+    if not view.is_pod or has_gate(view.templates[0].spec, KUEUE_GATE):
         return True
     return old is not None and old.is_pod and has_gate(old.templates[0].spec, KUEUE_GATE)
 
@@ -110,11 +137,11 @@ def judge(
     spec = budget.spec
     projected = spec.admission == "Projected"
     waiting = found[0].summary if found else "it fits in what remains (pods are released in order)"
-    if kueue_managed(view, mutate=mutate, old=old):
+    if kueue_managed(view, old=old):
         return Queued([], [_note(budget, f"Kueue admits this workload; for {budget.name}: {waiting}")]
                       if found else [])
     if view.is_pod and operation == "UPDATE" and found:
-        return Queued(found, [])  # the gate taken off a pod the budget cannot pay for (`ungated`)
+        return Queued(found, [])  # the gate taken off a pod the budget cannot pay for (`gates_taken_off`)
     if not view.is_pod or operation != "CREATE":
         if not found:
             return Queued([], [])
@@ -140,6 +167,24 @@ def _note(budget: Any, text: str) -> Violation:
         "(a new period, a larger gpuHours, a FinOpsException, or a finished workload of the team)",
         enforcement="Warn",
     )
+
+
+def handed_to_kueue(view: Any, operation: str) -> list[dict[str, Any]]:
+    """At a Pod's creation, once Kueue's gate is on it: the RFC 6902 operations taking back the
+    budget's gate and note our first call put on it (Kueue decides when it runs)."""
+    if operation != "CREATE" or not view.is_pod or not kueue_managed(view):
+        return []
+    spec = view.manifest.get("spec") or {}
+    gates = spec.get("schedulingGates") or ()
+    ops: list[dict[str, Any]] = [
+        {"op": "remove", "path": f"/spec/schedulingGates/{index}"}
+        for index in reversed(range(len(gates)))
+        if isinstance(gates[index], Mapping) and gates[index].get("name") == BUDGET_GATE
+    ]
+    annotations = (view.manifest.get("metadata") or {}).get("annotations") or {}
+    if ops and QUEUED_ANNOTATION in annotations:
+        ops.append({"op": "remove", "path": f"/metadata/annotations/{escape(QUEUED_ANNOTATION)}"})
+    return ops
 
 
 def gate(view: Any, reasons: Mapping[str, str]) -> dict[str, Any]:

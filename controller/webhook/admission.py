@@ -181,7 +181,7 @@ class Admission:
             "namespace": request.namespace or None,
             "old_object": request.old_object if request.operation == "UPDATE" else None,
         }
-        how["gate_owner"] = self.settings.releases_queue(request.username)
+        how["gates_owned"] = self.settings.gates_owned(request.username)
         decision = self.evaluate(request.object, mutate=mutate, **how)
         if explain and not decision.allowed:
             # The joint fix (docs/fix-hints.md). On any failure each violation keeps its own fix:

@@ -21,7 +21,7 @@ import ssl
 import sys
 from pathlib import Path
 
-from controller.webhook.settings import DEFAULT_NAMESPACE, WebhookSettings
+from controller.webhook.settings import DEFAULT_KUEUE_CONTROLLER, DEFAULT_NAMESPACE, WebhookSettings
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="who may take a queueing GPUBudget's gate off a pod, as the API server names them (repeat "
         "for several; default: system:serviceaccount:NAMESPACE:comptroller-operator)",
     )
+    parser.add_argument(
+        "--kueue-controller",
+        action="append",
+        metavar="USERNAME",
+        help="who may take Kueue's admission gate off a pod a queueing GPUBudget covers: Kueue's "
+        f"controller, as the API server names it (repeat for several; \"\" for nobody; default: "
+        f"{DEFAULT_KUEUE_CONTROLLER})",
+    )
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default: %(default)s)")
     parser.add_argument(
         "--log-level", default="info", choices=("debug", "info", "warning", "error"), help="(default: info)"
@@ -79,11 +87,7 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    settings = WebhookSettings(
-        namespace=args.namespace,
-        failure_mode=args.failure_mode,
-        queue_releasers=frozenset(args.queue_releaser) if args.queue_releaser else None,
-    )
+    settings = settings_of(args)
     for path in (args.cert_file, args.key_file):
         if not path.is_file():
             print(f"comptroller webhook: {path}: no such file", file=sys.stderr)
@@ -94,6 +98,16 @@ def run(args: argparse.Namespace) -> int:
     if args.workers > 1:
         return _run_workers(args, settings)
     return _serve(args, settings)
+
+
+def settings_of(args: argparse.Namespace) -> WebhookSettings:
+    return WebhookSettings(
+        namespace=args.namespace,
+        failure_mode=args.failure_mode,
+        queue_releasers=frozenset(args.queue_releaser) if args.queue_releaser else None,
+        # `--kueue-controller ""`: nobody (no Kueue in the cluster, so nobody may take its gate off).
+        kueue_controllers=frozenset(filter(None, args.kueue_controller or (DEFAULT_KUEUE_CONTROLLER,))),
+    )
 
 
 def build_view(args: argparse.Namespace, settings: WebhookSettings):

@@ -5,13 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from controller.constants import ALWAYS_EXCLUDED_NAMESPACES
+from controller.constants import ALWAYS_EXCLUDED_NAMESPACES, BUDGET_GATE, KUEUE_GATE
 
 FailureMode = Literal["ignore", "deny"]
 
 DEFAULT_NAMESPACE = "comptroller-system"
 DEFAULT_OPERATOR_SERVICE_ACCOUNT = "comptroller-operator"
 """The operator's ServiceAccount under the chart's default release name."""
+DEFAULT_KUEUE_CONTROLLER = "system:serviceaccount:kueue-system:kueue-controller-manager"
+"""Kueue's controller as its release manifests and Helm chart install it (namespace `kueue-system`)."""
 # An UPDATE's review carries the object twice (object and oldObject), and JSON can spend 6 bytes on
 # one stored byte (the API server writes `<`, `>`, `&` and control characters as \u00XX): a
 # 400 KB Deployment with markup in an env value is a 4.8 MB review. A limit below what the API
@@ -38,11 +40,20 @@ class WebhookSettings:
     """Users who may take a queueing budget's gate off a pod (`--queue-releaser`); None: the
     operator's ServiceAccount as the chart names it, in `namespace`."""
 
+    kueue_controllers: frozenset[str] = frozenset({DEFAULT_KUEUE_CONTROLLER})
+    """Users who may take Kueue's admission gate off a pod a queueing budget covers
+    (`--kueue-controller`): Kueue's controller."""
+
     def releases_queue(self, username: str) -> bool:
         """Whether `username` may take the budget gate off a pod (docs/queueing.md)."""
         if self.queue_releasers is None:
             return username == f"system:serviceaccount:{self.namespace}:{DEFAULT_OPERATOR_SERVICE_ACCOUNT}"
         return username in self.queue_releasers
+
+    def gates_owned(self, username: str) -> frozenset[str]:
+        """The queueing gates `username` may take off a pod a queueing budget covers."""
+        owned = frozenset({BUDGET_GATE}) if self.releases_queue(username) else frozenset()
+        return owned | {KUEUE_GATE} if username in self.kueue_controllers else owned
 
     @property
     def excluded_namespaces(self) -> frozenset[str]:

@@ -41,9 +41,9 @@ def mutate(manifest, *items, operation="CREATE", old=None):
     return evaluate(manifest, snapshot=snapshot(*items), now=NOW, operation=operation, old_object=old)
 
 
-def validate(manifest, *items, operation="CREATE", old=None):
+def validate(manifest, *items, operation="CREATE", old=None, gates_owned=None):
     return evaluate(manifest, snapshot=snapshot(*items), now=NOW, mutate=False, operation=operation,
-                    old_object=old)
+                    old_object=old, gates_owned=gates_owned)
 
 
 def applied(manifest, decision):
@@ -274,16 +274,76 @@ def test_kueue_taking_its_gate_off_with_the_flavors_node_selector_is_only_warned
     assert decision.allowed and ["Kueue" in w.message for w in decision.warnings] == [True]
 
 
+@pytest.mark.parametrize("keep_label", [True, False], ids=["label kept", "label taken off too"])
+def test_only_kueue_takes_its_gate_off_a_pod_a_queueing_budget_covers(keep_label):
+    """A user can write Kueue's gate and queue-name label on their own pod (it is then taken as
+    Kueue's, and only warned about) and take the gate off later: by anyone but Kueue that starts
+    the pod past the budget, so it is denied, with or without the label, with room or without."""
+    labels = {**NLP, KUEUE_QUEUE_LABEL: "team-q"}
+    old = kueue_gated(pod(labels, gpus=8))
+    new = pod(labels if keep_label else NLP, gpus=8)
+    for used in (0, 200):
+        by_user = validate(new, nlp_budget(used=used), operation="UPDATE", old=old, gates_owned=frozenset())
+        assert not by_user.allowed, used
+        (violation,) = by_user.violations
+        assert violation.policy == "team-nlp" and "Kueue" in violation.message and KUEUE_GATE in violation.fix
+        # The operator owns the budget's gate, not Kueue's.
+        assert not validate(new, nlp_budget(used=used), operation="UPDATE", old=old,
+                            gates_owned=frozenset({BUDGET_GATE})).allowed
+    by_kueue = validate(new, nlp_budget(), operation="UPDATE", old=old, gates_owned=frozenset({KUEUE_GATE}))
+    assert by_kueue.allowed and not by_kueue.violations
+    # Under a budget that refuses (Deny), the pod was judged at its creation; the gate changes nothing.
+    assert validate(new, nlp_budget(when="Deny", used=0), operation="UPDATE", old=old,
+                    gates_owned=frozenset()).allowed
+
+
+def test_taking_off_a_gate_that_is_not_a_queues_is_judged_as_before():
+    other = "example.com/quota"
+    old = pod(NLP, gpus=1)
+    old["spec"]["schedulingGates"] = [{"name": other}]
+    decision = validate(pod(NLP, gpus=1), nlp_budget(used=0), operation="UPDATE", old=old,
+                        gates_owned=frozenset())
+    assert decision.allowed and not decision.violations
+
+
 def test_a_pod_that_only_claims_kueue_is_judged_as_any_other():
     """The label alone is something anyone writes: without Kueue's own gate on the pod (Kueue not
     installed, or not managing it), the validating webhook judges it as under Deny."""
     workload = pod({**NLP, KUEUE_QUEUE_LABEL: "does-not-exist"}, gpus=8)
     decision = validate(workload, nlp_budget())
     assert not decision.allowed and [v.policy for v in decision.violations] == ["team-nlp"]
-    # Our mutating webhook runs before Kueue's adds its gate: it believes the label, and the
-    # validating webhook, which sees Kueue's gate, takes the pod as Kueue's.
-    assert gate_ops(mutate(workload, nlp_budget())) == []
+    # Nor does our mutating webhook believe the label alone: the pod queues as any other.
+    gated_pod = applied(workload, mutate(workload, nlp_budget()))
+    assert gated_pod["spec"]["schedulingGates"] == [GATE]
+    waits = validate(gated_pod, nlp_budget())
+    assert waits.allowed and ["waits SchedulingGated" in w.message for w in waits.warnings] == [True]
     assert validate(kueue_gated(workload), nlp_budget()).allowed
+
+
+@pytest.mark.parametrize("admission", ["Exhausted", "Projected"])
+def test_once_kueue_gates_a_pod_our_reinvoked_webhook_takes_its_own_gate_back(admission):
+    """The API server calls our mutating webhook first (`comptroller` < `kueue`), then Kueue's,
+    which adds its gate, then ours again (reinvocationPolicy IfNeeded): that second call hands the
+    pod to Kueue, taking the budget's gate and note back off, and nothing else."""
+    budget = nlp_budget(used=500 if admission == "Exhausted" else 0, admission=admission)
+    workload = pod({**NLP, KUEUE_QUEUE_LABEL: "team-q"}, gpus=8)
+    workload["spec"]["schedulingGates"] = [{"name": "example.com/other"}]
+    first = applied(workload, mutate(workload, budget))
+    assert [g["name"] for g in first["spec"]["schedulingGates"]] == ["example.com/other", BUDGET_GATE]
+    by_kueue = copy.deepcopy(first)  # what Kueue's pod webhook does
+    by_kueue["spec"]["schedulingGates"].append({"name": KUEUE_GATE})
+    by_kueue["metadata"]["labels"]["kueue.x-k8s.io/managed"] = "true"
+    again = mutate(by_kueue, budget)
+    final = applied(by_kueue, again)
+    assert [g["name"] for g in final["spec"]["schedulingGates"]] == ["example.com/other", KUEUE_GATE]
+    assert QUEUED_ANNOTATION not in final["metadata"].get("annotations", {})
+    assert final["metadata"]["labels"] == by_kueue["metadata"]["labels"]
+    decision = validate(final, budget)
+    assert decision.allowed and not decision.violations
+    # Called once more (another webhook changed it again), it has nothing left to take back.
+    assert mutate(final, budget).patch == []
+    # An UPDATE never takes the budget's gate off: only the operator does.
+    assert gate_ops(mutate(by_kueue, budget, operation="UPDATE", old=by_kueue)) == []
 
 
 def test_adding_the_kueue_label_while_taking_the_budget_gate_off_is_denied():

@@ -13,6 +13,7 @@ from engine_cases import NOW, budget, deployment, policy, snapshot
 
 from controller.engine import evaluate
 from controller.engine.expiry import format_annotation
+from controller.engine.fixing import joint_fix
 from controller.engine.workloads import scaled
 
 TEAM = {"team": "nlp", "environment": "production"}
@@ -272,6 +273,10 @@ def test_relabelling_a_pod_out_of_the_budget_that_charges_it_is_denied_with_the_
         (violation,) = decision.violations
         assert violation.policy == "team-nlp" and "team from nlp to scratch" in violation.message
         assert "team: nlp" in violation.fix
+        # The joint fix puts the team back as it was: not a placeholder for the user to choose.
+        fix = joint_fix(new, snapshot=snapshot(budget_item), now=NOW, operation="UPDATE", old_object=old)
+        (edit,) = fix.edits
+        assert (edit.path, edit.value, edit.choose) == (("metadata", "labels", "team"), "nlp", "")
 
 
 def test_a_relabel_that_keeps_the_pod_under_its_budget_or_of_a_finished_pod_is_admitted():

@@ -186,3 +186,62 @@ def test_only_the_operator_takes_the_budget_gate_off_even_with_room(username, se
     assert response["allowed"] is allowed, response
     if not allowed:
         assert "operator" in response["status"]["message"]
+
+
+KUEUE = "system:serviceaccount:kueue-system:kueue-controller-manager"
+
+
+@pytest.mark.parametrize(
+    ("flags", "controllers"),
+    [
+        ([], {KUEUE}),
+        (["--kueue-controller", "system:serviceaccount:kueue:kueue"], {"system:serviceaccount:kueue:kueue"}),
+        (["--kueue-controller", ""], set()),  # no Kueue here: nobody may take its gate off
+    ],
+)
+def test_who_kueue_is_comes_from_the_command_line(flags, controllers):
+    import argparse
+
+    from controller.webhook.server import configure, settings_of
+
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    args = parser.parse_args(["--cert-file", "c", "--key-file", "k", *flags])
+    settings = settings_of(args)
+    assert settings.kueue_controllers == controllers
+    assert (KUEUE_GATE_NAME in settings.gates_owned(KUEUE)) == (KUEUE in controllers)
+
+
+KUEUE_GATE_NAME = "kueue.x-k8s.io/admission"
+
+
+@pytest.mark.parametrize(
+    ("username", "controllers", "allowed"),
+    [
+        (KUEUE, None, True),
+        ("data-scientist", None, False),
+        (OPERATOR, None, False),
+        ("system:serviceaccount:kueue:kueue-controller-manager", None, False),
+        ("system:serviceaccount:kueue:kueue-controller-manager",
+         frozenset({"system:serviceaccount:kueue:kueue-controller-manager"}), True),
+    ],
+)
+def test_only_kueue_takes_its_gate_off_a_pod_a_queueing_budget_covers(username, controllers, allowed):
+    """Kueue's gate and queue-name label are things a user can write on their own pod: the webhook
+    takes the gate coming off as Kueue's release only from Kueue's controller (`--kueue-controller`)."""
+    from webhook_fixtures import pod
+
+    from controller.constants import KUEUE_GATE, KUEUE_QUEUE_LABEL
+    from controller.webhook.settings import WebhookSettings
+
+    labels = {**GOOD_LABELS, KUEUE_QUEUE_LABEL: "team-q"}
+    old = pod(labels=labels)
+    old["spec"]["schedulingGates"] = [{"name": KUEUE_GATE}]
+    body = review(pod(labels=labels), operation="UPDATE", old=old)
+    body["request"]["userInfo"] = {"username": username}
+    settings = WebhookSettings() if controllers is None else WebhookSettings(kueue_controllers=controllers)
+    response = _response(make_client(ML_PLATFORM, queueing(used=0), settings=settings)
+                         .post("/validate", json=body))
+    assert response["allowed"] is allowed, response
+    if not allowed:
+        assert "Kueue" in response["status"]["message"]
