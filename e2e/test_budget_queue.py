@@ -8,6 +8,10 @@ real control plane: the session's webhook gates pods at creation, the real sched
 - priorities order the queue;
 - the operator killed while pods wait: a user taking the gate off by hand is refused, and after
   its restart every pod is released once;
+- a user writing Kueue's label and gate on their own pod cannot take that gate off: only Kueue's
+  controller can; the label alone does not skip the queue;
+- a FinOpsException waiving the budget releases its queued pods;
+- under `Projected`, the queue reserves up to the expiry key the matching policy uses;
 - 20 submissions at once under `Projected`: the operator releases exactly what the budget can
   pay for, however the webhook replicas interleaved them (no overshoot).
 """
@@ -23,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import yaml
 
-from e2e.helpers import COMPLIANT_LABELS, get_json, wait_until
+from e2e.helpers import COMPLIANT_LABELS, get_json, policy, wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -54,7 +58,7 @@ def expires_in(hours: float) -> str:
 
 
 def job(name: str, namespace: str, team: str, *, pods: int = 1, priority_class: str = "",
-        expires: str | None = None) -> dict:
+        expires: str | None = None, annotations: dict[str, str] | None = None) -> dict:
     spec: dict = {
         "restartPolicy": "Never",
         "nodeSelector": {"node.kubernetes.io/instance-type": "p4d.24xlarge"},
@@ -64,8 +68,9 @@ def job(name: str, namespace: str, team: str, *, pods: int = 1, priority_class: 
     if priority_class:
         spec["priorityClassName"] = priority_class
     template: dict = {"metadata": {"labels": labels(team)}, "spec": spec}
-    if expires:
-        template["metadata"]["annotations"] = {"expires_at": expires}
+    if expires or annotations:
+        template["metadata"]["annotations"] = {**({"expires_at": expires} if expires else {}),
+                                               **(annotations or {})}
     return {"apiVersion": "batch/v1", "kind": "Job",
             "metadata": {"name": name, "namespace": namespace, "labels": labels(team)},
             "spec": {"parallelism": pods, "completions": pods, "backoffLimit": 0, "template": template}}
@@ -210,6 +215,126 @@ def test_pods_queued_while_the_operator_is_down_are_released_once_after_it_resta
     released = events(cluster, namespace, "BudgetReleased")
     assert sorted(e["involvedObject"]["name"] for e in released) == sorted(
         p["metadata"]["name"] for p in pods_of(cluster, namespace, "waits"))
+
+
+KUEUE_GATE = "kueue.x-k8s.io/admission"
+KUEUE = "system:serviceaccount:kueue-system:kueue-controller-manager"
+
+
+def kueue_pod(name: str, namespace: str, team: str, *, gates: list[str]) -> dict:
+    """A plain one-GPU Pod with Kueue's queue-name label, as a user can write it (no Kueue here)."""
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace,
+                     "labels": {**labels(team), "kueue.x-k8s.io/queue-name": "user-queue"},
+                     "annotations": {"expires_at": expires_in(2)}},  # 2 GPU-hours, if it runs that long
+        "spec": {"schedulingGates": [{"name": gate} for gate in gates],
+                 "nodeSelector": {"node.kubernetes.io/instance-type": "p4d.24xlarge"},
+                 "containers": [{"name": "train", "image": "train:1",
+                                 "resources": {"limits": {"nvidia.com/gpu": "1"}}}]},
+    }
+
+
+def test_the_kueue_label_alone_does_not_skip_the_queue(stack, cluster, namespace, team):
+    """Under `Projected` the operator releases every pod in turn against the reservations: a Pod
+    with Kueue's label but no Kueue gating it (Kueue not installed, or not managing the namespace)
+    is gated by our mutating webhook as any other and released by the operator."""
+    assert apply(cluster, queue_budget(team, 100, admission="Projected")).returncode == 0
+    wait_until(lambda: mutation_sends_every_pod(cluster), timeout=30, what="/mutate to see every pod")
+    created = cluster.kubectl("create", "-f", "-", "-o", "json", check=False,
+                              input=yaml.safe_dump(kueue_pod("label-only", namespace, team, gates=[])))
+    assert created.returncode == 0, created.stderr
+    assert [g["name"] for g in json.loads(created.stdout)["spec"]["schedulingGates"]] == [GATE]
+
+    def released() -> bool:
+        return not get_json(cluster, "pod", "label-only", "-n", namespace)["spec"].get("schedulingGates")
+
+    wait_until(released, timeout=30, what="the operator to release the pod")
+    released_events = events(cluster, namespace, "BudgetReleased")
+    assert [e["involvedObject"]["name"] for e in released_events] == ["label-only"]
+
+
+def test_only_kueue_takes_its_gate_off_a_pod_a_queueing_budget_covers(stack, cluster, namespace, team):
+    """A user can write Kueue's queue-name label and admission gate on their own pod: the pod is
+    then taken as Kueue's, the spent budget only warns, and the pod waits on the gate. Taking the
+    gate off by hand would start it past the budget, so only Kueue's controller (impersonated
+    here, with the RBAC it has in a Kueue install) may."""
+    assert apply(cluster, queue_budget(team, 0)).returncode == 0
+    wait_until(lambda: mutation_sends_every_pod(cluster), timeout=30, what="/mutate to see every pod")
+    created = apply(cluster, kueue_pod("claims-kueue", namespace, team, gates=[KUEUE_GATE]))
+    assert created.returncode == 0, created.stderr
+    assert "Kueue admits this workload" in created.stderr, created.stderr  # the budget's verdict, warned
+    ungate = ("patch", "pod", "claims-kueue", "-n", namespace, "--type=json", "-p",
+              '[{"op": "remove", "path": "/spec/schedulingGates"}]')
+    by_hand = cluster.kubectl(*ungate, check=False)
+    assert by_hand.returncode != 0, by_hand.stdout
+    assert f"gate {KUEUE_GATE} is taken off by Kueue, not by hand" in by_hand.stderr, by_hand.stderr
+    current = get_json(cluster, "pod", "claims-kueue", "-n", namespace)
+    assert [g["name"] for g in current["spec"]["schedulingGates"]] == [KUEUE_GATE]
+
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "kueue-pods", "namespace": namespace},
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch", "update"]}]}
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": "kueue-pods", "namespace": namespace},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "kueue-pods"},
+               "subjects": [{"kind": "ServiceAccount", "name": "kueue-controller-manager",
+                             "namespace": "kueue-system"}]}
+    for obj in (role, binding):
+        assert apply(cluster, obj).returncode == 0
+
+    def released_by_kueue() -> bool:
+        return cluster.kubectl(*ungate, f"--as={KUEUE}", check=False).returncode == 0
+
+    wait_until(released_by_kueue, timeout=15, what="Kueue's release (once its RoleBinding is in effect)")
+    assert not get_json(cluster, "pod", "claims-kueue", "-n", namespace)["spec"].get("schedulingGates")
+
+
+def test_projected_reserves_a_pod_up_to_the_expiry_key_its_policy_uses(stack, cluster, namespace, team):
+    """Admission and the operator's queue project a pod to the same expiry: under a policy's
+    `expiry: {key: ttl}`, a stale `expires_at` no policy enforces is not what the queue reserves by.
+    3 GPU-hours: the first 1-GPU pod (ttl in 2 h) reserves 2; the second (ttl in 2 h, a stale
+    `expires_at` in 6 minutes) needs 2 more, so it waits (read under `expires_at`, it fitted)."""
+    ttl_policy = policy(f"ttl-{team}", {"match": {"namespaces": [namespace]}, "expiry": {"key": "ttl"}})
+    assert apply(cluster, ttl_policy).returncode == 0
+    try:
+        assert apply(cluster, queue_budget(team, 3, admission="Projected")).returncode == 0
+        wait_until(lambda: mutation_sends_every_pod(cluster), timeout=30, what="/mutate to see every pod")
+        time.sleep(5)  # the operator lists the policies' expiry keys once per metering interval (2 s)
+        first = job("first", namespace, team, annotations={"ttl": expires_in(2)})
+        assert apply(cluster, first).returncode == 0
+        wait_until(lambda: [p for p in pods_of(cluster, namespace, "first") if not gated(p)], timeout=30,
+                   what="the first pod released")
+        stale = {"ttl": expires_in(2), "expires_at": expires_in(0.1)}
+        second = job("second", namespace, team, annotations=stale)
+        assert apply(cluster, second).returncode == 0
+        wait_until(lambda: [p for p in pods_of(cluster, namespace, "second") if gated(p)], timeout=30,
+                   what="the second pod gated")
+        time.sleep(10)  # five metering intervals: it would have been released by now
+        assert all(gated(p) for p in pods_of(cluster, namespace, "second")), "released past the budget"
+        status = get_json(cluster, "gpubudget", f"queue-{team}")["status"]
+        assert 1.8 <= status["reservedGPUHours"] + status["usedGPUHours"] <= 2.1, status
+        assert status["queuedPods"] == 1, status
+    finally:
+        cluster.kubectl("delete", "finopspolicy", f"ttl-{team}", "--ignore-not-found", check=False)
+
+
+def test_a_finops_exception_for_the_budget_releases_its_queued_pods(stack, cluster, namespace, team):
+    assert apply(cluster, queue_budget(team, 0)).returncode == 0
+    wait_until(lambda: mutation_sends_every_pod(cluster), timeout=30, what="/mutate to see every pod")
+    assert apply(cluster, job("deadline", namespace, team)).returncode == 0
+    wait_until(lambda: [p for p in pods_of(cluster, namespace, "deadline") if gated(p)], timeout=30,
+               what="the pod gated by the spent budget")
+    exception = {"apiVersion": "finops.comptroller.dev/v1alpha1", "kind": "FinOpsException",
+                 "metadata": {"name": "paper-deadline", "namespace": namespace},
+                 "spec": {"policies": [f"queue-{team}"], "rules": ["budget"], "reason": "paper deadline",
+                          "expiresAt": expires_in(24)}}
+    assert apply(cluster, exception).returncode == 0
+    wait_until(lambda: all(not gated(p) for p in pods_of(cluster, namespace, "deadline")), timeout=30,
+               what="the operator to release the pod under the exception")
+    released = events(cluster, namespace, "BudgetReleased")
+    assert [e["involvedObject"]["name"] for e in released] == [
+        p["metadata"]["name"] for p in pods_of(cluster, namespace, "deadline")]
 
 
 def test_twenty_concurrent_projected_submissions_never_overspend(stack, cluster, namespace, team):

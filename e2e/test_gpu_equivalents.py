@@ -7,13 +7,16 @@ real scheduler allocates, a KAI fraction), on the kwok nodes of the accelerator 
 
 - metering: one GPUBudget per form, each charged within 1 % of the truth worked out here from the
   pods' own `PodScheduled` times and the share of a GPU each form is;
-- admission: a budget spent by MIG slices refuses the next MIG pod, through the API server.
+- admission: a budget spent by MIG slices refuses the next MIG pod, through the API server;
+- the operator's queue counts a gated pod's DRA claim as admission does (what its template asks),
+  so a `Projected` budget releases only what it can pay for.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import yaml
@@ -197,3 +200,53 @@ def test_claims_that_look_smaller_than_what_the_scheduler_gives_are_counted_as_g
     finally:
         cluster.kubectl("delete", "pods", "--all", "-n", namespace, "--wait=false", check=False)
         cluster.kubectl("delete", "gpubudget", f"team-{team}", "--ignore-not-found", check=False)
+
+
+def test_a_projected_queue_reserves_what_a_gated_pods_claim_template_asks(stack, cluster, accelerator_lab,
+                                                                          namespace):
+    """Gated pods are never scheduled, so their claims are never allocated: the operator counts what
+    the template asks (4 GPUs), not one unresolved GPU. 3 pods x 4 GPUs x 2 h = 24 GPU-hours against
+    20: two are released, the youngest waits (counted as 1 GPU each, all three went)."""
+    team = f"claims-{uuid.uuid4().hex[:6]}"
+    name = f"queue-{team}"
+    queued = {**team_budget(team, 20, admission="Projected"), "metadata": {"name": name}}
+    queued["spec"]["whenExhausted"] = "Queue"
+    template = acc.claim_template("four", namespace, [acc.device_request("gpus", acc.GPU_CLASS, count=4)])
+    expires = (datetime.now(UTC) + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        for obj in (template, queued):
+            created = apply(cluster, obj)
+            assert created.returncode == 0, created.stderr
+
+        def every_pod_sent_to_mutate() -> bool:
+            config = get_json(cluster, "mutatingwebhookconfiguration", "comptroller") or {}
+            return any(c.get("name") == "comptroller-may-mutate" and c.get("expression") == "true"
+                       for w in config.get("webhooks", []) for c in w.get("matchConditions") or ())
+
+        wait_until(every_pod_sent_to_mutate, timeout=30, what="/mutate to see every pod")
+        for index in range(3):
+            labels = {**COMPLIANT_LABELS, "team": team}
+            pod = acc.template_pod(f"four-{index}", namespace, "four", labels=labels)
+            pod["metadata"]["annotations"] = {"expires_at": expires}
+            created = apply(cluster, pod)
+            assert created.returncode == 0, created.stderr
+            time.sleep(1.1)  # creation order is the queue's order (oldest first)
+
+        def gated() -> list[str]:
+            pods = get_json(cluster, "pods", "-n", namespace)["items"]
+            return sorted(p["metadata"]["name"] for p in pods if any(
+                g["name"] == "finops.comptroller.dev/budget" for g in p["spec"].get("schedulingGates") or ()))
+
+        wait_until(lambda: gated() == ["four-2"], timeout=30, what="the two oldest pods released")
+
+        def waiting_status() -> dict | None:
+            status = (get_json(cluster, "gpubudget", name) or {}).get("status") or {}
+            return status if status.get("queuedPods") == 1 and status.get("reservedGPUHours") else None
+
+        status = wait_until(waiting_status, timeout=20, what="status: one pod queued, two reserved")
+        assert 15 <= status["reservedGPUHours"] + status["usedGPUHours"] <= 20, status
+        time.sleep(5)  # a few more sweeps: the third still waits
+        assert gated() == ["four-2"]
+    finally:
+        cluster.kubectl("delete", "pods", "--all", "-n", namespace, "--wait=false", check=False)
+        cluster.kubectl("delete", "gpubudget", name, "--ignore-not-found", check=False)

@@ -159,6 +159,15 @@ def budget(name: str, team: str, gpu_hours: float, **spec) -> dict:
                      "pricePerGPUHour": {"default": 2.0}, **spec}}
 
 
+def budgeted_team(cluster, prefix: str) -> str:
+    """A fresh team with a namespace of its own (the webhook leaves it alone) and a GPUBudget of
+    1,000 GPU-hours, all three named alike."""
+    team = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    cluster.create_namespace(team, labels={IGNORE_LABEL: "true"})
+    cluster.apply([budget(team, team, 1000)])
+    return team
+
+
 def peers(cluster, peering: str) -> dict:
     return kubectl_json(cluster, "get", "clusterkopfpeering", peering).get("status") or {}
 
@@ -496,10 +505,7 @@ def test_finished_pods_fold_into_day_cells_and_the_report_still_counts_them(mete
     until they are deleted, so what the ledger persists does not grow with deleted pods.
     `comptroller report` counts them once while they are in the cluster, and still after."""
     cluster = metering_cluster
-    run = uuid.uuid4().hex[:6]
-    team, ns = f"fold-{run}", f"fold-{run}"
-    cluster.create_namespace(ns, labels={IGNORE_LABEL: "true"})
-    cluster.apply([budget(team, team, 1000)])
+    team = ns = budgeted_team(cluster, "fold")
     operator.start()
     pods = {"f-1": 2, "f-2": 1, "f-3": 1}
     cluster.apply([gpu_pod(name, ns, team, gpus, "g6.12xlarge") for name, gpus in pods.items()])
@@ -539,6 +545,39 @@ def test_finished_pods_fold_into_day_cells_and_the_report_still_counts_them(mete
     wait_for("the deleted pods forgotten by the ledger", lambda: (ledger() or {}).get("folded") == [],
              timeout=180, operator=operator)
     assert team_hours() == pytest.approx(truth, abs=0.002)  # and after they are gone
+    delete_budgets(cluster, team)
+    assert operator.terminate() == 0
+    cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def test_a_relabel_admission_did_not_judge_leaves_the_pod_charged_to_its_budget(metering_cluster, operator):
+    """The webhook refuses relabelling a Pod out of the budget that charges it; where it is not
+    consulted (down under failurePolicy Ignore; here, a namespace it ignores) the relabel goes
+    through, and the budget still charges the pod until it ends: its GPUs never run uncharged."""
+    cluster = metering_cluster
+    team = ns = budgeted_team(cluster, "sticky")
+    operator.start()
+    cluster.apply([gpu_pod("moves", ns, team, 2, "g6.12xlarge")])
+    start = wait_for("the pod running", lambda: started_at(cluster, ns, "moves"), timeout=30)
+    wait_for("runningGPUs 2", lambda: budget_status(cluster, team).get("runningGPUs") == 2, timeout=20,
+             operator=operator)
+    relabelled = cluster.kubectl("label", "pod", "-n", ns, "moves", "--overwrite", f"team=elsewhere-{team}")
+    assert relabelled.returncode == 0, relabelled.stderr
+    relabelled_at = time.time()
+
+    def metered_since_the_relabel() -> dict | None:
+        status = budget_status(cluster, team)
+        metered = status.get("lastMeteredAt")
+        return status if metered and parse(metered) > relabelled_at + 2 * INTERVAL else None
+
+    status = wait_for("two ticks after the relabel", metered_since_the_relabel, timeout=20, operator=operator)
+    assert status["runningGPUs"] == 2, status  # still charged, though its labels name another team
+    pod = kubectl_json(cluster, "get", "pod", "-n", ns, "moves")
+    assert "finops.comptroller.dev/metering" in pod["metadata"].get("finalizers", []), pod["metadata"]
+    end = finish(cluster, ns, "moves")
+    truth = 2 * (end - start) / 3600
+    final = wait_for("the final charge", lambda: settled(cluster, team, end), timeout=30, operator=operator)
+    assert final["usedGPUHours"] == pytest.approx(truth, rel=TOLERANCE)
     delete_budgets(cluster, team)
     assert operator.terminate() == 0
     cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)

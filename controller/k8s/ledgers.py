@@ -23,6 +23,7 @@ BUDGETS = ApiResource(constants.GROUP, constants.VERSION, constants.BUDGET_PLURA
                       namespaced=False)
 POLICIES = ApiResource(constants.GROUP, constants.VERSION, constants.POLICY_PLURAL, "FinOpsPolicy",
                        namespaced=False)
+EXCEPTIONS = ApiResource(constants.GROUP, constants.VERSION, constants.EXCEPTION_PLURAL, "FinOpsException")
 MAX_NAME = 253
 
 

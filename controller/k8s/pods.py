@@ -16,7 +16,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -24,8 +24,9 @@ from typing import Any
 from kubernetes import client
 
 from controller import constants
+from controller.engine.accelerators import ClaimIndex
 from controller.k8s import watching
-from controller.k8s.workloads import BUILTIN_RESOURCES, ApiResource, NotFound, Workloads
+from controller.k8s.workloads import BUILTIN_RESOURCES, ApiError, ApiResource, NotFound, Workloads
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,10 @@ STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 PODS = BUILTIN_RESOURCES["Pod"]
 NODES = ApiResource("", "v1", "nodes", "Node", namespaced=False)
 RESOURCE_CLAIMS = ApiResource("resource.k8s.io", "v1", "resourceclaims", "ResourceClaim")
+RESOURCE_CLAIM_TEMPLATES = ApiResource(
+    "resource.k8s.io", "v1", "resourceclaimtemplates", "ResourceClaimTemplate"
+)
+CLAIM_RESOURCES = (RESOURCE_CLAIM_TEMPLATES, RESOURCE_CLAIMS)
 RESOURCE_SLICES = ApiResource("resource.k8s.io", "v1", "resourceslices", "ResourceSlice", namespaced=False)
 GPU_EQUIVALENCES = ApiResource(
     constants.GROUP, constants.VERSION, "gpuequivalences", "GPUEquivalence", namespaced=False
@@ -263,9 +268,29 @@ def node_labels(api: Workloads, keys: Iterable[str]) -> dict[str, dict[str, str]
     }
 
 
-def allocated_claims(api: Workloads) -> list[dict[str, Any]]:
-    """Every ResourceClaim the scheduler allocated (unallocated ones count nothing yet)."""
-    return [c for c in api.iter_objects(RESOURCE_CLAIMS) if (c.get("status") or {}).get("allocation")]
+def allocated_claims(claims: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ResourceClaims of `claims` the scheduler allocated; the others count what they ask
+    (`claim_index`)."""
+    return [c for c in claims if (c.get("status") or {}).get("allocation")]
+
+
+def claim_index(api: Workloads, *, claims: Iterable[Mapping[str, Any]] | None = None,
+                strict: bool = False) -> ClaimIndex:
+    """The DRA ResourceClaimTemplates and ResourceClaims, as the engine's claim lookup, so the audit
+    and metering count what a claim not allocated yet asks for as admission does. `claims`: the
+    ResourceClaims listed already (None: listed here). A kind that is not served (or not readable)
+    is left out, its claims counted as unresolved, 1 GPU each; `strict` raises the ApiError instead."""
+    index = ClaimIndex()
+    for resource in CLAIM_RESOURCES:
+        try:
+            given = claims if resource is RESOURCE_CLAIMS else None
+            for obj in api.iter_objects(resource) if given is None else given:
+                index.put(obj)
+        except ApiError as error:
+            if strict:
+                raise
+            log.debug("%s not readable: %s", resource.kind, error)
+    return index
 
 
 def device_attributes(api: Workloads) -> dict[tuple[str, str, str], dict[str, Any]]:

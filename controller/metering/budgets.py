@@ -81,10 +81,18 @@ class Budget:
             created=parse_time(metadata.get("creationTimestamp")),
         )
 
-    def draws_on(self, pod: PodRecord) -> bool:
+    def draws_on(self, pod: PodRecord, held: Collection[str] = ()) -> bool:
         """Whether this budget charges `pod`: its selector matches the pod's labels and its
-        resources count some of the pod's GPUs."""
+        resources count some of the pod's GPUs; or its ledger charges the pod already (`held`,
+        see `held_by`), whatever its labels say now."""
+        if pod.uid in held:
+            return True
         return bool(self.selector.matches(pod.labels)) and pod.gpus_of(self.resources) > 0
+
+    def meters(self, pod: PodRecord, held: Collection[str] = ()) -> bool:
+        """Whether a metering tick of this budget takes `pod` in: its selector matches the pod's
+        labels, or its ledger charges the pod already."""
+        return pod.uid in held or bool(self.selector.matches(pod.labels))
 
     def percent_used(self, used: float) -> float:
         if self.gpu_hours <= 0:
@@ -230,6 +238,16 @@ def advance(
     if announce:
         ledger = replace(ledger, thresholds=tuple(sorted({*ledger.thresholds, *announce})))
     return ledger, announce
+
+
+def held_by(budget: Budget, ledger: Ledger | None) -> frozenset[str]:
+    """Uids of the running pods `ledger` charges for `budget` already. A budget keeps charging a pod
+    until it ends, whatever its labels become: admission refuses relabelling a Pod out of a budget
+    that draws on it, and a relabel it did not judge (the webhook down under `failurePolicy:
+    Ignore`) or an edit of the budget's selector must not let the GPUs it holds run uncharged."""
+    if ledger is None or ledger.budget_uid != budget.uid:
+        return frozenset()
+    return frozenset(ledger.entries)
 
 
 def first_covering(pod: PodRecord, budgets: Iterable[Budget]) -> Budget | None:

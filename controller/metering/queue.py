@@ -25,7 +25,7 @@ a gate nobody would ever remove must not strand it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -42,6 +42,8 @@ class Usage:
 
     used: float
     period_end: datetime
+    held: frozenset[str] = frozenset()
+    """Uids of the running pods the ledger charges (`held_by`): the budget draws on them still."""
 
 
 @dataclass
@@ -61,11 +63,17 @@ def worst_case(pod: PodRecord, budget: Budget, usage: Usage, now: datetime) -> f
 
 
 def plan_release(
-    pods: Sequence[PodRecord], budgets: Sequence[Budget], usage: Mapping[str, Usage], *, now: datetime
+    pods: Sequence[PodRecord],
+    budgets: Sequence[Budget],
+    usage: Mapping[str, Usage],
+    *,
+    now: datetime,
+    waived: Callable[[PodRecord, Budget], bool] | None = None,
 ) -> Plan:
     """Which gated pods to release now, and where the rest wait (see the module docstring).
     `usage` is the budgets' committed usage by name (a queueing budget with none yet, not
-    metered since this operator started, releases nothing)."""
+    metered since this operator started, releases nothing). `waived(pod, budget)`: a
+    FinOpsException lets the pod past that budget (as admission would not have gated it)."""
     plan = Plan()
     queueing = [b for b in budgets if b.when_exhausted == "Queue"]
 
@@ -77,7 +85,9 @@ def plan_release(
             continue
         if budget.admission == "Projected":
             reserved = sum(
-                worst_case(p, budget, usage[name], now) for p in live if not p.gated and budget.draws_on(p)
+                worst_case(p, budget, usage[name], now)
+                for p in live
+                if not p.gated and budget.draws_on(p, usage[name].held)
             )
             plan.reserved[name] = reserved
             remaining[name] = budget.gpu_hours - usage[name].used - reserved
@@ -93,10 +103,13 @@ def plan_release(
         first = min(members, key=lambda p: (-p.priority, p.created or now, p.name))
         return (-first.priority, first.created or now, first.gang or first.uid)
 
+    def queues(budget: Budget, pod: PodRecord) -> bool:
+        return budget.draws_on(pod) and not (waived is not None and waived(pod, budget))
+
     blocked: set[str] = set()
     for key in sorted(gangs, key=lambda k: place(gangs[k])):
         members = gangs[key]
-        on = [b for b in queueing if any(b.draws_on(p) for p in members)]
+        on = [b for b in queueing if any(queues(b, p) for p in members)]
         if not on:
             plan.release.extend(members)  # nothing queues it any more
             continue
@@ -108,7 +121,7 @@ def plan_release(
                 fits = False
                 continue
             if budget.admission == "Projected":
-                need = sum(worst_case(p, budget, usage[name], now) for p in members if budget.draws_on(p))
+                need = sum(worst_case(p, budget, usage[name], now) for p in members if queues(budget, p))
                 needs[name] = need
                 fits = fits and need <= remaining[name] + EPSILON
             else:
@@ -132,9 +145,7 @@ def figures(budget: Budget, pods: Sequence[PodRecord], usage: Usage, *, now: dat
         return 0, 0.0
     queued = reserved = 0.0
     for pod in pods:
-        if pod.end(now) is not None or not budget.selector.matches(pod.labels):
-            continue
-        if pod.gpus_of(budget.resources) <= 0:
+        if pod.end(now) is not None or not budget.draws_on(pod, usage.held):
             continue
         if pod.gated:
             queued += 1

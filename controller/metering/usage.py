@@ -74,12 +74,16 @@ from controller.engine.accelerators import (
     KAI_FRACTION,
     KAI_MEMORY,
     UNRESOLVED_CLAIM,
+    Choice,
+    ClaimLookup,
     Equivalence,
     NodeFacts,
     PodGPUs,
     pod_gpus,
     resource_filter,
 )
+from controller.engine.api import Snapshot
+from controller.engine.evaluation import projection_key_of
 from controller.engine.expiry import expires_at_of
 from controller.engine.timestamps import parse_time
 
@@ -161,14 +165,23 @@ class Counting:
     claims: Mapping[tuple[str, str], Mapping[str, float]] = field(default_factory=dict)
     """(namespace, claim name) -> GPU-equivalents allocated, of claims the scheduler allocated;
     a claim several pods share is divided among the pods it is reserved for."""
+    lookup: ClaimLookup | None = None
+    """The ResourceClaimTemplates and ResourceClaims known (the engine's `ClaimIndex`), to count
+    what a claim not allocated yet asks, as admission does; None: none (each counts 1 GPU)."""
 
 
-def count_gpus(asks: str, *, namespace: str, node: NodeFacts | None, counting: Counting,
-               claims: Iterable[str] = ()) -> dict[str, float]:
-    """GPU-equivalents by resource (or DeviceClass) of a pod, from its `_asks`, on `node`.
+Choices = tuple[tuple[str, Choice], ...]
+"""`PodGPUs.choices`: `firstAvailable` requests of more than one DeviceClass, with their claim."""
+
+
+def count_pod(asks: str, *, namespace: str, node: NodeFacts | None, counting: Counting,
+              claims: Iterable[str] = ()) -> tuple[dict[str, float], Choices]:
+    """GPU-equivalents by resource (or DeviceClass) of a pod, from its `_asks`, on `node`, and the
+    `firstAvailable` choices of its claims not allocated (`PodRecord.choices`).
 
     DRA: claims the scheduler allocated count what they were allocated; the others what their
-    requests ask (a template known to nobody here counts 1 GPU, as at admission)."""
+    requests ask, resolved by `counting.lookup` (a template known to nobody here counts 1 GPU, as
+    at admission)."""
     data = json.loads(asks)
     spec = data["spec"]
     names = tuple(claims)
@@ -179,8 +192,9 @@ def count_gpus(asks: str, *, namespace: str, node: NodeFacts | None, counting: C
         entries = spec.get("resourceClaims") or []
         asked = [e for e, name in zip(entries, names, strict=False) if allocated.get(name) is None]
         spec = {**spec, "resourceClaims": asked + entries[len(names):]}
-    found = pod_gpus(spec, data.get("annotations"), table=counting.table, node=node, namespace=namespace)
-    return by_key_of(found, allocated.values())
+    found = pod_gpus(spec, data.get("annotations"), table=counting.table, node=node, namespace=namespace,
+                     claims=counting.lookup)
+    return by_key_of(found, allocated.values()), found.choices
 
 
 def by_key_of(found: PodGPUs, allocated: Iterable[Mapping[str, float] | None] = ()) -> dict[str, float]:
@@ -249,13 +263,18 @@ class PodRecord:
     """The pods released together: one Job, JobSet, Kubeflow job, RayCluster or LeaderWorkerSet
     group; "" for a pod that goes alone (a Deployment's, a bare one)."""
     expires: datetime | None = None
-    """Its `expires_at`, which bounds what it may use (a queue reserves up to it)."""
+    """Its expiry, which bounds what it may use (a queue reserves up to it): `expires_at`, or the
+    key the policies matching it use (`pod_record`'s `policies`), as admission projects it."""
+    choices: Choices = ()
+    """`firstAvailable` requests of its claims not allocated yet whose alternatives are of more than
+    one DeviceClass (the engine's `PodGPUs.choices`): `devices` counts each as its largest
+    alternative; a `resources` list not counting that one's class counts the largest it does."""
 
     def gpus_of(self, resources: Iterable[str] | None) -> float:
         """GPU-equivalents held of `resources` (None: every resource the operator counts)."""
         if resources is None or self.devices is None:
             return self.gpus
-        return _gpus_of(self.devices, tuple(resources))
+        return _gpus_of(self.devices, tuple(resources), self.choices)
 
     def end(self, now: datetime) -> datetime | None:
         """When it stopped consuming, as far as known at `now` (None: still running)."""
@@ -342,12 +361,12 @@ def _container_times(status: Mapping[str, Any]) -> tuple[list[datetime], list[da
     return starts, finishes, all_terminated
 
 
-def pod_gpu_total(devices: Mapping[str, float], resources: Iterable[str]) -> float:
-    """GPU-equivalents of `devices` that `resources` counts."""
-    return _gpus_of(devices, tuple(resources))
+def pod_gpu_total(devices: Mapping[str, float], resources: Iterable[str], choices: Choices = ()) -> float:
+    """GPU-equivalents of `devices` (and `choices`) that `resources` counts."""
+    return _gpus_of(devices, tuple(resources), choices)
 
 
-def _gpus_of(devices: Mapping[str, float], resources: tuple[str, ...]) -> float:
+def _gpus_of(devices: Mapping[str, float], resources: tuple[str, ...], choices: Choices = ()) -> float:
     counts = resource_filter(resources)
     total = 0.0
     for key, value in devices.items():
@@ -356,6 +375,9 @@ def _gpus_of(devices: Mapping[str, float], resources: tuple[str, ...]) -> float:
                 total += value
         elif key == UNRESOLVED_CLAIM or counts is None or counts(key):  # every budget counts it
             total += value
+    if counts is not None:  # as `PodGPUs.total`: a list not counting a choice's largest class
+        for _, choice in choices:
+            total += choice.beyond(counts)
     return total
 
 
@@ -374,13 +396,18 @@ def pod_record(
     gpu_resources: Iterable[str] = constants.DEFAULT_GPU_RESOURCES,
     instance_type_keys: Sequence[str] = (),
     counting: Counting | None = None,
+    policies: Snapshot | None = None,
 ) -> PodRecord | None:
-    """The metering view of a pod object, or None when it asks for no GPU in any form."""
+    """The metering view of a pod object, or None when it asks for no GPU in any form.
+
+    `policies`: the snapshot whose matching policies say under which key the pod's expiry is read
+    (`projection_key_of`, as admission projects it); None: the default `expires_at`."""
     spec = pod.get("spec") or {}
     metadata = pod.get("metadata") or {}
     counting = counting or Counting()
     namespace = str(metadata.get("namespace", ""))
-    found = pod_gpus(spec, metadata.get("annotations"), table=counting.table, namespace=namespace)
+    found = pod_gpus(spec, metadata.get("annotations"), table=counting.table, namespace=namespace,
+                     claims=counting.lookup)
     if not found.per_pod and not found.shared and not found.unresolved and not found.unknown:
         return None
     asks = _asks(pod)
@@ -388,9 +415,9 @@ def pod_record(
     node_name = str(spec.get("nodeName") or "")
     facts = counting.nodes.get(node_name)
     if facts is None and not any(claims):  # counted as the check above did: no second pass
-        devices = by_key_of(found)
+        devices, choices = by_key_of(found), found.choices
     else:
-        devices = count_gpus(asks, namespace=namespace, node=facts, counting=counting, claims=claims)
+        devices, choices = count_pod(asks, namespace=namespace, node=facts, counting=counting, claims=claims)
     status = pod.get("status") or {}
     phase = status.get("phase") or "Pending"
     starts, finishes, all_terminated = _container_times(status)
@@ -419,7 +446,7 @@ def pod_record(
         namespace=str(metadata.get("namespace", "")),
         name=str(metadata.get("name", "")),
         labels=dict(metadata.get("labels") or {}),
-        gpus=_gpus_of(devices, tuple(gpu_resources)),
+        gpus=_gpus_of(devices, tuple(gpu_resources), choices),
         started=started,
         finished=finished,
         deleted=parse_time(metadata.get("deletionTimestamp")),
@@ -437,8 +464,17 @@ def pod_record(
         priority=int(spec.get("priority") or 0) if isinstance(spec.get("priority"), int) else 0,
         created=parse_time(metadata.get("creationTimestamp")),
         gang=gang_of(metadata),
-        expires=expires_at_of(pod, key=constants.DEFAULT_EXPIRY_KEY)[0],
+        expires=expires_at_of(pod, key=_expiry_key(pod, policies))[0],
+        choices=choices,
     )
+
+
+def _expiry_key(pod: Mapping[str, Any], policies: Snapshot | None) -> str:
+    if policies is None:
+        return constants.DEFAULT_EXPIRY_KEY
+    if pod.get("kind") != "Pod":  # items of a list come without their kind
+        pod = {**pod, "apiVersion": "v1", "kind": "Pod"}
+    return projection_key_of(pod, snapshot=policies)
 
 
 GANG_LABELS = (

@@ -30,25 +30,39 @@ from controller import constants
 from controller.engine.accelerators import (
     DEFAULT_EQUIVALENCE,
     NODE_LABELS,
+    UNRESOLVED_CLAIM,
+    ClaimIndex,
     Equivalence,
     NodeFacts,
     allocated_gpus,
     equivalence_of,
 )
-from controller.engine.loading import compile_object
+from controller.engine.api import Snapshot
+from controller.engine.evaluation import waived as engine_waived
+from controller.engine.loading import build_snapshot, compile_object
+from controller.engine.models import FinOpsException
 from controller.k8s import ledgers as ledger_store
 from controller.k8s import pods as pod_api
 from controller.k8s import workloads as workloads_api
+from controller.k8s.inputs import compiled, listed, namespace_labels
 from controller.k8s.pods import PodWatch
 from controller.k8s.workloads import ApiError, Conflict, Workloads
 from controller.metering import queue
-from controller.metering.budgets import Budget, advance, first_covering, project_status, threshold_message
+from controller.metering.budgets import (
+    Budget,
+    advance,
+    first_covering,
+    held_by,
+    project_status,
+    threshold_message,
+)
 from controller.metering.usage import (
+    Choices,
     Counting,
     Ledger,
     NewerLedgerFormat,
     PodRecord,
-    count_gpus,
+    count_pod,
     format_time,
     group_key,
     needs_finalizer,
@@ -57,7 +71,7 @@ from controller.metering.usage import (
     releasable,
 )
 from controller.operator import metrics
-from controller.operator.settings import OperatorConfig
+from controller.operator.settings import MeteringSettings, OperatorConfig
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -70,6 +84,19 @@ def end_at_deletion(record: PodRecord, now: datetime) -> PodRecord:
     if record.started is None or record.end(now) is not None:
         return record
     return replace(record, finished=max(now, record.started))
+
+
+@dataclass
+class ExpiryPolicies:
+    """The policies that say under which key a pod's expiry is read (`projection_key_of`, the
+    engine's answer, as admission projects the pod), for the queue's reservations. Only those with
+    a custom `expiry.key`: the others cannot change the answer. None when there are none: every pod
+    is read under `expires_at`, as cheaply as that. Read by the pod cache's thread as it makes
+    records; replaced whole by `refresh_expiry_policies`."""
+
+    snapshot: Snapshot | None = None
+    at: float = float("-inf")
+    """time.monotonic() of the last listing."""
 
 
 @dataclass
@@ -94,7 +121,12 @@ class MeteringState:
     """(namespace, name) -> GPU-equivalents allocated to a ResourceClaim, per pod it is reserved
     for; kept after the claim is gone while a pod still needs it (its final charge)."""
     claims_at: float = float("-inf")
-    recounts: dict[tuple[Any, ...], tuple[dict[str, float], float]] = field(default_factory=dict)
+    claim_index: ClaimIndex = field(default_factory=ClaimIndex)
+    """The ResourceClaimTemplates and ResourceClaims, as of the last listing: what a claim not
+    allocated yet asks (a gated pod's, which is never scheduled), counted as admission counts it."""
+    claim_index_version: int = 0
+    """Bumped by every listing of `claim_index`: the recounts of pods it resolves are keyed by it."""
+    recounts: dict[tuple[Any, ...], tuple[dict[str, float], float, Choices]] = field(default_factory=dict)
     announced: set[str] = field(default_factory=set)
     """Uids of gated pods told where they wait (one BudgetQueued Event each per operator run)."""
     released: dict[str, float] = field(default_factory=dict)
@@ -105,6 +137,7 @@ class MeteringState:
     listed_at: float = float("-inf")
     last_sweep: float = float("-inf")
     sweep_task: asyncio.Task | None = None
+    expiry: ExpiryPolicies = field(default_factory=ExpiryPolicies)
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
     async def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
@@ -124,11 +157,10 @@ class MeteringState:
 
 def build_state(config: OperatorConfig, api_client: Any) -> MeteringState:
     settings = config.metering
+    expiry = ExpiryPolicies()
     watch = PodWatch(
         api_client,
-        transform=functools.partial(
-            pod_record, gpu_resources=settings.gpu_resources, instance_type_keys=settings.instance_type_keys
-        ),
+        transform=record_maker(settings, expiry),
         on_deleted=end_at_deletion,
         tombstone_ttl=max(120.0, 4 * settings.interval),
     )
@@ -137,7 +169,57 @@ def build_state(config: OperatorConfig, api_client: Any) -> MeteringState:
         api=Workloads(api_client),
         watch=watch,
         executor=ThreadPoolExecutor(settings.max_concurrent_writes, thread_name_prefix="metering-api"),
+        expiry=expiry,
     )
+
+
+def record_maker(settings: MeteringSettings, expiry: ExpiryPolicies) -> Callable[[Any], PodRecord | None]:
+    """The pod cache's transform: `pod_record`, its expiry read under the key `expiry`'s policies
+    (as they are when the pod changes) say."""
+
+    def make(pod: Any) -> PodRecord | None:
+        return pod_record(pod, gpu_resources=settings.gpu_resources,
+                          instance_type_keys=settings.instance_type_keys, policies=expiry.snapshot)
+
+    return make
+
+
+# -- which key a pod's expiry is read under ----------------------------------------------------------
+
+
+def read_expiry_policies(api: Workloads, *, own_namespace: str, table: Equivalence) -> Snapshot | None:
+    """The snapshot `ExpiryPolicies` holds: every FinOpsPolicy that compiles (as admission judges
+    with them) and has a custom `expiry.key`, in admission's order, with the Namespaces' labels when
+    one of them has a namespaceSelector; None when none has a custom key."""
+    custom = [
+        p for p in compiled(listed(api, ledger_store.POLICIES)).policies
+        if p.spec.expiry is not None and p.spec.expiry.key != constants.DEFAULT_EXPIRY_KEY
+    ]
+    if not custom:
+        return None
+    selective = any(p.spec.match.namespace_selector is not None for p in custom)
+    snapshot = build_snapshot(policies=custom, namespace_labels=namespace_labels(api) if selective else {},
+                              excluded_namespaces={own_namespace})
+    return replace(snapshot, equivalence=table)
+
+
+def refresh_expiry_policies(state: MeteringState) -> None:
+    """List the expiry policies now (blocking); on failure the ones known stay."""
+    state.expiry.at = time.monotonic()
+    try:
+        snapshot = read_expiry_policies(state.api, own_namespace=state.config.namespace, table=state.table)
+    except ApiError as error:
+        log.warning("could not list FinOpsPolicies for the expiry key of queued pods: %s", error)
+        return
+    state.expiry.snapshot = snapshot
+
+
+async def maybe_refresh_expiry_policies(state: MeteringState) -> None:
+    """`refresh_expiry_policies`, at most once per metering interval, across budgets. A pod's record
+    takes a change of policy at the pod's next change, or the pod cache's next relist."""
+    if time.monotonic() - state.expiry.at >= state.config.metering.interval:
+        state.expiry.at = time.monotonic()  # one listing, however many budgets tick meanwhile
+        await state.call(refresh_expiry_policies, state)
 
 
 def visible_pods(state: MeteringState) -> list[PodRecord]:
@@ -183,21 +265,36 @@ async def refresh_node_types(state: MeteringState, pods: Iterable[PodRecord] = (
     state.table = equivalence_of(sorted(models, key=lambda m: m.name))
 
 
-async def refresh_claims(state: MeteringState, pods: Sequence[PodRecord]) -> None:
-    """Allocated DRA claims (when some pod has claims), at most once per metering interval."""
-    if not any(name for p in pods for name in p.claims):
+async def refresh_claims(
+    state: MeteringState, pods: Sequence[PodRecord], *, within: float | None = None
+) -> None:
+    """DRA claims (when some pod has claims), at most once per half metering interval (or
+    `within` seconds): those allocated, and the index of ResourceClaimTemplates and ResourceClaims
+    the claims not allocated yet are resolved with. A listing that fails keeps what is known."""
+    if not any(p.claims for p in pods):  # entries, named or not yet generated from their template
         return
-    if time.monotonic() - state.claims_at < max(state.config.metering.interval / 2, 1.0):
+    if within is None:
+        within = max(state.config.metering.interval / 2, 1.0)
+    if time.monotonic() - state.claims_at < within:
         return
     state.claims_at = time.monotonic()
     try:
-        claims = await state.call(pod_api.allocated_claims, state.api)
+        listed = await state.call(state.api.list_objects, pod_api.RESOURCE_CLAIMS)
+        claims = pod_api.allocated_claims(listed)
         mig = any(c.mig for c in state.table.device_classes.values())
         attributes = await state.call(pod_api.device_attributes, state.api) if mig and claims else {}
     except ApiError as error:
         log.warning("could not list DRA ResourceClaims: %s", error)
         return
     state.claims = merged_claims(state.claims, claims, pods, table=state.table, attributes=attributes)
+    try:
+        index = await state.call(pod_api.claim_index, state.api, claims=listed, strict=True)
+    except ApiError as error:
+        log.warning("could not list DRA ResourceClaimTemplates (claims not allocated yet are counted as "
+                    "last listed): %s", error)
+        return
+    state.claim_index = index
+    state.claim_index_version += 1
 
 
 def merged_claims(
@@ -238,8 +335,10 @@ def with_instance_types(pods: Iterable[PodRecord], node_types: dict[str, str]) -
 def counted(state: MeteringState, pods: Iterable[PodRecord]) -> list[PodRecord]:
     """The pods with their instance types resolved from their nodes, and their GPU-equivalents
     counted again on their nodes (a MIG slice or a shared GPU is only known there) and from their
-    allocated claims. Memoized: a pod is recounted only when something it depends on changed."""
-    counting = Counting(table=state.table, nodes=state.node_facts, claims=state.claims)
+    DRA claims: allocated ones by their allocation, the others by what the claim index resolves
+    them to. Memoized: a pod is recounted only when something it depends on changed."""
+    counting = Counting(table=state.table, nodes=state.node_facts, claims=state.claims,
+                        lookup=state.claim_index)
     resources = state.config.metering.gpu_resources
     out = []
     if len(state.recounts) > 100_000:
@@ -249,22 +348,26 @@ def counted(state: MeteringState, pods: Iterable[PodRecord]) -> list[PodRecord]:
         if not pod.asks or (facts is None and not pod.claims):
             out.append(pod)
             continue
-        key = (
-            pod.uid, pod.asks, facts, id(state.table),
-            tuple(tuple(sorted((state.claims.get((pod.namespace, c)) or {}).items())) for c in pod.claims),
-        )
+        allocations = tuple(tuple(sorted((state.claims.get((pod.namespace, c)) or {}).items()))
+                            for c in pod.claims)
+        # A claim not allocated counts what the index resolves it to: a new listing may change that.
+        asked = any((pod.namespace, c) not in state.claims for c in pod.claims)
+        key = (pod.uid, pod.asks, facts, id(state.table), allocations,
+               state.claim_index_version if asked else None)
         found = state.recounts.get(key)
         if found is None:
-            devices = count_gpus(pod.asks, namespace=pod.namespace, node=facts, counting=counting,
-                                 claims=pod.claims)
-            found = state.recounts[key] = (devices, pod_gpu_total(devices, resources))
-        out.append(replace(pod, devices=found[0], gpus=found[1]))
+            devices, choices = count_pod(pod.asks, namespace=pod.namespace, node=facts, counting=counting,
+                                         claims=pod.claims)
+            found = state.recounts[key] = (devices, pod_gpu_total(devices, resources, choices), choices)
+        out.append(replace(pod, devices=found[0], gpus=found[1], choices=found[2]))
     return out
 
 
 async def cells_of(state: MeteringState, budget: Budget) -> Callable[[PodRecord], str | None]:
     """Which pods' per-day cells `budget`'s ledger holds: those `first_covering` gives it, among
-    every budget listed (at most once per interval), grouped by the team and cost-center labels."""
+    every budget listed (at most once per interval), grouped by the team and cost-center labels.
+    A pod no budget covers by its labels any more (a relabel admission did not judge), which a
+    budget's ledger still charges, goes in the cells of the first by name of those charging it."""
     if time.monotonic() - state.listed_at >= state.config.metering.interval:
         try:
             state.listed = await state.call(list_budgets, state.api)
@@ -275,7 +378,9 @@ async def cells_of(state: MeteringState, budget: Budget) -> Callable[[PodRecord]
     labels = state.config.metering.group_labels
 
     def cell_of(pod: PodRecord) -> str | None:
-        first = first_covering(pod, known)
+        first = first_covering(pod, known) or next(  # `known` is in name order
+            (b for b in known if pod.uid in held_by(b, state.committed(b.name))), None
+        )
         return group_key(pod.labels, labels) if first is not None and first.name == budget.name else None
 
     return cell_of
@@ -323,9 +428,11 @@ async def tick(state: MeteringState, body: Any, *, logger: logging.Logger | None
         logger.warning("the clock (%s) is behind the last commit of GPUBudget %s's ledger (%s): metering "
                        "it as of that commit until the clock catches up", format_time(now), budget.name,
                        format_time(previous.metered_at))
-    pods = [p for p in visible_pods(state) if budget.selector.matches(p.labels)]
+    held = held_by(budget, previous)
+    pods = [p for p in visible_pods(state) if budget.meters(p, held)]
     await refresh_node_types(state, pods)
     await refresh_claims(state, pods)
+    await maybe_refresh_expiry_policies(state)
     pods = counted(state, pods)
     ledger, announce = advance(budget, previous, pods, now=now, cell_of=await cells_of(state, budget),
                                present=state.watch.uids(), group_labels=state.config.metering.group_labels)
@@ -349,7 +456,7 @@ async def tick(state: MeteringState, body: Any, *, logger: logging.Logger | None
     state.ledgers[budget.name] = (ledger, resource_version)
 
     running = sum(p.gpus_of(budget.resources) for p in pods if p.running(now))
-    usage = queue.Usage(ledger.used_gpu_hours, ledger.period_end)
+    usage = queue.Usage(ledger.used_gpu_hours, ledger.period_end, held_by(budget, ledger))
     queued, reserved = queue.figures(budget, pods, usage, now=now)
     status = project_status(budget, ledger, running_gpus=running, previous=body.get("status"), now=now,
                             queued=queued, reserved=reserved)
@@ -392,17 +499,22 @@ def plan_finalizers(
 ) -> FinalizerPlan:
     """Which pods get the metering finalizer and which are released from it (pure).
 
-    A pod no budget draws on any more (its budget deleted, or relabelled out of every selector)
-    is released even while it runs: no ledger waits for its end, and a finalizer nothing would
-    ever release again makes its deletion hang."""
+    A pod no budget draws on any more (its budget deleted) is released even while it runs: no
+    ledger waits for its end, and a finalizer nothing would ever release again makes its deletion
+    hang. A budget whose ledger charges the pod still draws on it, whatever its labels say now; so
+    while some budget's ledger is not loaded (after a restart, a conflict), a pod no budget
+    matches may still be one it charges, and keeps its finalizer until it is."""
     add: list[PodRecord] = []
     release: list[PodRecord] = []
+    ledgers = {b.name: committed(b.name) for b in budgets}
+    held = {b.name: held_by(b, ledgers[b.name]) for b in budgets}
+    unknown = any(ledger is None for ledger in ledgers.values())
     for pod in pods:
-        matching = [b for b in budgets if b.draws_on(pod)]
+        matching = [b for b in budgets if b.draws_on(pod, held[b.name])]
         if protect and needs_finalizer(pod, matched=bool(matching), now=now):
             add.append(pod)
         elif pod.finalizer and (
-            not matching or releasable(pod, [committed(b.name) for b in matching], now=now)
+            releasable(pod, [ledgers[b.name] for b in matching], now=now) if matching else not unknown
         ):
             release.append(pod)
     return FinalizerPlan(tuple(add), tuple(release))
@@ -484,6 +596,15 @@ async def release_queue(state: MeteringState) -> queue.Plan:
     pods = [p for p in visible_pods(state) if p.end(state.clock()) is None]
     if not any(p.gated for p in pods):
         return queue.Plan()
+    await refresh_claims(state, pods)  # a gated pod's claims count what they ask, as at admission
+    found = counted(state, pods)
+    if any(p.gated and UNRESOLVED_CLAIM in (p.devices or {}) for p in found):
+        # A claim (template) created since the last listing counts 1 GPU until listed: list again
+        # before releasing on that guess (at most every CLAIMS_RELIST s, for one that never comes).
+        version = state.claim_index_version
+        await refresh_claims(state, pods, within=CLAIMS_RELIST)
+        if state.claim_index_version != version:
+            found = counted(state, pods)
     now = state.clock()
     # Every budget there is, not only those whose daemon has ticked since this operator started:
     # a pod a budget queues must not look unqueued for lack of its first tick (it waits for it).
@@ -492,11 +613,17 @@ async def release_queue(state: MeteringState) -> queue.Plan:
     by_name = {**state.budgets, **{b.name: b for b in listed}}
     budgets = list(by_name.values())
     usage = {
-        name: queue.Usage(ledger.used_gpu_hours, ledger.period_end)
-        for name in (b.name for b in budgets)
-        if (ledger := state.committed(name)) is not None
+        budget.name: queue.Usage(ledger.used_gpu_hours, ledger.period_end, held_by(budget, ledger))
+        for budget in budgets
+        if (ledger := state.committed(budget.name)) is not None
     }
-    plan = queue.plan_release(counted(state, pods), budgets, usage, now=now)
+    exceptions = await state.call(read_exceptions, state.api)
+
+    def waived(pod: PodRecord, budget: Budget) -> bool:
+        return engine_waived(exceptions, budget.name, "budget", namespace=pod.namespace, labels=pod.labels,
+                             now=now)
+
+    plan = queue.plan_release(found, budgets, usage, now=now, waived=waived)
     writable = workloads_api.WRITES.allows
     recently = time.monotonic() - RELEASE_MEMORY
     state.released = {uid: at for uid, at in state.released.items() if at > recently}
@@ -542,8 +669,15 @@ async def release_queue(state: MeteringState) -> queue.Plan:
     return plan
 
 
+CLAIMS_RELIST = 2.0
+"""Seconds between listings of DRA claims while a gated pod's claim is not known."""
 RELEASE_MEMORY = 300.0
 """Seconds a released pod is not released again while the pod cache still shows it gated."""
+
+
+def read_exceptions(api: Workloads) -> tuple[FinOpsException, ...]:
+    """Every FinOpsException that compiles (one admission leaves out waives nothing)."""
+    return compiled(listed(api, ledger_store.EXCEPTIONS)).exceptions
 
 
 def list_budgets(api: Workloads) -> list[Budget]:

@@ -33,11 +33,12 @@ import kopf
 
 from controller import constants
 from controller.engine import Snapshot
-from controller.engine.accelerators import ClaimIndex
-from controller.engine.loading import snapshot_from_objects
 from controller.engine.models import FinOpsException, FinOpsPolicy
 from controller.engine.workloads import BUILTIN_KINDS
-from controller.k8s.workloads import ApiError, ApiResource, Conflict, NotFound, Workloads
+from controller.k8s.inputs import compiled, listed, namespace_labels
+from controller.k8s.ledgers import BUDGETS, EXCEPTIONS, POLICIES
+from controller.k8s.pods import claim_index
+from controller.k8s.workloads import ApiError, ApiResource, Conflict, Workloads
 from controller.operator import metrics
 from controller.operator.audit import Auditor, Finding
 from controller.operator.brake import Brake
@@ -49,15 +50,7 @@ from controller.operator.webhook_scope import WebhookScope
 
 log = logging.getLogger(__name__)
 
-POLICIES = ApiResource(constants.GROUP, constants.VERSION, constants.POLICY_PLURAL, "FinOpsPolicy", False)
-EXCEPTIONS = ApiResource(constants.GROUP, constants.VERSION, constants.EXCEPTION_PLURAL, "FinOpsException")
-NAMESPACES = ApiResource("", "v1", "namespaces", "Namespace", namespaced=False)
-BUDGETS = ApiResource(constants.GROUP, constants.VERSION, constants.BUDGET_PLURAL, "GPUBudget", False)
 EQUIVALENCES = ApiResource(constants.GROUP, constants.VERSION, "gpuequivalences", "GPUEquivalence", False)
-CLAIM_RESOURCES = (
-    ApiResource("resource.k8s.io", "v1", "resourceclaimtemplates", "ResourceClaimTemplate"),
-    ApiResource("resource.k8s.io", "v1", "resourceclaims", "ResourceClaim"),
-)
 AUDIT_FIRST_DELAY = 30.0
 """Seconds after startup before the first audit (or the audit interval, if shorter)."""
 WAKE_KINDS: tuple[tuple[str, str | None, str], ...] = (
@@ -101,62 +94,19 @@ class Inputs:
         return self.snapshot.excluded_namespaces
 
 
-def _listed(
-    workloads: Workloads, resource: ApiResource, *, with_deleting: bool = False
-) -> list[dict[str, Any]]:
-    """Every object of one of our kinds; none while its CRD is not installed. Objects being deleted
-    are left out unless `with_deleting`."""
-    try:
-        return [
-            obj
-            for obj in workloads.iter_objects(resource)
-            # Being deleted (kopf's finalizer holds it until its daemon stops): gone for us.
-            if with_deleting or not obj["metadata"].get("deletionTimestamp")
-        ]
-    except NotFound:
-        log.debug("%s is not served (CRD not installed)", resource.kind)
-        return []
-
-
-def _compiled(objects: list[dict[str, Any]], **context: Any) -> Snapshot:
-    """The engine's loader: what does not compile is left out, as admission leaves it out; its
-    status says why (policies.py), so no need to shout here."""
-    snapshot, errors = snapshot_from_objects(objects, **context)
-    for key, error in errors.items():
-        log.debug("skipping %s: %s", key, error)
-    return snapshot
-
-
 def read_policies(workloads: Workloads, *, with_deleting: bool = False) -> tuple[FinOpsPolicy, ...]:
     """The FinOpsPolicies that compile, by name."""
-    return _compiled(_listed(workloads, POLICIES, with_deleting=with_deleting)).policies
+    return compiled(listed(workloads, POLICIES, with_deleting=with_deleting)).policies
 
 
 def read_inputs(workloads: Workloads, *, own_namespace: str) -> Inputs:
-    namespace_labels = {
-        ns["metadata"]["name"]: dict(ns["metadata"].get("labels") or {})
-        for ns in workloads.iter_objects(NAMESPACES)
-    }
-    snapshot = _compiled(
-        [*_listed(workloads, POLICIES), *_listed(workloads, EXCEPTIONS), *_listed(workloads, EQUIVALENCES)],
-        namespace_labels=namespace_labels,
+    snapshot = compiled(
+        [*listed(workloads, POLICIES), *listed(workloads, EXCEPTIONS), *listed(workloads, EQUIVALENCES)],
+        namespace_labels=namespace_labels(workloads),
         excluded_namespaces={own_namespace},
-        claims=_claims(workloads),
+        claims=claim_index(workloads),
     )
     return Inputs(snapshot)
-
-
-def _claims(workloads: Workloads) -> ClaimIndex:
-    """The DRA claims and claim templates, so the audit counts the GPUs they ask for as admission
-    does; none where DRA is not served (or not readable): those count as unresolved, 1 GPU each."""
-    index = ClaimIndex()
-    for resource in CLAIM_RESOURCES:
-        try:
-            for obj in workloads.iter_objects(resource):
-                index.put(obj)
-        except ApiError as error:
-            log.debug("%s not readable: %s", resource.kind, error)
-    return index
 
 
 def _count_terminated(outcome: Outcome) -> None:
@@ -222,7 +172,7 @@ class Lifecycle:
                 policies=lambda: list(read_policies(workloads, with_deleting=True)),
                 skip_settled_pods=config.skip_settled_pods,
                 queueing=lambda: any(
-                    (b.get("spec") or {}).get("whenExhausted") == "Queue" for b in _listed(workloads, BUDGETS)
+                    (b.get("spec") or {}).get("whenExhausted") == "Queue" for b in listed(workloads, BUDGETS)
                 ),
             )
         if dry_run:

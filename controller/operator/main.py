@@ -255,6 +255,8 @@ def run(args: argparse.Namespace) -> int:
 
     api_client = load_api_client(config.kubeconfig)
     state = accounting.build_state(config, api_client)
+    # Before the first list of pods: their records read the expiry under the policies' key.
+    accounting.refresh_expiry_policies(state)
     state.watch.start()
     metrics.serve(config.serving.metrics_port)
     log.info(

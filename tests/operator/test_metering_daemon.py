@@ -14,7 +14,7 @@ from metering_fakes import FakeApi, FakeWatch, state_for
 from controller import constants
 from controller.k8s.ledgers import ledger_name
 from controller.metering.budgets import Budget
-from controller.metering.usage import Ledger, PodRecord
+from controller.metering.usage import Entry, Ledger, PodRecord
 from controller.operator import accounting
 from controller.operator.accounting import plan_finalizers, tick
 
@@ -70,6 +70,32 @@ def test_a_restarted_operator_continues_from_the_ledger_without_double_counting(
     committed = run(tick(fresh, budget_body()))
     assert committed.used_gpu_hours == pytest.approx(2 * 2 + 1)
     assert run(tick(fresh, budget_body())).used_gpu_hours == pytest.approx(5)
+
+
+def test_a_budget_keeps_charging_a_running_pod_relabelled_out_of_it_until_it_ends(executor):
+    """A relabel admission did not judge (the webhook down under failurePolicy Ignore) or an edit
+    of the selector: the GPUs the pod holds stay charged to the budget that charged them, also
+    across a restart (the ledger says so), until the pod ends; a new pod follows the labels."""
+    api, clock = FakeApi(), [T0 + timedelta(hours=1)]
+    watch = FakeWatch([pod("a", 2, T0), pod("b", 1, T0)])
+    state = state_for(api, watch, executor, clock)
+    assert run(tick(state, budget_body())).used_gpu_hours == pytest.approx(3)
+    watch.pods = [pod("a", 2, T0, team="scratch"), pod("b", 1, T0), pod("c", 1, T0, team="scratch")]
+    clock[0] = T0 + timedelta(hours=2)
+    assert run(tick(state, budget_body())).used_gpu_hours == pytest.approx(6)
+    assert api.statuses["team-nlp"]["runningGPUs"] == 3
+    fresh = state_for(api, watch, executor, clock)
+    clock[0] = T0 + timedelta(hours=3)
+    assert run(tick(fresh, budget_body())).used_gpu_hours == pytest.approx(9)
+    watch.pods = [pod("a", 2, T0, team="scratch", until=T0 + timedelta(hours=4)), pod("b", 1, T0)]
+    clock[0] = T0 + timedelta(hours=5)
+    ledger = run(tick(fresh, budget_body()))
+    assert ledger.used_gpu_hours == pytest.approx(2 * 4 + 5) and "a" in ledger.folded
+    # No budget covers its labels now: its days go in the cells of the budget that charged it.
+    assert sum(hours for hours, _ in ledger.cells["scratch/"].values()) == pytest.approx(8)
+    # Folded, it is not charged again, whatever its labels.
+    clock[0] = T0 + timedelta(hours=6)
+    assert run(tick(fresh, budget_body())).used_gpu_hours == pytest.approx(2 * 4 + 6)
 
 
 def test_a_conflicting_writer_makes_the_tick_reread_and_recompute(executor):
@@ -177,6 +203,11 @@ def closed(uid: str) -> Ledger:
                   base_gpu_hours=1.0, folded=frozenset({uid}))
 
 
+def charging(uid: str) -> Ledger:
+    return Ledger(budget_uid="b-nlp", period_start=T0 - timedelta(days=9), period_end=T0 + timedelta(days=20),
+                  entries={uid: Entry(1.0, 2.0)})
+
+
 NOW = T0 + timedelta(hours=1)
 
 
@@ -189,11 +220,19 @@ NOW = T0 + timedelta(hours=1)
         (pod("a", 1, None), ["nlp"], {}, True, False, False),  # Pending
         (pod("a", 1, T0, until=NOW, finalizer=True), ["nlp"], {"team-nlp": closed("a")}, True, False, True),
         (pod("a", 1, T0, until=NOW, finalizer=True), ["nlp"], {}, True, False, False),  # not committed yet
-        (pod("a", 1, T0, until=NOW, finalizer=True), ["cv"], {}, True, False, True),  # nobody meters it
+        (pod("a", 1, T0, until=NOW, finalizer=True), ["cv"], {"team-cv": closed("x")}, True, False,
+         True),  # nobody meters it
         (pod("a", 1, T0, finalizer=True), ["nlp"], {"team-nlp": closed("a")}, True, False, False),  # running
-        # Running, but its budget is gone (or it was relabelled out): nothing would ever release it.
-        (pod("a", 1, T0, finalizer=True), ["cv"], {}, True, False, True),
+        # Running, but its budget is gone: nothing would ever release it.
+        (pod("a", 1, T0, finalizer=True), ["cv"], {"team-cv": closed("x")}, True, False, True),
+        # ... unless a budget's ledger is not loaded yet: it may be one that charges the pod.
+        (pod("a", 1, T0, finalizer=True), ["cv"], {}, True, False, False),
         (pod("a", 1, T0, finalizer=True), [], {}, True, False, True),
+        # Relabelled out, but the budget's ledger charges it: it waits for its final charge.
+        (pod("a", 1, T0, team="cv", finalizer=True), ["nlp"], {"team-nlp": charging("a")}, True, False,
+         False),
+        (pod("a", 1, T0, team="cv", until=NOW, finalizer=True), ["nlp"], {"team-nlp": charging("a")}, True,
+         False, False),
     ],
 )
 def test_plan_finalizers(record, teams, ledgers, protect, add, release):

@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 from metering_fakes import FakeApi, FakeWatch, state_for
 
 from controller import constants
+from controller.engine.loading import build_snapshot
+from controller.engine.models import FinOpsPolicy
 from controller.k8s import workloads as workloads_api
 from controller.k8s.ledgers import ledger_name
 from controller.k8s.workloads import WriteScope
@@ -120,6 +122,64 @@ def test_pod_record_is_not_gated_without_our_gate(gates):
 def test_pod_record_reads_a_label_form_expiry():
     record = pod_record(k8s_pod(labels={"expires_at": "2026-11-10T20-00-00Z"}))
     assert record.expires == datetime(2026, 11, 10, 20, 0, tzinfo=UTC)
+
+
+def ttl_policy_object(name: str = "ttl-experiments", *, key: str = "ttl", **match) -> dict:
+    """A FinOpsPolicy projecting the workloads it matches to their `key` (`spec.expiry.key`)."""
+    spec: dict = {"expiry": {"key": key}}
+    if match:
+        spec["match"] = match
+    return {"apiVersion": constants.API_VERSION, "kind": "FinOpsPolicy", "metadata": {"name": name},
+            "spec": spec}
+
+
+def ttl_policies(*objects: dict):
+    return build_snapshot(policies=[FinOpsPolicy.from_object(o) for o in objects or [ttl_policy_object()]])
+
+
+STALE = {"ttl": "2026-11-10T22-00-00Z", "expires_at": "2026-11-10T13-00-00Z"}
+"""Labels of a pod a `ttl` policy governs, with an `expires_at` it does not enforce: T0+10h, T0+1h."""
+
+
+def test_pod_record_reads_the_expiry_under_the_key_the_matching_policies_use():
+    ttl, stale = T0 + timedelta(hours=10), T0 + timedelta(hours=1)
+    policies = ttl_policies()
+    assert pod_record(k8s_pod(labels=STALE), policies=policies).expires == ttl
+    assert pod_record(k8s_pod(labels=STALE)).expires == stale  # no policies known: the default key
+    listed = k8s_pod(labels=STALE)
+    del listed["kind"], listed["apiVersion"]  # as the items of a pod list come
+    assert pod_record(listed, policies=policies).expires == ttl
+    # An annotation wins over a label of the same key, as everywhere.
+    annotated = k8s_pod(labels=STALE, annotations={"ttl": "2026-11-10T18:00:00Z"})
+    assert pod_record(annotated, policies=policies).expires == T0 + timedelta(hours=6)
+    # The policy does not match the pod: its key is not the pod's.
+    elsewhere = ttl_policies(ttl_policy_object(namespaces=["research-*"]))
+    assert pod_record(k8s_pod(labels=STALE), policies=elsewhere).expires == stale
+    selective = ttl_policies(ttl_policy_object(selector={"matchLabels": {"environment": "experiment"}}))
+    assert pod_record(k8s_pod(labels=STALE), policies=selective).expires == stale
+    assert pod_record(k8s_pod(labels={**STALE, "environment": "experiment"}),
+                      policies=selective).expires == ttl
+    # In an excluded namespace no policy applies.
+    assert pod_record(k8s_pod(labels=STALE, namespace="kube-system"), policies=policies).expires == stale
+
+
+def test_projected_reserves_a_released_pod_up_to_its_policys_expiry_key_not_a_stale_expires_at():
+    budget = qbudget(admission="Projected", hours=100)
+    running = k8s_pod(labels={**STALE, "team": "nlp"})
+    running["metadata"].update(uid="run", name="run")
+    running["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] = "2"
+    running["spec"]["nodeName"] = "node-1"
+    running["status"] = {"phase": "Running", "conditions": [
+        {"type": "PodScheduled", "status": "True", "lastTransitionTime": "2026-11-10T11:00:00Z"}]}
+    waiting = k8s_pod(labels={"team": "nlp", "ttl": "2026-11-10T17-00-00Z"}, gates=[{"name": GATE}])
+    waiting["metadata"].update(uid="q0", name="q0")
+    records = [pod_record(p, policies=ttl_policies()) for p in (running, waiting)]
+    # 100 - 80 used - 2 GPUs x 10 h reserved (until its ttl) = 0 left: the 5 GPU-hour pod waits.
+    # Read by the stale expires_at (1 h), 18 would be left and releasing it would overspend.
+    result = plan(records, [budget], {"team-nlp": 80})
+    assert result.reserved["team-nlp"] == pytest.approx(20)
+    assert result.release == [] and uids(result.waiting["team-nlp"][0]) == ["q0"]
+    assert queue.figures(budget, records, usage(80), now=T0) == (1, pytest.approx(20))
 
 
 @pytest.mark.parametrize(
@@ -244,6 +304,20 @@ def test_exhausted_releases_everything_with_room_and_nothing_without(used, relea
     assert result.reserved == {}  # Exhausted keeps no reservations
 
 
+def test_a_released_pod_relabelled_out_keeps_its_reservation_while_the_ledger_charges_it():
+    """A relabel admission did not judge: the budget's ledger still charges the pod (`held_by`),
+    so what it may still use stays reserved, and the next pod does not get its room."""
+    budget = qbudget(admission="Projected", hours=100)
+    pods = [rec("moved", team="scratch", gated=False, gpus=2, hours=10, started=T0 - timedelta(hours=1)),
+            rec("q0", created=at(0), hours=10)]
+    held = {"team-nlp": queue.Usage(80, PERIOD[1], frozenset({"moved"}))}
+    result = queue.plan_release(pods, [budget], held, now=T0)
+    assert result.reserved["team-nlp"] == pytest.approx(20) and result.release == []
+    assert queue.figures(budget, pods, held["team-nlp"], now=T0) == (1, pytest.approx(20))
+    # Not held (before): its reservation vanished with the relabel and q0 went past the budget.
+    assert uids(plan(pods, [budget], {"team-nlp": 80}).release) == ["q0"]
+
+
 def test_projected_reserves_the_worst_case_of_released_unfinished_pods():
     budget = qbudget(admission="Projected", hours=100)
     pods = [
@@ -300,6 +374,38 @@ def test_a_gated_pod_no_queueing_budget_covers_any_more_is_released():
     nvidia = [replace(rec("p"), devices={"nvidia.com/gpu": 1.0})]
     assert uids(plan(nvidia, [qbudget(resources=["amd.com/gpu"])], spent).release) == ["p"]  # not counted
     assert plan(nvidia, [qbudget(resources=["nvidia.com/gpu"])], spent).release == []
+
+
+def test_a_finops_exception_for_the_budget_releases_the_pods_it_covers():
+    """A FinOpsException waiving a budget (rule `budget`) lets its pods past it, as admission would
+    not have gated them: the operator releases them, in any namespace and team it covers only."""
+    from controller.engine.evaluation import waived
+    from controller.engine.models import FinOpsException
+
+    def exception(namespace="ml", expires="2026-12-31T00:00:00Z", **spec):
+        return FinOpsException.from_object({
+            "apiVersion": constants.API_VERSION, "kind": "FinOpsException",
+            "metadata": {"name": "e", "namespace": namespace},
+            "spec": {"reason": "deadline", "expiresAt": expires, **spec}})
+
+    spent = {"team-nlp": 1000}
+    pods = [rec("p"), rec("other-ns", namespace="cv-ns"), rec("cv", team="cv")]
+    budgets = [qbudget(), qbudget("team-cv", team="cv")]
+    used = {k: usage(v) for k, v in {**spent, "team-cv": 1000}.items()}
+
+    def released(*exceptions):
+        def waives(pod, budget):
+            return waived(exceptions, budget.name, "budget", namespace=pod.namespace, labels=pod.labels,
+                          now=T0)
+        return uids(queue.plan_release(pods, budgets, used, now=T0, waived=waives).release)
+
+    assert released() == []
+    assert released(exception(policies=["team-nlp"], rules=["budget"])) == ["p"]
+    cv_only = {"matchLabels": {"team": "cv"}}
+    assert released(exception(policies=["*"], rules=["*"], selector=cv_only)) == ["cv"]
+    assert released(exception(policies=["team-nlp"], rules=["labels"])) == []  # another rule
+    assert released(exception(policies=["team-nlp"], rules=["budget"], expires="2026-11-01T00:00:00Z")) == []
+    assert released(exception(namespace="cv-ns", policies=["team-nlp"], rules=["budget"])) == ["other-ns"]
 
 
 def test_a_queueing_budget_without_usage_yet_releases_nothing():
@@ -660,3 +766,37 @@ def test_the_sweep_after_a_tick_releases_what_fits(executor):
     assert api.statuses["team-nlp"]["queuedPods"] == 2  # as the tick saw it, before the sweep
     assert json.loads(api.configmaps[ledger_name("team-nlp")]["data"][constants.LEDGER_KEY])["budgetUID"] == (
         "uid-team-nlp")
+
+
+def test_the_operator_reads_pods_expiry_under_the_key_of_the_policies_it_lists(executor):
+    """The pod cache's records take the key from the FinOpsPolicies the operator lists (those with a
+    custom key only), so the queue reserves what admission projected."""
+    watch = FakeWatch()
+    api = FakeApi(watch)
+    api.listed["FinOpsPolicy"] = [
+        ttl_policy_object(),
+        ttl_policy_object("plain", key="expires_at"),
+        {**ttl_policy_object("broken"), "spec": {"expiry": {"key": "not a key!"}}},
+    ]
+    state = with_budgets(state_for(api, watch, executor, [T0]),
+                         (qbudget(admission="Projected", hours=100), 80))
+    make = accounting.record_maker(state.config.metering, state.expiry)
+    assert make(k8s_pod(labels=STALE)).expires == T0 + timedelta(hours=1)  # nothing listed yet
+    accounting.refresh_expiry_policies(state)
+    assert state.expiry.snapshot is not None
+    assert [p.name for p in state.expiry.snapshot.policies] == ["ttl-experiments"]
+    running = k8s_pod(labels={**STALE, "team": "nlp"})
+    running["metadata"].update(uid="run", name="run")
+    running["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] = "2"
+    waiting = k8s_pod(labels={"team": "nlp", "ttl": "2026-11-10T17-00-00Z"}, gates=[{"name": GATE}])
+    waiting["metadata"].update(uid="q0", name="q0")
+    watch.pods = [make(running), make(waiting)]
+    assert watch.pods[0].expires == T0 + timedelta(hours=10)
+    result = run(accounting.release_queue(state))
+    assert result.reserved["team-nlp"] == pytest.approx(20)
+    assert api.released() == [] and api.reasons(constants.REASON_QUEUED) == ["q0"]
+    # No policy with a custom key: records read `expires_at`, with no snapshot to match against.
+    api.listed["FinOpsPolicy"] = [ttl_policy_object("plain", key="expires_at")]
+    accounting.refresh_expiry_policies(state)
+    assert state.expiry.snapshot is None
+    assert make(running).expires == T0 + timedelta(hours=1)
