@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 from e2e.cluster.plane import REPO, ControlPlane
+from e2e.helpers import wait_until
 
 MARKER = "<!-- readme-test: chart-install"
 
@@ -41,7 +42,13 @@ def test_readme_installs_the_chart_on_the_local_control_plane(tmp_path):
         names = {d["metadata"]["name"]: d["status"].get("availableReplicas", 0) for d in deployments}
         assert names == {"comptroller-webhook": 2, "comptroller-operator": 2}
         assert "validatingwebhookconfiguration.admissionregistration.k8s.io/comptroller" in result.stdout
-        explain = plane.kubectl("explain", "finopspolicy.spec.gpu.allowedInstanceTypes").stdout
-        assert "instanceTypes" in explain
+        # The API server publishes a new CRD's schema to `kubectl explain` a little after the CRD
+        # is established: wait for it rather than read it at once.
+        def explain() -> str:
+            out = plane.kubectl("explain", "finopspolicy.spec.gpu.allowedInstanceTypes", check=False)
+            return out.stdout if out.returncode == 0 else ""
+
+        explained = wait_until(explain, timeout=60, what="kubectl explain to know FinOpsPolicy's schema")
+        assert "instanceTypes" in explained
     finally:
         ControlPlane(plane_dir).down(quiet=True)
