@@ -8,8 +8,9 @@ real control plane: the session's webhook gates pods at creation, the real sched
 - priorities order the queue;
 - the operator killed while pods wait: a user taking the gate off by hand is refused, and after
   its restart every pod is released once;
-- a user writing Kueue's label and gate on their own pod cannot take that gate off: only Kueue's
-  controller can; the label alone does not skip the queue;
+- a Kueue pod a spent budget cannot pay for waits for the budget's gate too; a user writing Kueue's
+  label and gate on their own pod cannot take that gate off: only Kueue's controller can, and the
+  pod then waits for the operator; the label alone does not skip the queue;
 - a FinOpsException waiving the budget releases its queued pods;
 - under `Projected`, the queue reserves up to the expiry key the matching policy uses;
 - 20 submissions at once under `Projected`: the operator releases exactly what the budget can
@@ -254,23 +255,31 @@ def test_the_kueue_label_alone_does_not_skip_the_queue(stack, cluster, namespace
     assert [e["involvedObject"]["name"] for e in released_events] == ["label-only"]
 
 
-def test_only_kueue_takes_its_gate_off_a_pod_a_queueing_budget_covers(stack, cluster, namespace, team):
+def test_a_kueue_pod_waits_for_the_budget_too_and_only_kueue_ungates_it(stack, cluster, namespace, team):
     """A user can write Kueue's queue-name label and admission gate on their own pod: the pod is
-    then taken as Kueue's, the spent budget only warns, and the pod waits on the gate. Taking the
-    gate off by hand would start it past the budget, so only Kueue's controller (impersonated
-    here, with the RBAC it has in a Kueue install) may."""
+    then taken as Kueue's, but Kueue's quota is not a GPU-hour budget, so a spent budget gates it
+    too. Taking Kueue's gate off by hand is refused; Kueue's controller (impersonated here, with
+    the RBAC it has in a Kueue install) takes its own off, and the pod still waits for the
+    budget's operator, which releases it when the budget has room."""
     assert apply(cluster, queue_budget(team, 0)).returncode == 0
     wait_until(lambda: mutation_sends_every_pod(cluster), timeout=30, what="/mutate to see every pod")
     created = apply(cluster, kueue_pod("claims-kueue", namespace, team, gates=[KUEUE_GATE]))
     assert created.returncode == 0, created.stderr
-    assert "Kueue admits this workload" in created.stderr, created.stderr  # the budget's verdict, warned
+    assert "Kueue admits this pod, and it also waits SchedulingGated" in created.stderr, created.stderr
+
+    def gates() -> list[str]:
+        current = get_json(cluster, "pod", "claims-kueue", "-n", namespace)
+        return [g["name"] for g in current["spec"].get("schedulingGates") or ()]
+
+    assert gates() == [KUEUE_GATE, GATE]
+    # Kueue's gate only (index 0, tested first so the patch cannot take another one).
     ungate = ("patch", "pod", "claims-kueue", "-n", namespace, "--type=json", "-p",
-              '[{"op": "remove", "path": "/spec/schedulingGates"}]')
+              json.dumps([{"op": "test", "path": "/spec/schedulingGates/0/name", "value": KUEUE_GATE},
+                          {"op": "remove", "path": "/spec/schedulingGates/0"}]))
     by_hand = cluster.kubectl(*ungate, check=False)
     assert by_hand.returncode != 0, by_hand.stdout
     assert f"gate {KUEUE_GATE} is taken off by Kueue, not by hand" in by_hand.stderr, by_hand.stderr
-    current = get_json(cluster, "pod", "claims-kueue", "-n", namespace)
-    assert [g["name"] for g in current["spec"]["schedulingGates"]] == [KUEUE_GATE]
+    assert gates() == [KUEUE_GATE, GATE]
 
     role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
             "metadata": {"name": "kueue-pods", "namespace": namespace},
@@ -287,7 +296,9 @@ def test_only_kueue_takes_its_gate_off_a_pod_a_queueing_budget_covers(stack, clu
         return cluster.kubectl(*ungate, f"--as={KUEUE}", check=False).returncode == 0
 
     wait_until(released_by_kueue, timeout=15, what="Kueue's release (once its RoleBinding is in effect)")
-    assert not get_json(cluster, "pod", "claims-kueue", "-n", namespace)["spec"].get("schedulingGates")
+    assert gates() == [GATE], "Kueue admitting it does not start it past the spent budget"
+    assert apply(cluster, queue_budget(team, 100)).returncode == 0
+    wait_until(lambda: gates() == [], timeout=60, what="the operator to release it once the budget has room")
 
 
 def test_projected_reserves_a_pod_up_to_the_expiry_key_its_policy_uses(stack, cluster, namespace, team):

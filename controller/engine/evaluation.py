@@ -111,6 +111,7 @@ def evaluate(
         # Budgets project up to the workload's expires_at, under the key the matching policies use.
         ctx.expiry_key = projection_key(matcher.matching())
     gates: dict[str, str] = {}
+    kept = False  # a pod keeps the budget's gate it has (one a budget cannot pay for yet)
     released = update is not None and queueing.claims_released(update)
     # Taking a queueing gate off is starting the pod: the budget's gate is the operator's to take
     # off, in turn, and Kueue's admission gate is Kueue's. By anyone else, a pod queued or claimed
@@ -138,8 +139,10 @@ def evaluate(
                 queued = queueing.judge(budget, view, operation, found, mutate=mutate,
                                         old=update.old if update is not None else None)
                 found = queued.deny
-                if queued.gate and not _waived(exceptions, budget.name, "budget"):
-                    gates[budget.name] = queued.gate
+                if (queued.gate or queued.holds) and not _waived(exceptions, budget.name, "budget"):
+                    if queued.gate:
+                        gates[budget.name] = queued.gate
+                    kept = kept or queued.holds
                 if queued.warn:
                     _route(decision, queued.warn, "Warn", exceptions)
         if found:
@@ -149,7 +152,7 @@ def evaluate(
         decision.patch = view.patch()
         if gate is not None:
             decision.patch.append(gate)
-        elif snapshot.budgets:
+        elif snapshot.budgets and not kept:
             decision.patch += queueing.handed_to_kueue(view, operation)
     for note in view.gpu_notes():
         decision.warnings.append(

@@ -12,10 +12,13 @@ pods:
   concurrent submissions through any number of webhook replicas cannot together overspend;
 - a controller or an ML job (its pods queue when they are created), an UPDATE or a scale-up is
   admitted, with a warning saying its pods will wait;
-- a workload Kueue admits (`kueue.x-k8s.io/queue-name`) is never gated: Kueue's suspend stays in
-  charge of when it runs, and the budget's verdict comes as a warning. The label is only a claim a
-  user writes: a Pod is Kueue's only when Kueue gated it too (`kueue.x-k8s.io/admission`), and is
-  gated and judged as any other until then (`kueue_managed`);
+- a workload Kueue admits (`kueue.x-k8s.io/queue-name`) is not gated while the budget can pay:
+  Kueue's suspend and gate stay in charge of when it runs. A Kueue Pod the budget cannot pay for
+  waits for both, Kueue's gate and the budget's (Kueue's quota is not a GPU-hour budget); a
+  controller or an ML job Kueue admits only gets the budget's verdict as a warning, as its pods are
+  judged when they are created. The label is only a claim a user writes: a Pod is Kueue's only
+  when Kueue gated it too (`kueue.x-k8s.io/admission`), and is gated and judged as any other until
+  then (`kueue_managed`);
 - the validating webhook, which sees the pod after mutation, admits a gated pod with a warning
   saying why it waits; a pod the mutating webhook did not gate (it was down, with
   `failurePolicy: Ignore`) is judged as under `Deny`, so a budget is never bypassed;
@@ -45,6 +48,8 @@ class Queued:
     """What the user is told: the pod waits, or the workload's pods will."""
     gate: str = ""
     """Why the pod is gated, when mutation must gate it ("" when not)."""
+    holds: bool = False
+    """The pod has the budget's gate already and keeps it (mutation must not hand it to Kueue)."""
 
 
 def has_gate(pod_spec: Mapping[str, Any], name: str = BUDGET_GATE) -> bool:
@@ -137,9 +142,11 @@ def judge(
     spec = budget.spec
     projected = spec.admission == "Projected"
     waiting = found[0].summary if found else "it fits in what remains (pods are released in order)"
-    if kueue_managed(view, old=old):
+    kueue = kueue_managed(view, old=old)
+    if kueue and not (found and view.is_pod and operation == "CREATE"):
         return Queued([], [_note(budget, f"Kueue admits this workload; for {budget.name}: {waiting}")]
                       if found else [])
+    # From here on, a Kueue Pod is one the budget cannot pay for: it waits for the budget as well.
     if view.is_pod and operation == "UPDATE" and found:
         return Queued(found, [])  # the gate taken off a pod the budget cannot pay for (`gates_taken_off`)
     if not view.is_pod or operation != "CREATE":
@@ -149,8 +156,9 @@ def judge(
     if not found and not projected:
         return Queued([], [])  # room now: not gated
     if has_gate(view.templates[0].spec):
-        return Queued([], [_note(budget, f"this pod waits SchedulingGated ({waiting}); "
-                                         "`kubectl describe pod` shows its place")])
+        also = "Kueue admits this pod, and it also " if kueue else "this pod "
+        return Queued([], [_note(budget, f"{also}waits SchedulingGated ({waiting}); "
+                                         "`kubectl describe pod` shows its place")], holds=True)
     if mutate:
         return Queued([], [], gate=waiting)
     return Queued(found, [])  # not gated: the mutating webhook did not run on it
@@ -170,8 +178,9 @@ def _note(budget: Any, text: str) -> Violation:
 
 
 def handed_to_kueue(view: Any, operation: str) -> list[dict[str, Any]]:
-    """At a Pod's creation, once Kueue's gate is on it: the RFC 6902 operations taking back the
-    budget's gate and note our first call put on it (Kueue decides when it runs)."""
+    """At a Pod's creation, once Kueue's gate is on it and every budget can pay for it: the RFC 6902
+    operations taking back the budget's gate and note our first call put on it (Kueue decides
+    when it runs)."""
     if operation != "CREATE" or not view.is_pod or not kueue_managed(view):
         return []
     spec = view.manifest.get("spec") or {}

@@ -248,19 +248,35 @@ def kueue_gated(manifest):
     return out
 
 
-@pytest.mark.parametrize(
-    "workload",
-    [
-        kueue_gated(pod({**NLP, KUEUE_QUEUE_LABEL: "team-q"}, gpus=1)),
-        job(NLP, gpus=1, meta_labels={KUEUE_QUEUE_LABEL: "team-q"}),
-    ],
-    ids=["Pod", "Job"],
-)
-def test_a_workload_kueue_admits_is_never_gated_and_only_warned(workload):
+def test_a_workload_kueue_admits_is_only_warned_its_pods_are_judged_when_created():
+    workload = job(NLP, gpus=1, meta_labels={KUEUE_QUEUE_LABEL: "team-q"})
     for decision in (mutate(workload, nlp_budget()), validate(workload, nlp_budget())):
         assert decision.allowed and not decision.violations and not gate_ops(decision)
         (warning,) = decision.warnings
         assert warning.enforcement == "Warn" and "Kueue" in warning.message
+
+
+@pytest.mark.parametrize("admission", ["Exhausted", "Projected"])
+def test_a_kueue_pod_the_budget_cannot_pay_for_waits_for_kueue_and_the_budget(admission):
+    """Kueue's quota is not a GPU-hour budget: a Pod Kueue gated that a spent budget cannot pay for
+    gets the budget's gate too, so Kueue admitting it does not start it past the budget."""
+    budget = nlp_budget(used=500, admission=admission)
+    workload = kueue_gated(pod({**NLP, KUEUE_QUEUE_LABEL: "team-q"}, gpus=1))
+    gated_pod = applied(workload, mutate(workload, budget))
+    assert [g["name"] for g in gated_pod["spec"]["schedulingGates"]] == [KUEUE_GATE, BUDGET_GATE]
+    waits = validate(gated_pod, budget)
+    assert waits.allowed and not waits.violations
+    assert ["Kueue admits this pod, and it also waits SchedulingGated" in w.message
+            for w in waits.warnings] == [True]
+    # Not gated by us (our mutating webhook was down): judged as under Deny, Kueue's gate or not.
+    refused = validate(workload, budget)
+    assert not refused.allowed and [v.policy for v in refused.violations] == ["team-nlp"]
+    # Kueue taking its own gate off leaves the budget's: the pod still waits for the operator.
+    by_kueue = copy.deepcopy(gated_pod)
+    by_kueue["spec"]["schedulingGates"] = [GATE]
+    decision = validate(by_kueue, budget, operation="UPDATE", old=gated_pod,
+                        gates_owned=frozenset({KUEUE_GATE}))
+    assert decision.allowed and not decision.violations
 
 
 def test_kueue_taking_its_gate_off_with_the_flavors_node_selector_is_only_warned():
@@ -317,16 +333,18 @@ def test_a_pod_that_only_claims_kueue_is_judged_as_any_other():
     assert gated_pod["spec"]["schedulingGates"] == [GATE]
     waits = validate(gated_pod, nlp_budget())
     assert waits.allowed and ["waits SchedulingGated" in w.message for w in waits.warnings] == [True]
-    assert validate(kueue_gated(workload), nlp_budget()).allowed
+    # Once Kueue gates it too, the budget that cannot pay for it still holds it.
+    assert validate(kueue_gated(workload), nlp_budget()).violations
 
 
-@pytest.mark.parametrize("admission", ["Exhausted", "Projected"])
-def test_once_kueue_gates_a_pod_our_reinvoked_webhook_takes_its_own_gate_back(admission):
+@pytest.mark.parametrize("room", [True, False], ids=["room", "spent"])
+def test_once_kueue_gates_a_pod_our_reinvoked_webhook_takes_its_own_gate_back(room):
     """The API server calls our mutating webhook first (`comptroller` < `kueue`), then Kueue's,
-    which adds its gate, then ours again (reinvocationPolicy IfNeeded): that second call hands the
-    pod to Kueue, taking the budget's gate and note back off, and nothing else."""
-    budget = nlp_budget(used=500 if admission == "Exhausted" else 0, admission=admission)
-    workload = pod({**NLP, KUEUE_QUEUE_LABEL: "team-q"}, gpus=8)
+    which adds its gate, then ours again (reinvocationPolicy IfNeeded): where the budget can pay
+    for the pod, that second call hands it to Kueue, taking the budget's gate and note back off,
+    and nothing else; where it cannot, the pod keeps both gates."""
+    budget = nlp_budget(used=0 if room else 500, admission="Projected")
+    workload = pod({**NLP, KUEUE_QUEUE_LABEL: "team-q"}, gpus=1)
     workload["spec"]["schedulingGates"] = [{"name": "example.com/other"}]
     first = applied(workload, mutate(workload, budget))
     assert [g["name"] for g in first["spec"]["schedulingGates"]] == ["example.com/other", BUDGET_GATE]
@@ -335,6 +353,10 @@ def test_once_kueue_gates_a_pod_our_reinvoked_webhook_takes_its_own_gate_back(ad
     by_kueue["metadata"]["labels"]["kueue.x-k8s.io/managed"] = "true"
     again = mutate(by_kueue, budget)
     final = applied(by_kueue, again)
+    if not room:
+        assert again.patch == [] and final == by_kueue
+        assert validate(final, budget).allowed
+        return
     assert [g["name"] for g in final["spec"]["schedulingGates"]] == ["example.com/other", KUEUE_GATE]
     assert QUEUED_ANNOTATION not in final["metadata"].get("annotations", {})
     assert final["metadata"]["labels"] == by_kueue["metadata"]["labels"]
