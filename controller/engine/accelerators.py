@@ -29,7 +29,7 @@ cluster-scoped `GPUEquivalence` objects (docs/crds.md#gpuequivalence).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from functools import lru_cache
@@ -575,6 +575,20 @@ def _number(value: Any) -> float:
 # -- Dynamic Resource Allocation -----------------------------------------------------------------
 
 
+def claim_refs(entries: Any) -> Iterator[tuple[str, str]]:
+    """`(kind, name)` of each DRA object a pod's `spec.resourceClaims` names: a `ResourceClaim`
+    its pods share, or a `ResourceClaimTemplate` each pod gets a claim of its own from."""
+    for entry in entries if isinstance(entries, list) else ():
+        if not isinstance(entry, Mapping):
+            continue
+        # `source:` is the form before resource.k8s.io/v1beta1 (Kubernetes 1.31), still in examples.
+        source: Mapping[str, Any] = entry["source"] if isinstance(entry.get("source"), Mapping) else entry
+        template = source.get("resourceClaimTemplateName")
+        name = template or source.get("resourceClaimName")
+        if name:
+            yield ("ResourceClaimTemplate" if template else "ResourceClaim"), str(name)
+
+
 def _claims(
     entries: Any,
     namespace: str,
@@ -589,23 +603,15 @@ def _claims(
     `firstAvailable` requests of more than one class to `choices`; returns how many claims could
     not be resolved."""
     unresolved = 0.0
-    for entry in entries if isinstance(entries, list) else ():
-        if not isinstance(entry, Mapping):
-            continue
-        # `source:` is the form before resource.k8s.io/v1beta1 (Kubernetes 1.31), still in examples.
-        source: Mapping[str, Any] = entry["source"] if isinstance(entry.get("source"), Mapping) else entry
-        template = source.get("resourceClaimTemplateName")
-        claim = source.get("resourceClaimName")
-        kind, name = ("ResourceClaimTemplate", template) if template else ("ResourceClaim", claim)
-        if not name:
-            continue
-        spec = lookup(namespace, kind, str(name)) if lookup is not None else None
+    for kind, name in claim_refs(entries):
+        template = kind == "ResourceClaimTemplate"
+        spec = lookup(namespace, kind, name) if lookup is not None else None
         if spec is None or not spec.get("requests"):  # unknown, or classic DRA (a resource class)
             notes.append(f"{kind} {name} is not known here: counted as 1 GPU")
             if template:
                 unresolved += 1.0
             else:  # a claim its pods share: once for them all
-                shared[str(name)] = {UNRESOLVED_CLAIM: 1.0}
+                shared[name] = {UNRESOLVED_CLAIM: 1.0}
             continue
         found: list[Choice] = []
         counted = claim_gpus(spec, table, notes=notes, where=f"{kind} {name}", choices=found)
@@ -616,9 +622,9 @@ def _claims(
                 per_pod[key] = per_pod.get(key, 0.0) + value
             choices.extend(("", choice) for choice in found)
         else:
-            if str(name) not in shared:  # a claim the pod names twice is still one claim
-                choices.extend((str(name), choice) for choice in found)
-            shared[str(name)] = counted
+            if name not in shared:  # a claim the pod names twice is still one claim
+                choices.extend((name, choice) for choice in found)
+            shared[name] = counted
     return unresolved
 
 

@@ -1,0 +1,208 @@
+"""`judge_claim`: a DRA ResourceClaim or ResourceClaimTemplate created after the pods that name it.
+
+A pod may name a claim that does not exist yet: admission counts it as 1 GPU (with a note) and the
+pod waits for it. The claim created then, or an unallocated claim deleted and created again with
+other devices, decides what the waiting pod holds without any update of the pod to judge. So the
+claim's creation is judged as the pods' creation would be with it: every pod still waiting for the
+scheduler that names it is judged with the claim and without it, and what the claim adds (a
+maxGPUsPerPod it breaks, a Projected budget it overruns) denies the claim. What a pod violated
+without the claim is not the claim's doing. See docs/crds.md#dra-claims-created-after-their-pods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from controller.engine.accelerators import (
+    DEFAULT_EQUIVALENCE,
+    ClaimIndex,
+    ClaimLookup,
+    claim_gpus,
+    claim_refs,
+)
+from controller.engine.api import Decision, Snapshot, Violation
+from controller.engine.evaluation import GPU_COUNT, evaluate
+from controller.engine.messages import gpus_text, render_fix
+
+
+def judge_claim(
+    claim: Mapping[str, Any],
+    pods: Iterable[Mapping[str, Any]],
+    *,
+    snapshot: Snapshot,
+    now: datetime,
+    namespace: str | None = None,
+) -> Decision:
+    """Judge the creation of `claim` (a ResourceClaim or ResourceClaimTemplate) by what it adds to
+    the `pods` of its namespace that name it and still wait for the scheduler (others are skipped:
+    the caller may pass every pod of the namespace). `namespace` overrides `metadata.namespace`."""
+    metadata = claim.get("metadata") or {}
+    ns = namespace or metadata.get("namespace") or ""
+    key = ClaimIndex.key_of({**claim, "metadata": {**metadata, "namespace": ns}})
+    name = str(metadata.get("name") or metadata.get("generateName") or "")
+    decision = Decision(resource=f"{claim.get('kind', '')}/{ns}/{name}", allowed=True)
+    if key is None or ns in snapshot.excluded_namespaces or owned_by_pod(claim):
+        return decision
+    _, kind, name = key
+    waiting = [pod for pod in pods if waiting_for(pod, kind, name)]
+    if not waiting:
+        return decision
+    before = [evaluate(pod, snapshot=snapshot, now=now, mutate=False, namespace=ns) for pod in waiting]
+
+    def added(devices: Mapping[str, Any]) -> tuple[list[Found], list[Found], str]:
+        """What the claim with `devices` adds to the waiting pods: violations and warnings, each
+        with the pod's name, and the team of the pods."""
+        with_claim = replace(snapshot, claims=_overlay(snapshot.claims, key, devices))
+        violations: list[Found] = []
+        warnings: list[Found] = []
+        team = ""
+        for pod, old in zip(waiting, before, strict=True):
+            new = evaluate(pod, snapshot=with_claim, now=now, mutate=False, namespace=ns)
+            pod_name = str((pod.get("metadata") or {}).get("name") or "")
+            seen = {(v.policy, v.rule, v.key) for v in old.violations}
+            violations += [
+                (pod_name, v) for v in new.violations if (v.policy, v.rule, v.key) not in seen
+            ]
+            noted = {(v.policy, v.key, v.message) for v in old.warnings}
+            warnings += [
+                (pod_name, v)
+                for v in new.warnings
+                if v.policy != GPU_COUNT and (v.policy, v.key, v.message) not in noted
+            ]
+            team = team or new.team
+        return violations, warnings, team
+
+    devices = _devices(claim, kind)
+    violations, warnings, decision.team = added(devices)
+    fits = _fitting_count(devices, lambda smaller: not added(smaller)[0]) if violations else None
+    adds = sum(claim_gpus(devices, snapshot.equivalence or DEFAULT_EQUIVALENCE).values())
+    path: tuple[str | int, ...] = ("spec", "spec") if kind == "ResourceClaimTemplate" else ("spec",)
+    if fits is not None:
+        path = (*path, "devices", "requests", 0, *fits[1:])
+    for pod_name, found in violations:
+        decision.violations.append(_through(found, kind, name, ns, pod_name, adds, path, fits))
+    for pod_name, found in warnings:
+        decision.warnings.append(_through(found, kind, name, ns, pod_name, adds, path, fits))
+    decision.allowed = not decision.violations
+    return decision
+
+
+def _devices(claim: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
+    """The `devices` of a claim, or of the claims a template makes."""
+    spec = claim.get("spec") or {}
+    if kind == "ResourceClaimTemplate":
+        spec = spec.get("spec") or {} if isinstance(spec, Mapping) else {}
+    devices = spec.get("devices") if isinstance(spec, Mapping) else None
+    return devices if isinstance(devices, Mapping) else {}
+
+
+Found = tuple[str, Violation]
+"""A pod's name and a violation the claim adds to it."""
+
+
+def _counted(devices: Mapping[str, Any]) -> tuple[Mapping[str, Any], str] | None:
+    """The one `ExactCount` request of a claim asking for one kind of device, and where its count
+    is (`exactly` in resource.k8s.io/v1, the request itself before): what a fix can make smaller."""
+    requests = devices.get("requests")
+    if not isinstance(requests, list) or len(requests) != 1 or not isinstance(requests[0], Mapping):
+        return None
+    request = requests[0]
+    exactly = request.get("exactly")
+    body, where = (exactly, "exactly") if isinstance(exactly, Mapping) else (request, "")
+    if body.get("allocationMode", "ExactCount") != "ExactCount" or request.get("firstAvailable"):
+        return None
+    return body, where
+
+
+def _fitting_count(
+    devices: Mapping[str, Any], fits: Callable[[Mapping[str, Any]], bool]
+) -> tuple[int, *tuple[str, ...]] | None:
+    """The largest smaller device count with which the claim adds nothing the pods may not have,
+    and the keys from its request to where the count goes; None when there is no such count, or
+    the claim's count is not one a fix can simply lower."""
+    counted = _counted(devices)
+    if counted is None:
+        return None
+    body, where = counted
+    try:
+        count = int(body.get("count", 1))
+    except (TypeError, ValueError):
+        return None
+    request = devices["requests"][0]
+    for smaller in range(min(count - 1, MAX_TRIED_COUNT), 0, -1):
+        changed = {**request, where: {**body, "count": smaller}} if where else {**request, "count": smaller}
+        if fits({**devices, "requests": [changed]}):
+            return (smaller, where) if where else (smaller,)
+    return None
+
+
+MAX_TRIED_COUNT = 64
+"""A fix tries device counts below the claim's from this one down (claims ask for a few devices)."""
+
+
+def owned_by_pod(claim: Mapping[str, Any]) -> bool:
+    """A ResourceClaim the resource claim controller made for one pod from its template: the
+    template was judged when the pod was, and the pod names the template, not this claim."""
+    owners = (claim.get("metadata") or {}).get("ownerReferences") or ()
+    return any(
+        isinstance(owner, Mapping) and owner.get("kind") == "Pod" and owner.get("apiVersion") == "v1"
+        for owner in owners
+    )
+
+
+def waiting_for(pod: Mapping[str, Any], kind: str, name: str) -> bool:
+    """Whether `pod` names the claim (or template) and has not been bound to a node, finished or
+    been deleted: what the claim holds is still to decide what it runs with."""
+    spec = pod.get("spec")
+    if pod.get("kind", "Pod") != "Pod" or not isinstance(spec, Mapping) or spec.get("nodeName"):
+        return False
+    metadata = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    if metadata.get("deletionTimestamp") or status.get("phase") in ("Succeeded", "Failed"):
+        return False
+    return (kind, name) in set(claim_refs(spec.get("resourceClaims")))
+
+
+def _overlay(
+    lookup: ClaimLookup | None, key: tuple[str, str, str], devices: Mapping[str, Any]
+) -> ClaimLookup:
+    """The claim lookup with `key` resolved to `devices`, whatever the cache holds for it (an older
+    claim of the same name, deleted)."""
+
+    def resolve(namespace: str, kind: str, name: str) -> Mapping[str, Any] | None:
+        if (namespace, kind, name) == key:
+            return devices
+        return lookup(namespace, kind, name) if lookup is not None else None
+
+    return resolve
+
+
+def _through(
+    found: Violation,
+    kind: str,
+    name: str,
+    namespace: str,
+    pod: str,
+    adds: float,
+    path: tuple[str | int, ...],
+    fits: tuple[int, *tuple[str, ...]] | None,
+) -> Violation:
+    """A pod's violation as the claim's: it names the pod, and the fix is to the claim (a smaller
+    device count, when one fits) or to delete the pod that waits for it."""
+    what = f"{kind} {name} gives it {gpus_text(adds)}" if adds else f"counted with {kind} {name}"
+    delete = f"or delete the pod first: kubectl delete pod -n {namespace} {pod}"
+    if fits is not None:
+        fitting = f"{fits[0]} device fits" if fits[0] == 1 else f"{fits[0]} devices fit"
+        fix = render_fix([(path, {"count": fits[0]})], note=f"{fitting}; {delete}")
+    else:
+        fix = f"# ask for fewer devices in spec.devices.requests,\n# {delete}"
+    return replace(
+        found,
+        message=f"pod {pod}: {found.message} ({what})",
+        summary=f"pod {pod}: {found.summary or found.message}",
+        fix=fix,
+        edits=(),
+    )

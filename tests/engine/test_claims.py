@@ -1,0 +1,147 @@
+"""`judge_claim`: a DRA claim created after the pods that name it is judged by what it adds to them
+(controller.engine.claims). Without it, a pod admitted while its claim did not exist (counted as
+1 GPU) could be given 8 by a claim created next: past maxGPUsPerPod, past a Projected budget."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+import pytest
+
+from controller.engine.accelerators import ClaimIndex
+from controller.engine.claims import judge_claim, owned_by_pod, waiting_for
+from controller.engine.messages import render_denial
+from e2e import accelerators as lab
+from tests.engine.engine_cases import NOW, apply_fix, budget, policy, snapshot
+
+NS = "ml"
+NLP = {"team": "nlp"}
+END = "2026-12-01T00:00:00Z"  # 204 hours after NOW
+MAX_FOUR = policy("max-four", gpu={"maxGPUsPerPod": 4})
+
+
+def gpus(count: int) -> list[dict]:
+    return [lab.device_request("gpu", lab.GPU_CLASS, count=count)]
+
+
+def waiting(name: str = "trainer", *, claim: str = "shared", template: bool = False, **extra) -> dict:
+    source = {"resourceClaimTemplateName": claim} if template else {"resourceClaimName": claim}
+    manifest = lab.pod(name, NS, claims={"gpus": source}, labels=NLP)
+    manifest["spec"].update(extra)
+    return manifest
+
+
+def judged(claim: dict, *pods: dict, items=(MAX_FOUR,), claims: ClaimIndex | None = None):
+    known = replace(snapshot(*items), claims=claims or ClaimIndex())
+    return judge_claim(claim, pods, snapshot=known, now=NOW)
+
+
+def test_a_claim_giving_a_waiting_pod_more_than_its_policy_allows_is_denied_naming_the_pod():
+    decision = judged(lab.resource_claim("shared", NS, gpus(8)), waiting())
+    assert not decision.allowed
+    [found] = decision.violations
+    assert (found.policy, found.key) == ("max-four", "maxGPUsPerPod")
+    assert found.message.startswith("pod trainer: 8 GPUs per pod")
+    assert "ResourceClaim shared gives it 8 GPUs" in found.message
+    text = render_denial(decision)
+    assert text.startswith("Comptroller denied ResourceClaim ml/shared:")
+    assert "kubectl delete pod -n ml trainer" in text
+    assert "spec.devices.requests" in text
+
+
+def test_a_claim_within_the_policy_is_admitted():
+    assert judged(lab.resource_claim("shared", NS, gpus(4)), waiting()).allowed
+
+
+@pytest.mark.parametrize(
+    "pod",
+    [
+        waiting(nodeName="gpu-node-0"),
+        waiting(claim="other"),
+        waiting(template=True),
+        {**waiting(), "status": {"phase": "Failed"}},
+        {**waiting(), "metadata": {**waiting()["metadata"], "deletionTimestamp": "2026-11-22T11:00:00Z"}},
+    ],
+    ids=["bound", "names another claim", "names a template of that name", "finished", "deleted"],
+)
+def test_only_pods_that_name_the_claim_and_wait_for_the_scheduler_are_judged(pod):
+    assert not waiting_for(pod, "ResourceClaim", "shared")
+    assert judged(lab.resource_claim("shared", NS, gpus(8)), pod).allowed
+
+
+def test_a_template_created_after_its_pods_is_judged_for_them():
+    decision = judged(lab.claim_template("shared", NS, gpus(8)), waiting(template=True))
+    assert [v.key for v in decision.violations] == ["maxGPUsPerPod"]
+    assert decision.resource == "ResourceClaimTemplate/ml/shared"
+
+
+def test_a_claim_the_resource_claim_controller_makes_for_a_pod_is_not_judged_again():
+    claim = lab.resource_claim("trainer-gpus-x7k2", NS, gpus(8))
+    claim["metadata"]["ownerReferences"] = [
+        {"apiVersion": "v1", "kind": "Pod", "name": "trainer", "uid": "u", "controller": True}
+    ]
+    assert owned_by_pod(claim)
+    assert judged(claim, waiting(claim="trainer-gpus-x7k2")).allowed
+
+
+def test_an_unallocated_claim_deleted_and_created_bigger_is_judged_against_the_new_one():
+    """The watch cache may still hold the old claim (2 GPUs): the new one counts, not the old."""
+    old = ClaimIndex([lab.resource_claim("shared", NS, gpus(2))])
+    assert not judged(lab.resource_claim("shared", NS, gpus(8)), waiting(), claims=old).allowed
+    assert judged(lab.resource_claim("shared", NS, gpus(3)), waiting(), claims=old).allowed
+
+
+@pytest.mark.parametrize(("count", "allowed"), [(1, True), (2, False)])
+def test_a_claim_that_takes_a_waiting_pod_past_a_projected_budget_is_denied(count, allowed):
+    """204 GPU-hours left and 204 hours to the period's end: room for the 1 GPU the pod was
+    admitted with (its claim unknown), not for 2."""
+    left_one = budget("team-nlp", used=296, period_end=END, selector={"matchLabels": NLP}, gpuHours=500,
+                      period="Monthly", admission="Projected")
+    decision = judged(lab.resource_claim("shared", NS, gpus(count)), waiting(), items=(left_one,))
+    assert decision.allowed is allowed
+    if not allowed:
+        [found] = decision.violations
+        assert (found.policy, found.rule) == ("team-nlp", "budget")
+        assert found.message.startswith("pod trainer: ")
+
+
+def test_what_a_pod_violated_without_the_claim_is_not_the_claims_doing():
+    """A policy made stricter after the pod was admitted: its 6 container GPUs break it with or
+    without the claim, and a claim of no GPUs at all adds nothing."""
+    pod = waiting()
+    pod["spec"]["containers"][0]["resources"]["limits"] = {"nvidia.com/gpu": "6"}
+    nic = lab.resource_claim("shared", NS, [lab.device_request("nic", "rdma.example.com")])
+    assert judged(nic, pod).allowed
+    assert judged(lab.resource_claim("shared", NS, gpus(8)), pod).allowed
+
+
+@pytest.mark.parametrize("kind", ["ResourceClaim", "ResourceClaimTemplate"])
+def test_the_fix_is_the_largest_count_that_fits_and_pasting_it_admits_the_claim(kind):
+    make = lab.resource_claim if kind == "ResourceClaim" else lab.claim_template
+    claim = make("shared", NS, gpus(8))
+    pod = waiting(template=kind == "ResourceClaimTemplate")
+    [found] = judged(claim, pod).violations
+    assert "4 devices fit; or delete the pod first: kubectl delete pod -n ml trainer" in found.fix
+    assert judged(apply_fix(claim, found.fix), pod).allowed
+    five = copy.deepcopy(claim)
+    spec = five["spec"] if kind == "ResourceClaim" else five["spec"]["spec"]
+    spec["devices"]["requests"][0]["exactly"]["count"] = 5
+    assert not judged(five, pod).allowed
+
+
+def test_a_v1beta1_claim_gets_its_count_fixed_where_it_is():
+    claim = lab.resource_claim("shared", NS, [{"name": "gpu", "deviceClassName": lab.GPU_CLASS, "count": 6}])
+    claim["apiVersion"] = "resource.k8s.io/v1beta1"
+    [found] = judged(claim, waiting()).violations
+    assert "spec.devices.requests[0]:\n  count: 4" in found.fix
+    assert judged(apply_fix(claim, found.fix), waiting()).allowed
+
+
+def test_a_claim_no_count_can_fix_says_so_and_every_waiting_pod_is_named():
+    """All of a class's devices: no count to lower. Two pods share the claim: each is named."""
+    claim = lab.resource_claim("shared", NS, [lab.device_request("gpu", lab.GPU_CLASS, all_devices=True)])
+    decision = judged(claim, waiting("a"), waiting("b"))
+    assert not decision.allowed  # all of a GPU class counts as the largest node's 8
+    assert [v.message.split(":")[0] for v in decision.violations] == ["pod a", "pod b"]
+    assert decision.violations[0].fix.startswith("# ask for fewer devices in spec.devices.requests,")
