@@ -24,6 +24,7 @@ IGNORE_NAMESPACE_LABEL = f"{GROUP}/ignore"
 VALIDATING_WEBHOOK = f"validate.{GROUP}"
 MUTATING_WEBHOOK = f"mutate.{GROUP}"
 SCALE_WEBHOOK = f"scale.{GROUP}"
+CLAIM_WEBHOOK = f"claim.{GROUP}"
 
 DEFAULT_EXPIRY_KEY = "expires_at"
 # `*`: every accelerator the GPU-equivalence table knows (controller.engine.accelerators); a list of

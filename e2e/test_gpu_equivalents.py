@@ -250,3 +250,48 @@ def test_a_projected_queue_reserves_what_a_gated_pods_claim_template_asks(stack,
     finally:
         cluster.kubectl("delete", "pods", "--all", "-n", namespace, "--wait=false", check=False)
         cluster.kubectl("delete", "gpubudget", name, "--ignore-not-found", check=False)
+
+
+def test_a_claim_created_after_its_pod_is_judged_by_what_it_gives_the_pod(stack, cluster, accelerator_lab,
+                                                                          namespace):
+    """A pod may name a ResourceClaim (or a template) that does not exist yet: it is admitted counting
+    it as 1 GPU. The claim created next decides what the pod holds, so the claim webhook judges it
+    by what it adds: 16 GPUs for 2 h against a Projected budget of 20 GPU-hours is refused with the
+    count that fits (10), through the API server; 8 is admitted."""
+    team = f"later-{uuid.uuid4().hex[:6]}"
+    labels = {**COMPLIANT_LABELS, "team": team}
+    expires = (datetime.now(UTC) + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert apply(cluster, team_budget(team, 20, admission="Projected")).returncode == 0
+
+    def gpus(count: int) -> list[dict]:
+        return [acc.device_request("gpus", acc.GPU_CLASS, count=count)]
+
+    cases = [
+        ("ResourceClaim", {"resourceClaimName": "later"}, acc.resource_claim, "later"),
+        ("ResourceClaimTemplate", {"resourceClaimTemplateName": "later-t"}, acc.claim_template, "later-t"),
+    ]
+    try:
+        for kind, source, make, claim in cases:
+            # Counted as 1 GPU of any kind, the pod must pin an allowed instance type.
+            pod = acc.pod(f"waits-for-{claim}", namespace, claims={"gpus": source}, labels=labels,
+                          node_selector={"node.kubernetes.io/instance-type": "g5.xlarge"})
+            pod["metadata"]["annotations"] = {"expires_at": expires}
+            created = apply(cluster, pod)
+            assert created.returncode == 0, created.stderr
+            assert f"{kind} {claim} is not known here: counted as 1 GPU" in created.stderr
+            sixteen = make(claim, namespace, gpus(16))
+            refused = wait_until(
+                lambda obj=sixteen: (r := apply(cluster, obj)).returncode != 0 and r,
+                timeout=30, what=f"the {kind} of 16 GPUs refused",
+            )
+            assert 'admission webhook "claim.finops.comptroller.dev" denied the request' in refused.stderr
+            assert f"pod waits-for-{claim}: worst case 16 GPUs" in refused.stderr, refused.stderr
+            assert "count: 10" in refused.stderr, refused.stderr
+            assert get_json(cluster, kind.lower(), claim, "-n", namespace) is None
+            admitted = apply(cluster, make(claim, namespace, gpus(8)))
+            assert admitted.returncode == 0, admitted.stderr
+    finally:
+        cluster.kubectl("delete", "pods", "--all", "-n", namespace, "--wait=false", check=False)
+        cluster.kubectl("delete", "resourceclaims,resourceclaimtemplates", "--all", "-n", namespace,
+                        "--wait=false", check=False)
+        cluster.kubectl("delete", "gpubudget", f"team-{team}", "--ignore-not-found", check=False)

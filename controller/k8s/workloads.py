@@ -270,6 +270,7 @@ class Workloads:
         *,
         namespace: str | None = None,
         label_selector: str | None = None,
+        field_selector: str | None = None,
         metadata_only: bool = False,
     ) -> Iterator[dict[str, Any]]:
         """Every object of a kind, a page at a time, with `kind`/`apiVersion` filled in.
@@ -287,6 +288,7 @@ class Workloads:
                     "limit": self.page_size,
                     "continue": token,
                     "labelSelector": label_selector,
+                    "fieldSelector": field_selector,
                 },
                 accept=METADATA_ONLY if metadata_only else "application/json",
             )

@@ -3,9 +3,10 @@
 `/mutate` returns the engine's JSON Patch and never denies; `/validate` judges the already mutated
 object (and, at UPDATE, the object before it: the engine decides what the update introduces) and
 denies with every violation in one message; `/scale` judges a `scale` subresource update as the
-update of its workload's replica count. Every request gets an AdmissionReview or an explicit HTTP
-error: a malformed one gets 400, and an internal error is answered per the configured failure
-mode, never with a 500. See docs/crds.md#updates-and-scaling.
+update of its workload's replica count; `/claim` judges a DRA ResourceClaim (or template) created
+after the pods that name it, by what it adds to them. Every request gets an AdmissionReview or an
+explicit HTTP error: a malformed one gets 400, and an internal error is answered per the
+configured failure mode, never with a 500. See docs/crds.md#updates-and-scaling.
 
 The app factory (`controller.webhook.app`) only wires these handlers to paths.
 """
@@ -30,15 +31,20 @@ log = logging.getLogger(__name__)
 
 FAILURE_WARNING = "comptroller: internal error, admitted by failure mode"
 SCALE_UNJUDGED_WARNING = "comptroller: could not read the workload being scaled; admitted unjudged"
+CLAIM_UNJUDGED_WARNING = "comptroller: could not list the pods waiting for this claim; admitted unjudged"
 _SKIPPED_OPERATIONS = frozenset({"DELETE", "CONNECT"})
 PARENT_TIMEOUT_SECONDS = 1.5
-"""How long a scale review waits for the workload it scales (the webhook's own timeout is 3 s)."""
+"""How long a scale review waits for the workload it scales, and a claim review for the pods
+waiting for the claim (the webhook's own timeout is 3 s)."""
 
 Reply = tuple[int, bytes]
 """An admission endpoint's answer: HTTP status and JSON body."""
 
 FetchWorkload = Callable[[str, str, str, str, str], Mapping[str, Any] | None]
 """`(group, version, plural, namespace, name)` -> the object, None when it does not exist. Blocking."""
+
+ListUnscheduled = Callable[[str], list[Mapping[str, Any]]]
+"""`namespace` -> its pods not bound to a node yet (those a new claim may still decide). Blocking."""
 
 
 class PolicyView(Protocol):
@@ -65,7 +71,9 @@ class Admission:
         evaluate: Callable[..., Any],
         clock: Callable[[], datetime],
         fetch_workload: FetchWorkload | None = None,
+        list_unscheduled: ListUnscheduled | None = None,
     ) -> None:
+        from controller.engine.claims import judge_claim, owned_by_pod
         from controller.engine.fixing import explain
         from controller.engine.messages import render_denial, render_warning
 
@@ -75,6 +83,9 @@ class Admission:
         self.evaluate = evaluate
         self.clock = clock
         self.fetch_workload = fetch_workload
+        self.list_unscheduled = list_unscheduled
+        self._judge_claim = judge_claim
+        self._owned_by_pod = owned_by_pod
         self._excluded = settings.excluded_namespaces
         self._render_denial = render_denial
         self._explain_denial = explain
@@ -107,6 +118,31 @@ class Admission:
                 self._count(request, "error", "scale", started)
                 return 200, response_body(request.uid, allowed=True, warnings=[SCALE_UNJUDGED_WARNING])
         return self._answer_parsed(request, "scale", lambda r: self._scale(r, workload), started)
+
+    async def claim(self, body: bytes) -> Reply:
+        """A DRA ResourceClaim or ResourceClaimTemplate created: the pods of its namespace not yet
+        bound to a node are listed from the API server (off the event loop, with a deadline), and
+        the engine judges what the claim adds to those that name it."""
+        started = time.perf_counter()
+        try:
+            request = parse_review(body)
+        except MalformedReview as error:
+            return error_reply(400, str(error))
+        pods = None
+        if (
+            not self._passes_untouched(request)
+            and request.operation == "CREATE"
+            and not self._owned_by_pod(request.object)
+        ):
+            try:
+                pods = await asyncio.wait_for(
+                    asyncio.to_thread(self._unscheduled, request), PARENT_TIMEOUT_SECONDS
+                )
+            except Exception as error:  # API server away or slow: guardrails, not gates
+                log.warning("claim %s %s/%s: %s", request.kind, request.namespace, request.name, error)
+                self._count(request, "error", "claim", started)
+                return 200, response_body(request.uid, allowed=True, warnings=[CLAIM_UNJUDGED_WARNING])
+        return self._answer_parsed(request, "claim", lambda r: self._claim(r, pods), started)
 
     def noop(self, body: bytes) -> Reply:
         """The benchmark's ceiling: the same server, TLS and body read, a constant allowed review."""
@@ -227,6 +263,25 @@ class Admission:
             raise RuntimeError("no API access to read the workload (webhook serving policy files)")
         group, version, plural = request.resource
         return self.fetch_workload(group, version, plural, request.namespace, request.name)
+
+    def _unscheduled(self, request: AdmissionRequest) -> list[Mapping[str, Any]]:
+        if self.list_unscheduled is None:
+            raise RuntimeError("no API access to list pods (webhook serving policy files)")
+        return self.list_unscheduled(request.namespace)
+
+    def _claim(self, request: AdmissionRequest, pods: list[Mapping[str, Any]] | None) -> tuple[bytes, str]:
+        if pods is None:  # not a creation, or a claim made for one pod from its template
+            return response_body(request.uid, allowed=True), "skipped"
+        if not self.view.ready():
+            raise NotReady("policy view not synced with the API server yet")
+        decision = self._judge_claim(
+            request.object,
+            pods,
+            snapshot=self.view.snapshot(),
+            now=self.clock(),
+            namespace=request.namespace or None,
+        )
+        return self._render(request, decision)
 
     def _scale(self, request: AdmissionRequest, workload: Mapping[str, Any] | None) -> tuple[bytes, str]:
         from controller.engine.workloads import BUILTIN_KINDS, scaled

@@ -21,6 +21,7 @@ from controller.webhook.admission import (
     FAILURE_WARNING,
     Admission,
     FetchWorkload,
+    ListUnscheduled,
     NotReady,
     PolicyView,
     Reply,
@@ -49,10 +50,12 @@ def create_app(
     evaluate: Callable[..., Any] | None = None,
     clock: Callable[[], datetime] | None = None,
     fetch_workload: FetchWorkload | None = None,
+    list_unscheduled: ListUnscheduled | None = None,
 ) -> FastAPI:
     """Build the webhook app. `evaluate` defaults to the engine's; tests inject a failing one.
-    `fetch_workload` reads the workload a `scale` review scales (None: such reviews are admitted
-    with a warning, as when the webhook serves policy files without API access)."""
+    `fetch_workload` reads the workload a `scale` review scales, `list_unscheduled` the pods a
+    `claim` review judges the claim for (None: such reviews are admitted with a warning, as when
+    the webhook serves policy files without API access)."""
     from controller.engine import evaluate as engine_evaluate
 
     metrics = WebhookMetrics()
@@ -63,6 +66,7 @@ def create_app(
         evaluate=evaluate or engine_evaluate,
         clock=clock or partial(datetime.now, UTC),
         fetch_workload=fetch_workload,
+        list_unscheduled=list_unscheduled,
     )
 
     app = FastAPI(
@@ -82,6 +86,7 @@ def create_app(
             "/validate": admission.validate,
             "/mutate": admission.mutate,
             "/scale": admission.scale,
+            "/claim": admission.claim,
             "/noop": admission.noop,
         },
         max_body_bytes=settings.max_body_bytes,
@@ -105,7 +110,7 @@ def create_app(
 
 
 class AdmissionEndpoints:
-    """Pure ASGI middleware answering `POST /validate`, `/mutate` and `/noop` ahead of FastAPI.
+    """Pure ASGI middleware answering the admission `POST`s (`/validate`, `/mutate`, ...) ahead of FastAPI.
 
     These are called by the API server on every pod create, most often on a process that has been
     idle since the last one, so every line they run is run with cold caches: FastAPI's routing,
@@ -124,7 +129,8 @@ class AdmissionEndpoints:
         self.app = app
         self.handlers = handlers
         self.max_body_bytes = max_body_bytes
-        # `/scale` waits on the API server, so it is a coroutine; the hot paths stay plain calls.
+        # `/scale` and `/claim` wait on the API server, so they are coroutines; the hot paths stay
+        # plain calls.
         self._awaited = {path for path, handler in handlers.items() if inspect.iscoroutinefunction(handler)}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

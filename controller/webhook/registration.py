@@ -2,7 +2,8 @@
 
 Rendered here once, used by `make up` (URL to 127.0.0.1) and mirrored by the chart (Service).
 Both configurations match pods and every supported workload kind (docs/crds.md#workload-kinds) on
-CREATE and UPDATE; the validating one also judges `scale` subresource updates at `/scale`. They
+CREATE and UPDATE; the validating one also judges `scale` subresource updates at `/scale`, and
+DRA claims created after the pods that name them at `/claim`. They
 exclude kube-system and the webhook's own namespace by `kubernetes.io/metadata.name`, and declare
 `sideEffects: None` so `kubectl apply --dry-run=server` is judged the same.
 
@@ -25,6 +26,7 @@ from controller.webhook.settings import DEFAULT_NAMESPACE
 VALIDATING_NAME = constants.VALIDATING_WEBHOOK
 MUTATING_NAME = constants.MUTATING_WEBHOOK
 SCALE_NAME = constants.SCALE_WEBHOOK
+CLAIM_NAME = constants.CLAIM_WEBHOOK
 
 # apiGroup -> resources: pods, the built-in pod controllers and the ML kinds of docs/crds.md#workload-kinds.
 WORKLOAD_RESOURCES: Mapping[str, tuple[str, ...]] = {
@@ -45,6 +47,19 @@ SCALE_RESOURCES: Mapping[str, tuple[str, ...]] = {
     "kubeflow.org": ("pytorchjobs/scale",),
     "leaderworkerset.x-k8s.io": ("leaderworkersets/scale",),
 }
+
+# The DRA objects `/claim` judges at their creation: a pod may name one before it exists, admitted
+# counting it as 1 GPU, and what it then holds is decided by the claim
+# (docs/crds.md#dra-claims-created-after-their-pods).
+CLAIM_RESOURCES: Mapping[str, tuple[str, ...]] = {
+    "resource.k8s.io": ("resourceclaims", "resourceclaimtemplates"),
+}
+CLAIM_CONDITION = (
+    "!has(object.metadata.ownerReferences) || "
+    "!object.metadata.ownerReferences.exists(r, r.apiVersion == 'v1' && r.kind == 'Pod')"
+)
+"""The claims `/claim` is called for: not those the resource claim controller makes for one pod
+from its template (the template was judged with the pod); the webhook checks the same itself."""
 
 
 def webhook_rules(
@@ -134,6 +149,13 @@ def webhook_configurations(
                 "clientConfig": client_config("/scale"),
                 **common,
                 "rules": webhook_rules(SCALE_RESOURCES, ("UPDATE",)),
+            },
+            {
+                "name": CLAIM_NAME,
+                "clientConfig": client_config("/claim"),
+                **common,
+                "rules": webhook_rules(CLAIM_RESOURCES, ("CREATE",)),
+                "matchConditions": [{"name": "not-made-for-one-pod", "expression": CLAIM_CONDITION}],
             },
         ],
     }

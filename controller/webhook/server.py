@@ -20,6 +20,7 @@ import signal
 import ssl
 import sys
 from pathlib import Path
+from typing import Any
 
 from controller.webhook.settings import DEFAULT_KUEUE_CONTROLLER, DEFAULT_NAMESPACE, WebhookSettings
 
@@ -127,13 +128,15 @@ def build_view(args: argparse.Namespace, settings: WebhookSettings):
     return cache
 
 
-def workload_reader(args: argparse.Namespace):
-    """How `/scale` reads the workload it scales: a GET through the API server. Serving policy
-    files without `--kubeconfig`, there is no API access; scale reviews are then admitted with a
-    warning."""
+def api_readers(args: argparse.Namespace) -> tuple[Any, Any]:
+    """`(fetch_workload, list_unscheduled)`: how `/scale` reads the workload it scales and `/claim`
+    lists the pods not bound to a node yet in a claim's namespace, each a call through the API
+    server. Serving policy files without `--kubeconfig`, there is no API access: both are None, and
+    such reviews are admitted with a warning."""
     if args.policies is not None and not args.kubeconfig:
-        return None
+        return None, None
     from controller.k8s.config import load_api_client
+    from controller.k8s.pods import PODS
     from controller.k8s.workloads import ApiResource, Workloads
 
     workloads = Workloads(load_api_client(args.kubeconfig), timeout=1.0, component="comptroller-webhook")
@@ -141,7 +144,10 @@ def workload_reader(args: argparse.Namespace):
     def fetch(group: str, version: str, plural: str, namespace: str, name: str):
         return workloads.get(ApiResource(group, version, plural, kind=""), namespace, name)
 
-    return fetch
+    def unscheduled(namespace: str):
+        return workloads.list_objects(PODS, namespace=namespace, field_selector="spec.nodeName=")
+
+    return fetch, unscheduled
 
 
 class CertificateReloader:
@@ -193,10 +199,12 @@ def build_server(args: argparse.Namespace, settings: WebhookSettings, *, view=No
     from controller.webhook.transport import GatheringHttpProtocol
 
     if view is None:  # from the command line; tests and benchmarks pass a view of their own
-        view, fetch_workload = build_view(args, settings), workload_reader(args)
+        view, (fetch_workload, list_unscheduled) = build_view(args, settings), api_readers(args)
     else:
-        fetch_workload = None
-    app = create_app(view=view, settings=settings, fetch_workload=fetch_workload)
+        fetch_workload = list_unscheduled = None
+    app = create_app(
+        view=view, settings=settings, fetch_workload=fetch_workload, list_unscheduled=list_unscheduled
+    )
     config = uvicorn.Config(
         app,
         host=args.host,

@@ -102,7 +102,7 @@ def test_long_release_names_keep_names_within_63_characters():
 # ---- webhook configurations ---------------------------------------------------------------------
 
 
-PATHS = {"validate": "/validate", "scale": "/scale", "mutate": "/mutate"}
+PATHS = {"validate": "/validate", "scale": "/scale", "mutate": "/mutate", "claim": "/claim"}
 
 
 def main_webhook(objects, kind):
@@ -117,7 +117,24 @@ def every_webhook(objects):
 
 def test_the_validating_configuration_judges_workloads_and_their_scale_subresource():
     names = [w["name"] for w in one(rendered(), "ValidatingWebhookConfiguration")["webhooks"]]
-    assert names == ["validate.finops.comptroller.dev", "scale.finops.comptroller.dev"]
+    assert names == ["validate.finops.comptroller.dev", "scale.finops.comptroller.dev",
+                     "claim.finops.comptroller.dev"]
+
+
+def test_the_claim_webhook_is_the_one_registration_renders():
+    """The chart and `make up` register the same claim rules and condition, and the webhook may
+    list the pods a claim is judged for."""
+    from controller.webhook.registration import CLAIM_CONDITION, CLAIM_RESOURCES
+
+    objects = rendered()
+    claim = next(w for w in every_webhook(objects) if w["name"].startswith("claim."))
+    assert [(r["apiGroups"], r["resources"], r["operations"]) for r in claim["rules"]] == [
+        (list(group), list(resources), ["CREATE"]) for group, resources in [
+            ((g,), r) for g, r in CLAIM_RESOURCES.items()]
+    ]
+    assert claim["matchConditions"] == [{"name": "not-made-for-one-pod", "expression": CLAIM_CONDITION}]
+    rules = one(objects, "ClusterRole", "comptroller-webhook")["rules"]
+    assert {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]} in rules
 
 
 def test_the_scale_webhook_is_the_one_registration_renders():

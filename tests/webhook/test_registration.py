@@ -116,3 +116,14 @@ def test_the_scale_webhook_judges_scale_subresource_updates_only():
     assert resources == {"deployments/scale", "statefulsets/scale", "replicasets/scale",
                          "pytorchjobs/scale", "leaderworkersets/scale"}
     assert all(rule["operations"] == ["UPDATE"] for rule in scale["rules"])
+
+
+def test_the_claim_webhook_judges_claims_and_templates_at_creation_but_not_those_made_for_one_pod():
+    validating, _, _, _ = _hooks(url="https://127.0.0.1:8443")
+    claim = next(h for h in validating["webhooks"] if h["name"] == "claim.finops.comptroller.dev")
+    assert claim["clientConfig"]["url"] == "https://127.0.0.1:8443/claim"
+    assert [(r["apiGroups"], r["resources"], r["operations"]) for r in claim["rules"]] == [
+        (["resource.k8s.io"], ["resourceclaims", "resourceclaimtemplates"], ["CREATE"])
+    ]
+    [condition] = claim["matchConditions"]
+    assert "ownerReferences" in condition["expression"] and "'Pod'" in condition["expression"]

@@ -160,6 +160,17 @@ controller/webhook/registration.py SCALE_RESOURCES. */}}
 {{- end }}
 {{- end }}
 
+{{/* The DRA objects the claim webhook judges when they are created
+(docs/crds.md#dra-claims-created-after-their-pods). Keep in step with
+controller/webhook/registration.py CLAIM_RESOURCES. */}}
+{{- define "comptroller.webhook.claimRules" -}}
+- apiGroups: ["resource.k8s.io"]
+  apiVersions: ["*"]
+  resources: ["resourceclaims", "resourceclaimtemplates"]
+  operations: ["CREATE"]
+  scope: Namespaced
+{{- end }}
+
 {{/* Never the control plane's namespace nor our own: a broken webhook must not be able to block
 the pods that would fix it. A namespace labelled `finops.comptroller.dev/ignore=true` opts out too
 (like Gatekeeper's `admission.gatekeeper.sh/ignore`); labelling namespaces is a cluster-admin right. */}}

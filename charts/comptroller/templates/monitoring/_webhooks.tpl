@@ -4,7 +4,7 @@ this list against the rendered webhook configurations, so the two cannot drift a
 {{- define "comptroller.monitoring.webhookNames" -}}
 {{- $names := list -}}
 {{- if .Values.webhook.validating.enabled -}}
-{{- $names = concat $names (list "validate.finops.comptroller.dev" "scale.finops.comptroller.dev") -}}
+{{- $names = concat $names (list "validate.finops.comptroller.dev" "scale.finops.comptroller.dev" "claim.finops.comptroller.dev") -}}
 {{- end -}}
 {{- if .Values.webhook.mutating.enabled -}}
 {{- $names = append $names "mutate.finops.comptroller.dev" -}}

@@ -1,0 +1,103 @@
+"""`/claim`: a DRA claim created after the pods that name it is judged by what it adds to them;
+the webhook lists the namespace's unscheduled pods with a deadline and admits unjudged (with a
+warning) when it cannot, and never lists for a claim made for one pod from its template."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from webhook_fixtures import make_client, policy, review
+
+from controller.webhook.admission import CLAIM_UNJUDGED_WARNING
+from e2e import accelerators as lab
+
+NS = "ml-team"
+MAX_FOUR = policy("max-four", gpu={"maxGPUsPerPod": 4})
+
+
+def claim(count: int, **metadata) -> dict:
+    made = lab.resource_claim("shared", NS, [lab.device_request("gpu", lab.GPU_CLASS, count=count)])
+    made["metadata"].update(metadata)
+    return made
+
+
+def waiting_pod() -> dict:
+    return lab.pod("trainer", NS, claims={"gpus": {"resourceClaimName": "shared"}}, labels={"team": "nlp"})
+
+
+class Pods:
+    """`list_unscheduled`: the namespaces asked for, and the pods (or error) to answer with."""
+
+    def __init__(self, *pods: dict, error: Exception | None = None) -> None:
+        self.pods = list(pods)
+        self.error = error
+        self.asked: list[str] = []
+
+    def __call__(self, namespace: str) -> list[dict]:
+        self.asked.append(namespace)
+        if self.error is not None:
+            raise self.error
+        return self.pods
+
+
+def answer(client, obj, **kwargs):
+    http = client.post("/claim", json=review(obj, **kwargs))
+    assert http.status_code == 200, http.text
+    return http.json()["response"]
+
+
+def test_a_claim_giving_a_waiting_pod_too_many_gpus_is_denied_with_the_count_that_fits():
+    pods = Pods(waiting_pod())
+    response = answer(make_client(MAX_FOUR, list_unscheduled=pods), claim(8))
+    assert response["allowed"] is False
+    message = response["status"]["message"]
+    assert message.startswith("Comptroller denied ResourceClaim ml-team/shared:")
+    assert "pod trainer: 8 GPUs per pod; at most 4 per pod allowed" in message
+    assert "count: 4" in message and "kubectl delete pod -n ml-team trainer" in message
+    assert pods.asked == [NS]
+
+
+def test_a_claim_that_fits_is_admitted():
+    assert answer(make_client(MAX_FOUR, list_unscheduled=Pods(waiting_pod())), claim(4))["allowed"] is True
+
+
+@pytest.mark.parametrize("error", [ConnectionError("refused"), None], ids=["API away", "no API access"])
+def test_a_claim_whose_pods_cannot_be_listed_is_admitted_unjudged_with_a_warning(error):
+    kwargs = {"list_unscheduled": Pods(error=error)} if error else {}
+    response = answer(make_client(MAX_FOUR, **kwargs), claim(8))
+    assert response["allowed"] is True and response["warnings"] == [CLAIM_UNJUDGED_WARNING]
+
+
+def test_a_slow_api_server_admits_after_the_deadline(monkeypatch):
+    from controller.webhook import admission
+
+    monkeypatch.setattr(admission, "PARENT_TIMEOUT_SECONDS", 0.05)
+    release = threading.Event()
+
+    def stuck(_namespace):
+        release.wait(5)
+        return [waiting_pod()]
+
+    client = make_client(MAX_FOUR, list_unscheduled=stuck)
+    try:
+        response = answer(client, claim(8))
+    finally:
+        release.set()
+    assert response["allowed"] is True and response["warnings"] == [CLAIM_UNJUDGED_WARNING]
+
+
+@pytest.mark.parametrize(
+    ("obj", "kwargs"),
+    [
+        (claim(8, ownerReferences=[{"apiVersion": "v1", "kind": "Pod", "name": "trainer", "uid": "u"}]), {}),
+        (claim(8), {"namespace": "kube-system"}),
+        (claim(8), {"operation": "UPDATE"}),
+    ],
+    ids=["made for one pod", "excluded namespace", "not a creation"],
+)
+def test_claims_there_is_nothing_to_judge_for_never_list_pods(obj, kwargs):
+    pods = Pods(waiting_pod())
+    kwargs = {**kwargs, "old": obj} if kwargs.get("operation") else kwargs
+    assert answer(make_client(MAX_FOUR, list_unscheduled=pods), obj, **kwargs)["allowed"] is True
+    assert pods.asked == []
