@@ -206,7 +206,8 @@ def test_a_projected_queue_reserves_what_a_gated_pods_claim_template_asks(stack,
                                                                           namespace):
     """Gated pods are never scheduled, so their claims are never allocated: the operator counts what
     the template asks (4 GPUs), not one unresolved GPU. 3 pods x 4 GPUs x 2 h = 24 GPU-hours against
-    20: two are released, the youngest waits (counted as 1 GPU each, all three went)."""
+    20: two are released, the youngest waits (counted as 1 GPU each, all three went). Deleting the
+    template then changes nothing: the claim made from it for the waiting pod counts."""
     team = f"claims-{uuid.uuid4().hex[:6]}"
     name = f"queue-{team}"
     queued = {**team_budget(team, 20, admission="Projected"), "metadata": {"name": name}}
@@ -246,6 +247,19 @@ def test_a_projected_queue_reserves_what_a_gated_pods_claim_template_asks(stack,
         status = wait_until(waiting_status, timeout=20, what="status: one pod queued, two reserved")
         assert 15 <= status["reservedGPUHours"] + status["usedGPUHours"] <= 20, status
         time.sleep(5)  # a few more sweeps: the third still waits
+        assert gated() == ["four-2"]
+
+        # The template deleted once its claim was made for the gated pod: that claim still asks 4
+        # GPUs, and the pod still waits (counted as 1 unresolved GPU, it went at once).
+        def made() -> str | None:
+            pod = get_json(cluster, "pod", "four-2", "-n", namespace) or {}
+            statuses = (pod.get("status") or {}).get("resourceClaimStatuses") or ()
+            return next((s.get("resourceClaimName") for s in statuses if s.get("resourceClaimName")), None)
+
+        claim = wait_until(made, timeout=30, what="the claim made for the gated pod")
+        assert get_json(cluster, "resourceclaim", claim, "-n", namespace) is not None
+        cluster.kubectl("delete", "resourceclaimtemplate", "four", "-n", namespace)
+        time.sleep(8)  # claims are listed again within 2 s of an unresolved one, sweeps every second
         assert gated() == ["four-2"]
     finally:
         cluster.kubectl("delete", "pods", "--all", "-n", namespace, "--wait=false", check=False)

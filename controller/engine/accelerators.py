@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from controller.engine.workloads import container_request, effective_request, is_map, quantity
 
@@ -417,10 +417,12 @@ def pod_gpus(
     node: NodeFacts | None = None,
     namespace: str = "",
     claims: ClaimLookup | None = None,
+    generated: Mapping[str, str] | None = None,
 ) -> PodGPUs:
     """Every GPU a pod asks for, in GPU-equivalents (see the module docstring).
 
     `node`: facts of the node it runs on (metering); None reads what the pod pins (admission).
+    `generated`: the claims made for the pod from its templates (`generated_claims`).
     """
     names = _extended_resources(pod_spec)
     fraction = annotations.get(KAI_FRACTION) or annotations.get(KAI_MEMORY) if annotations else None
@@ -459,7 +461,7 @@ def pod_gpus(
     unresolved = 0.0
     choices: list[tuple[str, Choice]] = []
     if dra:
-        unresolved = _claims(dra, namespace, table, claims, per_pod, shared, notes, choices)
+        unresolved = _claims(dra, namespace, table, claims, per_pod, shared, notes, choices, generated)
     return PodGPUs(per_pod, shared, unknown, unresolved, tuple(notes), tuple(choices))
 
 
@@ -575,9 +577,18 @@ def _number(value: Any) -> float:
 # -- Dynamic Resource Allocation -----------------------------------------------------------------
 
 
-def claim_refs(entries: Any) -> Iterator[tuple[str, str]]:
-    """`(kind, name)` of each DRA object a pod's `spec.resourceClaims` names: a `ResourceClaim`
-    its pods share, or a `ResourceClaimTemplate` each pod gets a claim of its own from."""
+class ClaimRef(NamedTuple):
+    """One entry of a pod's `spec.resourceClaims`: the DRA object it names, and its own name."""
+
+    kind: str
+    """`ResourceClaim` (one its pods share) or `ResourceClaimTemplate` (each pod gets its own)."""
+    name: str
+    entry: str
+    """The entry's name in the pod (what containers' `resources.claims` and the pod's status use)."""
+
+
+def claim_refs(entries: Any) -> Iterator[ClaimRef]:
+    """The DRA objects a pod's `spec.resourceClaims` names, in order."""
     for entry in entries if isinstance(entries, list) else ():
         if not isinstance(entry, Mapping):
             continue
@@ -586,7 +597,22 @@ def claim_refs(entries: Any) -> Iterator[tuple[str, str]]:
         template = source.get("resourceClaimTemplateName")
         name = template or source.get("resourceClaimName")
         if name:
-            yield ("ResourceClaimTemplate" if template else "ResourceClaim"), str(name)
+            kind = "ResourceClaimTemplate" if template else "ResourceClaim"
+            yield ClaimRef(kind, str(name), str(entry.get("name") or ""))
+
+
+def generated_claims(pod: Mapping[str, Any]) -> Mapping[str, str]:
+    """`entry name -> ResourceClaim` the resource claim controller made for the pod from a template,
+    as the pod's status records it (empty until it has)."""
+    status = pod.get("status")
+    statuses = status.get("resourceClaimStatuses") if isinstance(status, Mapping) else None
+    if not statuses:
+        return {}
+    return {
+        str(s["name"]): str(s["resourceClaimName"])
+        for s in statuses
+        if isinstance(s, Mapping) and s.get("name") and s.get("resourceClaimName")
+    }
 
 
 def _claims(
@@ -598,14 +624,22 @@ def _claims(
     shared: dict[str, dict[str, float]],
     notes: list[str],
     choices: list[tuple[str, Choice]],
+    generated: Mapping[str, str] | None = None,
 ) -> float:
     """Adds the pod's claims to `per_pod` (templates) and `shared` (named claims), and their
     `firstAvailable` requests of more than one class to `choices`; returns how many claims could
-    not be resolved."""
+    not be resolved. A template's entry counts the claim made from it for this pod, where
+    `generated` names one that is known: that claim is what the pod gets, even once the template
+    is deleted."""
     unresolved = 0.0
-    for kind, name in claim_refs(entries):
+    for kind, name, entry in claim_refs(entries):
         template = kind == "ResourceClaimTemplate"
-        spec = lookup(namespace, kind, name) if lookup is not None else None
+        spec = None
+        made = generated.get(entry) if template and generated and lookup is not None else None
+        if made is not None and lookup is not None:
+            spec = lookup(namespace, "ResourceClaim", made)
+        if spec is None or not spec.get("requests"):
+            spec = lookup(namespace, kind, name) if lookup is not None else None
         if spec is None or not spec.get("requests"):  # unknown, or classic DRA (a resource class)
             notes.append(f"{kind} {name} is not known here: counted as 1 GPU")
             if template:

@@ -163,7 +163,7 @@ def waiting_for(pod: Mapping[str, Any], kind: str, name: str) -> bool:
     status = pod.get("status") or {}
     if metadata.get("deletionTimestamp") or status.get("phase") in ("Succeeded", "Failed"):
         return False
-    return (kind, name) in set(claim_refs(spec.get("resourceClaims")))
+    return any(ref.kind == kind and ref.name == name for ref in claim_refs(spec.get("resourceClaims")))
 
 
 def _overlay(

@@ -17,6 +17,7 @@ from controller.engine.accelerators import (
     ClaimLookup,
     Equivalence,
     PodGPUs,
+    generated_claims,
     pod_gpus,
     resource_filter,
 )
@@ -137,6 +138,7 @@ class WorkloadView:
                     table=self.table,
                     namespace=self.namespace,
                     claims=self.claims,
+                    generated=generated_claims(self.manifest) if self.is_pod else None,
                 )
                 for t in self.templates
             ]

@@ -79,6 +79,8 @@ from controller.engine.accelerators import (
     Equivalence,
     NodeFacts,
     PodGPUs,
+    claim_refs,
+    generated_claims,
     pod_gpus,
     resource_filter,
 )
@@ -142,12 +144,7 @@ def claim_names(pod: Mapping[str, Any]) -> tuple[str, ...]:
     one generated from its template (in the pod's status once the controller-manager made it; ""
     until then)."""
     spec = pod.get("spec") or {}
-    status = pod.get("status") or {}
-    generated = {
-        s.get("name"): s.get("resourceClaimName")
-        for s in status.get("resourceClaimStatuses") or ()
-        if isinstance(s, Mapping)
-    }
+    generated = generated_claims(pod)
     names = []
     for entry in spec.get("resourceClaims") or ():
         if isinstance(entry, Mapping):
@@ -180,11 +177,16 @@ def count_pod(asks: str, *, namespace: str, node: NodeFacts | None, counting: Co
     `firstAvailable` choices of its claims not allocated (`PodRecord.choices`).
 
     DRA: claims the scheduler allocated count what they were allocated; the others what their
-    requests ask, resolved by `counting.lookup` (a template known to nobody here counts 1 GPU, as
-    at admission)."""
+    requests ask, resolved by `counting.lookup` (a template's entry counts the claim made from it
+    for the pod where that is known; one known to nobody here counts 1 GPU, as at admission)."""
     data = json.loads(asks)
     spec = data["spec"]
     names = tuple(claims)
+    generated = {
+        ref.entry: name
+        for ref, name in zip(claim_refs(spec.get("resourceClaims")), names, strict=False)
+        if ref.kind == "ResourceClaimTemplate" and name
+    }
     allocated = {name: counting.claims.get((namespace, name)) for name in names if name}
     if any(v is not None for v in allocated.values()):
         # Claims with an allocation are counted from it; the rest as asked (entries and names
@@ -193,7 +195,7 @@ def count_pod(asks: str, *, namespace: str, node: NodeFacts | None, counting: Co
         asked = [e for e, name in zip(entries, names, strict=False) if allocated.get(name) is None]
         spec = {**spec, "resourceClaims": asked + entries[len(names):]}
     found = pod_gpus(spec, data.get("annotations"), table=counting.table, node=node, namespace=namespace,
-                     claims=counting.lookup)
+                     claims=counting.lookup, generated=generated)
     return by_key_of(found, allocated.values()), found.choices
 
 
@@ -407,7 +409,7 @@ def pod_record(
     counting = counting or Counting()
     namespace = str(metadata.get("namespace", ""))
     found = pod_gpus(spec, metadata.get("annotations"), table=counting.table, namespace=namespace,
-                     claims=counting.lookup)
+                     claims=counting.lookup, generated=generated_claims(pod))
     if not found.per_pod and not found.shared and not found.unresolved and not found.unknown:
         return None
     asks = _asks(pod)

@@ -9,7 +9,8 @@ from dataclasses import replace
 
 import pytest
 
-from controller.engine.accelerators import ClaimIndex
+from controller.engine import evaluate
+from controller.engine.accelerators import ClaimIndex, generated_claims, pod_gpus
 from controller.engine.claims import judge_claim, owned_by_pod, waiting_for
 from controller.engine.messages import render_denial
 from e2e import accelerators as lab
@@ -92,13 +93,16 @@ def test_an_unallocated_claim_deleted_and_created_bigger_is_judged_against_the_n
     assert judged(lab.resource_claim("shared", NS, gpus(3)), waiting(), claims=old).allowed
 
 
+def left_one():
+    """204 GPU-hours left and 204 hours to the period's end: room for 1 GPU, not 2."""
+    return budget("team-nlp", used=296, period_end=END, selector={"matchLabels": NLP}, gpuHours=500,
+                  period="Monthly", admission="Projected")
+
+
 @pytest.mark.parametrize(("count", "allowed"), [(1, True), (2, False)])
 def test_a_claim_that_takes_a_waiting_pod_past_a_projected_budget_is_denied(count, allowed):
-    """204 GPU-hours left and 204 hours to the period's end: room for the 1 GPU the pod was
-    admitted with (its claim unknown), not for 2."""
-    left_one = budget("team-nlp", used=296, period_end=END, selector={"matchLabels": NLP}, gpuHours=500,
-                      period="Monthly", admission="Projected")
-    decision = judged(lab.resource_claim("shared", NS, gpus(count)), waiting(), items=(left_one,))
+    """Room for the 1 GPU the pod was admitted with (its claim unknown), not for 2."""
+    decision = judged(lab.resource_claim("shared", NS, gpus(count)), waiting(), items=(left_one(),))
     assert decision.allowed is allowed
     if not allowed:
         [found] = decision.violations
@@ -145,3 +149,44 @@ def test_a_claim_no_count_can_fix_says_so_and_every_waiting_pod_is_named():
     assert not decision.allowed  # all of a GPU class counts as the largest node's 8
     assert [v.message.split(":")[0] for v in decision.violations] == ["pod a", "pod b"]
     assert decision.violations[0].fix.startswith("# ask for fewer devices in spec.devices.requests,")
+
+
+# -- a template's claim made for the pod counts, even once the template is gone -------------------
+
+
+def made_for_it(manifest: dict, claim: str = "trainer-gpus-x7k2") -> dict:
+    """The pod as the API server has it once the resource claim controller made its claim."""
+    return {**manifest, "status": {"phase": "Pending",
+                                   "resourceClaimStatuses": [{"name": "gpus", "resourceClaimName": claim}]}}
+
+
+def test_a_pods_claim_made_from_a_deleted_template_counts_what_it_asks():
+    """Deleting the template after its claim was made must not turn 8 GPUs into 1 unresolved one:
+    the operator's queue and the gate removal judge the pod with what it will really get."""
+    pod = made_for_it(waiting(template=True))
+    index = ClaimIndex([lab.resource_claim("trainer-gpus-x7k2", NS, gpus(8))])  # the template: gone
+    found = pod_gpus(pod["spec"], namespace=NS, claims=index, generated=generated_claims(pod))
+    assert found.total(None) == 8 and not found.notes
+    gated = copy.deepcopy(pod)
+    gated["spec"]["schedulingGates"] = [{"name": "example.com/wait"}]
+    released = evaluate(pod, snapshot=replace(snapshot(left_one()), claims=index), now=NOW, mutate=False,
+                        operation="UPDATE", old_object=gated)
+    assert [v.policy for v in released.violations] == ["team-nlp"]
+
+
+def test_without_its_claim_known_the_template_counts_and_a_missing_one_counts_1_gpu():
+    pod = made_for_it(waiting(template=True))
+    template = ClaimIndex([lab.claim_template("shared", NS, gpus(2))])
+    made = generated_claims(pod)
+    assert pod_gpus(pod["spec"], namespace=NS, claims=template, generated=made).total(None) == 2
+    neither = pod_gpus(pod["spec"], namespace=NS, claims=ClaimIndex(), generated=generated_claims(pod))
+    assert neither.total(None) == 1 and neither.notes
+
+
+def test_metering_counts_the_claim_made_for_a_pending_pod():
+    from controller.metering.usage import Counting, pod_record
+
+    pod = made_for_it(waiting(template=True))
+    index = ClaimIndex([lab.resource_claim("trainer-gpus-x7k2", NS, gpus(8))])
+    record = pod_record(pod, counting=Counting(lookup=index))
+    assert record is not None and record.gpus == 8
