@@ -31,8 +31,9 @@ import yaml
 
 from controller.check import Inputs, load_snapshot, read_documents
 from controller.cli import main
-from controller.engine import Decision, Snapshot, evaluate
+from controller.engine import Decision, FinOpsPolicy, Snapshot, evaluate
 from controller.engine.accelerators import ClaimIndex
+from controller.engine.claims import judge_claim, waiting_for
 from controller.engine.fixing import joint_fix
 from controller.engine.messages import render_denial, render_warning
 from controller.engine.view import workload_gpus
@@ -318,6 +319,53 @@ def test_engine_judges_every_document_without_raising(
         _check_texts(update)
         # An object updated to itself adds nothing: UPDATE can only grandfather what CREATE denies.
         assert not _ids(update.violations) - _ids(create.violations)
+
+
+# -- DRA claims created after their pods ------------------------------------------------------------
+
+
+ONE_GPU = FinOpsPolicy.from_object({
+    "apiVersion": "finops.comptroller.dev/v1alpha1", "kind": "FinOpsPolicy",
+    "metadata": {"name": "one-gpu-per-pod"}, "spec": {"gpu": {"maxGPUsPerPod": 1}},
+})
+"""Strict enough that upstream claims of more than one device are refused, so their fixes run."""
+
+
+def _claim_documents() -> list[Any]:
+    return [
+        pytest.param(entry, index, id=_doc_id(entry, index))
+        for entry, index, doc in _documents()
+        if doc.get("kind") in ("ResourceClaim", "ResourceClaimTemplate")
+    ]
+
+
+@pytest.mark.parametrize("policies", list(POLICY_SETS))
+@pytest.mark.parametrize(("entry", "index"), _claim_documents())
+def test_a_claim_created_after_the_files_pods_adds_what_they_get_with_it(
+    entry: dict[str, Any], index: int, policies: str
+) -> None:
+    """Each upstream claim judged as if created after its file's pods: the claim webhook denies
+    exactly what the pods' own judgments with every claim of the file known add to theirs without
+    this one (with one GPU per pod allowed, 4 of the 29 claims are refused: several requests, or
+    `All` devices)."""
+    documents = read(entry["file"]).documents
+    claim = documents[index].body
+    namespace = _namespace(claim)
+    base = snapshot(policies)
+    strict = dataclasses.replace(base, policies=(*base.policies, ONE_GPU))
+    others = ClaimIndex(d.body for i, d in enumerate(documents) if i != index)
+    without = dataclasses.replace(strict, claims=others)
+    known = dataclasses.replace(strict, claims=ClaimIndex(d.body for d in documents))
+    kind, name = claim["kind"], claim["metadata"]["name"]
+    pods = [d.body for d in documents if d.body.get("kind") == "Pod" and _namespace(d.body) == namespace]
+    decision = judge_claim(claim, pods, snapshot=without, now=NOW, namespace=namespace)
+    _check_texts(decision)
+    added: Counter[tuple[str, str, str]] = Counter()
+    for pod in (p for p in pods if waiting_for(p, kind, name)):
+        before = evaluate(pod, snapshot=without, now=NOW, mutate=False, namespace=namespace)
+        after = evaluate(pod, snapshot=known, now=NOW, mutate=False, namespace=namespace)
+        added += Counter(set(_ids(after.violations)) - set(_ids(before.violations)))
+    assert _ids(decision.violations) == added
 
 
 # -- `comptroller check` ----------------------------------------------------------------------------

@@ -686,15 +686,19 @@ class ClaimIndex:
         name = metadata.get("name") if isinstance(metadata, Mapping) else None
         return (str(metadata.get("namespace") or ""), str(kind), str(name)) if name else None
 
-    def put(self, obj: Mapping[str, Any]) -> None:
-        key = self.key_of(obj)
-        if key is None:
-            return
+    @staticmethod
+    def devices_of(obj: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
+        """The `devices` of a ResourceClaim, or of the claims a ResourceClaimTemplate makes."""
         spec = obj.get("spec") or {}
-        if key[1] == "ResourceClaimTemplate":
+        if kind == "ResourceClaimTemplate":
             spec = spec.get("spec") or {} if isinstance(spec, Mapping) else {}
         devices = spec.get("devices") if isinstance(spec, Mapping) else None
-        self._devices[key] = devices if isinstance(devices, Mapping) else {}
+        return devices if isinstance(devices, Mapping) else {}
+
+    def put(self, obj: Mapping[str, Any]) -> None:
+        key = self.key_of(obj)
+        if key is not None:
+            self._devices[key] = self.devices_of(obj, key[1])
 
     def reset(self, kind: str, objects: Iterable[Mapping[str, Any]]) -> None:
         """Replace every object of `kind` by `objects` (a relist). Readers see either set whole:

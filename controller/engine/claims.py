@@ -75,7 +75,7 @@ def judge_claim(
             team = team or new.team
         return violations, warnings, team
 
-    devices = _devices(claim, kind)
+    devices = ClaimIndex.devices_of(claim, kind)
     violations, warnings, decision.team = added(devices)
     fits = _fitting_count(devices, lambda smaller: not added(smaller)[0]) if violations else None
     adds = sum(claim_gpus(devices, snapshot.equivalence or DEFAULT_EQUIVALENCE).values())
@@ -88,15 +88,6 @@ def judge_claim(
         decision.warnings.append(_through(found, kind, name, ns, pod_name, adds, path, fits))
     decision.allowed = not decision.violations
     return decision
-
-
-def _devices(claim: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
-    """The `devices` of a claim, or of the claims a template makes."""
-    spec = claim.get("spec") or {}
-    if kind == "ResourceClaimTemplate":
-        spec = spec.get("spec") or {} if isinstance(spec, Mapping) else {}
-    devices = spec.get("devices") if isinstance(spec, Mapping) else None
-    return devices if isinstance(devices, Mapping) else {}
 
 
 Found = tuple[str, Violation]
