@@ -102,47 +102,29 @@ class Admission:
     async def scale(self, body: bytes) -> Reply:
         """A `scale` subresource update: the workload it scales is read from the API server (off
         the event loop, with a deadline), then judged like a replica-count update of it."""
-        started = time.perf_counter()
-        try:
-            request = parse_review(body)
-        except MalformedReview as error:
-            return error_reply(400, str(error))
-        workload = None
-        if not self._passes_untouched(request) and request.sub_resource == "scale":
-            try:
-                workload = await asyncio.wait_for(
-                    asyncio.to_thread(self._fetch_scaled, request), PARENT_TIMEOUT_SECONDS
-                )
-            except Exception as error:  # API server away or slow: guardrails, not gates
-                log.warning("scale %s %s/%s: %s", request.resource, request.namespace, request.name, error)
-                self._count(request, "error", "scale", started)
-                return 200, response_body(request.uid, allowed=True, warnings=[SCALE_UNJUDGED_WARNING])
-        return self._answer_parsed(request, "scale", lambda r: self._scale(r, workload), started)
+        return await self._answer_with_read(
+            body,
+            "scale",
+            read=self._fetch_scaled,
+            wanted=lambda r: not self._passes_untouched(r) and r.sub_resource == "scale",
+            unjudged=SCALE_UNJUDGED_WARNING,
+            review=self._scale,
+        )
 
     async def claim(self, body: bytes) -> Reply:
         """A DRA ResourceClaim or ResourceClaimTemplate created: the pods of its namespace not yet
         bound to a node are listed from the API server (off the event loop, with a deadline), and
         the engine judges what the claim adds to those that name it."""
-        started = time.perf_counter()
-        try:
-            request = parse_review(body)
-        except MalformedReview as error:
-            return error_reply(400, str(error))
-        pods = None
-        if (
-            not self._passes_untouched(request)
-            and request.operation == "CREATE"
-            and not self._owned_by_pod(request.object)
-        ):
-            try:
-                pods = await asyncio.wait_for(
-                    asyncio.to_thread(self._unscheduled, request), PARENT_TIMEOUT_SECONDS
-                )
-            except Exception as error:  # API server away or slow: guardrails, not gates
-                log.warning("claim %s %s/%s: %s", request.kind, request.namespace, request.name, error)
-                self._count(request, "error", "claim", started)
-                return 200, response_body(request.uid, allowed=True, warnings=[CLAIM_UNJUDGED_WARNING])
-        return self._answer_parsed(request, "claim", lambda r: self._claim(r, pods), started)
+        return await self._answer_with_read(
+            body,
+            "claim",
+            read=self._unscheduled,
+            wanted=lambda r: not self._passes_untouched(r)
+            and r.operation == "CREATE"
+            and not self._owned_by_pod(r.object),
+            unjudged=CLAIM_UNJUDGED_WARNING,
+            review=self._claim,
+        )
 
     def noop(self, body: bytes) -> Reply:
         """The benchmark's ceiling: the same server, TLS and body read, a constant allowed review."""
@@ -165,6 +147,34 @@ class Admission:
         except MalformedReview as error:
             return error_reply(400, str(error))
         return self._answer_parsed(request, webhook, review, started)
+
+    async def _answer_with_read(
+        self,
+        body: bytes,
+        webhook: str,
+        *,
+        read: Callable[[AdmissionRequest], Any],
+        wanted: Callable[[AdmissionRequest], bool],
+        unjudged: str,
+        review: Callable[[AdmissionRequest, Any], tuple[bytes, str]],
+    ) -> Reply:
+        """A review that needs something read from the API server first: `read` runs off the event
+        loop with a deadline when `wanted`, and `review` gets what it read (None when not wanted).
+        When the read fails or is late, the request is admitted with the `unjudged` warning."""
+        started = time.perf_counter()
+        try:
+            request = parse_review(body)
+        except MalformedReview as error:
+            return error_reply(400, str(error))
+        found = None
+        if wanted(request):
+            try:
+                found = await asyncio.wait_for(asyncio.to_thread(read, request), PARENT_TIMEOUT_SECONDS)
+            except Exception as error:  # API server away or slow: guardrails, not gates
+                log.warning("%s %s %s/%s: %s", webhook, request.kind, request.namespace, request.name, error)
+                self._count(request, "error", webhook, started)
+                return 200, response_body(request.uid, allowed=True, warnings=[unjudged])
+        return self._answer_parsed(request, webhook, lambda r: review(r, found), started)
 
     def _answer_parsed(
         self,
