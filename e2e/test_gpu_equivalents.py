@@ -304,6 +304,21 @@ def test_a_claim_created_after_its_pod_is_judged_by_what_it_gives_the_pod(stack,
             assert get_json(cluster, kind.lower(), claim, "-n", namespace) is None
             admitted = apply(cluster, make(claim, namespace, gpus(8)))
             assert admitted.returncode == 0, admitted.stderr
+
+        # The usual order, one file applied at once: the claim first (no pod waits for it), then
+        # the pod, judged with what the claim asks (read from the API server if the webhook's
+        # cache has not seen it yet), not as 1 GPU.
+        together = {"apiVersion": "v1", "kind": "List", "items": [
+            acc.resource_claim("together", namespace, gpus(16)),
+            {**acc.pod("with-together", namespace, claims={"gpus": {"resourceClaimName": "together"}},
+                       labels=labels, node_selector={"node.kubernetes.io/instance-type": "g5.xlarge"}),
+             "metadata": {"name": "with-together", "namespace": namespace, "labels": labels,
+                          "annotations": {"expires_at": expires}}},
+        ]}
+        applied = apply(cluster, together)
+        assert applied.returncode != 0
+        assert "worst case 16 GPUs" in applied.stderr, applied.stderr
+        assert "not known here" not in applied.stderr
     finally:
         cluster.kubectl("delete", "pods", "--all", "-n", namespace, "--wait=false", check=False)
         cluster.kubectl("delete", "resourceclaims,resourceclaimtemplates", "--all", "-n", namespace,

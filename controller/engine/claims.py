@@ -26,6 +26,7 @@ from controller.engine.accelerators import (
 from controller.engine.api import Decision, Snapshot, Violation
 from controller.engine.evaluation import GPU_COUNT, evaluate
 from controller.engine.messages import gpus_text, render_fix
+from controller.engine.workloads import BUILTIN_KINDS, pod_templates_of
 
 
 def judge_claim(
@@ -41,7 +42,7 @@ def judge_claim(
     the caller may pass every pod of the namespace). `namespace` overrides `metadata.namespace`."""
     metadata = claim.get("metadata") or {}
     ns = namespace or metadata.get("namespace") or ""
-    key = ClaimIndex.key_of({**claim, "metadata": {**metadata, "namespace": ns}})
+    key = _key(claim, ns)
     name = str(metadata.get("name") or metadata.get("generateName") or "")
     decision = Decision(resource=f"{claim.get('kind', '')}/{ns}/{name}", allowed=True)
     if key is None or ns in snapshot.excluded_namespaces or owned_by_pod(claim):
@@ -55,7 +56,7 @@ def judge_claim(
     def added(devices: Mapping[str, Any]) -> tuple[list[Found], list[Found], str]:
         """What the claim with `devices` adds to the waiting pods: violations and warnings, each
         with the pod's name, and the team of the pods."""
-        with_claim = replace(snapshot, claims=_overlay(snapshot.claims, key, devices))
+        with_claim = replace(snapshot, claims=_overlay(snapshot.claims, {key: devices}))
         violations: list[Found] = []
         warnings: list[Found] = []
         team = ""
@@ -157,18 +158,57 @@ def waiting_for(pod: Mapping[str, Any], kind: str, name: str) -> bool:
     return any(ref.kind == kind and ref.name == name for ref in claim_refs(spec.get("resourceClaims")))
 
 
-def _overlay(
-    lookup: ClaimLookup | None, key: tuple[str, str, str], devices: Mapping[str, Any]
-) -> ClaimLookup:
-    """The claim lookup with `key` resolved to `devices`, whatever the cache holds for it (an older
-    claim of the same name, deleted)."""
+ClaimKey = tuple[str, str, str]
+"""`(namespace, kind, name)` of a ResourceClaim or ResourceClaimTemplate."""
+
+
+def _key(obj: Mapping[str, Any], namespace: str) -> ClaimKey | None:
+    """The object's key, in `namespace` when its manifest names none (an admission request's)."""
+    metadata = obj.get("metadata") or {}
+    in_namespace = {**metadata, "namespace": metadata.get("namespace") or namespace}
+    return ClaimIndex.key_of({**obj, "metadata": in_namespace})
+
+
+def _overlay(lookup: ClaimLookup | None, known: Mapping[ClaimKey, Mapping[str, Any]]) -> ClaimLookup:
+    """The claim lookup with the `known` keys resolved to their devices, whatever the cache holds
+    for them (an older claim of the same name, deleted)."""
 
     def resolve(namespace: str, kind: str, name: str) -> Mapping[str, Any] | None:
-        if (namespace, kind, name) == key:
-            return devices
+        found = known.get((namespace, kind, name))
+        if found is not None:
+            return found
         return lookup(namespace, kind, name) if lookup is not None else None
 
     return resolve
+
+
+def unresolved_claims(
+    manifest: Mapping[str, Any], *, snapshot: Snapshot, namespace: str | None = None
+) -> list[tuple[str, str]]:
+    """`(kind, name)` of the DRA claims and templates the workload's pods name that the snapshot's
+    claims do not know (each would count as 1 GPU): what a caller may read from the API server
+    before judging (a claim created a moment before the pod, not yet in the webhook's cache)."""
+    spec = (snapshot.kinds or BUILTIN_KINDS).lookup(manifest)
+    if spec is None:
+        return []
+    ns = namespace or (manifest.get("metadata") or {}).get("namespace") or ""
+    missing: list[tuple[str, str]] = []
+    for template in pod_templates_of(manifest, spec):
+        for ref in claim_refs(template.spec.get("resourceClaims")):
+            known = snapshot.claims(ns, ref.kind, ref.name) if snapshot.claims is not None else None
+            if known is None and (ref.kind, ref.name) not in missing:
+                missing.append((ref.kind, ref.name))
+    return missing
+
+
+def with_claims(snapshot: Snapshot, objects: Iterable[Mapping[str, Any]], *, namespace: str) -> Snapshot:
+    """The snapshot with these ResourceClaims and templates known as well (read for one review)."""
+    known: dict[ClaimKey, Mapping[str, Any]] = {}
+    for obj in objects:
+        key = _key(obj, namespace)
+        if key is not None:
+            known[key] = ClaimIndex.devices_of(obj, key[1])
+    return replace(snapshot, claims=_overlay(snapshot.claims, known)) if known else snapshot
 
 
 def _through(

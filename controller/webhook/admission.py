@@ -17,7 +17,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -46,6 +46,10 @@ FetchWorkload = Callable[[str, str, str, str, str], Mapping[str, Any] | None]
 ListUnscheduled = Callable[[str], list[Mapping[str, Any]]]
 """`namespace` -> its pods not bound to a node yet (those a new claim may still decide). Blocking."""
 
+FetchClaim = Callable[[str, str, str], Mapping[str, Any] | None]
+"""`(namespace, kind, name)` -> the ResourceClaim or ResourceClaimTemplate, None when it does not
+exist. Blocking."""
+
 
 class PolicyView(Protocol):
     """What admission needs of the policy view: a consistent snapshot, and whether it is synced."""
@@ -72,8 +76,9 @@ class Admission:
         clock: Callable[[], datetime],
         fetch_workload: FetchWorkload | None = None,
         list_unscheduled: ListUnscheduled | None = None,
+        fetch_claim: FetchClaim | None = None,
     ) -> None:
-        from controller.engine.claims import judge_claim, owned_by_pod
+        from controller.engine.claims import judge_claim, owned_by_pod, unresolved_claims, with_claims
         from controller.engine.fixing import explain
         from controller.engine.messages import render_denial, render_warning
 
@@ -84,8 +89,11 @@ class Admission:
         self.clock = clock
         self.fetch_workload = fetch_workload
         self.list_unscheduled = list_unscheduled
+        self.fetch_claim = fetch_claim
         self._judge_claim = judge_claim
         self._owned_by_pod = owned_by_pod
+        self._unresolved_claims = unresolved_claims
+        self._with_claims = with_claims
         self._excluded = settings.excluded_namespaces
         self._render_denial = render_denial
         self._explain_denial = explain
@@ -93,8 +101,46 @@ class Admission:
 
     # -- the endpoints -------------------------------------------------------------------------
 
-    def validate(self, body: bytes) -> Reply:
+    def validate(self, body: bytes) -> Reply | Awaitable[Reply]:
+        if self.fetch_claim is not None and b'"resourceClaims"' in body:
+            return self._validate_reading_claims(body)  # the rare review naming DRA claims
         return self._answer(body, "validate", self._validate)
+
+    async def _validate_reading_claims(self, body: bytes) -> Reply:
+        """`/validate` of a workload naming DRA claims: those the watch cache does not know yet (a
+        claim created a moment before its pod, or a webhook just started) are read from the API
+        server (off the event loop, with a deadline) before it is judged, so they count what they
+        ask rather than 1 GPU each. Those that cannot be read still count 1 GPU, with the note."""
+        started = time.perf_counter()
+        try:
+            request = parse_review(body)
+        except MalformedReview as error:
+            return error_reply(400, str(error))
+        snapshot = None
+        if not self._passes_untouched(request) and self.view.ready():
+            current = self.view.snapshot()
+            missing = self._unresolved_claims(request.object, snapshot=current, namespace=request.namespace)
+            if missing:
+                found = await self._read_claims(request, missing)
+                snapshot = self._with_claims(current, found, namespace=request.namespace)
+        return self._answer_parsed(request, "validate", lambda r: self._validate(r, snapshot), started)
+
+    async def _read_claims(
+        self, request: AdmissionRequest, missing: list[tuple[str, str]]
+    ) -> list[Mapping[str, Any]]:
+        fetch = self.fetch_claim
+        assert fetch is not None
+
+        def read() -> list[Mapping[str, Any]]:
+            objects = (fetch(request.namespace, kind, name) for kind, name in missing)
+            return [obj for obj in objects if obj is not None]
+
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(read), PARENT_TIMEOUT_SECONDS)
+        except Exception as error:  # API server away or slow: counted as 1 GPU each, as before
+            log.warning("validate %s %s/%s: could not read its claims %s: %s", request.kind,
+                        request.namespace, request.name, missing, error)
+            return []
 
     def mutate(self, body: bytes) -> Reply:
         return self._answer(body, "mutate", self._mutate)
@@ -217,11 +263,13 @@ class Admission:
         metadata = request.object.get("metadata")
         return isinstance(metadata, dict) and bool(metadata.get("deletionTimestamp"))
 
-    def _judge(self, request: AdmissionRequest, *, mutate: bool, explain: bool = False) -> Any:
+    def _judge(
+        self, request: AdmissionRequest, *, mutate: bool, explain: bool = False, snapshot: Any = None
+    ) -> Any:
         if not self.view.ready():
             raise NotReady("policy view not synced with the API server yet")
         how = {
-            "snapshot": self.view.snapshot(),
+            "snapshot": snapshot if snapshot is not None else self.view.snapshot(),
             "now": self.clock(),
             "operation": request.operation,
             "namespace": request.namespace or None,
@@ -238,10 +286,10 @@ class Admission:
                 log.exception("joint fix for %s/%s failed", request.namespace, request.name)
         return decision
 
-    def _validate(self, request: AdmissionRequest) -> tuple[bytes, str]:
+    def _validate(self, request: AdmissionRequest, snapshot: Any = None) -> tuple[bytes, str]:
         if self._passes_untouched(request):
             return response_body(request.uid, allowed=True), "skipped"
-        return self._render(request, self._judge(request, mutate=False, explain=True))
+        return self._render(request, self._judge(request, mutate=False, explain=True, snapshot=snapshot))
 
     def _render(self, request: AdmissionRequest, decision: Any) -> tuple[bytes, str]:
         if decision.allowed and not decision.warnings and not decision.audit:

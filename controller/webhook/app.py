@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from controller.webhook.admission import (
     FAILURE_WARNING,
     Admission,
+    FetchClaim,
     FetchWorkload,
     ListUnscheduled,
     NotReady,
@@ -51,11 +52,13 @@ def create_app(
     clock: Callable[[], datetime] | None = None,
     fetch_workload: FetchWorkload | None = None,
     list_unscheduled: ListUnscheduled | None = None,
+    fetch_claim: FetchClaim | None = None,
 ) -> FastAPI:
     """Build the webhook app. `evaluate` defaults to the engine's; tests inject a failing one.
     `fetch_workload` reads the workload a `scale` review scales, `list_unscheduled` the pods a
     `claim` review judges the claim for (None: such reviews are admitted with a warning, as when
-    the webhook serves policy files without API access)."""
+    the webhook serves policy files without API access), and `fetch_claim` the DRA claims a
+    reviewed workload names that the view does not know yet (None: they count 1 GPU each)."""
     from controller.engine import evaluate as engine_evaluate
 
     metrics = WebhookMetrics()
@@ -67,6 +70,7 @@ def create_app(
         clock=clock or partial(datetime.now, UTC),
         fetch_workload=fetch_workload,
         list_unscheduled=list_unscheduled,
+        fetch_claim=fetch_claim,
     )
 
     app = FastAPI(
@@ -129,9 +133,6 @@ class AdmissionEndpoints:
         self.app = app
         self.handlers = handlers
         self.max_body_bytes = max_body_bytes
-        # `/scale` and `/claim` wait on the API server, so they are coroutines; the hot paths stay
-        # plain calls.
-        self._awaited = {path for path, handler in handlers.items() if inspect.iscoroutinefunction(handler)}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         handler = self.handlers.get(scope["path"]) if scope["type"] == "http" else None
@@ -150,10 +151,10 @@ class AdmissionEndpoints:
             except ClientGone:
                 return
             else:
-                if scope["path"] in self._awaited:
-                    status, content = await handler(body)
-                else:
-                    status, content = handler(body)
+                # The hot paths are plain calls; what waits on the API server (`/scale`, `/claim`,
+                # a review naming DRA claims the cache does not know) returns a coroutine.
+                reply = handler(body)
+                status, content = await reply if inspect.isawaitable(reply) else reply
         headers = [*headers, (b"content-length", b"%d" % len(content))]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": content})

@@ -128,26 +128,36 @@ def build_view(args: argparse.Namespace, settings: WebhookSettings):
     return cache
 
 
-def api_readers(args: argparse.Namespace) -> tuple[Any, Any]:
-    """`(fetch_workload, list_unscheduled)`: how `/scale` reads the workload it scales and `/claim`
-    lists the pods not bound to a node yet in a claim's namespace, each a call through the API
-    server. Serving policy files without `--kubeconfig`, there is no API access: both are None, and
-    such reviews are admitted with a warning."""
+def api_readers(args: argparse.Namespace) -> dict[str, Any]:
+    """How the webhook reads from the API server, each a call with a short timeout: the workload a
+    `/scale` review scales (`fetch_workload`), the pods not bound to a node yet in a new claim's
+    namespace (`list_unscheduled`), and a DRA claim or template a reviewed workload names that the
+    watch cache does not know yet (`fetch_claim`). Serving policy files without `--kubeconfig`,
+    there is no API access: none of them, and such reviews are admitted with a warning (claims
+    count 1 GPU each)."""
     if args.policies is not None and not args.kubeconfig:
-        return None, None
+        return {}
     from controller.k8s.config import load_api_client
-    from controller.k8s.pods import PODS
+    from controller.k8s.pods import PODS, RESOURCE_CLAIM_TEMPLATES, RESOURCE_CLAIMS
     from controller.k8s.workloads import ApiResource, Workloads
 
     workloads = Workloads(load_api_client(args.kubeconfig), timeout=1.0, component="comptroller-webhook")
+    claim_kinds = {"ResourceClaim": RESOURCE_CLAIMS, "ResourceClaimTemplate": RESOURCE_CLAIM_TEMPLATES}
 
-    def fetch(group: str, version: str, plural: str, namespace: str, name: str):
+    def fetch_workload(group: str, version: str, plural: str, namespace: str, name: str):
         return workloads.get(ApiResource(group, version, plural, kind=""), namespace, name)
 
-    def unscheduled(namespace: str):
+    def list_unscheduled(namespace: str):
         return workloads.list_objects(PODS, namespace=namespace, field_selector="spec.nodeName=")
 
-    return fetch, unscheduled
+    def fetch_claim(namespace: str, kind: str, name: str):
+        return workloads.get(claim_kinds[kind], namespace, name)
+
+    return {
+        "fetch_workload": fetch_workload,
+        "list_unscheduled": list_unscheduled,
+        "fetch_claim": fetch_claim,
+    }
 
 
 class CertificateReloader:
@@ -198,13 +208,10 @@ def build_server(args: argparse.Namespace, settings: WebhookSettings, *, view=No
     from controller.webhook.app import create_app
     from controller.webhook.transport import GatheringHttpProtocol
 
+    readers: dict[str, Any] = {}
     if view is None:  # from the command line; tests and benchmarks pass a view of their own
-        view, (fetch_workload, list_unscheduled) = build_view(args, settings), api_readers(args)
-    else:
-        fetch_workload = list_unscheduled = None
-    app = create_app(
-        view=view, settings=settings, fetch_workload=fetch_workload, list_unscheduled=list_unscheduled
-    )
+        view, readers = build_view(args, settings), api_readers(args)
+    app = create_app(view=view, settings=settings, **readers)
     config = uvicorn.Config(
         app,
         host=args.host,

@@ -41,8 +41,8 @@ class Pods:
         return self.pods
 
 
-def answer(client, obj, **kwargs):
-    http = client.post("/claim", json=review(obj, **kwargs))
+def answer(client, obj, *, path="/claim", **kwargs):
+    http = client.post(path, json=review(obj, **kwargs))
     assert http.status_code == 200, http.text
     return http.json()["response"]
 
@@ -101,3 +101,46 @@ def test_claims_there_is_nothing_to_judge_for_never_list_pods(obj, kwargs):
     kwargs = {**kwargs, "old": obj} if kwargs.get("operation") else kwargs
     assert answer(make_client(MAX_FOUR, list_unscheduled=pods), obj, **kwargs)["allowed"] is True
     assert pods.asked == []
+
+
+# -- /validate reads the claims a pod names that the cache does not know yet ---------------------
+
+
+class Claims:
+    """`fetch_claim`: what the API server holds, and what was asked for."""
+
+    def __init__(self, *objects: dict, error: Exception | None = None) -> None:
+        self.objects = {(o["kind"], o["metadata"]["name"]): o for o in objects}
+        self.error = error
+        self.asked: list[tuple[str, str, str]] = []
+
+    def __call__(self, namespace: str, kind: str, name: str) -> dict | None:
+        self.asked.append((namespace, kind, name))
+        if self.error is not None:
+            raise self.error
+        return self.objects.get((kind, name))
+
+
+def test_a_pod_whose_claim_the_cache_does_not_know_yet_is_judged_with_it_read_from_the_api():
+    """A claim and its pod applied together: the pod's review may come before the watch brings the
+    claim. Counted as 1 GPU it went past maxGPUsPerPod; read, it counts its 8."""
+    claims = Claims(claim(8))
+    response = answer(make_client(MAX_FOUR, fetch_claim=claims), waiting_pod(), path="/validate")
+    assert response["allowed"] is False
+    assert "8 GPUs per pod; at most 4 per pod allowed" in response["status"]["message"]
+    assert claims.asked == [(NS, "ResourceClaim", "shared")]
+
+
+@pytest.mark.parametrize("claims", [Claims(), Claims(error=ConnectionError("refused"))],
+                         ids=["not there", "API away"])
+def test_a_claim_that_cannot_be_read_counts_1_gpu_with_the_note(claims):
+    response = answer(make_client(MAX_FOUR, fetch_claim=claims), waiting_pod(), path="/validate")
+    assert response["allowed"] is True
+    assert any("ResourceClaim shared is not known here: counted as 1 GPU" in w for w in response["warnings"])
+
+
+def test_pods_without_claims_never_read_any():
+    claims = Claims(claim(8))
+    pod = lab.pod("plain", NS, limits={"nvidia.com/gpu": 1}, labels={"team": "nlp"})
+    assert answer(make_client(MAX_FOUR, fetch_claim=claims), pod, path="/validate")["allowed"] is True
+    assert claims.asked == []
