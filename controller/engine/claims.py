@@ -78,7 +78,8 @@ def judge_claim(
 
     devices = ClaimIndex.devices_of(claim, kind)
     violations, warnings, decision.team = added(devices)
-    fits = _fitting_count(devices, lambda smaller: not added(smaller)[0]) if violations else None
+    searched = violations and len(waiting) <= MAX_SEARCHED_PODS
+    fits = _fitting_count(devices, lambda smaller: not added(smaller)[0]) if searched else None
     adds = sum(claim_gpus(devices, snapshot.equivalence or DEFAULT_EQUIVALENCE).values())
     path: tuple[str | int, ...] = ("spec", "spec") if kind == "ResourceClaimTemplate" else ("spec",)
     if fits is not None:
@@ -133,6 +134,9 @@ def _fitting_count(
 
 MAX_TRIED_COUNT = 64
 """A fix tries device counts below the claim's from this one down (claims ask for a few devices)."""
+MAX_SEARCHED_PODS = 32
+"""A claim more pods than this wait for gets the plain fix: each count tried judges every pod, and
+the review must answer within the webhook's timeout."""
 
 
 def owned_by_pod(claim: Mapping[str, Any]) -> bool:

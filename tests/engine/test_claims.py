@@ -190,3 +190,12 @@ def test_metering_counts_the_claim_made_for_a_pending_pod():
     index = ClaimIndex([lab.resource_claim("trainer-gpus-x7k2", NS, gpus(8))])
     record = pod_record(pod, counting=Counting(lookup=index))
     assert record is not None and record.gpus == 8
+
+
+def test_a_claim_very_many_pods_wait_for_gets_the_plain_fix_without_searching_counts():
+    from controller.engine import claims as module
+
+    pods = [waiting(f"p{i}") for i in range(module.MAX_SEARCHED_PODS + 1)]
+    decision = judged(lab.resource_claim("shared", NS, gpus(8)), *pods)
+    assert len(decision.violations) == len(pods)
+    assert all(v.fix.startswith("# ask for fewer devices") for v in decision.violations)
