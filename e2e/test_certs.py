@@ -29,6 +29,10 @@ COMPTROLLER = str(Path(sys.executable).parent / "comptroller")
 IGNORE = {"finops.comptroller.dev/ignore": "true"}
 
 
+VALIDATING_WEBHOOKS = len(webhook_configurations(url="https://x", ca_bundle=b"")[0]["webhooks"])
+"""validate, scale and claim: each carries the CA bundle."""
+
+
 def comptroller_certs(*args: str, kubeconfig: Path | None = None) -> subprocess.CompletedProcess:
     argv = [COMPTROLLER, "certs", *args] + ([f"--kubeconfig={kubeconfig}"] if kubeconfig else [])
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
@@ -161,8 +165,8 @@ def test_ensure_keeps_the_secret_and_patches_the_configurations_once_they_exist(
     assert second.returncode == 0, second.stderr
     assert "kept certificates" in second.stdout
     assert second.stdout.count("(patched)") == 2
-    assert ca_bundles(cluster, ident["config"]) == {  # every webhook: validate and scale, mutate
-        "validatingwebhookconfiguration": [data["ca.crt"]] * 2,
+    assert ca_bundles(cluster, ident["config"]) == {  # every webhook: validate, scale, claim; mutate
+        "validatingwebhookconfiguration": [data["ca.crt"]] * VALIDATING_WEBHOOKS,
         "mutatingwebhookconfiguration": [data["ca.crt"]]}
     assert read_secret(cluster, ident["namespace"], ident["secret"])[1] == version  # not rewritten
 
@@ -285,7 +289,7 @@ def test_a_ca_rollover_fails_no_admission(cluster, own_webhook):
         assert len(trust) == 2 and ca_file.read_bytes().endswith(old_ca)
         assert file_serial(tls_file) == serving_before
         validating = ca_bundles(cluster, hook["config"])["validatingwebhookconfiguration"]
-        assert validating == [ca_file.read_bytes()] * 2
+        assert validating == [ca_file.read_bytes()] * VALIDATING_WEBHOOKS
         mark = loop.attempts
         wait_until(lambda: loop.attempts >= mark + 5, timeout=60, what="admissions after the new bundle")
 

@@ -135,7 +135,7 @@ def test_upgrades_keep_the_ca_bundle_the_certs_job_patched_in(cluster, release, 
     bundles = {o["kind"]: [w["clientConfig"].get("caBundle") for w in o["webhooks"]]
                for o in objects if o["kind"].endswith("WebhookConfiguration")}
     expected = base64.b64encode(ca).decode()
-    assert bundles == {"ValidatingWebhookConfiguration": [expected, expected],  # validate, scale
+    assert bundles == {"ValidatingWebhookConfiguration": [expected] * 3,  # validate, scale, claim
                        "MutatingWebhookConfiguration": [expected]}
 
 
@@ -222,7 +222,9 @@ CAN_I = [
     ("webhook", "watch finopsexceptions.finops.comptroller.dev", "all", "yes"),
     ("webhook", "watch namespaces", "", "yes"),
     ("webhook", "patch finopspolicies.finops.comptroller.dev", "", "no"),
-    ("webhook", "list pods", "all", "no"),
+    ("webhook", "list pods", "all", "yes"),  # the unscheduled pods a new DRA claim is judged for
+    ("webhook", "get pods", "all", "no"),
+    ("webhook", "watch pods", "all", "no"),
     ("webhook", "get secrets", "own", "no"),
     ("certs", "create secrets", "own", "yes"),
     ("certs", "create secrets", "other", "no"),
