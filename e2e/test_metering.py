@@ -11,6 +11,8 @@ operator the session's stack runs is stopped for the test and started again afte
 from __future__ import annotations
 
 import json
+import math
+import re
 import signal
 import subprocess
 import sys
@@ -173,11 +175,18 @@ def peers(cluster, peering: str) -> dict:
 
 
 def started_at(cluster, namespace: str, name: str) -> float | None:
+    """When the pod started holding its GPUs: bound to its node (its PodScheduled condition, as
+    docs/metering.md defines it), once a container runs; None before."""
     pod = kubectl_json(cluster, "get", "pod", "-n", namespace, name)
-    states = [s.get("state") or {} for s in (pod.get("status") or {}).get("containerStatuses") or ()]
+    status = pod.get("status") or {}
+    states = [s.get("state") or {} for s in status.get("containerStatuses") or ()]
     stamps = [(s.get("running") or s.get("terminated") or {}).get("startedAt") for s in states]
     stamps = [parse(s) for s in stamps if s]
-    return min(stamps) if stamps else None
+    if not stamps:
+        return None
+    scheduled = [c.get("lastTransitionTime") for c in status.get("conditions") or ()
+                 if c.get("type") == "PodScheduled" and c.get("status") == "True"]
+    return parse(scheduled[0]) if scheduled and scheduled[0] else min(stamps)
 
 
 def finish(cluster, namespace: str, name: str) -> float:
@@ -482,13 +491,19 @@ def test_the_operator_meters_under_the_charts_own_rbac_writing_only_where_allowe
         assert finalizers(other, "b") == []  # not writable: metered without it
         end_a = delete_now(cluster, writable, "a")
         end_b = delete_now(cluster, other, "b")
+        # b has no finalizer: it is gone at once, and the second the API server stamped its deletion
+        # with is not ours to read. It lies between when we asked and when we saw it go.
+        seen_b = math.ceil(time.time())
         final = wait_for("the budget settled", lambda: settled(cluster, team, max(end_a, end_b)), timeout=40,
                          operator=operator)
-        truth = (2 * (end_a - start_a) + 1 * (end_b - start_b)) / 3600
-        assert final["usedGPUHours"] == pytest.approx(truth, rel=0.05)
+        low = (2 * (end_a - start_a) + 1 * (end_b - start_b)) / 3600
+        high = (2 * (end_a - start_a) + 1 * (seen_b - start_b)) / 3600
+        assert low * 0.95 <= final["usedGPUHours"] <= high * 1.05, (final, low, high)
         wait_pods_gone(cluster, writable, operator)
         log = operator.tail()
-        assert "forbidden" not in log.lower() and "403" not in log, log
+        # Not the log lines' own timestamps (`05:29:35,403`): only what they say.
+        said = re.sub(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ", "", log, flags=re.MULTILINE)
+        assert "forbidden" not in said.lower() and "403" not in said, log
         delete_budgets(cluster, team)
     finally:
         if operator.process and operator.process.poll() is None:
