@@ -142,8 +142,9 @@ the review must answer within the webhook's timeout."""
 def owned_by_pod(claim: Mapping[str, Any]) -> bool:
     """A ResourceClaim the resource claim controller made for one pod from its template: the
     template was judged when the pod was, and the pod names the template, not this claim."""
-    owners = (claim.get("metadata") or {}).get("ownerReferences") or ()
-    return any(
+    metadata = claim.get("metadata")
+    owners = metadata.get("ownerReferences") if isinstance(metadata, Mapping) else None
+    return isinstance(owners, list) and any(
         isinstance(owner, Mapping) and owner.get("kind") == "Pod" and owner.get("apiVersion") == "v1"
         for owner in owners
     )

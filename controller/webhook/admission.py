@@ -119,7 +119,14 @@ class Admission:
         snapshot = None
         if not self._passes_untouched(request) and self.view.ready():
             current = self.view.snapshot()
-            missing = self._unresolved_claims(request.object, snapshot=current, namespace=request.namespace)
+            try:
+                missing = self._unresolved_claims(
+                    request.object, snapshot=current, namespace=request.namespace
+                )
+            except Exception:  # a manifest the engine cannot read: judged (and answered) as any other
+                log.exception("validate %s %s/%s: reading its claims", request.kind, request.namespace,
+                              request.name)
+                missing = []
             if missing:
                 found = await self._read_claims(request, missing)
                 snapshot = self._with_claims(current, found, namespace=request.namespace)

@@ -144,3 +144,21 @@ def test_pods_without_claims_never_read_any():
     pod = lab.pod("plain", NS, limits={"nvidia.com/gpu": 1}, labels={"team": "nlp"})
     assert answer(make_client(MAX_FOUR, fetch_claim=claims), pod, path="/validate")["allowed"] is True
     assert claims.asked == []
+
+
+@pytest.mark.parametrize("path", ["/validate", "/claim"])
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": NS},
+         "spec": [{"resourceClaims": [{"name": "gpus", "resourceClaimName": "shared"}]}]},
+        {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+         "metadata": {"name": "c", "namespace": NS, "ownerReferences": "Pod"}, "spec": "resourceClaims"},
+    ],
+    ids=["pod spec a list", "claim owners a string"],
+)
+def test_malformed_objects_get_an_admission_answer_never_a_500(obj, path):
+    client = make_client(MAX_FOUR, fetch_claim=Claims(), list_unscheduled=Pods(waiting_pod()))
+    http = client.post(path, json=review(obj))
+    assert http.status_code == 200, http.text
+    assert http.json()["response"]["allowed"] is True
