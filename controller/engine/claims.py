@@ -5,8 +5,9 @@ pod waits for it. The claim created then, or an unallocated claim deleted and cr
 other devices, decides what the waiting pod holds without any update of the pod to judge. So the
 claim's creation is judged as the pods' creation would be with it: every pod still waiting for the
 scheduler that names it is judged with the claim and without it, and what the claim adds (a
-maxGPUsPerPod it breaks, a Projected budget it overruns) denies the claim. What a pod violated
-without the claim is not the claim's doing. See docs/crds.md#dra-claims-created-after-their-pods.
+maxGPUsPerPod it breaks, a Projected budget it overruns, a spent budget or a limit it takes further
+past) denies the claim. What a pod violated without the claim, as it was, is not the claim's doing.
+See docs/crds.md#dra-claims-created-after-their-pods.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from controller.engine.accelerators import (
 from controller.engine.api import Decision, Snapshot, Violation
 from controller.engine.evaluation import GPU_COUNT, evaluate
 from controller.engine.messages import gpus_text, render_fix
+from controller.engine.view import workload_gpus
 from controller.engine.workloads import BUILTIN_KINDS, pod_templates_of
 
 
@@ -63,9 +65,14 @@ def judge_claim(
         for pod, old in zip(waiting, before, strict=True):
             new = evaluate(pod, snapshot=with_claim, now=now, mutate=False, namespace=ns)
             pod_name = str((pod.get("metadata") or {}).get("name") or "")
+            # A claim that gives the pod more GPUs takes a GPU or budget rule it broke already
+            # further past (a spent budget, a limit per pod): that is the claim's doing too.
+            more = workload_gpus(pod, snapshot=with_claim) > workload_gpus(pod, snapshot=snapshot)
             seen = {(v.policy, v.rule, v.key) for v in old.violations}
             violations += [
-                (pod_name, v) for v in new.violations if (v.policy, v.rule, v.key) not in seen
+                (pod_name, v)
+                for v in new.violations
+                if (v.policy, v.rule, v.key) not in seen or (more and v.rule in ("gpu", "budget"))
             ]
             noted = {(v.policy, v.key, v.message) for v in old.warnings}
             warnings += [

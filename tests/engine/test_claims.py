@@ -110,14 +110,25 @@ def test_a_claim_that_takes_a_waiting_pod_past_a_projected_budget_is_denied(coun
         assert found.message.startswith("pod trainer: ")
 
 
-def test_what_a_pod_violated_without_the_claim_is_not_the_claims_doing():
+def test_what_a_pod_violated_without_the_claim_is_not_the_claims_doing_unless_it_makes_it_worse():
     """A policy made stricter after the pod was admitted: its 6 container GPUs break it with or
-    without the claim, and a claim of no GPUs at all adds nothing."""
+    without the claim. A claim of no GPUs adds nothing; a claim of 8 takes it further past."""
     pod = waiting()
     pod["spec"]["containers"][0]["resources"]["limits"] = {"nvidia.com/gpu": "6"}
     nic = lab.resource_claim("shared", NS, [lab.device_request("nic", "rdma.example.com")])
     assert judged(nic, pod).allowed
-    assert judged(lab.resource_claim("shared", NS, gpus(8)), pod).allowed
+    [found] = judged(lab.resource_claim("shared", NS, gpus(8)), pod).violations
+    assert found.message.startswith("pod trainer: 14 GPUs per pod")
+
+
+def test_a_claim_that_adds_gpus_past_a_spent_budget_is_denied():
+    """The pod was admitted while the budget had room; spent since, it must not get 7 GPUs more."""
+    spent = budget("team-nlp", used=500, period_end=END, selector={"matchLabels": NLP}, gpuHours=500,
+                   period="Monthly")
+    decision = judged(lab.resource_claim("shared", NS, gpus(8)), waiting(), items=(spent,))
+    assert [v.policy for v in decision.violations] == ["team-nlp"]
+    same = judged(lab.resource_claim("shared", NS, gpus(1)), waiting(), items=(spent,))
+    assert same.allowed  # 1 GPU, as the pod was admitted with
 
 
 @pytest.mark.parametrize("kind", ["ResourceClaim", "ResourceClaimTemplate"])
