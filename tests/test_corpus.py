@@ -364,11 +364,23 @@ def test_a_claim_created_after_the_files_pods_adds_what_they_get_with_it(
     for pod in (p for p in pods if waiting_for(p, kind, name)):
         before = evaluate(pod, snapshot=without, now=NOW, mutate=False, namespace=namespace)
         after = evaluate(pod, snapshot=known, now=NOW, mutate=False, namespace=namespace)
-        more = workload_gpus(pod, snapshot=known) > workload_gpus(pod, snapshot=without)
         was = _ids(before.violations)
-        added += _ids([v for v in after.violations
-                       if (v.policy, v.rule, v.key) not in was or (more and v.rule in ("gpu", "budget"))])
+        added += _ids([v for v in after.violations if (v.policy, v.rule, v.key) not in was
+                       or _more_of_what_it_counts(pod, v, without, known)])
     assert _ids(decision.violations) == added
+
+
+def _more_of_what_it_counts(pod: dict[str, Any], violation: Any, without: Any, known: Any) -> bool:
+    """Whether the claim gives the pod more of the GPUs the violated GPU rule or budget counts."""
+    if violation.rule == "gpu":
+        resources = next(p.spec.gpu.resource_tuple for p in known.policies if p.name == violation.policy)
+    elif violation.rule == "budget":
+        resources = next(b.spec.resource_tuple for b in known.budgets if b.name == violation.policy)
+    else:
+        return False
+    return workload_gpus(pod, snapshot=known, resources=resources) > workload_gpus(
+        pod, snapshot=without, resources=resources
+    )
 
 
 # -- `comptroller check` ----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ See docs/crds.md#dra-claims-created-after-their-pods.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime
@@ -54,6 +55,10 @@ def judge_claim(
     if not waiting:
         return decision
     before = [evaluate(pod, snapshot=snapshot, now=now, mutate=False, namespace=ns) for pod in waiting]
+    # The GPUs each GPU rule and budget counts, by the name its violations carry.
+    counted: dict[str, dict[str, tuple[str, ...]]] = defaultdict(dict)
+    counted["gpu"] = {p.name: p.spec.gpu.resource_tuple for p in snapshot.policies if p.spec.gpu is not None}
+    counted["budget"] = {b.name: b.spec.resource_tuple for b in snapshot.budgets}
 
     def added(devices: Mapping[str, Any]) -> tuple[list[Found], list[Found], str]:
         """What the claim with `devices` adds to the waiting pods: violations and warnings, each
@@ -65,14 +70,15 @@ def judge_claim(
         for pod, old in zip(waiting, before, strict=True):
             new = evaluate(pod, snapshot=with_claim, now=now, mutate=False, namespace=ns)
             pod_name = str((pod.get("metadata") or {}).get("name") or "")
-            # A claim that gives the pod more GPUs takes a GPU or budget rule it broke already
-            # further past (a spent budget, a limit per pod): that is the claim's doing too.
-            more = workload_gpus(pod, snapshot=with_claim) > workload_gpus(pod, snapshot=snapshot)
+            grows = _Grows(pod, snapshot, with_claim)
+            # A claim that gives the pod more of the GPUs a GPU or budget rule counts takes what
+            # the pod broke already further past (a spent budget, a limit per pod): that is the
+            # claim's doing too. More of other devices (a NIC, GPUs the rule does not count) is not.
             seen = {(v.policy, v.rule, v.key) for v in old.violations}
             violations += [
                 (pod_name, v)
                 for v in new.violations
-                if (v.policy, v.rule, v.key) not in seen or (more and v.rule in ("gpu", "budget"))
+                if (v.policy, v.rule, v.key) not in seen or grows(counted[v.rule].get(v.policy))
             ]
             noted = {(v.policy, v.key, v.message) for v in old.warnings}
             warnings += [
@@ -101,6 +107,27 @@ def judge_claim(
 
 Found = tuple[str, Violation]
 """A pod's name and a violation the claim adds to it."""
+
+
+class _Grows:
+    """Whether a claim gives a pod more of the GPUs a rule counts (its `resources`), asked once
+    per list: None (a rule that counts none) is never more."""
+
+    def __init__(self, pod: Mapping[str, Any], without: Snapshot, with_claim: Snapshot) -> None:
+        self.pod = pod
+        self.without = without
+        self.with_claim = with_claim
+        self.known: dict[tuple[str, ...], bool] = {}
+
+    def __call__(self, resources: tuple[str, ...] | None) -> bool:
+        if resources is None:
+            return False
+        grows = self.known.get(resources)
+        if grows is None:
+            grows = self.known[resources] = workload_gpus(
+                self.pod, snapshot=self.with_claim, resources=resources
+            ) > workload_gpus(self.pod, snapshot=self.without, resources=resources)
+        return grows
 
 
 def _counted(devices: Mapping[str, Any]) -> tuple[Mapping[str, Any], str] | None:

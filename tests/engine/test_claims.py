@@ -131,6 +131,23 @@ def test_a_claim_that_adds_gpus_past_a_spent_budget_is_denied():
     assert same.allowed  # 1 GPU, as the pod was admitted with
 
 
+def test_a_claim_adding_only_gpus_a_spent_budget_does_not_count_is_not_its_doing():
+    """The budget counts `nvidia.com/gpu` only: the pod's container GPU breaks it, spent since, with
+    or without the claim. The claim's DRA GPUs are not the budget's (nor metered by it); a claim
+    adding `nvidia.com/gpu`-counted devices would be refused, as would one under a `*` budget."""
+    def spent(*resources: str):
+        return budget("team-nlp", used=500, period_end=END, selector={"matchLabels": NLP}, gpuHours=500,
+                      period="Monthly", resources=list(resources))
+
+    pod = waiting()
+    pod["spec"]["containers"][0]["resources"]["limits"] = {"nvidia.com/gpu": "1"}
+    container_gpus = spent("nvidia.com/gpu")
+    broken = evaluate(pod, snapshot=snapshot(container_gpus), now=NOW, mutate=False)
+    assert [v.policy for v in broken.violations] == ["team-nlp"]
+    assert judged(lab.resource_claim("shared", NS, gpus(8)), pod, items=(container_gpus,)).allowed
+    assert not judged(lab.resource_claim("shared", NS, gpus(8)), pod, items=(spent("*"),)).allowed
+
+
 @pytest.mark.parametrize("kind", ["ResourceClaim", "ResourceClaimTemplate"])
 def test_the_fix_is_the_largest_count_that_fits_and_pasting_it_admits_the_claim(kind):
     make = lab.resource_claim if kind == "ResourceClaim" else lab.claim_template
