@@ -346,8 +346,8 @@ def test_a_claim_created_after_the_files_pods_adds_what_they_get_with_it(
 ) -> None:
     """Each upstream claim judged as if created after its file's pods: the claim webhook denies
     exactly what the pods' own judgments with every claim of the file known add to theirs without
-    this one (with one GPU per pod allowed, 4 of the 29 claims are refused: several requests, or
-    `All` devices)."""
+    this one (with one GPU per pod allowed, 3 of the 29 claims are refused, each of several requests; the
+    `All` devices one is for admin access, worth 0)."""
     documents = read(entry["file"]).documents
     claim = documents[index].body
     namespace = _namespace(claim)

@@ -15,7 +15,8 @@ A whole GPU is 1. Everything else is a share of one, worked out here and only he
   ResourceClaimTemplate or ResourceClaim, counts its requests' devices by DeviceClass (a MIG
   device by the one profile its selectors pin, else as a whole GPU; of `firstAvailable`, the
   alternative worth the most of those a `resources` list counts, since the scheduler may give
-  any); a claim that cannot be resolved counts as one GPU, with a note, never as zero.
+  any; a request for admin access, 0: it monitors devices, takes none); a claim that cannot be
+  resolved counts as one GPU, with a note, never as zero.
 
 What depends on the node (which product, how many replicas, how much memory) is read from the
 node's labels when it is known (metering), else from the labels the pod pins with its own
@@ -778,7 +779,7 @@ def _asked_gpus(asked: Mapping[str, Any], table: Equivalence, where: str) -> tup
     notes counting it would give."""
     class_name = str(asked.get("deviceClassName") or "")
     device_class = table.device_classes.get(class_name)
-    if device_class is None:
+    if device_class is None or admin_access(asked):
         return class_name, 0.0, []
     said: list[str] = []
     if asked.get("allocationMode") == "All":
@@ -793,6 +794,14 @@ def _asked_gpus(asked: Mapping[str, Any], table: Equivalence, where: str) -> tup
             "whole GPUs until allocated"
         )
     return class_name, count * device_equivalents(device_class, profile, table), said
+
+
+def admin_access(asked: Mapping[str, Any]) -> bool:
+    """A request (or allocation result) for administrative access to devices: a monitoring or
+    management tool's, allowed only in namespaces labelled `resource.kubernetes.io/admin-access`.
+    It is given devices whatever else holds them and takes none from anyone, so it is worth 0: the
+    devices are counted where they are used."""
+    return asked.get("adminAccess") is True
 
 
 def device_equivalents(
@@ -943,7 +952,7 @@ def allocated_gpus(
     out: dict[str, float] = {}
     for result in (allocation.get("devices") or {}).get("results") or ():
         asked = requests.get(str(result.get("request")))
-        if asked is None:
+        if asked is None or admin_access(result) or admin_access(asked):
             continue
         class_name = str(asked.get("deviceClassName") or "")
         device_class = table.device_classes.get(class_name)

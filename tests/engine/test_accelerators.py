@@ -729,6 +729,30 @@ def test_allocation_mode_all_counts_all_devices_with_a_note():
     assert claim_gpus(devices, table) == {lab.GPU_CLASS: 4.0}
 
 
+def test_a_request_for_admin_access_is_worth_nothing_before_and_after_allocation():
+    """Admin access (a monitoring DaemonSet's claim, in a namespace labelled for it) is given devices
+    whatever else holds them and takes none: the GPUs count where they are used, not twice. Upstream:
+    dra-example-driver's admin-access.yaml (corpus), `All` devices with `adminAccess: true`."""
+    watch = lab.device_request("watch", lab.GPU_CLASS, all_devices=True)
+    watch["exactly"]["adminAccess"] = True
+    use = lab.device_request("use", lab.GPU_CLASS, count=2)
+    v1 = lab.claim_spec([watch, use])["devices"]
+    assert claim_gpus(v1) == {lab.GPU_CLASS: 2.0}
+    v1beta1 = {"requests": [{"name": "watch", **watch["exactly"]}]}
+    assert claim_gpus(v1beta1) == {}
+    false = {"requests": [{"name": "watch", **watch["exactly"], "adminAccess": False}]}
+    assert claim_gpus(false) == {lab.GPU_CLASS: 8.0}
+    total, notes, _ = counted_template(watch)
+    assert total == 0.0 and notes == ()  # nor the "all devices" note: nothing was assumed
+    claim = lab.resource_claim("c", NS, [watch, use])
+    done = allocated(claim, ("watch", "gpu-0"), ("watch", "gpu-1"), ("use", "gpu-2"), ("use", "gpu-3"))
+    assert allocated_gpus(done) == {lab.GPU_CLASS: 2.0}
+    # the allocation says so itself for each result (resource.k8s.io/v1 `results[].adminAccess`)
+    for result in done["status"]["allocation"]["devices"]["results"][2:]:
+        result["adminAccess"] = True
+    assert allocated_gpus(done) == {}
+
+
 def test_pre_1_31_source_form():
     index = ClaimIndex([
         lab.claim_template("t", NS, [lab.device_request("gpu", lab.GPU_CLASS, count=2)]),
