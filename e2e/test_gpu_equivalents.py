@@ -9,7 +9,8 @@ real scheduler allocates, a KAI fraction), on the kwok nodes of the accelerator 
   pods' own `PodScheduled` times and the share of a GPU each form is;
 - admission: a budget spent by MIG slices refuses the next MIG pod, through the API server;
 - the operator's queue counts a gated pod's DRA claim as admission does (what its template asks),
-  so a `Projected` budget releases only what it can pay for.
+  so a `Projected` budget releases only what it can pay for;
+- a claim for admin access (monitoring) to every GPU of a node is admitted and metered as 0.
 """
 
 from __future__ import annotations
@@ -324,3 +325,45 @@ def test_a_claim_created_after_its_pod_is_judged_by_what_it_gives_the_pod(stack,
         cluster.kubectl("delete", "resourceclaims,resourceclaimtemplates", "--all", "-n", namespace,
                         "--wait=false", check=False)
         cluster.kubectl("delete", "gpubudget", f"team-{team}", "--ignore-not-found", check=False)
+
+
+def test_a_claim_for_admin_access_is_worth_nothing_at_admission_and_metering(stack, cluster, accelerator_lab):
+    """A monitoring pod's claim for admin access to all the node's GPUs (dra-example-driver's
+    admin-access example, in a namespace labelled for it) takes no GPU from anyone: under a
+    `Projected` budget of 1 GPU-hour it is admitted (as `All` devices it would be 8 GPUs for 2 h),
+    the real scheduler allocates it every GPU of the node with admin access, and metering charges
+    nothing for it while the budget is metered."""
+    namespace = f"t-{uuid.uuid4().hex[:8]}"
+    cluster.create_namespace(namespace, labels={"resource.kubernetes.io/admin-access": "true"})
+    team = f"admin-{uuid.uuid4().hex[:6]}"
+    labels = {**COMPLIANT_LABELS, "team": team}
+    expires = (datetime.now(UTC) + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    watch = acc.device_request("watch", acc.GPU_CLASS, all_devices=True)
+    watch["exactly"]["adminAccess"] = True
+    pod = acc.template_pod("gpu-monitor", namespace, "watch-all", labels=labels,
+                           node_selector={"kubernetes.io/hostname": LAB.dra_gpu})
+    pod["metadata"]["annotations"] = {"expires_at": expires}
+    try:
+        assert apply(cluster, team_budget(team, 1, admission="Projected")).returncode == 0
+        assert apply(cluster, acc.claim_template("watch-all", namespace, [watch])).returncode == 0
+        created = apply(cluster, pod)
+        assert created.returncode == 0, created.stderr
+        assert "all gpu.nvidia.com devices" not in created.stderr  # nothing was assumed
+        scheduled = wait_until(lambda: scheduled_at(cluster, namespace, "gpu-monitor"), timeout=60,
+                               what="the monitoring pod to run")
+        [status] = get_json(cluster, "pod", "-n", namespace, "gpu-monitor")["status"]["resourceClaimStatuses"]
+        claim = get_json(cluster, "resourceclaim", "-n", namespace, status["resourceClaimName"])
+        results = claim["status"]["allocation"]["devices"]["results"]
+        assert len(results) == acc.DRA_GPUS and all(r.get("adminAccess") for r in results), results
+
+        def metered_since_running() -> dict | None:
+            status = (get_json(cluster, "gpubudget", f"team-{team}") or {}).get("status") or {}
+            at = status.get("lastMeteredAt")
+            return status if at and stamp(at) > scheduled + 10 else None
+
+        status = wait_until(metered_since_running, timeout=60, what="the budget metered 10 s into the run")
+        assert float(status.get("usedGPUHours", 0)) == 0.0, status
+    finally:
+        cluster.kubectl("delete", "pods", "--all", "-n", namespace, "--wait=false", check=False)
+        cluster.kubectl("delete", "gpubudget", f"team-{team}", "--ignore-not-found", check=False)
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
