@@ -35,6 +35,9 @@ DRA_DRIVER = "gpu.nvidia.com"
 """The driver name NVIDIA's DRA driver publishes devices under (also its attribute domain)."""
 GPU_CLASS = "gpu.nvidia.com"
 MIG_CLASS = "mig.nvidia.com"
+EXAMPLE_DRIVER = EXAMPLE_CLASS = "gpu.example.com"
+"""dra-example-driver's driver and DeviceClass (its `gpuAllowMultipleAllocations` install shares a
+GPU by consumable capacity)."""
 DEVICE_CLASS_PREFIX = "deviceclass.resource.kubernetes.io/"
 """Every DeviceClass is also an extended resource of this name + the class name (KEP-5004)."""
 
@@ -315,14 +318,15 @@ def mig_device(node: str, parent_minor: int, profile: MigProfile, placement: int
     }
 
 
-def resource_slice(node: str, devices: Sequence[dict], *, generation: int = 1) -> dict:
+def resource_slice(node: str, devices: Sequence[dict], *, generation: int = 1,
+                   driver: str = DRA_DRIVER) -> dict:
     """The one ResourceSlice of the driver's pool for `node` (the driver names pools after nodes)."""
     return {
         "apiVersion": "resource.k8s.io/v1",
         "kind": "ResourceSlice",
-        "metadata": {"name": f"{node}-{DRA_DRIVER}", "labels": {LAB_LABEL: "true"}},
+        "metadata": {"name": f"{node}-{driver}", "labels": {LAB_LABEL: "true"}},
         "spec": {
-            "driver": DRA_DRIVER,
+            "driver": driver,
             "pool": {"name": node, "generation": generation, "resourceSliceCount": 1},
             "nodeName": node,
             "devices": list(devices),
@@ -341,6 +345,29 @@ def mig_slice(node: str, layout: Mapping[int, Iterable[tuple[MigProfile, int]]],
     devices = [mig_device(node, minor, profile, start, gpu)
                for minor, placed in layout.items() for profile, start in placed]
     return resource_slice(node, devices)
+
+
+SHARED_GPU_CAPACITY = {"memory": "80Gi", "compute": "100"}
+"""What dra-example-driver's shared GPU has to give out (its gpu-allow-multiple-allocations example)."""
+
+
+def example_device_class() -> dict:
+    """dra-example-driver's DeviceClass: every device of its driver."""
+    return {"apiVersion": "resource.k8s.io/v1", "kind": "DeviceClass", "metadata": {"name": EXAMPLE_CLASS},
+            "spec": {"selectors": [{"cel": {"expression": f"device.driver == '{EXAMPLE_DRIVER}'"}}]}}
+
+
+def shared_gpu_slice(node: str) -> dict:
+    """One GPU that several claims share, each consuming part of its `SHARED_GPU_CAPACITY`
+    (DRAConsumableCapacity, beta and on by default since 1.36): dra-example-driver installed with
+    `gpuAllowMultipleAllocations=true`."""
+    device = {
+        "name": "gpu-0",
+        "allowMultipleAllocations": True,
+        "attributes": {"type": _attr("gpu"), "uuid": _attr(fake_uuid("GPU", node, 0))},
+        "capacity": {name: {"value": value} for name, value in SHARED_GPU_CAPACITY.items()},
+    }
+    return resource_slice(node, [device], driver=EXAMPLE_DRIVER)
 
 
 # ---- claims and pods ---------------------------------------------------------------------------
@@ -439,6 +466,7 @@ class Lab:
     whole: str = "kwok-h100-0"
     dra_gpu: str = "kwok-h100-dra-0"
     dra_mig: str = "kwok-a100-dra-mig-0"
+    dra_shared: str = "kwok-dra-shared-0"
 
 
 LAB = Lab()
@@ -464,6 +492,7 @@ def lab_nodes(lab: Lab = LAB) -> list[dict]:
         whole_gpu_node(lab.whole, "a3-highgpu-8g", 8),
         dra_node(lab.dra_gpu, "a3-highgpu-8g"),
         dra_node(lab.dra_mig, "a2-ultragpu-2g"),
+        dra_node(lab.dra_shared, "a3-highgpu-1g"),
     ]
 
 
@@ -473,4 +502,6 @@ def lab_dra_objects(lab: Lab = LAB) -> list[dict]:
         *nvidia_device_classes(),
         gpu_slice(lab.dra_gpu, DRA_GPUS),
         mig_slice(lab.dra_mig, DRA_MIG_LAYOUT),
+        example_device_class(),
+        shared_gpu_slice(lab.dra_shared),
     ]

@@ -1,9 +1,10 @@
 """GPU-equivalents on the real control plane (README "GPU-equivalents").
 
 Pods ask for GPUs the ways real clusters hand them out (MIG slices in both strategies, time-sliced
-replicas with and without renaming, whole GPUs, DRA claims for GPUs and for MIG devices that the
-real scheduler allocates, a KAI fraction), on the kwok nodes of the accelerator lab
-(e2e/accelerators.py), and the session's operator and webhook (chart RBAC) count them:
+replicas with and without renaming, whole GPUs, DRA claims for GPUs, for MIG devices and for a share
+of a GPU's consumable capacity that the real scheduler allocates, a KAI fraction), on the kwok
+nodes of the accelerator lab (e2e/accelerators.py), and the session's operator and webhook (chart
+RBAC) count them:
 
 - metering: one GPUBudget per form, each charged within 1 % of the truth worked out here from the
   pods' own `PodScheduled` times and the share of a GPU each form is;
@@ -56,6 +57,10 @@ def forms(namespace: str, run: str) -> dict[str, tuple[list[dict], str | None, f
     mig = acc.claim_template("one-3g", namespace, [acc.device_request(
         "mig", acc.MIG_CLASS, selectors=[acc.profile_selector("3g.40gb")])])
 
+    share = acc.device_request("gpu", acc.EXAMPLE_CLASS)
+    share["exactly"]["capacity"] = {"requests": {"memory": "16Gi", "compute": "20"}}  # of 80Gi and 100
+    gpu_share = acc.claim_template("gpu-share", namespace, [share])
+
     def pod(form: str, **kwargs) -> dict:
         return acc.pod(form, namespace, labels={"run": run, "form": form}, **kwargs)
 
@@ -73,6 +78,9 @@ def forms(namespace: str, run: str) -> dict[str, tuple[list[dict], str | None, f
                                              labels={"run": run, "form": "dra-gpus"})], LAB.dra_gpu, 2.0),
         "dra-mig": ([mig, acc.template_pod("dra-mig", namespace, "one-3g",
                                            labels={"run": run, "form": "dra-mig"})], LAB.dra_mig, 3 / 7),
+        "dra-shared": ([gpu_share, acc.template_pod("dra-shared", namespace, "gpu-share",
+                                                    labels={"run": run, "form": "dra-shared"})],
+                       LAB.dra_shared, 0.2),
         "kai-fraction": ([kai], LAB.whole, 0.5),
     }
 

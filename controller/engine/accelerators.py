@@ -932,12 +932,15 @@ def allocated_gpus(
     claim: Mapping[str, Any],
     table: Equivalence = DEFAULT_EQUIVALENCE,
     attributes: Callable[[str, str, str], Mapping[str, Any] | None] | None = None,
+    capacity: Callable[[str, str, str], Mapping[str, Any] | None] | None = None,
 ) -> dict[str, float] | None:
     """GPU-equivalents a ResourceClaim was allocated (None: not allocated yet).
 
     Each allocated device counts by the class its request asked; a MIG device by the `profile`
     attribute its ResourceSlice publishes (`attributes(driver, pool, device)`), else by the
-    profile the request's selector names."""
+    profile the request's selector names. A device shared by several allocations (consumable
+    capacity: the result says what it `consumedCapacity`) counts the largest share of the
+    device's capacity its slice publishes (`capacity(driver, pool, device)`), else all of it."""
     allocation = (claim.get("status") or {}).get("allocation")
     if not allocation:
         return None
@@ -958,13 +961,30 @@ def allocated_gpus(
         device_class = table.device_classes.get(class_name)
         if device_class is None:
             continue
+        device = (str(result.get("driver")), str(result.get("pool")), str(result.get("device")))
         profile = ""
         if device_class.mig and attributes is not None:
-            found = attributes(str(result.get("driver")), str(result.get("pool")), str(result.get("device")))
-            profile = _attribute(found, "profile")
+            profile = _attribute(attributes(*device), "profile")
         value = device_equivalents(device_class, profile or _selected_profile(asked), table)
+        consumed = result.get("consumedCapacity")
+        if consumed and isinstance(consumed, Mapping) and capacity is not None:
+            value *= capacity_share(consumed, capacity(*device))
         out[class_name] = out.get(class_name, 0.0) + value
     return out
+
+
+def capacity_share(consumed: Mapping[str, Any], capacity: Mapping[str, Any] | None) -> float:
+    """The share of a device an allocation took from its consumable capacity: the largest of
+    consumed / total over the capacities both name (memory 16Gi of 80Gi and compute 20 of 100:
+    0.2), as HAMi's larger of core and memory shares. Nothing to compare (the device's capacity
+    unknown): the whole device, the bound a budget can trust."""
+    share = 0.0
+    for name, used in consumed.items():
+        total = (capacity or {}).get(name)
+        whole = quantity(total.get("value")) if isinstance(total, Mapping) else 0
+        if whole > 0:
+            share = max(share, quantity(used) / whole)
+    return min(share, 1.0) if share > 0 else 1.0
 
 
 def _attribute(attributes: Mapping[str, Any] | None, name: str) -> str:

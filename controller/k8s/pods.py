@@ -293,14 +293,16 @@ def claim_index(api: Workloads, *, claims: Iterable[Mapping[str, Any]] | None = 
     return index
 
 
-def device_attributes(api: Workloads) -> dict[tuple[str, str, str], dict[str, Any]]:
-    """(driver, pool, device) -> the device's attributes, from every ResourceSlice."""
+def slice_devices(api: Workloads) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """(driver, pool, device) -> the device as its ResourceSlice publishes it (`attributes`,
+    `capacity`), from every ResourceSlice."""
     found: dict[tuple[str, str, str], dict[str, Any]] = {}
     for slice_ in api.iter_objects(RESOURCE_SLICES):
         spec = slice_.get("spec") or {}
         driver, pool = str(spec.get("driver", "")), str((spec.get("pool") or {}).get("name", ""))
         for device in spec.get("devices") or ():
-            found[(driver, pool, str(device.get("name", "")))] = dict(device.get("attributes") or {})
+            if isinstance(device, dict):
+                found[(driver, pool, str(device.get("name", "")))] = device
     return found
 
 

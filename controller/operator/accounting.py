@@ -281,12 +281,14 @@ async def refresh_claims(
     try:
         listed = await state.call(state.api.list_objects, pod_api.RESOURCE_CLAIMS)
         claims = pod_api.allocated_claims(listed)
+        # A MIG device counts by the profile its slice publishes, a shared one by its capacity.
         mig = any(c.mig for c in state.table.device_classes.values())
-        attributes = await state.call(pod_api.device_attributes, state.api) if mig and claims else {}
+        devices = await state.call(pod_api.slice_devices, state.api) if claims and (
+            mig or any(_shares_capacity(c) for c in claims)) else {}
     except ApiError as error:
         log.warning("could not list DRA ResourceClaims: %s", error)
         return
-    state.claims = merged_claims(state.claims, claims, pods, table=state.table, attributes=attributes)
+    state.claims = merged_claims(state.claims, claims, pods, table=state.table, devices=devices)
     try:
         index = await state.call(pod_api.claim_index, state.api, claims=listed, strict=True)
     except ApiError as error:
@@ -303,7 +305,7 @@ def merged_claims(
     pods: Iterable[PodRecord],
     *,
     table: Equivalence,
-    attributes: dict[tuple[str, str, str], dict[str, Any]],
+    devices: dict[tuple[str, str, str], dict[str, Any]],
 ) -> dict[tuple[str, str], dict[str, float]]:
     """What each allocated claim is worth per pod it is reserved for, merged with what was known:
     a claim the controller-manager deleted when its pod ended stays known while a visible pod
@@ -311,7 +313,12 @@ def merged_claims(
     out: dict[tuple[str, str], dict[str, float]] = {}
     for claim in claims:
         metadata = claim.get("metadata") or {}
-        value = allocated_gpus(claim, table, lambda *key: attributes.get(key))
+        value = allocated_gpus(
+            claim,
+            table,
+            attributes=lambda *key: (devices.get(key) or {}).get("attributes"),
+            capacity=lambda *key: (devices.get(key) or {}).get("capacity"),
+        )
         if value is None:
             continue
         sharers = max(len((claim.get("status") or {}).get("reservedFor") or ()), 1)
@@ -323,6 +330,13 @@ def merged_claims(
         if key not in out and key in named:
             out[key] = value
     return out
+
+
+def _shares_capacity(claim: dict[str, Any]) -> bool:
+    """Whether an allocated claim holds a share of a device (consumable capacity)."""
+    allocation = (claim.get("status") or {}).get("allocation") or {}
+    results = (allocation.get("devices") or {}).get("results") or ()
+    return any(isinstance(r, dict) and r.get("consumedCapacity") for r in results)
 
 
 def with_instance_types(pods: Iterable[PodRecord], node_types: dict[str, str]) -> list[PodRecord]:

@@ -23,6 +23,7 @@ from controller.engine.accelerators import (
     ClaimIndex,
     NodeFacts,
     allocated_gpus,
+    capacity_share,
     claim_gpus,
     equivalence_of,
     pinned_node,
@@ -922,6 +923,42 @@ def test_allocated_mig_devices_count_by_the_profile_their_slice_publishes():
     assert allocated_gpus(allocated(claim, ("mig", three[1])), attributes=qualified) == {
         lab.MIG_CLASS: approx(3 / 7)
     }
+
+
+def test_a_shared_device_counts_the_largest_share_of_its_capacity_the_allocation_consumed():
+    """dra-example-driver's gpu-allow-multiple-allocations (corpus): each pod's claim consumes 16Gi of
+    memory and 20 of compute of one device that has 80Gi and 100 (DRAConsumableCapacity): 0.2 each.
+    At admission the device's capacity is not known: the whole device, the bound a budget trusts."""
+    request = lab.device_request("gpu", lab.EXAMPLE_CLASS)
+    request["exactly"]["capacity"] = {"requests": {"memory": "16Gi", "compute": "20"}}
+    claim = lab.resource_claim("c", NS, [request])
+    assert claim_gpus(claim["spec"]["devices"]) == {lab.EXAMPLE_CLASS: 1.0}
+    done = allocated(claim, ("gpu", "gpu-0"))
+    [result] = done["status"]["allocation"]["devices"]["results"]
+    result["consumedCapacity"] = {"memory": "16Gi", "compute": "20"}
+    device = {"memory": {"value": "80Gi"}, "compute": {"value": "100"}}
+    assert allocated_gpus(done, capacity=lambda *key: device) == {lab.EXAMPLE_CLASS: approx(0.2)}
+    result["consumedCapacity"] = {"memory": "40Gi", "compute": "20"}  # the larger share counts
+    assert allocated_gpus(done, capacity=lambda *key: device) == {lab.EXAMPLE_CLASS: approx(0.5)}
+    assert allocated_gpus(done, capacity=lambda *key: None) == {lab.EXAMPLE_CLASS: 1.0}  # slice unknown
+    assert allocated_gpus(done) == {lab.EXAMPLE_CLASS: 1.0}
+
+
+@pytest.mark.parametrize(
+    ("consumed", "capacity", "share"),
+    [
+        ({"memory": "8Gi"}, {"memory": {"value": "80Gi"}}, 0.1),
+        ({"memory": "80Gi"}, {"memory": {"value": "80Gi"}}, 1.0),
+        ({"memory": "160Gi"}, {"memory": {"value": "80Gi"}}, 1.0),  # never more than the device
+        ({"cores": "10"}, {"memory": {"value": "80Gi"}}, 1.0),  # nothing in common
+        ({"memory": "8Gi"}, {"memory": {"value": "0"}}, 1.0),
+        ({"memory": "8Gi"}, {"memory": "80Gi"}, 1.0),  # not a DeviceCapacity
+        ({"memory": "junk"}, {"memory": {"value": "80Gi"}}, 1.0),  # consumed nothing readable
+        ({"memory": "8Gi", "compute": "50"}, {"memory": {"value": "80Gi"}, "compute": {"value": "100"}}, 0.5),
+    ],
+)
+def test_capacity_share(consumed, capacity, share):
+    assert capacity_share(consumed, capacity) == approx(share)
 
 
 def test_allocated_first_available_results_name_the_subrequest():

@@ -332,3 +332,22 @@ def test_pods_without_claims_list_no_claims_and_are_not_recounted(executor):
     (record_,) = state.watch.records()
     (counted_,) = accounting.counted(state, [record_])
     assert counted_ is record_ and state.recounts == {}
+
+
+def test_a_claim_holding_a_share_of_a_device_counts_the_share_its_slice_sizes(executor):
+    """Consumable capacity: the allocation consumed 16Gi of memory and 20 of compute of a device
+    whose ResourceSlice publishes 80Gi and 100, so the operator lists the slices and counts 0.2.
+    Without the slice (not listed yet), the whole device."""
+    state, api = operator(executor, [gated_pod(generated=True)])
+    claim = resource_claim(allocated=True)
+    [result] = claim["status"]["allocation"]["devices"]["results"]
+    result["consumedCapacity"] = {"memory": "16Gi", "compute": "20"}
+    api.listed["ResourceClaim"] = [claim]
+    refresh(state)
+    assert state.claims == {(NS, CLAIM): {GPU_CLASS: 1.0}}
+    api.listed["ResourceSlice"] = [{"spec": {"driver": GPU_CLASS, "pool": {"name": "n"}, "devices": [
+        {"name": "gpu-0", "allowMultipleAllocations": True,
+         "capacity": {"memory": {"value": "80Gi"}, "compute": {"value": "100"}}}]}}]
+    refresh(state)
+    assert state.claims == {(NS, CLAIM): {GPU_CLASS: pytest.approx(0.2)}}
+    assert "ResourceSlice" in api.listings
