@@ -35,6 +35,8 @@ DRA_DRIVER = "gpu.nvidia.com"
 """The driver name NVIDIA's DRA driver publishes devices under (also its attribute domain)."""
 GPU_CLASS = "gpu.nvidia.com"
 MIG_CLASS = "mig.nvidia.com"
+AMD_DRIVER = AMD_CLASS = "gpu.amd.com"
+"""ROCm's DRA driver and the DeviceClass its chart installs."""
 EXAMPLE_DRIVER = EXAMPLE_CLASS = "gpu.example.com"
 """dra-example-driver's driver and DeviceClass (its `gpuAllowMultipleAllocations` install shares a
 GPU by consumable capacity)."""
@@ -370,6 +372,37 @@ def shared_gpu_slice(node: str) -> dict:
     return resource_slice(node, [device], driver=EXAMPLE_DRIVER)
 
 
+AMD_CPX_PARTITIONS = 8
+"""Partitions of `LAB.dra_amd`'s one MI300X, in CPX compute mode (each 1/8 of the GPU)."""
+
+
+def amd_device_class() -> dict:
+    """ROCm's DRA DeviceClass: every device of its driver (full GPUs and partitions alike)."""
+    return {"apiVersion": "resource.k8s.io/v1", "kind": "DeviceClass", "metadata": {"name": AMD_CLASS},
+            "spec": {"selectors": [{"cel": {"expression": f"device.driver == '{AMD_DRIVER}'"}}]}}
+
+
+def amd_partition_slice(node: str) -> dict:
+    """One MI300X pre-partitioned in CPX mode (NPS4), as ROCm's DRA driver publishes it: a device per
+    partition (`gpu-<card>-<render>`), `type: amdgpu-partition`, the GPU's `partitionProfile` and
+    `productName`, the parent's PCI bus ID, and the partition's share of memory and compute units."""
+    devices = [
+        {
+            "name": f"gpu-{1 + i}-{129 + i}",
+            "attributes": {
+                "type": _attr("amdgpu-partition"),
+                "partitionProfile": _attr("cpx_nps4"),
+                "productName": _attr("AMD_Instinct_MI300X_OAM"),
+                "deviceID": _attr("0x74a1"),
+                "resource.kubernetes.io/pciBusID": _attr("0000:05:00.0"),
+            },
+            "capacity": {"memory": {"value": "24Gi"}, "computeUnits": {"value": "38"}},
+        }
+        for i in range(AMD_CPX_PARTITIONS)
+    ]
+    return resource_slice(node, devices, driver=AMD_DRIVER)
+
+
 # ---- claims and pods ---------------------------------------------------------------------------
 
 
@@ -467,6 +500,7 @@ class Lab:
     dra_gpu: str = "kwok-h100-dra-0"
     dra_mig: str = "kwok-a100-dra-mig-0"
     dra_shared: str = "kwok-dra-shared-0"
+    dra_amd: str = "kwok-mi300x-dra-cpx-0"
 
 
 LAB = Lab()
@@ -493,6 +527,7 @@ def lab_nodes(lab: Lab = LAB) -> list[dict]:
         dra_node(lab.dra_gpu, "a3-highgpu-8g"),
         dra_node(lab.dra_mig, "a2-ultragpu-2g"),
         dra_node(lab.dra_shared, "a3-highgpu-1g"),
+        dra_node(lab.dra_amd, "ND96isr_MI300X_v5"),
     ]
 
 
@@ -504,4 +539,6 @@ def lab_dra_objects(lab: Lab = LAB) -> list[dict]:
         mig_slice(lab.dra_mig, DRA_MIG_LAYOUT),
         example_device_class(),
         shared_gpu_slice(lab.dra_shared),
+        amd_device_class(),
+        amd_partition_slice(lab.dra_amd),
     ]

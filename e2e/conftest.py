@@ -157,6 +157,6 @@ def remove_accelerator_lab(cluster) -> None:
         cluster.kubectl("delete", "pods", "-A", "--field-selector", f"spec.nodeName={node}",
                         "--grace-period=0", "--force", "--wait=false", check=False)
     cluster.kubectl("delete", "resourceslices", "-l", acc.LAB_LABEL, *gone, check=False)
-    cluster.kubectl("delete", "deviceclasses", acc.GPU_CLASS, acc.MIG_CLASS, acc.EXAMPLE_CLASS, *gone,
-                    check=False)
+    cluster.kubectl("delete", "deviceclasses", acc.GPU_CLASS, acc.MIG_CLASS, acc.EXAMPLE_CLASS, acc.AMD_CLASS,
+                    *gone, check=False)
     cluster.kubectl("delete", "nodes", "-l", acc.LAB_LABEL, *gone, check=False)

@@ -1,10 +1,10 @@
 """GPU-equivalents on the real control plane (README "GPU-equivalents").
 
 Pods ask for GPUs the ways real clusters hand them out (MIG slices in both strategies, time-sliced
-replicas with and without renaming, whole GPUs, DRA claims for GPUs, for MIG devices and for a share
-of a GPU's consumable capacity that the real scheduler allocates, a KAI fraction), on the kwok
-nodes of the accelerator lab (e2e/accelerators.py), and the session's operator and webhook (chart
-RBAC) count them:
+replicas with and without renaming, whole GPUs, DRA claims for GPUs, for MIG devices, for an AMD
+partition and for a share of a GPU's consumable capacity that the real scheduler allocates, a KAI
+fraction), on the kwok nodes of the accelerator lab (e2e/accelerators.py), and the session's
+operator and webhook (chart RBAC) count them:
 
 - metering: one GPUBudget per form, each charged within 1 % of the truth worked out here from the
   pods' own `PodScheduled` times and the share of a GPU each form is;
@@ -60,6 +60,8 @@ def forms(namespace: str, run: str) -> dict[str, tuple[list[dict], str | None, f
     share = acc.device_request("gpu", acc.EXAMPLE_CLASS)
     share["exactly"]["capacity"] = {"requests": {"memory": "16Gi", "compute": "20"}}  # of 80Gi and 100
     gpu_share = acc.claim_template("gpu-share", namespace, [share])
+    partition = acc.claim_template("one-partition", namespace, [acc.device_request(
+        "p", acc.AMD_CLASS, selectors=['device.attributes["gpu.amd.com"].type == "amdgpu-partition"'])])
 
     def pod(form: str, **kwargs) -> dict:
         return acc.pod(form, namespace, labels={"run": run, "form": form}, **kwargs)
@@ -81,6 +83,9 @@ def forms(namespace: str, run: str) -> dict[str, tuple[list[dict], str | None, f
         "dra-shared": ([gpu_share, acc.template_pod("dra-shared", namespace, "gpu-share",
                                                     labels={"run": run, "form": "dra-shared"})],
                        LAB.dra_shared, 0.2),
+        "dra-amd-partition": ([partition, acc.template_pod("dra-amd-partition", namespace, "one-partition",
+                                                           labels={"run": run, "form": "dra-amd-partition"})],
+                              LAB.dra_amd, 1 / acc.AMD_CPX_PARTITIONS),
         "kai-fraction": ([kai], LAB.whole, 0.5),
     }
 

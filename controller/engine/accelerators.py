@@ -938,7 +938,8 @@ def allocated_gpus(
 
     Each allocated device counts by the class its request asked; a MIG device by the `profile`
     attribute its ResourceSlice publishes (`attributes(driver, pool, device)`), else by the
-    profile the request's selector names. A device shared by several allocations (consumable
+    profile the request's selector names; a pre-partitioned device (AMD) by the share of its GPU
+    its `partitionProfile` names (`partition_share`). A device shared by several allocations (consumable
     capacity: the result says what it `consumedCapacity`) counts the largest share of the
     device's capacity its slice publishes (`capacity(driver, pool, device)`), else all of it."""
     allocation = (claim.get("status") or {}).get("allocation")
@@ -962,15 +963,29 @@ def allocated_gpus(
         if device_class is None:
             continue
         device = (str(result.get("driver")), str(result.get("pool")), str(result.get("device")))
-        profile = ""
-        if device_class.mig and attributes is not None:
-            profile = _attribute(attributes(*device), "profile")
+        found = attributes(*device) if attributes is not None else None
+        profile = _attribute(found, "profile") if device_class.mig else ""
         value = device_equivalents(device_class, profile or _selected_profile(asked), table)
+        if not device_class.mig:
+            value *= partition_share(found, table)
         consumed = result.get("consumedCapacity")
         if consumed and isinstance(consumed, Mapping) and capacity is not None:
             value *= capacity_share(consumed, capacity(*device))
         out[class_name] = out.get(class_name, 0.0) + value
     return out
+
+
+def partition_share(attributes: Mapping[str, Any] | None, table: Equivalence = DEFAULT_EQUIVALENCE) -> float:
+    """A pre-partitioned device as a share of its GPU, from what its ResourceSlice publishes: AMD's
+    DRA driver names the GPU's `partitionProfile` (`cpx_nps4`: compute mode CPX) and `productName`
+    (`AMD_Instinct_MI300X_OAM`), and the table says how many devices that mode splits the product
+    into (MI300X CPX: 8). Anything else, or a product the table does not know: the whole device."""
+    profile = _attribute(attributes, "partitionProfile")
+    if not profile:
+        return 1.0
+    product = table.product(_attribute(attributes, "productName"))
+    split = product.partitions.get(profile.partition("_")[0].upper(), 1) if product is not None else 1
+    return 1.0 / max(split, 1)
 
 
 def capacity_share(consumed: Mapping[str, Any], capacity: Mapping[str, Any] | None) -> float:

@@ -281,10 +281,9 @@ async def refresh_claims(
     try:
         listed = await state.call(state.api.list_objects, pod_api.RESOURCE_CLAIMS)
         claims = pod_api.allocated_claims(listed)
-        # A MIG device counts by the profile its slice publishes, a shared one by its capacity.
-        mig = any(c.mig for c in state.table.device_classes.values())
-        devices = await state.call(pod_api.slice_devices, state.api) if claims and (
-            mig or any(_shares_capacity(c) for c in claims)) else {}
+        # A MIG device counts by the profile its slice publishes, a partition by its GPU's
+        # partition mode, a shared one by its capacity.
+        devices = await state.call(pod_api.slice_devices, state.api) if claims else {}
     except ApiError as error:
         log.warning("could not list DRA ResourceClaims: %s", error)
         return
@@ -330,13 +329,6 @@ def merged_claims(
         if key not in out and key in named:
             out[key] = value
     return out
-
-
-def _shares_capacity(claim: dict[str, Any]) -> bool:
-    """Whether an allocated claim holds a share of a device (consumable capacity)."""
-    allocation = (claim.get("status") or {}).get("allocation") or {}
-    results = (allocation.get("devices") or {}).get("results") or ()
-    return any(isinstance(r, dict) and r.get("consumedCapacity") for r in results)
 
 
 def with_instance_types(pods: Iterable[PodRecord], node_types: dict[str, str]) -> list[PodRecord]:

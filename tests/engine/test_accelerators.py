@@ -26,6 +26,7 @@ from controller.engine.accelerators import (
     capacity_share,
     claim_gpus,
     equivalence_of,
+    partition_share,
     pinned_node,
     pod_gpus,
     resource_filter,
@@ -942,6 +943,45 @@ def test_a_shared_device_counts_the_largest_share_of_its_capacity_the_allocation
     assert allocated_gpus(done, capacity=lambda *key: device) == {lab.EXAMPLE_CLASS: approx(0.5)}
     assert allocated_gpus(done, capacity=lambda *key: None) == {lab.EXAMPLE_CLASS: 1.0}  # slice unknown
     assert allocated_gpus(done) == {lab.EXAMPLE_CLASS: 1.0}
+
+
+def test_an_amd_partition_counts_the_share_of_its_gpu_its_partition_profile_names():
+    """ROCm's DRA driver (its example-partitions-same-parent.yaml is in the corpus) publishes a
+    pre-partitioned MI300X's partitions with the GPU's `partitionProfile` and `productName`: in CPX
+    mode a partition is 1/8 of the GPU. Admission, which does not read slices, counts 1 each."""
+    claim = lab.resource_claim("c", NS, [lab.device_request("p", "gpu.amd.com", count=2)])
+    assert claim_gpus(claim["spec"]["devices"]) == {"gpu.amd.com": 2.0}
+    done = allocated(claim, ("p", "gpu-1-129"), ("p", "gpu-2-130"))
+    mi300x = {"type": {"string": "amdgpu-partition"}, "partitionProfile": {"string": "cpx_nps4"},
+              "productName": {"string": "AMD_Instinct_MI300X_OAM"}}
+    assert allocated_gpus(done, attributes=lambda *key: mi300x) == {"gpu.amd.com": approx(2 / 8)}
+    dpx = {**mi300x, "partitionProfile": {"string": "dpx_nps2"}}
+    assert allocated_gpus(done, attributes=lambda *key: dpx) == {"gpu.amd.com": approx(2 / 2)}
+    unknown = {**mi300x, "productName": {"string": "AMD_Radeon_Pro_W7900"}}
+    assert allocated_gpus(done, attributes=lambda *key: unknown) == {"gpu.amd.com": 2.0}
+    assert allocated_gpus(done) == {"gpu.amd.com": 2.0}  # the slice not read: whole GPUs
+
+
+def amd(profile: str | None, product: str | None = "AMD_Instinct_MI300X") -> dict:
+    """An AMD DRA device's attributes: its GPU's partition profile and product name."""
+    found = {"partitionProfile": {"string": profile}} if profile else {}
+    return {**found, "productName": {"string": product}} if product else found
+
+
+@pytest.mark.parametrize(
+    ("attributes", "share"),
+    [
+        (amd("spx_nps1"), 1.0),
+        (amd("qpx_nps1"), 0.25),
+        (amd("cpx_nps1", "AMD_Instinct_MI300A"), 1 / 6),
+        (amd("cpx_nps4", None), 1.0),  # no product: the whole GPU
+        (amd("xyz"), 1.0),
+        (amd(None), 1.0),
+        (None, 1.0),
+    ],
+)
+def test_partition_share(attributes, share):
+    assert partition_share(attributes) == approx(share)
 
 
 @pytest.mark.parametrize(
