@@ -251,6 +251,12 @@ class Equivalence:
             return None
         return next((p for p in self.products if fnmatchcase(name, p.match)), None)
 
+    def partitions(self, product_name: str, mode: str) -> int:
+        """Devices one GPU of `product_name` is split into in compute partition `mode` (AMD: SPX,
+        DPX, QPX, CPX); 1 for an unknown product or mode."""
+        product = self.product(product_name)
+        return max(product.partitions.get(mode, 1), 1) if product is not None else 1
+
     def mig_share(self, profile: str, node: NodeFacts) -> float:
         """One MIG device of `profile` (`3g.40gb`) as a share of its GPU."""
         found = _MIG_PROFILE.match(profile)
@@ -507,9 +513,7 @@ def _unit(name: str, weight: float, table: Equivalence, node: NodeFacts) -> floa
         replicas = node.replicas or table.shared_replicas
         return weight / max(replicas, 1)
     if node.partition and name == "amd.com/gpu":
-        product = table.product(node.product)
-        split = product.partitions.get(node.partition, 1) if product is not None else 1
-        return weight / max(split, 1)
+        return weight / table.partitions(node.product, node.partition)
     return weight
 
 
@@ -983,9 +987,7 @@ def partition_share(attributes: Mapping[str, Any] | None, table: Equivalence = D
     profile = _attribute(attributes, "partitionProfile")
     if not profile:
         return 1.0
-    product = table.product(_attribute(attributes, "productName"))
-    split = product.partitions.get(profile.partition("_")[0].upper(), 1) if product is not None else 1
-    return 1.0 / max(split, 1)
+    return 1.0 / table.partitions(_attribute(attributes, "productName"), profile.partition("_")[0].upper())
 
 
 def capacity_share(consumed: Mapping[str, Any], capacity: Mapping[str, Any] | None) -> float:
