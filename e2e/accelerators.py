@@ -353,10 +353,11 @@ SHARED_GPU_CAPACITY = {"memory": "80Gi", "compute": "100"}
 """What dra-example-driver's shared GPU has to give out (its gpu-allow-multiple-allocations example)."""
 
 
-def example_device_class() -> dict:
-    """dra-example-driver's DeviceClass: every device of its driver."""
-    return {"apiVersion": "resource.k8s.io/v1", "kind": "DeviceClass", "metadata": {"name": EXAMPLE_CLASS},
-            "spec": {"selectors": [{"cel": {"expression": f"device.driver == '{EXAMPLE_DRIVER}'"}}]}}
+def driver_class(name: str, driver: str) -> dict:
+    """A DeviceClass of every device of one driver, as dra-example-driver's and ROCm's charts
+    install theirs (`gpu.example.com`, `gpu.amd.com`)."""
+    return {"apiVersion": "resource.k8s.io/v1", "kind": "DeviceClass", "metadata": {"name": name},
+            "spec": {"selectors": [{"cel": {"expression": f"device.driver == '{driver}'"}}]}}
 
 
 def shared_gpu_slice(node: str) -> dict:
@@ -374,12 +375,6 @@ def shared_gpu_slice(node: str) -> dict:
 
 AMD_CPX_PARTITIONS = 8
 """Partitions of `LAB.dra_amd`'s one MI300X, in CPX compute mode (each 1/8 of the GPU)."""
-
-
-def amd_device_class() -> dict:
-    """ROCm's DRA DeviceClass: every device of its driver (full GPUs and partitions alike)."""
-    return {"apiVersion": "resource.k8s.io/v1", "kind": "DeviceClass", "metadata": {"name": AMD_CLASS},
-            "spec": {"selectors": [{"cel": {"expression": f"device.driver == '{AMD_DRIVER}'"}}]}}
 
 
 def amd_partition_slice(node: str) -> dict:
@@ -537,8 +532,8 @@ def lab_dra_objects(lab: Lab = LAB) -> list[dict]:
         *nvidia_device_classes(),
         gpu_slice(lab.dra_gpu, DRA_GPUS),
         mig_slice(lab.dra_mig, DRA_MIG_LAYOUT),
-        example_device_class(),
+        driver_class(EXAMPLE_CLASS, EXAMPLE_DRIVER),
         shared_gpu_slice(lab.dra_shared),
-        amd_device_class(),
+        driver_class(AMD_CLASS, AMD_DRIVER),  # full GPUs and partitions alike
         amd_partition_slice(lab.dra_amd),
     ]
