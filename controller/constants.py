@@ -25,6 +25,14 @@ VALIDATING_WEBHOOK = f"validate.{GROUP}"
 MUTATING_WEBHOOK = f"mutate.{GROUP}"
 SCALE_WEBHOOK = f"scale.{GROUP}"
 CLAIM_WEBHOOK = f"claim.{GROUP}"
+# Who the resource claim controller creates a pod's ResourceClaims from its templates as: its own
+# ServiceAccount (kube-controller-manager's `--use-service-account-credentials`, as kubeadm runs it),
+# else the controller-manager's user. Only their claims owned by a Pod skip `/claim`: anyone else may
+# write a Pod ownerReference on a claim (docs/crds.md#dra-claims-created-after-their-pods).
+CLAIM_CONTROLLER_USERS = (
+    "system:serviceaccount:kube-system:resource-claim-controller",
+    "system:kube-controller-manager",
+)
 
 DEFAULT_EXPIRY_KEY = "expires_at"
 # `*`: every accelerator the GPU-equivalence table knows (controller.engine.accelerators); a list of

@@ -18,6 +18,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+from controller.constants import CLAIM_CONTROLLER_USERS
 from controller.engine.accelerators import (
     DEFAULT_EQUIVALENCE,
     ClaimIndex,
@@ -48,7 +49,7 @@ def judge_claim(
     key = _key(claim, ns)
     name = str(metadata.get("name") or metadata.get("generateName") or "")
     decision = Decision(resource=f"{claim.get('kind', '')}/{ns}/{name}", allowed=True)
-    if key is None or ns in snapshot.excluded_namespaces or owned_by_pod(claim):
+    if key is None or ns in snapshot.excluded_namespaces:
         return decision
     _, kind, name = key
     waiting = [pod for pod in pods if waiting_for(pod, kind, name)]
@@ -173,9 +174,13 @@ MAX_SEARCHED_PODS = 32
 the review must answer within the webhook's timeout."""
 
 
-def owned_by_pod(claim: Mapping[str, Any]) -> bool:
+def made_by_the_claim_controller(claim: Mapping[str, Any], username: str) -> bool:
     """A ResourceClaim the resource claim controller made for one pod from its template: the
-    template was judged when the pod was, and the pod names the template, not this claim."""
+    template was judged with the pod, and no pod names the claim it makes (it is found through the
+    pod's status), so judging it would only list pods for nothing. A Pod ownerReference alone does
+    not make one: anyone may write it on a claim they create for a pod that names it."""
+    if username not in CLAIM_CONTROLLER_USERS:
+        return False
     metadata = claim.get("metadata")
     owners = metadata.get("ownerReferences") if isinstance(metadata, Mapping) else None
     return isinstance(owners, list) and any(

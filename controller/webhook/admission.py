@@ -78,7 +78,12 @@ class Admission:
         list_unscheduled: ListUnscheduled | None = None,
         fetch_claim: FetchClaim | None = None,
     ) -> None:
-        from controller.engine.claims import judge_claim, owned_by_pod, unresolved_claims, with_claims
+        from controller.engine.claims import (
+            judge_claim,
+            made_by_the_claim_controller,
+            unresolved_claims,
+            with_claims,
+        )
         from controller.engine.fixing import explain
         from controller.engine.messages import render_denial, render_warning
 
@@ -91,7 +96,7 @@ class Admission:
         self.list_unscheduled = list_unscheduled
         self.fetch_claim = fetch_claim
         self._judge_claim = judge_claim
-        self._owned_by_pod = owned_by_pod
+        self._made_by_the_claim_controller = made_by_the_claim_controller
         self._unresolved_claims = unresolved_claims
         self._with_claims = with_claims
         self._excluded = settings.excluded_namespaces
@@ -174,7 +179,7 @@ class Admission:
             read=self._unscheduled,
             wanted=lambda r: not self._passes_untouched(r)
             and r.operation == "CREATE"
-            and not self._owned_by_pod(r.object),
+            and not self._made_by_the_claim_controller(r.object, r.username),
             unjudged=CLAIM_UNJUDGED_WARNING,
             review=self._claim,
         )

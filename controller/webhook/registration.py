@@ -55,11 +55,14 @@ CLAIM_RESOURCES: Mapping[str, tuple[str, ...]] = {
     "resource.k8s.io": ("resourceclaims", "resourceclaimtemplates"),
 }
 CLAIM_CONDITION = (
-    "!has(object.metadata.ownerReferences) || "
-    "!object.metadata.ownerReferences.exists(r, r.apiVersion == 'v1' && r.kind == 'Pod')"
+    "!(request.userInfo.username in ["
+    + ", ".join(f"'{user}'" for user in constants.CLAIM_CONTROLLER_USERS)
+    + "] && has(object.metadata.ownerReferences) && "
+    "object.metadata.ownerReferences.exists(r, r.apiVersion == 'v1' && r.kind == 'Pod'))"
 )
 """The claims `/claim` is called for: not those the resource claim controller makes for one pod
-from its template (the template was judged with the pod); the webhook checks the same itself."""
+from its template (the template was judged with the pod, and no pod names the claim it makes). A Pod
+ownerReference alone is not enough: anyone may write one. The webhook checks the same itself."""
 
 
 def webhook_rules(
@@ -155,7 +158,9 @@ def webhook_configurations(
                 "clientConfig": client_config("/claim"),
                 **common,
                 "rules": webhook_rules(CLAIM_RESOURCES, ("CREATE",)),
-                "matchConditions": [{"name": "not-made-for-one-pod", "expression": CLAIM_CONDITION}],
+                "matchConditions": [
+                    {"name": "not-made-by-the-claim-controller", "expression": CLAIM_CONDITION}
+                ],
             },
         ],
     }

@@ -132,7 +132,8 @@ def test_the_claim_webhook_is_the_one_registration_renders():
         (list(group), list(resources), ["CREATE"]) for group, resources in [
             ((g,), r) for g, r in CLAIM_RESOURCES.items()]
     ]
-    assert claim["matchConditions"] == [{"name": "not-made-for-one-pod", "expression": CLAIM_CONDITION}]
+    condition = {"name": "not-made-by-the-claim-controller", "expression": CLAIM_CONDITION}
+    assert claim["matchConditions"] == [condition]
     rules = one(objects, "ClusterRole", "comptroller-webhook")["rules"]
     assert {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]} in rules
 

@@ -11,7 +11,7 @@ import pytest
 
 from controller.engine import evaluate
 from controller.engine.accelerators import ClaimIndex, generated_claims, pod_gpus
-from controller.engine.claims import judge_claim, owned_by_pod, waiting_for
+from controller.engine.claims import judge_claim, made_by_the_claim_controller, waiting_for
 from controller.engine.messages import render_denial
 from e2e import accelerators as lab
 from tests.engine.engine_cases import NOW, apply_fix, budget, policy, snapshot
@@ -77,13 +77,20 @@ def test_a_template_created_after_its_pods_is_judged_for_them():
     assert decision.resource == "ResourceClaimTemplate/ml/shared"
 
 
-def test_a_claim_the_resource_claim_controller_makes_for_a_pod_is_not_judged_again():
+def test_only_the_resource_claim_controller_makes_claims_for_one_pod():
+    """Its claims (owned by the pod, named by no pod's spec) need no judging; a Pod ownerReference
+    anyone else writes on a claim does not make it one, and the claim is judged as any other."""
     claim = lab.resource_claim("trainer-gpus-x7k2", NS, gpus(8))
     claim["metadata"]["ownerReferences"] = [
         {"apiVersion": "v1", "kind": "Pod", "name": "trainer", "uid": "u", "controller": True}
     ]
-    assert owned_by_pod(claim)
-    assert judged(claim, waiting(claim="trainer-gpus-x7k2")).allowed
+    assert made_by_the_claim_controller(claim, "system:serviceaccount:kube-system:resource-claim-controller")
+    assert made_by_the_claim_controller(claim, "system:kube-controller-manager")
+    assert not made_by_the_claim_controller(claim, "data-scientist")
+    unowned = lab.resource_claim("trainer-gpus-x7k2", NS, gpus(8))
+    assert not made_by_the_claim_controller(unowned, "system:kube-controller-manager")
+    decision = judged(claim, waiting(claim="trainer-gpus-x7k2"))
+    assert [v.key for v in decision.violations] == ["maxGPUsPerPod"]
 
 
 def test_an_unallocated_claim_deleted_and_created_bigger_is_judged_against_the_new_one():

@@ -1,6 +1,7 @@
 """`/claim`: a DRA claim created after the pods that name it is judged by what it adds to them;
 the webhook lists the namespace's unscheduled pods with a deadline and admits unjudged (with a
-warning) when it cannot, and never lists for a claim made for one pod from its template."""
+warning) when it cannot, and never lists for a claim the resource claim controller made for one pod
+from its template."""
 
 from __future__ import annotations
 
@@ -87,20 +88,37 @@ def test_a_slow_api_server_admits_after_the_deadline(monkeypatch):
     assert response["allowed"] is True and response["warnings"] == [CLAIM_UNJUDGED_WARNING]
 
 
+OWNED = {"ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": "trainer", "uid": "u"}]}
+CLAIM_CONTROLLER = "system:serviceaccount:kube-system:resource-claim-controller"
+
+
 @pytest.mark.parametrize(
     ("obj", "kwargs"),
     [
-        (claim(8, ownerReferences=[{"apiVersion": "v1", "kind": "Pod", "name": "trainer", "uid": "u"}]), {}),
+        (claim(8, **OWNED), {"username": CLAIM_CONTROLLER}),
+        (claim(8, **OWNED), {"username": "system:kube-controller-manager"}),
         (claim(8), {"namespace": "kube-system"}),
         (claim(8), {"operation": "UPDATE"}),
     ],
-    ids=["made for one pod", "excluded namespace", "not a creation"],
+    ids=["made for one pod by the claim controller", "by the controller-manager", "excluded namespace",
+         "not a creation"],
 )
 def test_claims_there_is_nothing_to_judge_for_never_list_pods(obj, kwargs):
     pods = Pods(waiting_pod())
     kwargs = {**kwargs, "old": obj} if kwargs.get("operation") else kwargs
     assert answer(make_client(MAX_FOUR, list_unscheduled=pods), obj, **kwargs)["allowed"] is True
     assert pods.asked == []
+
+
+@pytest.mark.parametrize("user", ["data-scientist", "system:serviceaccount:ml-team:default"])
+def test_a_pod_owner_anyone_else_writes_on_a_claim_does_not_skip_it(user):
+    """Anyone may write a Pod ownerReference on a claim: created for an admitted pod that names
+    it, 8 GPUs past maxGPUsPerPod are refused, not waved through as the claim controller's."""
+    pods = Pods(waiting_pod())
+    response = answer(make_client(MAX_FOUR, list_unscheduled=pods), claim(8, **OWNED), username=user)
+    assert response["allowed"] is False
+    assert "pod trainer: 8 GPUs per pod; at most 4 per pod allowed" in response["status"]["message"]
+    assert pods.asked == [NS]
 
 
 # -- /validate reads the claims a pod names that the cache does not know yet ---------------------

@@ -133,6 +133,7 @@ def review(
     old: dict[str, Any] | None = None,
     uid: str | None = None,
     namespace: str | None = None,
+    username: str = "data-scientist",
 ) -> dict[str, Any]:
     kind = (obj or old or {}).get("kind", "Pod")
     meta = (obj or old or {}).get("metadata", {})
@@ -143,7 +144,7 @@ def review(
         "operation": operation,
         "namespace": meta.get("namespace", "") if namespace is None else namespace,
         "name": meta.get("name", ""),
-        "userInfo": {"username": "data-scientist"},
+        "userInfo": {"username": username},
         "object": copy.deepcopy(obj),
         "oldObject": copy.deepcopy(old),
         "dryRun": dry_run,
