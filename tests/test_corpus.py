@@ -371,8 +371,9 @@ def test_a_claim_created_after_the_files_pods_adds_what_they_get_with_it(
 
 
 def _more_of_what_it_counts(pod: dict[str, Any], violation: Any, without: Any, known: Any) -> bool:
-    """Whether the claim gives the pod more of the GPUs the violated GPU rule or budget counts."""
-    if violation.rule == "gpu":
+    """Whether the claim gives the pod more of the GPUs the violated GPU limit or budget counts (an
+    instance type the pod had is not the claim's doing, whatever it gives)."""
+    if violation.rule == "gpu" and violation.key != "instanceType":
         resources = next(p.spec.gpu.resource_tuple for p in known.policies if p.name == violation.policy)
     elif violation.rule == "budget":
         resources = next(b.spec.resource_tuple for b in known.budgets if b.name == violation.policy)

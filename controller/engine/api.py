@@ -74,6 +74,9 @@ class Decision:
     """For a denial whose caller asked (`controller.engine.fixing.explain`): the JointFix, one set of
     changes that admits the workload, which the denial message then prints instead of each
     violation's own fix."""
+    draws: dict[str, float] = field(default_factory=dict)
+    """Judged together with others (`evaluate(drawn=...)`): the GPU-hours this workload draws from
+    each `Projected` budget that covers it, by name."""
 
     @property
     def all_violations(self) -> list[Violation]:

@@ -12,7 +12,6 @@ See docs/crds.md#dra-claims-created-after-their-pods.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime
@@ -52,14 +51,15 @@ def judge_claim(
     if key is None or ns in snapshot.excluded_namespaces:
         return decision
     _, kind, name = key
-    waiting = [pod for pod in pods if waiting_for(pod, kind, name)]
+    waiting = sorted((pod for pod in pods if waiting_for(pod, kind, name)), key=_age)
     if not waiting:
         return decision
-    before = [evaluate(pod, snapshot=snapshot, now=now, mutate=False, namespace=ns) for pod in waiting]
-    # The GPUs each GPU rule and budget counts, by the name its violations carry.
-    counted: dict[str, dict[str, tuple[str, ...]]] = defaultdict(dict)
-    counted["gpu"] = {p.name: p.spec.gpu.resource_tuple for p in snapshot.policies if p.spec.gpu is not None}
-    counted["budget"] = {b.name: b.spec.resource_tuple for b in snapshot.budgets}
+    before = _together(waiting, snapshot, now, ns)
+    # The GPUs each GPU limit and budget counts, by the rule and name its violations carry.
+    counted: dict[tuple[str, str], tuple[str, ...]] = {
+        ("gpu", p.name): p.spec.gpu.resource_tuple for p in snapshot.policies if p.spec.gpu is not None
+    }
+    counted.update({("budget", b.name): b.spec.resource_tuple for b in snapshot.budgets})
 
     def added(devices: Mapping[str, Any]) -> tuple[list[Found], list[Found], str]:
         """What the claim with `devices` adds to the waiting pods: violations and warnings, each
@@ -68,18 +68,20 @@ def judge_claim(
         violations: list[Found] = []
         warnings: list[Found] = []
         team = ""
-        for pod, old in zip(waiting, before, strict=True):
-            new = evaluate(pod, snapshot=with_claim, now=now, mutate=False, namespace=ns)
+        after = _together(waiting, with_claim, now, ns)
+        for pod, old, new in zip(waiting, before, after, strict=True):
             pod_name = str((pod.get("metadata") or {}).get("name") or "")
             grows = _Grows(pod, snapshot, with_claim)
-            # A claim that gives the pod more of the GPUs a GPU or budget rule counts takes what
+            # A claim that gives the pod more of the GPUs a GPU limit or a budget counts takes what
             # the pod broke already further past (a spent budget, a limit per pod): that is the
-            # claim's doing too. More of other devices (a NIC, GPUs the rule does not count) is not.
+            # claim's doing too. More of other devices (a NIC, GPUs the rule does not count) is
+            # not, nor is an instance type it had.
             seen = {(v.policy, v.rule, v.key) for v in old.violations}
             violations += [
                 (pod_name, v)
                 for v in new.violations
-                if (v.policy, v.rule, v.key) not in seen or grows(counted[v.rule].get(v.policy))
+                if (v.policy, v.rule, v.key) not in seen
+                or (v.key != "instanceType" and grows(counted.get((v.rule, v.policy))))
             ]
             noted = {(v.policy, v.key, v.message) for v in old.warnings}
             warnings += [
@@ -108,6 +110,25 @@ def judge_claim(
 
 Found = tuple[str, Violation]
 """A pod's name and a violation the claim adds to it."""
+
+
+def _together(waiting: list[Mapping[str, Any]], snapshot: Snapshot, now: datetime, ns: str) -> list[Decision]:
+    """The waiting pods judged together, oldest first: under a `Projected` budget each one fits in
+    what remains after what the pods before it draw (a template gives every pod of a Job its own
+    devices, and each alone may fit where all of them do not)."""
+    decisions: list[Decision] = []
+    drawn: dict[str, float] = {}
+    for pod in waiting:
+        decision = evaluate(pod, snapshot=snapshot, now=now, mutate=False, namespace=ns, drawn=dict(drawn))
+        for budget, hours in decision.draws.items():
+            drawn[budget] = drawn.get(budget, 0.0) + hours
+        decisions.append(decision)
+    return decisions
+
+
+def _age(pod: Mapping[str, Any]) -> tuple[str, str]:
+    metadata = pod.get("metadata") or {}
+    return str(metadata.get("creationTimestamp") or ""), str(metadata.get("name") or "")
 
 
 class _Grows:

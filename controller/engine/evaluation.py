@@ -50,6 +50,7 @@ def evaluate(
     namespace: str | None = None,
     old_object: Mapping[str, Any] | None = None,
     gates_owned: frozenset[str] | None = None,
+    drawn: Mapping[str, float] | None = None,
 ) -> Decision:
     """Judge one workload.
 
@@ -61,6 +62,8 @@ def evaluate(
     `gates_owned`: the scheduling gates whoever makes the request may take off a pod a queueing
     budget covers (None: all of them): Comptroller's operator owns the budget's gate, Kueue its
     admission gate; taking one off is denied to anyone else (docs/queueing.md).
+    `drawn`: judging it together with other workloads, the GPU-hours those judged before it draw
+    from each `Projected` budget (by name); the decision's `draws` then says what this one draws.
     Objects that are not a supported workload kind, in an excluded namespace, or operations other
     than CREATE and UPDATE are allowed with an empty decision.
     """
@@ -79,7 +82,9 @@ def evaluate(
     update = None
     if operation == "UPDATE" and old_object is not None and kinds.lookup(old_object) is spec:
         update = Update(view_of(old_object, spec, namespace=ns, snapshot=snapshot), view)
-    ctx = Context(now=now, operation=operation, namespace_labels=where.namespace_labels, update=update)
+    ctx = Context(
+        now=now, operation=operation, namespace_labels=where.namespace_labels, update=update, drawn=drawn
+    )
     live_exceptions = [e for e in where.exceptions if e.spec.expires_at > now] if where.exceptions else []
 
     matcher = _Matcher(where, view)
@@ -147,6 +152,8 @@ def evaluate(
                     _route(decision, queued.warn, "Warn", exceptions)
         if found:
             _route(decision, found, budget.spec.enforcement, exceptions)
+        if drawn is not None and covers and budget.spec.admission == "Projected":
+            decision.draws[budget.name] = budget_rule.draw(budget, view, ctx)
     if mutate:
         gate = queueing.gate(view, gates) if gates else None
         decision.patch = view.patch()

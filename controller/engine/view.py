@@ -127,6 +127,15 @@ class WorkloadView:
         ResourceClaim its pods share counts once."""
         return (self._gpus.get(resources) or self._count_gpus(resources))[1]
 
+    def held_gpus(self, resources: tuple[str, ...]) -> float:
+        """GPU-equivalents the workload's pods hold each on their own (per-pod x pods): without the
+        named ResourceClaims they share, which another workload naming them holds as well."""
+        counts = resource_filter(resources)
+        return sum(
+            asked.total(counts, shared=False) * template.replicas
+            for template, asked in zip(self.templates, self.asks(), strict=True)
+        )
+
     def asks(self) -> list[PodGPUs]:
         """Each template's GPUs, by what they are asked as (resource or DeviceClass), and the notes
         of what had to be assumed."""

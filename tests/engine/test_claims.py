@@ -117,6 +117,59 @@ def test_a_claim_that_takes_a_waiting_pod_past_a_projected_budget_is_denied(coun
         assert found.message.startswith("pod trainer: ")
 
 
+def room_for(gpus_: int):
+    """`gpus_` GPUs for the 204 hours to the period's end, and nothing more."""
+    return budget("team-nlp", used=0, period_end=END, selector={"matchLabels": NLP}, gpuHours=204 * gpus_,
+                  period="Monthly", admission="Projected")
+
+
+def job_pods(count: int) -> list[dict]:
+    """A Job's pods, each naming the template it gets its own claim from, created one by one."""
+    made = []
+    for index in range(count):
+        pod = waiting(f"train-{index}", claim="per-pod", template=True)
+        pod["metadata"]["creationTimestamp"] = f"2026-11-22T10:00:0{index}Z"
+        made.append(pod)
+    return made
+
+
+def test_a_template_giving_each_of_a_jobs_pods_its_own_gpus_is_judged_for_all_of_them_together():
+    """A Job of 4 pods admitted while its template did not exist (1 GPU each): room for 4 GPUs. A
+    template of 2 GPUs fits each pod alone, not the 8 GPUs the 4 pods hold together: the pods it
+    takes past the budget, the youngest, are named, and 1 device is the count that fits."""
+    pods = job_pods(4)
+    template = lab.claim_template("per-pod", NS, gpus(2))
+    decision = judged(template, *reversed(pods), items=(room_for(4),))
+    assert not decision.allowed
+    assert [v.message.split(":")[0] for v in decision.violations] == ["pod train-2", "pod train-3"]
+    assert "left in budget team-nlp after the 816 GPU-hours of the pods judged with it" in (
+        decision.violations[0].message
+    )
+    assert "1 device fits" in decision.violations[0].fix
+    assert judged(apply_fix(template, decision.violations[0].fix), *pods, items=(room_for(4),)).allowed
+    assert judged(template, *pods, items=(room_for(8),)).allowed
+
+
+def test_a_claim_pods_share_counts_once_for_all_of_them():
+    """Two pods naming one ResourceClaim share its devices: 4 GPUs for both fit room for 4."""
+    pods = [waiting("first"), waiting("second")]
+    assert judged(lab.resource_claim("shared", NS, gpus(4)), *pods, items=(room_for(4),)).allowed
+    assert not judged(lab.resource_claim("shared", NS, gpus(5)), *pods, items=(room_for(4),)).allowed
+
+
+def test_an_instance_type_a_pod_had_is_not_the_doing_of_a_claim_that_adds_gpus():
+    """The pod pins an instance type the policy stopped allowing after it was admitted: a claim of
+    2 GPUs, within its limit, does not change where it runs, and is admitted."""
+    g5_only = [{"instanceTypes": ["g5.*"]}]
+    strict = policy("g5-only", gpu={"maxGPUsPerPod": 4, "allowedInstanceTypes": g5_only})
+    pod = waiting(nodeSelector={"node.kubernetes.io/instance-type": "p4d.24xlarge"})
+    broken = evaluate(pod, snapshot=replace(snapshot(strict), claims=ClaimIndex()), now=NOW, mutate=False)
+    assert [v.key for v in broken.violations] == ["instanceType"]
+    assert judged(lab.resource_claim("shared", NS, gpus(2)), pod, items=(strict,)).allowed
+    eight = judged(lab.resource_claim("shared", NS, gpus(8)), pod, items=(strict,))
+    assert [v.key for v in eight.violations] == ["maxGPUsPerPod"]
+
+
 def test_what_a_pod_violated_without_the_claim_is_not_the_claims_doing_unless_it_makes_it_worse():
     """A policy made stricter after the pod was admitted: its 6 container GPUs break it with or
     without the claim. A claim of no GPUs adds nothing; a claim of 8 takes it further past."""

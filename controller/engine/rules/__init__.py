@@ -25,6 +25,10 @@ class Context:
     passed the old object."""
     expiry_key: str = "expires_at"
     """The `expires_at` key of the matching policies (budgets project up to it)."""
+    drawn: Mapping[str, float] | None = None
+    """GPU-hours other workloads judged together with this one already draw from each `Projected`
+    budget (by name), before this one: a claim created for several waiting pods
+    (controller.engine.claims). None: judged alone."""
 
 
 def when_text(when: Mapping[str, frozenset[str] | list[str]]) -> str:

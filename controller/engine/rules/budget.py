@@ -78,6 +78,8 @@ def validate(budget: Any, view: Any, ctx: Context) -> list[Violation]:
         ]
     if not projected:
         return []
+    drawn = ctx.drawn.get(budget.name, 0.0) if ctx.drawn else 0.0
+    remaining = max(remaining - drawn, 0.0)
     needed = added * hours + extended
     if needed <= remaining + 1e-9:
         return []
@@ -91,8 +93,18 @@ def validate(budget: Any, view: Any, ctx: Context) -> list[Violation]:
             hours=needed / charged,
             remaining=remaining,
             period_end=period_end,
+            drawn=drawn,
         )
     ]
+
+
+def draw(budget: Any, view: Any, ctx: Context) -> float:
+    """The GPU-hours a workload a `Projected` budget covers draws from it at worst, as one judged
+    together with others (`Context.drawn`) counts them: the GPUs its pods hold on their own, from
+    now until its `expires_at` or the period's end. A ResourceClaim pods share is left out: each
+    pod naming it counts it in its own judgment."""
+    _, period_end = current_usage(budget, ctx.now)
+    return view.held_gpus(budget.spec.resource_tuple) * _hours_left(view, ctx, period_end)
 
 
 def _hours_left(view: Any, ctx: Context, period_end: datetime) -> float:
@@ -100,7 +112,15 @@ def _hours_left(view: Any, ctx: Context, period_end: datetime) -> float:
 
 
 def _projected(
-    budget: Any, view: Any, ctx: Context, *, gpus: float, hours: float, remaining: float, period_end: datetime
+    budget: Any,
+    view: Any,
+    ctx: Context,
+    *,
+    gpus: float,
+    hours: float,
+    remaining: float,
+    period_end: datetime,
+    drawn: float = 0.0,
 ) -> Violation:
     fit_hours = remaining / gpus
     fit_until = (ctx.now + timedelta(hours=fit_hours)).replace(second=0, microsecond=0)
@@ -117,9 +137,10 @@ def _projected(
         )
     fits = "; ".join(options) or "nothing fits"
     needed, left = format_gpu_hours(gpus * hours), format_gpu_hours(remaining)
+    after = f" after the {format_gpu_hours(drawn)} GPU-hours of the pods judged with it" if drawn else ""
     message = (
         f"worst case {gpus_text(gpus)} x {format_gpu_hours(hours)}h = {needed} GPU-hours exceeds the "
-        f"{left} GPU-hours left in budget {budget.name} until {format_annotation(period_end)}: {fits}"
+        f"{left} GPU-hours left in budget {budget.name}{after} until {format_annotation(period_end)}: {fits}"
     )
     note = f"{budget.name} has {left} GPU-hours left: {fits}"
     if fit_until - ctx.now >= timedelta(minutes=1):
