@@ -123,10 +123,10 @@ class ApiResource:
     def path(self, namespace: str | None = None, name: str | None = None, subresource: str = "") -> str:
         base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
         if self.namespaced and namespace:
-            base += f"/namespaces/{quote(namespace)}"
+            base += f"/namespaces/{quote(namespace, safe='')}"
         base += f"/{self.plural}"
         if name:
-            base += f"/{quote(name)}"
+            base += f"/{quote(name, safe='')}"
         if subresource:
             base += f"/{subresource}"
         return base
@@ -403,7 +403,7 @@ class Workloads:
             "count": 1,
         }
         try:
-            self.request("POST", f"/api/v1/namespaces/{quote(namespace)}/events", body=event)
+            self.request("POST", f"/api/v1/namespaces/{quote(namespace, safe='')}/events", body=event)
         except ApiError as exc:
             if exc.status == 403 and "being terminated" in exc.message:
                 # The namespace is being deleted: the Event would go with it. Not an RBAC problem.

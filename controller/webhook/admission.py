@@ -134,7 +134,11 @@ class Admission:
                 missing = []
             if missing:
                 found = await self._read_claims(request, missing)
-                snapshot = self._with_claims(current, found, namespace=request.namespace)
+                try:
+                    snapshot = self._with_claims(current, found, namespace=request.namespace)
+                except Exception:  # an object read that is not a claim: counted as 1 GPU, as unread
+                    log.exception("validate %s %s/%s: the claims read %s", request.kind, request.namespace,
+                                  request.name, missing)
         return self._answer_parsed(request, "validate", lambda r: self._validate(r, snapshot), started)
 
     async def _read_claims(

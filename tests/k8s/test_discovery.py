@@ -31,3 +31,15 @@ def test_a_served_kind_is_remembered():
     api.now = 10 * NOT_SERVED_RECHECK_SECONDS
     assert api.resolve("RayJob", group="ray.io") is not None
     assert len(api.asked) == asked
+
+
+def test_a_name_read_from_a_manifest_stays_one_path_segment():
+    """A claim or workload name comes from a manifest (a custom kind's template may hold anything):
+    a `/` in it must not reach another resource or subresource of the API."""
+    from controller.k8s.workloads import ApiResource
+
+    claims = ApiResource("resource.k8s.io", "v1", "resourceclaims", "ResourceClaim")
+    assert claims.path("ml", "a/../../secrets/x") == (
+        "/apis/resource.k8s.io/v1/namespaces/ml/resourceclaims/a%2F..%2F..%2Fsecrets%2Fx"
+    )
+    assert claims.path("ml", "gpus", subresource="status").endswith("/resourceclaims/gpus/status")
