@@ -11,7 +11,9 @@ operator and webhook (chart RBAC) count them:
 - admission: a budget spent by MIG slices refuses the next MIG pod, through the API server;
 - the operator's queue counts a gated pod's DRA claim as admission does (what its template asks),
   so a `Projected` budget releases only what it can pay for;
-- a claim for admin access (monitoring) to every GPU of a node is admitted and metered as 0.
+- a claim for admin access (monitoring) to every GPU of a node is admitted and metered as 0;
+- a claim created after the pods that name it is judged by what it gives them: a Pod owner
+  reference a user writes on it skips nothing, and a template is judged for a Job's pods together.
 """
 
 from __future__ import annotations
@@ -335,6 +337,85 @@ def test_a_claim_created_after_its_pod_is_judged_by_what_it_gives_the_pod(stack,
         assert "not known here" not in applied.stderr
     finally:
         cluster.kubectl("delete", "pods", "--all", "-n", namespace, "--wait=false", check=False)
+        cluster.kubectl("delete", "resourceclaims,resourceclaimtemplates", "--all", "-n", namespace,
+                        "--wait=false", check=False)
+        cluster.kubectl("delete", "gpubudget", f"team-{team}", "--ignore-not-found", check=False)
+
+
+def test_a_pod_owner_written_on_a_claim_does_not_skip_its_judgment(stack, cluster, accelerator_lab,
+                                                                    namespace):
+    """Only the resource claim controller's claims for one pod skip the claim webhook: a claim of 16
+    GPUs for 2 h that a user creates with a Pod ownerReference to the admitted pod that names it (a
+    Projected budget of 20 GPU-hours) is refused as any other, through the API server."""
+    team = f"owner-{uuid.uuid4().hex[:6]}"
+    labels = {**COMPLIANT_LABELS, "team": team}
+    expires = (datetime.now(UTC) + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    pod = acc.shared_claim_pod("waits-for-owned", namespace, "owned", labels=labels,
+                               node_selector={"node.kubernetes.io/instance-type": "g5.xlarge"})
+    pod["metadata"]["annotations"] = {"expires_at": expires}
+    try:
+        assert apply(cluster, team_budget(team, 20, admission="Projected")).returncode == 0
+        created = apply(cluster, pod)
+        assert created.returncode == 0, created.stderr
+        uid = get_json(cluster, "pod", pod["metadata"]["name"], "-n", namespace)["metadata"]["uid"]
+        owned = acc.resource_claim("owned", namespace, [acc.device_request("gpus", acc.GPU_CLASS, count=16)])
+        owned["metadata"]["ownerReferences"] = [
+            {"apiVersion": "v1", "kind": "Pod", "name": pod["metadata"]["name"], "uid": uid}
+        ]
+        refused = wait_until(lambda: (r := apply(cluster, owned)).returncode != 0 and r,
+                             timeout=30, what="the pod-owned claim of 16 GPUs refused")
+        assert 'admission webhook "claim.finops.comptroller.dev" denied the request' in refused.stderr
+        assert "pod waits-for-owned: worst case 16 GPUs" in refused.stderr, refused.stderr
+        assert get_json(cluster, "resourceclaim", "owned", "-n", namespace) is None
+    finally:
+        cluster.kubectl("delete", "pods,resourceclaims", "--all", "-n", namespace, "--wait=false",
+                        check=False)
+        cluster.kubectl("delete", "gpubudget", f"team-{team}", "--ignore-not-found", check=False)
+
+
+def test_a_template_created_after_a_jobs_pods_is_judged_for_all_of_them(stack, cluster, accelerator_lab,
+                                                                       namespace):
+    """A Job of 4 pods names a ResourceClaimTemplate that does not exist yet: the Job and each of
+    its pods are admitted counting it as 1 GPU (4 GPUs for 2 h, in a Projected budget of 9
+    GPU-hours). A template of 2 GPUs then fits each pod alone (4 GPU-hours), not the 16 GPU-hours
+    the 4 pods would hold together: it is refused, naming the pods past the budget, with the count
+    that fits (1), which is admitted."""
+    team = f"job-{uuid.uuid4().hex[:6]}"
+    labels = {**COMPLIANT_LABELS, "team": team}
+    expires = (datetime.now(UTC) + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    template = acc.pod("train", namespace, claims={"gpus": {"resourceClaimTemplateName": "per-pod"}},
+                       labels=labels, node_selector={"node.kubernetes.io/instance-type": "g5.xlarge"})
+    template["spec"]["restartPolicy"] = "Never"
+    job = {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "four", "namespace": namespace, "labels": labels},
+        "spec": {"parallelism": 4, "completions": 4, "backoffLimit": 0, "template": {
+            "metadata": {"labels": labels, "annotations": {"expires_at": expires}},
+            "spec": template["spec"]}},
+    }
+
+    def per_pod(count: int) -> dict:
+        gpus = [acc.device_request("gpus", acc.GPU_CLASS, count=count)]
+        return acc.claim_template("per-pod", namespace, gpus)
+
+    try:
+        assert apply(cluster, team_budget(team, 9, admission="Projected")).returncode == 0
+        created = apply(cluster, job)
+        assert created.returncode == 0, created.stderr
+        pods = ("pods", "-n", namespace, "-l", "batch.kubernetes.io/job-name=four")
+        wait_until(lambda: len((get_json(cluster, *pods) or {}).get("items", [])) == 4,
+                   timeout=60, what="the Job's 4 pods")
+        refused = wait_until(lambda: (r := apply(cluster, per_pod(2))).returncode != 0 and r,
+                             timeout=30, what="the template of 2 GPUs per pod refused")
+        assert 'admission webhook "claim.finops.comptroller.dev" denied the request' in refused.stderr
+        # The two youngest pods: the two oldest take 2 x 2 GPUs x 2 h = 8 of the 9 GPU-hours first.
+        assert refused.stderr.count("GPU-hours of the pods judged with it") == 2, refused.stderr
+        assert "count: 1" in refused.stderr, refused.stderr
+        assert get_json(cluster, "resourceclaimtemplate", "per-pod", "-n", namespace) is None
+        admitted = apply(cluster, per_pod(1))
+        assert admitted.returncode == 0, admitted.stderr
+    finally:
+        cluster.kubectl("delete", "jobs,pods", "--all", "-n", namespace, "--wait=false", check=False)
         cluster.kubectl("delete", "resourceclaims,resourceclaimtemplates", "--all", "-n", namespace,
                         "--wait=false", check=False)
         cluster.kubectl("delete", "gpubudget", f"team-{team}", "--ignore-not-found", check=False)

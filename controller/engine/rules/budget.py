@@ -104,7 +104,7 @@ def draw(budget: Any, view: Any, ctx: Context) -> float:
     now until its `expires_at` or the period's end. A ResourceClaim pods share is left out: each
     pod naming it counts it in its own judgment."""
     _, period_end = current_usage(budget, ctx.now)
-    return view.held_gpus(budget.spec.resource_tuple) * _hours_left(view, ctx, period_end)
+    return float(view.held_gpus(budget.spec.resource_tuple) * _hours_left(view, ctx, period_end))
 
 
 def _hours_left(view: Any, ctx: Context, period_end: datetime) -> float:
