@@ -14,6 +14,7 @@ The app factory (`controller.webhook.app`) only wires these handlers to paths.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -30,12 +31,23 @@ from controller.webhook.settings import WebhookSettings
 log = logging.getLogger(__name__)
 
 FAILURE_WARNING = "comptroller: internal error, admitted by failure mode"
-SCALE_UNJUDGED_WARNING = "comptroller: could not read the workload being scaled; admitted unjudged"
-CLAIM_UNJUDGED_WARNING = "comptroller: could not list the pods waiting for this claim; admitted unjudged"
+SCALE_UNREAD = "could not read the workload being scaled"
+CLAIM_UNREAD = "could not list the pods waiting for this claim"
+CLAIM_UNJUDGED = "could not judge the pods waiting for this claim in time"
+SCALE_UNJUDGED_WARNING = f"comptroller: {SCALE_UNREAD}; admitted unjudged"
+CLAIM_UNJUDGED_WARNING = f"comptroller: {CLAIM_UNREAD}; admitted unjudged"
 _SKIPPED_OPERATIONS = frozenset({"DELETE", "CONNECT"})
 PARENT_TIMEOUT_SECONDS = 1.5
 """How long a scale review waits for the workload it scales, and a claim review for the pods
 waiting for the claim (the webhook's own timeout is 3 s)."""
+REVIEW_DEADLINE_SECONDS = 2.5
+"""When a claim review, judged off the event loop after its read, must have its answer: the
+webhook's timeout is 3 s, and a late answer is the API server's failure policy, not ours."""
+
+
+class NoApiAccess(RuntimeError):
+    """The webhook serves policy files without API access: nothing can be read, by configuration
+    (admitted with the warning whatever the failure mode: it is not a failure)."""
 
 Reply = tuple[int, bytes]
 """An admission endpoint's answer: HTTP status and JSON body."""
@@ -169,7 +181,7 @@ class Admission:
             "scale",
             read=self._fetch_scaled,
             wanted=lambda r: not self._passes_untouched(r) and r.sub_resource == "scale",
-            unjudged=SCALE_UNJUDGED_WARNING,
+            unread=SCALE_UNREAD,
             review=self._scale,
         )
 
@@ -184,8 +196,9 @@ class Admission:
             wanted=lambda r: not self._passes_untouched(r)
             and r.operation == "CREATE"
             and not self._made_by_the_claim_controller(r.object, r.username),
-            unjudged=CLAIM_UNJUDGED_WARNING,
+            unread=CLAIM_UNREAD,
             review=self._claim,
+            off_loop=CLAIM_UNJUDGED,  # every pod waiting for the claim is judged: not on the loop
         )
 
     def noop(self, body: bytes) -> Reply:
@@ -217,12 +230,15 @@ class Admission:
         *,
         read: Callable[[AdmissionRequest], Any],
         wanted: Callable[[AdmissionRequest], bool],
-        unjudged: str,
+        unread: str,
         review: Callable[[AdmissionRequest, Any], tuple[bytes, str]],
+        off_loop: str = "",
     ) -> Reply:
         """A review that needs something read from the API server first: `read` runs off the event
         loop with a deadline when `wanted`, and `review` gets what it read (None when not wanted).
-        When the read fails or is late, the request is admitted with the `unjudged` warning."""
+        When the read fails or is late, the failure mode answers (`unread` says what could not be
+        done). With `off_loop` (what to say when it is late), `review` runs off the loop too, to be
+        answered by REVIEW_DEADLINE_SECONDS."""
         started = time.perf_counter()
         try:
             request = parse_review(body)
@@ -232,11 +248,35 @@ class Admission:
         if wanted(request):
             try:
                 found = await asyncio.wait_for(asyncio.to_thread(read, request), PARENT_TIMEOUT_SECONDS)
-            except Exception as error:  # API server away or slow: guardrails, not gates
-                log.warning("%s %s %s/%s: %s", webhook, request.kind, request.namespace, request.name, error)
-                self._count(request, "error", webhook, started)
-                return 200, response_body(request.uid, allowed=True, warnings=[unjudged])
-        return self._answer_parsed(request, webhook, lambda r: review(r, found), started)
+            except Exception as error:  # API server away or slow: the failure mode decides
+                return self._unjudged(request, webhook, started, unread, error)
+        judge = functools.partial(self._decide, request, webhook, lambda r: review(r, found))
+        if not off_loop or found is None:
+            content, decision = judge()
+        else:
+            left = REVIEW_DEADLINE_SECONDS - (time.perf_counter() - started)
+            try:
+                content, decision = await asyncio.wait_for(asyncio.to_thread(judge), max(left, 0.0))
+            except TimeoutError as error:
+                return self._unjudged(request, webhook, started, off_loop, error)
+        self._count(request, decision, webhook, started)
+        return 200, content
+
+    def _unjudged(
+        self, request: AdmissionRequest, webhook: str, started: float, what: str, error: Exception
+    ) -> Reply:
+        """What could not be read or judged in time: admitted with a warning (guardrails, not gates),
+        or under `failureMode: deny` denied, as an internal error is. Serving policy files, with no
+        API access by configuration, it is always admitted."""
+        reason = str(error) or type(error).__name__
+        log.warning("%s %s %s/%s: %s: %s", webhook, request.kind, request.namespace, request.name, what,
+                    reason)
+        self._count(request, "error", webhook, started)
+        if self.settings.failure_mode == "deny" and not isinstance(error, NoApiAccess):
+            message = f"comptroller: {what} ({reason}); denied by failure mode, try again"
+            return 200, response_body(request.uid, allowed=False, code=500, message=message)
+        warning = f"comptroller: {what}; admitted unjudged"
+        return 200, response_body(request.uid, allowed=True, warnings=[warning])
 
     def _answer_parsed(
         self,
@@ -245,16 +285,25 @@ class Admission:
         review: Callable[[AdmissionRequest], tuple[bytes, str]],
         started: float,
     ) -> Reply:
+        content, decision = self._decide(request, webhook, review)
+        self._count(request, decision, webhook, started)
+        return 200, content
+
+    def _decide(
+        self,
+        request: AdmissionRequest,
+        webhook: str,
+        review: Callable[[AdmissionRequest], tuple[bytes, str]],
+    ) -> tuple[bytes, str]:
+        """The review's answer and the decision it counts as; any error answered by the failure mode."""
         try:
-            content, decision = review(request)
+            return review(request)
         except Exception as error:  # the catch-all: an admission answer, never a 500
             if isinstance(error, NotReady):
                 log.warning("%s %s: %s", webhook, request.uid, error)
             else:
                 log.exception("internal error judging %s %s", request.kind, request.uid)
-            content, decision = self._failure(request, error), "error"
-        self._count(request, decision, webhook, started)
-        return 200, content
+            return self._failure(request, error), "error"
 
     def _count(self, request: AdmissionRequest, decision: str, webhook: str, started: float) -> None:
         self.metrics.admissions.count(
@@ -334,13 +383,13 @@ class Admission:
 
     def _fetch_scaled(self, request: AdmissionRequest) -> Mapping[str, Any] | None:
         if self.fetch_workload is None:
-            raise RuntimeError("no API access to read the workload (webhook serving policy files)")
+            raise NoApiAccess("no API access to read the workload (webhook serving policy files)")
         group, version, plural = request.resource
         return self.fetch_workload(group, version, plural, request.namespace, request.name)
 
     def _unscheduled(self, request: AdmissionRequest) -> list[Mapping[str, Any]]:
         if self.list_unscheduled is None:
-            raise RuntimeError("no API access to list pods (webhook serving policy files)")
+            raise NoApiAccess("no API access to list pods (webhook serving policy files)")
         return self.list_unscheduled(request.namespace)
 
     def _claim(self, request: AdmissionRequest, pods: list[Mapping[str, Any]] | None) -> tuple[bytes, str]:

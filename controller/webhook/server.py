@@ -19,6 +19,7 @@ import os
 import signal
 import ssl
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,7 @@ def api_readers(args: argparse.Namespace) -> dict[str, Any]:
     from controller.k8s.config import load_api_client
     from controller.k8s.pods import PODS, RESOURCE_CLAIM_TEMPLATES, RESOURCE_CLAIMS
     from controller.k8s.workloads import ApiResource, Workloads
+    from controller.webhook.admission import PARENT_TIMEOUT_SECONDS
 
     workloads = Workloads(load_api_client(args.kubeconfig), timeout=1.0, component="comptroller-webhook")
     claim_kinds = {"ResourceClaim": RESOURCE_CLAIMS, "ResourceClaimTemplate": RESOURCE_CLAIM_TEMPLATES}
@@ -148,7 +150,15 @@ def api_readers(args: argparse.Namespace) -> dict[str, Any]:
         return workloads.get(ApiResource(group, version, plural, kind=""), namespace, name)
 
     def list_unscheduled(namespace: str):
-        return workloads.list_objects(PODS, namespace=namespace, field_selector="spec.nodeName=")
+        # A page at a time, and no page started past the review's deadline: the caller has
+        # answered by then, and a namespace of many pending pods must not keep a thread paging.
+        deadline = time.monotonic() + PARENT_TIMEOUT_SECONDS
+        pods = []
+        for pod in workloads.iter_objects(PODS, namespace=namespace, field_selector="spec.nodeName="):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"listing the pending pods of {namespace} took too long")
+            pods.append(pod)
+        return pods
 
     def fetch_claim(namespace: str, kind: str, name: str):
         return workloads.get(claim_kinds[kind], namespace, name)

@@ -92,6 +92,51 @@ OWNED = {"ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": "traine
 CLAIM_CONTROLLER = "system:serviceaccount:kube-system:resource-claim-controller"
 
 
+def test_under_failure_mode_deny_a_claim_whose_pods_cannot_be_listed_is_denied():
+    from controller.webhook.settings import WebhookSettings
+
+    client = make_client(MAX_FOUR, settings=WebhookSettings(failure_mode="deny"),
+                         list_unscheduled=Pods(error=ConnectionError("refused")))
+    response = answer(client, claim(1))
+    assert response["allowed"] is False and response["status"]["code"] == 500
+    assert "could not list the pods waiting for this claim (refused); denied by failure mode" in (
+        response["status"]["message"]
+    )
+
+
+@pytest.mark.parametrize(("mode", "allowed"), [("ignore", True), ("deny", False)])
+def test_judging_the_waiting_pods_runs_off_the_loop_and_answers_by_the_deadline(monkeypatch, mode, allowed):
+    """Every waiting pod is judged (thousands may wait): off the event loop, and when it is late
+    the failure mode answers in time, before the API server's own timeout."""
+    from controller.engine import claims
+    from controller.webhook import admission
+    from controller.webhook.settings import WebhookSettings
+
+    monkeypatch.setattr(admission, "REVIEW_DEADLINE_SECONDS", 0.1)
+    release = threading.Event()
+    judged_on: list[str] = []
+    judge = claims.judge_claim
+
+    def slow(*args, **kwargs):
+        judged_on.append(threading.current_thread().name)
+        release.wait(5)
+        return judge(*args, **kwargs)
+
+    monkeypatch.setattr(claims, "judge_claim", slow)
+    settings = WebhookSettings(failure_mode=mode)
+    client = make_client(MAX_FOUR, settings=settings, list_unscheduled=Pods(waiting_pod()))
+    try:
+        response = answer(client, claim(1))
+    finally:
+        release.set()
+    assert judged_on and judged_on[0] != threading.main_thread().name
+    assert response["allowed"] is allowed
+    if allowed:
+        assert response["warnings"] == [
+            "comptroller: could not judge the pods waiting for this claim in time; admitted unjudged"
+        ]
+
+
 @pytest.mark.parametrize(
     ("obj", "kwargs"),
     [

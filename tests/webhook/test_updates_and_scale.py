@@ -111,6 +111,23 @@ def test_scale_without_api_access_fails_open_with_a_warning():
     assert response["allowed"] is True and response["warnings"] == [SCALE_UNJUDGED_WARNING]
 
 
+def test_scale_under_failure_mode_deny_is_denied_when_the_workload_cannot_be_read():
+    """`failureMode: deny` fails closed on what could not be read, as on an internal error; serving
+    policy files (no API access by configuration) still admits with the warning."""
+    from controller.webhook.settings import WebhookSettings
+
+    deny = WebhookSettings(failure_mode="deny")
+    refused = Workloads(error=ConnectionError("refused"))
+    away = make_client(ML_PLATFORM, SPENT, settings=deny, fetch_workload=refused)
+    response = _response(away.post("/scale", json=scale_review(8, 1)))
+    assert response["allowed"] is False and response["status"]["code"] == 500
+    assert response["status"]["message"] == (
+        "comptroller: could not read the workload being scaled (refused); denied by failure mode, try again"
+    )
+    files = _response(make_client(ML_PLATFORM, SPENT, settings=deny).post("/scale", json=scale_review(8, 1)))
+    assert files["allowed"] is True and files["warnings"] == [SCALE_UNJUDGED_WARNING]
+
+
 def test_scale_of_a_workload_that_is_gone_is_admitted():
     client = make_client(ML_PLATFORM, SPENT, fetch_workload=Workloads())
     assert _response(client.post("/scale", json=scale_review(8, 1)))["allowed"] is True
