@@ -100,12 +100,38 @@ def judge_claim(
     path: tuple[str | int, ...] = ("spec", "spec") if kind == "ResourceClaimTemplate" else ("spec",)
     if fits is not None:
         path = (*path, "devices", "requests", 0, *fits[1:])
-    for pod_name, found in violations:
-        decision.violations.append(_through(found, kind, name, ns, pod_name, adds, path, fits))
-    for pod_name, found in warnings:
-        decision.warnings.append(_through(found, kind, name, ns, pod_name, adds, path, fits))
+    for listed, found in ((decision.violations, violations), (decision.warnings, warnings)):
+        named, others = _named(found)
+        listed += [_through(v, kind, name, ns, pod_name, adds, path, fits) for pod_name, v in named]
+        if others:
+            listed.append(_others(others, kind, name))
     decision.allowed = not decision.violations
     return decision
+
+
+MAX_NAMED_PODS = 10
+"""A denial names the pods the claim takes past a rule up to this many, and counts the rest: a
+claim a thousand pods wait for must not be answered with megabytes."""
+
+
+def _named(found: list[Found]) -> tuple[list[Found], list[Found]]:
+    """What the claim adds to the first MAX_NAMED_PODS pods, and to the others."""
+    pods = set(list(dict.fromkeys(pod for pod, _ in found))[:MAX_NAMED_PODS])
+    return [f for f in found if f[0] in pods], [f for f in found if f[0] not in pods]
+
+
+def _others(others: list[Found], kind: str, name: str) -> Violation:
+    """One line for what the claim adds to the pods a denial does not name."""
+    first = others[0][1]
+    pods = len({pod for pod, _ in others})
+    rules = ", ".join(sorted({f"{v.policy}/{v.rule}" for _, v in others}))
+    return replace(
+        first,
+        message=f"{pods} more pods waiting for {kind} {name} are taken past {rules} as well",
+        summary=f"{pods} more pods past {rules}",
+        fix=f"# ask for fewer devices, or delete the pods waiting for {kind} {name} first",
+        edits=(),
+    )
 
 
 Found = tuple[str, Violation]
@@ -181,15 +207,26 @@ def _fitting_count(
     except (TypeError, ValueError):
         return None
     request = devices["requests"][0]
-    for smaller in range(min(count - 1, MAX_TRIED_COUNT), 0, -1):
+
+    def fits_with(smaller: int) -> bool:
         changed = {**request, where: {**body, "count": smaller}} if where else {**request, "count": smaller}
-        if fits({**devices, "requests": [changed]}):
-            return (smaller, where) if where else (smaller,)
-    return None
+        return fits({**devices, "requests": [changed]})
+
+    # Fewer devices never add a violation: the largest count that fits is found by bisection.
+    low, high = 0, min(count - 1, MAX_TRIED_COUNT)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits_with(middle):
+            low = middle
+        else:
+            high = middle - 1
+    if low == 0:
+        return None
+    return (low, where) if where else (low,)
 
 
 MAX_TRIED_COUNT = 64
-"""A fix tries device counts below the claim's from this one down (claims ask for a few devices)."""
+"""A fix looks for the count that fits at or below this one (claims ask for a few devices)."""
 MAX_SEARCHED_PODS = 32
 """A claim more pods than this wait for gets the plain fix: each count tried judges every pod, and
 the review must answer within the webhook's timeout."""

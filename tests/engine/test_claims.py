@@ -283,7 +283,22 @@ def test_metering_counts_the_claim_made_for_a_pending_pod():
 def test_a_claim_very_many_pods_wait_for_gets_the_plain_fix_without_searching_counts():
     from controller.engine import claims as module
 
-    pods = [waiting(f"p{i}") for i in range(module.MAX_SEARCHED_PODS + 1)]
+    pods = [waiting(f"p{i:02}") for i in range(module.MAX_SEARCHED_PODS + 1)]
     decision = judged(lab.resource_claim("shared", NS, gpus(8)), *pods)
-    assert len(decision.violations) == len(pods)
     assert all(v.fix.startswith("# ask for fewer devices") for v in decision.violations)
+
+
+def test_a_denial_names_the_first_pods_and_counts_the_others():
+    """A claim a thousand pods wait for must not be answered with megabytes: the first
+    MAX_NAMED_PODS pods are named, the others counted in one line."""
+    from controller.engine import claims as module
+
+    pods = [waiting(f"p{i:03}") for i in range(module.MAX_NAMED_PODS + 25)]
+    decision = judged(lab.resource_claim("shared", NS, gpus(8)), *pods)
+    assert [v.message.split(":")[0] for v in decision.violations[:-1]] == [
+        f"pod p{i:03}" for i in range(module.MAX_NAMED_PODS)
+    ]
+    assert decision.violations[-1].message == (
+        "25 more pods waiting for ResourceClaim shared are taken past max-four/gpu as well"
+    )
+    assert len(render_denial(decision)) < 8_000
