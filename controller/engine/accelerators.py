@@ -611,7 +611,7 @@ def generated_claims(pod: Mapping[str, Any]) -> Mapping[str, str]:
     as the pod's status records it (empty until it has)."""
     status = pod.get("status")
     statuses = status.get("resourceClaimStatuses") if isinstance(status, Mapping) else None
-    if not statuses:
+    if not isinstance(statuses, list):
         return {}
     return {
         str(s["name"]): str(s["resourceClaimName"])
@@ -745,7 +745,8 @@ def claim_gpus(
     list that does not count the largest's class. Classes the table does not list are not
     accelerators (a NIC)."""
     out: dict[str, float] = {}
-    for request in devices.get("requests") or ():
+    requests = devices.get("requests")
+    for request in requests if isinstance(requests, list) else ():
         if not isinstance(request, Mapping):
             continue
         alternatives = request.get("firstAvailable")

@@ -43,7 +43,8 @@ def judge_claim(
     """Judge the creation of `claim` (a ResourceClaim or ResourceClaimTemplate) by what it adds to
     the `pods` of its namespace that name it and still wait for the scheduler (others are skipped:
     the caller may pass every pod of the namespace). `namespace` overrides `metadata.namespace`."""
-    metadata = claim.get("metadata") or {}
+    metadata = claim.get("metadata")
+    metadata = metadata if isinstance(metadata, Mapping) else {}
     ns = namespace or metadata.get("namespace") or ""
     key = _key(claim, ns)
     name = str(metadata.get("name") or metadata.get("generateName") or "")
@@ -253,9 +254,10 @@ def waiting_for(pod: Mapping[str, Any], kind: str, name: str) -> bool:
     spec = pod.get("spec")
     if pod.get("kind", "Pod") != "Pod" or not isinstance(spec, Mapping) or spec.get("nodeName"):
         return False
-    metadata = pod.get("metadata") or {}
-    status = pod.get("status") or {}
-    if metadata.get("deletionTimestamp") or status.get("phase") in ("Succeeded", "Failed"):
+    metadata, status = pod.get("metadata"), pod.get("status")
+    if isinstance(metadata, Mapping) and metadata.get("deletionTimestamp"):
+        return False
+    if isinstance(status, Mapping) and status.get("phase") in ("Succeeded", "Failed"):
         return False
     return any(ref.kind == kind and ref.name == name for ref in claim_refs(spec.get("resourceClaims")))
 
@@ -266,7 +268,9 @@ ClaimKey = tuple[str, str, str]
 
 def _key(obj: Mapping[str, Any], namespace: str) -> ClaimKey | None:
     """The object's key, in `namespace` when its manifest names none (an admission request's)."""
-    metadata = obj.get("metadata") or {}
+    metadata = obj.get("metadata")
+    if not isinstance(metadata, Mapping):
+        return None
     in_namespace = {**metadata, "namespace": metadata.get("namespace") or namespace}
     return ClaimIndex.key_of({**obj, "metadata": in_namespace})
 

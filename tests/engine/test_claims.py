@@ -302,3 +302,35 @@ def test_a_denial_names_the_first_pods_and_counts_the_others():
         "25 more pods waiting for ResourceClaim shared are taken past max-four/gpu as well"
     )
     assert len(render_denial(decision)) < 8_000
+
+
+# -- shapes no API server sends get a decision, not an exception ---------------------------------
+
+
+def _claim(**changes) -> dict:
+    return {**lab.resource_claim("shared", NS, gpus(8)), **changes}
+
+
+@pytest.mark.parametrize(
+    ("claim", "allowed"),
+    [
+        (_claim(metadata="shared"), True),  # no name to find its pods by: nothing waits for it
+        (_claim(metadata=["shared"]), True),
+        (_claim(spec={"devices": {"requests": 5}}), True),  # asks for nothing countable
+        (_claim(spec={"devices": "gpus"}), True),
+        (_claim(spec=["gpus"]), True),
+    ],
+    ids=["metadata a string", "metadata a list", "requests a number", "devices a string", "spec a list"],
+)
+def test_an_odd_claim_gets_a_decision(claim, allowed):
+    assert judged(claim, waiting()).allowed is allowed
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"status": 5}, {"status": {"resourceClaimStatuses": 5}}, {"status": {"phase": ["Pending"]}}],
+    ids=["status a number", "claim statuses a number", "phase a list"],
+)
+def test_a_waiting_pod_of_odd_status_is_still_judged(changes):
+    """Its spec names the claim and no node: it waits for it, whatever its status says."""
+    assert not judged(lab.resource_claim("shared", NS, gpus(8)), {**waiting(), **changes}).allowed
