@@ -11,6 +11,7 @@ operator while the test runs; without a stack it runs standalone.
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -279,3 +280,18 @@ class OperatorProcess:
             stop_process(self.process, timeout=30)
         self._log.close()
         self._log_file.unlink(missing_ok=True)
+
+
+def admissions_answered(stack: Any, kind: str, operation: str, *decisions: str) -> float:
+    """Admission requests for `kind` and `operation` the session's webhook has answered so far, by
+    its own metrics (`comptroller_admission_requests_total`); only those of `decisions`, if given."""
+    context = ssl.create_default_context(cafile=str(stack.certs / "ca.crt"))
+    with urllib.request.urlopen(stack.webhook_url + "/metrics", context=context, timeout=5) as response:
+        text = response.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("comptroller_admission_requests_total{")
+        and f'kind="{kind}"' in line and f'operation="{operation}"' in line
+        and (not decisions or any(f'decision="{d}"' in line for d in decisions))
+    )

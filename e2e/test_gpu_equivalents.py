@@ -18,9 +18,7 @@ operator and webhook (chart RBAC) count them:
 
 from __future__ import annotations
 
-import ssl
 import time
-import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -29,7 +27,14 @@ import yaml
 
 from e2e import accelerators as acc
 from e2e.accelerators import LAB
-from e2e.helpers import COMPLIANT_LABELS, fresh_namespace, get_json, team_budget, wait_until
+from e2e.helpers import (
+    COMPLIANT_LABELS,
+    admissions_answered,
+    fresh_namespace,
+    get_json,
+    team_budget,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -344,20 +349,6 @@ def test_a_claim_created_after_its_pod_is_judged_by_what_it_gives_the_pod(stack,
         cluster.kubectl("delete", "gpubudget", f"team-{team}", "--ignore-not-found", check=False)
 
 
-def claim_reviews(stack) -> float:
-    """ResourceClaim creations the webhook has answered so far (its own metrics): only `/claim`
-    matches ResourceClaims."""
-    context = ssl.create_default_context(cafile=str(stack.certs / "ca.crt"))
-    with urllib.request.urlopen(stack.webhook_url + "/metrics", context=context, timeout=5) as response:
-        text = response.read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("comptroller_admission_requests_total{")
-        and 'kind="ResourceClaim"' in line and 'operation="CREATE"' in line
-    )
-
-
 def test_a_pod_owner_written_on_a_claim_does_not_skip_its_judgment(stack, cluster, accelerator_lab,
                                                                     namespace):
     """Only the resource claim controller's claims for one pod skip the claim webhook: a claim of 16
@@ -428,7 +419,7 @@ def test_a_template_created_after_a_jobs_pods_is_judged_for_all_of_them(stack, c
         assert refused.stderr.count("GPU-hours of the pods judged with it") == 2, refused.stderr
         assert "count: 1" in refused.stderr, refused.stderr
         assert get_json(cluster, "resourceclaimtemplate", "per-pod", "-n", namespace) is None
-        reviewed = claim_reviews(stack)
+        reviewed = admissions_answered(stack, "ResourceClaim", "CREATE")
         admitted = apply(cluster, per_pod(1))
         assert admitted.returncode == 0, admitted.stderr
         # The resource claim controller makes each pod its claim; the claim webhook's
@@ -436,7 +427,7 @@ def test_a_template_created_after_a_jobs_pods_is_judged_for_all_of_them(stack, c
         claims = ("resourceclaims", "-n", namespace)
         wait_until(lambda: len((get_json(cluster, *claims) or {}).get("items", [])) == 4,
                    timeout=60, what="the 4 claims made from the template")
-        assert claim_reviews(stack) == reviewed
+        assert admissions_answered(stack, "ResourceClaim", "CREATE") == reviewed
     finally:
         cluster.kubectl("delete", "jobs,pods", "--all", "-n", namespace, "--wait=false", check=False)
         cluster.kubectl("delete", "resourceclaims,resourceclaimtemplates", "--all", "-n", namespace,

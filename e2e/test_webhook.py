@@ -7,8 +7,6 @@ broken webhook fails these tests instead of silently admitting.
 from __future__ import annotations
 
 import json
-import ssl
-import urllib.request
 import uuid
 
 import pytest
@@ -16,7 +14,7 @@ import yaml
 
 from controller.constants import MUTATING_WEBHOOK
 from controller.engine.mutation_scope import CONDITION_NAME
-from e2e.helpers import COMPLIANT_LABELS, policy, team_budget, wait_until
+from e2e.helpers import COMPLIANT_LABELS, admissions_answered, policy, team_budget, wait_until
 from e2e.stack import CONFIGURATION, NAMESPACE
 
 
@@ -345,16 +343,7 @@ def mutate_condition(cluster) -> str | None:
 
 def pods_through_mutate(stack) -> float:
     """Pod CREATEs the webhook's /mutate has answered so far (its own metrics)."""
-    context = ssl.create_default_context(cafile=str(stack.certs / "ca.crt"))
-    with urllib.request.urlopen(stack.webhook_url + "/metrics", context=context, timeout=5) as response:
-        text = response.read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("comptroller_admission_requests_total{")
-        and 'kind="Pod"' in line and 'operation="CREATE"' in line
-        and ('decision="mutated"' in line or 'decision="unchanged"' in line)
-    )
+    return admissions_answered(stack, "Pod", "CREATE", "mutated", "unchanged")
 
 
 def test_the_api_server_calls_mutate_only_for_pods_mutation_would_change(stack, cluster, namespace):
