@@ -353,7 +353,8 @@ def test_a_pod_owner_written_on_a_claim_does_not_skip_its_judgment(stack, cluste
                                                                     namespace):
     """Only the resource claim controller's claims for one pod skip the claim webhook: a claim of 16
     GPUs for 2 h that a user creates with a Pod ownerReference to the admitted pod that names it (a
-    Projected budget of 20 GPU-hours) is refused as any other, through the API server."""
+    Projected budget of 20 GPU-hours) is refused as any other, through the API server; so is one
+    created for a pod's template entry, which the resource claim controller takes as the pod's."""
     team = f"owner-{uuid.uuid4().hex[:6]}"
     labels = {**COMPLIANT_LABELS, "team": team}
     expires = (datetime.now(UTC) + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -374,6 +375,33 @@ def test_a_pod_owner_written_on_a_claim_does_not_skip_its_judgment(stack, cluste
         assert 'admission webhook "claim.finops.comptroller.dev" denied the request' in refused.stderr
         assert "pod waits-for-owned: worst case 16 GPUs" in refused.stderr, refused.stderr
         assert get_json(cluster, "resourceclaim", "owned", "-n", namespace) is None
+
+        # A pod naming a template that does not exist yet: the resource claim controller takes any
+        # claim whose controller is the pod and whose annotation names the entry, as the claim
+        # made from the template, whoever created it. So such a claim is judged for the pod.
+        per_pod = acc.template_pod("waits-for-template", namespace, "not-yet", labels=labels,
+                                   node_selector={"node.kubernetes.io/instance-type": "g5.xlarge"})
+        per_pod["metadata"]["annotations"] = {"expires_at": expires}
+        assert apply(cluster, per_pod).returncode == 0
+        pod_uid = get_json(cluster, "pod", "waits-for-template", "-n", namespace)["metadata"]["uid"]
+
+        def for_entry(name: str, count: int) -> dict:
+            asked = [acc.device_request("gpus", acc.GPU_CLASS, count=count)]
+            made = acc.resource_claim(name, namespace, asked)
+            made["metadata"]["annotations"] = {"resource.kubernetes.io/pod-claim-name": "gpus"}
+            owner = {"apiVersion": "v1", "kind": "Pod", "name": "waits-for-template", "uid": pod_uid}
+            made["metadata"]["ownerReferences"] = [{**owner, "controller": True}]
+            return made
+
+        refused = apply(cluster, for_entry("by-hand", 16))
+        assert refused.returncode != 0
+        assert "pod waits-for-template: worst case 16 GPUs" in refused.stderr, refused.stderr
+        assert apply(cluster, for_entry("by-hand", 8)).returncode == 0
+        taken = wait_until(
+            lambda: [s for s in (get_json(cluster, "pod", "waits-for-template", "-n", namespace) or {})
+                     .get("status", {}).get("resourceClaimStatuses") or () if s.get("resourceClaimName")],
+            timeout=30, what="the resource claim controller taking the claim made by hand")
+        assert taken == [{"name": "gpus", "resourceClaimName": "by-hand"}]
     finally:
         cluster.kubectl("delete", "pods,resourceclaims", "--all", "-n", namespace, "--wait=false",
                         check=False)

@@ -22,8 +22,10 @@ from controller.engine.accelerators import (
     DEFAULT_EQUIVALENCE,
     ClaimIndex,
     ClaimLookup,
+    ClaimRef,
     claim_gpus,
     claim_refs,
+    generated_claims,
 )
 from controller.engine.api import Decision, Snapshot, Violation
 from controller.engine.evaluation import GPU_COUNT, evaluate
@@ -41,8 +43,9 @@ def judge_claim(
     namespace: str | None = None,
 ) -> Decision:
     """Judge the creation of `claim` (a ResourceClaim or ResourceClaimTemplate) by what it adds to
-    the `pods` of its namespace that name it and still wait for the scheduler (others are skipped:
-    the caller may pass every pod of the namespace). `namespace` overrides `metadata.namespace`."""
+    the `pods` of its namespace that still wait for the scheduler and whose devices it decides
+    (`_taken`; others are skipped: the caller may pass every pod of the namespace). `namespace`
+    overrides `metadata.namespace`."""
     metadata = claim.get("metadata")
     metadata = metadata if isinstance(metadata, Mapping) else {}
     ns = namespace or metadata.get("namespace") or ""
@@ -52,9 +55,12 @@ def judge_claim(
     if key is None or ns in snapshot.excluded_namespaces:
         return decision
     _, kind, name = key
-    waiting = sorted((pod for pod in pods if waiting_for(pod, kind, name)), key=_age)
-    if not waiting:
+    matched = [(pod, taken) for pod in pods if (taken := _taken(pod, claim, kind, name)) is not None]
+    if not matched:
         return decision
+    matched.sort(key=lambda pair: _age(pair[0]))
+    waiting = [pod for pod, _ in matched]
+    taking = [taken for _, taken in matched]
     before = _together(waiting, snapshot, now, ns)
     # The GPUs each GPU limit and budget counts, by the rule and name its violations carry.
     counted: dict[tuple[str, str], tuple[str, ...]] = {
@@ -69,10 +75,10 @@ def judge_claim(
         violations: list[Found] = []
         warnings: list[Found] = []
         team = ""
-        after = _together(waiting, with_claim, now, ns)
-        for pod, old, new in zip(waiting, before, after, strict=True):
+        after = _together(taking, with_claim, now, ns)
+        for pod, taken, old, new in zip(waiting, taking, before, after, strict=True):
             pod_name = str((pod.get("metadata") or {}).get("name") or "")
-            grows = _Grows(pod, snapshot, with_claim)
+            grows = _Grows(pod, snapshot, taken, with_claim)
             # A claim that gives the pod more of the GPUs a GPU limit or a budget counts takes what
             # the pod broke already further past (a spent budget, a limit per pod): that is the
             # claim's doing too. More of other devices (a NIC, GPUs the rule does not count) is
@@ -162,9 +168,12 @@ class _Grows:
     """Whether a claim gives a pod more of the GPUs a rule counts (its `resources`), asked once
     per list: None (a rule that counts none) is never more."""
 
-    def __init__(self, pod: Mapping[str, Any], without: Snapshot, with_claim: Snapshot) -> None:
+    def __init__(
+        self, pod: Mapping[str, Any], without: Snapshot, taken: Mapping[str, Any], with_claim: Snapshot
+    ) -> None:
         self.pod = pod
         self.without = without
+        self.taken = taken
         self.with_claim = with_claim
         self.known: dict[tuple[str, ...], bool] = {}
 
@@ -174,7 +183,7 @@ class _Grows:
         grows = self.known.get(resources)
         if grows is None:
             grows = self.known[resources] = workload_gpus(
-                self.pod, snapshot=self.with_claim, resources=resources
+                self.taken, snapshot=self.with_claim, resources=resources
             ) > workload_gpus(self.pod, snapshot=self.without, resources=resources)
         return grows
 
@@ -251,15 +260,91 @@ def made_by_the_claim_controller(claim: Mapping[str, Any], username: str) -> boo
 def waiting_for(pod: Mapping[str, Any], kind: str, name: str) -> bool:
     """Whether `pod` names the claim (or template) and has not been bound to a node, finished or
     been deleted: what the claim holds is still to decide what it runs with."""
+    return _waiting(pod) and any(ref.kind == kind and ref.name == name for ref in _refs(pod))
+
+
+def _waiting(pod: Mapping[str, Any]) -> bool:
     spec = pod.get("spec")
     if pod.get("kind", "Pod") != "Pod" or not isinstance(spec, Mapping) or spec.get("nodeName"):
         return False
     metadata, status = pod.get("metadata"), pod.get("status")
     if isinstance(metadata, Mapping) and metadata.get("deletionTimestamp"):
         return False
-    if isinstance(status, Mapping) and status.get("phase") in ("Succeeded", "Failed"):
-        return False
-    return any(ref.kind == kind and ref.name == name for ref in claim_refs(spec.get("resourceClaims")))
+    return not (isinstance(status, Mapping) and status.get("phase") in ("Succeeded", "Failed"))
+
+
+def _refs(pod: Mapping[str, Any]) -> list[ClaimRef]:
+    spec = pod.get("spec")
+    return list(claim_refs(spec.get("resourceClaims"))) if isinstance(spec, Mapping) else []
+
+
+POD_CLAIM_ANNOTATION = "resource.kubernetes.io/pod-claim-name"
+"""On a ResourceClaim owned by a pod: the pod's `resourceClaims` entry it is for. The resource claim
+controller takes such a claim as the one made from the entry's template, whoever created it."""
+
+
+def _taken(
+    pod: Mapping[str, Any], claim: Mapping[str, Any], kind: str, name: str
+) -> Mapping[str, Any] | None:
+    """The waiting pod as it is judged with the claim, when the claim decides what it holds; None
+    when it does not. A pod holds a ResourceClaim it names, one its status records as made for one
+    of its entries (made again after a deletion), and one whose controller ownerReference and
+    POD_CLAIM_ANNOTATION make it the claim of a template entry: the resource claim controller takes
+    it instead of making one, whoever created it. A template decides what its pods hold through
+    the claims made from it: the claims made from it before (perhaps from an older template of the
+    name) count no longer, as they may be deleted and made again from this one."""
+    if not _waiting(pod):
+        return None
+    refs = _refs(pod)
+    made = generated_claims(pod)
+    if kind == "ResourceClaimTemplate":
+        entries = {ref.entry for ref in refs if ref.kind == kind and ref.name == name}
+        if not entries:
+            return None
+        if not entries & made.keys():
+            return pod
+        return _with_statuses(pod, lambda s: s.get("name") not in entries)
+    if any(ref.kind == kind and ref.name == name for ref in refs) or name in made.values():
+        return pod
+    entry = _entry_claimed(claim, pod)
+    templates = {ref.entry for ref in refs if ref.kind == "ResourceClaimTemplate"}
+    if entry is None or entry not in templates:
+        return None
+    return _with_statuses(pod, lambda s: s.get("name") != entry, {"name": entry, "resourceClaimName": name})
+
+
+def _with_statuses(
+    pod: Mapping[str, Any], keep: Callable[[Mapping[str, Any]], bool], *added: Mapping[str, Any]
+) -> Mapping[str, Any]:
+    """The pod with only the `resourceClaimStatuses` it `keep`s, and those `added`."""
+    status = pod.get("status")
+    status = status if isinstance(status, Mapping) else {}
+    statuses = status.get("resourceClaimStatuses")
+    kept = [s for s in statuses if isinstance(s, Mapping) and keep(s)] if isinstance(statuses, list) else []
+    return {**pod, "status": {**status, "resourceClaimStatuses": [*kept, *added]}}
+
+
+def _entry_claimed(claim: Mapping[str, Any], pod: Mapping[str, Any]) -> str | None:
+    """The pod's entry the claim is for (POD_CLAIM_ANNOTATION), when its controller is the pod."""
+    metadata, pod_metadata = claim.get("metadata"), pod.get("metadata")
+    if not isinstance(metadata, Mapping) or not isinstance(pod_metadata, Mapping):
+        return None
+    annotations = metadata.get("annotations")
+    entry = annotations.get(POD_CLAIM_ANNOTATION) if isinstance(annotations, Mapping) else None
+    owners = metadata.get("ownerReferences")
+    if not isinstance(entry, str) or not isinstance(owners, list):
+        return None
+    for owner in owners:
+        if (
+            isinstance(owner, Mapping)
+            and owner.get("controller") is True
+            and owner.get("apiVersion") == "v1"
+            and owner.get("kind") == "Pod"
+            and owner.get("name") == pod_metadata.get("name")
+            and (not pod_metadata.get("uid") or owner.get("uid") == pod_metadata.get("uid"))
+        ):
+            return entry
+    return None
 
 
 ClaimKey = tuple[str, str, str]

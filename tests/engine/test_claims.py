@@ -93,6 +93,41 @@ def test_only_the_resource_claim_controller_makes_claims_for_one_pod():
     assert [v.key for v in decision.violations] == ["maxGPUsPerPod"]
 
 
+def claim_for_entry(name: str, count: int, *, pod: str = "trainer", entry: str = "gpus") -> dict:
+    """A claim anyone may create for a pod's template entry: the resource claim controller takes a
+    claim whose controller is the pod and whose annotation names the entry, instead of making one."""
+    made = lab.resource_claim(name, NS, gpus(count))
+    made["metadata"]["annotations"] = {"resource.kubernetes.io/pod-claim-name": entry}
+    made["metadata"]["ownerReferences"] = [
+        {"apiVersion": "v1", "kind": "Pod", "name": pod, "uid": "u", "controller": True}
+    ]
+    return made
+
+
+def test_a_claim_made_by_hand_for_a_pods_template_entry_is_judged_for_the_pod():
+    """No pod names it, yet it is the pod's claim: judged for it, as the template would be."""
+    pod = waiting(claim="per-pod", template=True)
+    assert [v.key for v in judged(claim_for_entry("mine", 8), pod).violations] == ["maxGPUsPerPod"]
+    assert judged(claim_for_entry("mine", 4), pod).allowed
+    assert judged(claim_for_entry("mine", 8, pod="another"), pod).allowed  # not its claim
+    assert judged(claim_for_entry("mine", 8, entry="other"), pod).allowed  # no such entry
+
+
+def test_a_claim_made_again_by_hand_under_the_name_the_pods_status_records_is_judged():
+    """The claim made for the pod was deleted; one of 8 created under its name is what it gets."""
+    pod = made_for_it(waiting(claim="per-pod", template=True))
+    assert not judged(lab.resource_claim("trainer-gpus-x7k2", NS, gpus(8)), pod).allowed
+
+
+def test_a_template_made_again_is_judged_by_what_it_asks_not_the_claims_made_before():
+    """A pending pod's claim was made from a template of 1 GPU; a template of 8 under the same name
+    decides what the claim made again (after a deletion) holds: judged, it is refused."""
+    pod = made_for_it(waiting(claim="per-pod", template=True))
+    before = ClaimIndex([lab.resource_claim("trainer-gpus-x7k2", NS, gpus(1))])
+    assert not judged(lab.claim_template("per-pod", NS, gpus(8)), pod, claims=before).allowed
+    assert judged(lab.claim_template("per-pod", NS, gpus(4)), pod, claims=before).allowed
+
+
 def test_an_unallocated_claim_deleted_and_created_bigger_is_judged_against_the_new_one():
     """The watch cache may still hold the old claim (2 GPUs): the new one counts, not the old."""
     old = ClaimIndex([lab.resource_claim("shared", NS, gpus(2))])
