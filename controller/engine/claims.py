@@ -134,8 +134,8 @@ def _others(others: list[Found], kind: str, name: str) -> Violation:
     rules = ", ".join(sorted({f"{v.policy}/{v.rule}" for _, v in others}))
     return replace(
         first,
-        message=f"{pods} more pods waiting for {kind} {name} are taken past {rules} as well",
-        summary=f"{pods} more pods past {rules}",
+        message=f"{pods} more pods waiting for {kind} {name}: the same from {rules}",
+        summary=f"{pods} more pods: the same from {rules}",
         fix=f"# ask for fewer devices, or delete the pods waiting for {kind} {name} first",
         edits=(),
     )

@@ -19,6 +19,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -34,6 +35,11 @@ FAILURE_WARNING = "comptroller: internal error, admitted by failure mode"
 SCALE_UNREAD = "could not read the workload being scaled"
 CLAIM_UNREAD = "could not list the pods waiting for this claim"
 CLAIM_UNJUDGED = "could not judge the pods waiting for this claim in time"
+CLAIM_BUSY = "the webhook is busy judging other claims"
+CLAIMS_UNREAD = "could not read the DRA claims this workload names"
+MAX_CLAIM_JUDGES = 2
+"""Claim reviews judged at once, each in its own thread of a pool of this size (a late one keeps its
+thread until done): more are answered by the failure mode at once, never queued behind them."""
 SCALE_UNJUDGED_WARNING = f"comptroller: {SCALE_UNREAD}; admitted unjudged"
 CLAIM_UNJUDGED_WARNING = f"comptroller: {CLAIM_UNREAD}; admitted unjudged"
 _SKIPPED_OPERATIONS = frozenset({"DELETE", "CONNECT"})
@@ -115,6 +121,8 @@ class Admission:
         self._render_denial = render_denial
         self._explain_denial = explain
         self._render_warning = render_warning
+        self._judges = ThreadPoolExecutor(MAX_CLAIM_JUDGES, thread_name_prefix="comptroller-claim-judge")
+        self._judging = 0
 
     # -- the endpoints -------------------------------------------------------------------------
 
@@ -127,7 +135,9 @@ class Admission:
         """`/validate` of a workload naming DRA claims: those the watch cache does not know yet (a
         claim created a moment before its pod, or a webhook just started) are read from the API
         server (off the event loop, with a deadline) before it is judged, so they count what they
-        ask rather than 1 GPU each. Those that cannot be read still count 1 GPU, with the note."""
+        ask rather than 1 GPU each. Those that do not exist count 1 GPU, with the note (the claim
+        webhook judges them when they are created); when they cannot be read, the failure mode
+        decides: counted so too, or refused (`/claim` may never see this pod again)."""
         started = time.perf_counter()
         try:
             request = parse_review(body)
@@ -145,7 +155,14 @@ class Admission:
                               request.name)
                 missing = []
             if missing:
-                found = await self._read_claims(request, missing)
+                try:
+                    found = await self._read_claims(request, missing)
+                except Exception as error:  # API server away or slow: the failure mode decides
+                    if self.settings.failure_mode == "deny":
+                        return self._unjudged(request, "validate", started, CLAIMS_UNREAD, error)
+                    log.warning("validate %s %s/%s: could not read its claims %s: %s", request.kind,
+                                request.namespace, request.name, missing, error)
+                    found = []  # counted as 1 GPU each, with the note
                 try:
                     snapshot = self._with_claims(current, found, namespace=request.namespace)
                 except Exception:  # an object read that is not a claim: counted as 1 GPU, as unread
@@ -163,12 +180,7 @@ class Admission:
             objects = (fetch(request.namespace, kind, name) for kind, name in missing)
             return [obj for obj in objects if obj is not None]
 
-        try:
-            return await asyncio.wait_for(asyncio.to_thread(read), PARENT_TIMEOUT_SECONDS)
-        except Exception as error:  # API server away or slow: counted as 1 GPU each, as before
-            log.warning("validate %s %s/%s: could not read its claims %s: %s", request.kind,
-                        request.namespace, request.name, missing, error)
-            return []
+        return await asyncio.wait_for(asyncio.to_thread(read), PARENT_TIMEOUT_SECONDS)
 
     def mutate(self, body: bytes) -> Reply:
         return self._answer(body, "mutate", self._mutate)
@@ -253,14 +265,22 @@ class Admission:
         judge = functools.partial(self._decide, request, webhook, lambda r: review(r, found))
         if not off_loop or found is None:
             content, decision = judge()
+        elif self._judging >= MAX_CLAIM_JUDGES:
+            return self._unjudged(request, webhook, started, CLAIM_BUSY, RuntimeError("all judges busy"))
         else:
             left = REVIEW_DEADLINE_SECONDS - (time.perf_counter() - started)
+            self._judging += 1
+            judged = asyncio.get_running_loop().run_in_executor(self._judges, judge)
+            judged.add_done_callback(self._judged)
             try:
-                content, decision = await asyncio.wait_for(asyncio.to_thread(judge), max(left, 0.0))
+                content, decision = await asyncio.wait_for(asyncio.shield(judged), max(left, 0.0))
             except TimeoutError as error:
                 return self._unjudged(request, webhook, started, off_loop, error)
         self._count(request, decision, webhook, started)
         return 200, content
+
+    def _judged(self, _: Any) -> None:
+        self._judging -= 1  # on the loop: a done callback
 
     def _unjudged(
         self, request: AdmissionRequest, webhook: str, started: float, what: str, error: Exception

@@ -129,12 +129,39 @@ def test_judging_the_waiting_pods_runs_off_the_loop_and_answers_by_the_deadline(
         response = answer(client, claim(1))
     finally:
         release.set()
-    assert judged_on and judged_on[0] != threading.main_thread().name
+    assert judged_on and judged_on[0].startswith("comptroller-claim-judge")
     assert response["allowed"] is allowed
     if allowed:
         assert response["warnings"] == [
             "comptroller: could not judge the pods waiting for this claim in time; admitted unjudged"
         ]
+
+
+def test_claims_past_the_judges_at_work_are_answered_at_once_by_the_failure_mode(monkeypatch):
+    """Judgments past their deadline keep their threads until done: while every judge is busy, the
+    next claim is not queued behind them."""
+    from controller.engine import claims
+    from controller.webhook import admission
+
+    monkeypatch.setattr(admission, "REVIEW_DEADLINE_SECONDS", 0.05)
+    release = threading.Event()
+    judge = claims.judge_claim
+
+    def stuck(*args, **kwargs):
+        release.wait(5)
+        return judge(*args, **kwargs)
+
+    monkeypatch.setattr(claims, "judge_claim", stuck)
+    client = make_client(MAX_FOUR, list_unscheduled=Pods(waiting_pod()))
+    late = "comptroller: could not judge the pods waiting for this claim in time; admitted unjudged"
+    try:
+        for _ in range(admission.MAX_CLAIM_JUDGES):
+            assert answer(client, claim(8))["warnings"] == [late]
+        busy = answer(client, claim(8))
+    finally:
+        release.set()
+    assert busy["allowed"] is True
+    assert busy["warnings"] == ["comptroller: the webhook is busy judging other claims; admitted unjudged"]
 
 
 @pytest.mark.parametrize(
@@ -192,6 +219,20 @@ def test_a_pod_whose_claim_the_cache_does_not_know_yet_is_judged_with_it_read_fr
     assert response["allowed"] is False
     assert "8 GPUs per pod; at most 4 per pod allowed" in response["status"]["message"]
     assert claims.asked == [(NS, "ResourceClaim", "shared")]
+
+
+def test_under_failure_mode_deny_a_pod_whose_claims_cannot_be_read_is_denied():
+    """Counted as 1 GPU, a claim created before the pod would never be judged: /claim has seen
+    its creation, with no pod waiting for it yet."""
+    from controller.webhook.settings import WebhookSettings
+
+    client = make_client(MAX_FOUR, settings=WebhookSettings(failure_mode="deny"),
+                         fetch_claim=Claims(error=ConnectionError("refused")))
+    response = answer(client, waiting_pod(), path="/validate")
+    assert response["allowed"] is False and response["status"]["code"] == 500
+    assert response["status"]["message"].startswith(
+        "comptroller: could not read the DRA claims this workload names (refused); denied by failure mode"
+    )
 
 
 @pytest.mark.parametrize("claims", [Claims(), Claims(error=ConnectionError("refused"))],
