@@ -74,13 +74,52 @@ class Decision:
     """For a denial whose caller asked (`controller.engine.fixing.explain`): the JointFix, one set of
     changes that admits the workload, which the denial message then prints instead of each
     violation's own fix."""
-    draws: dict[str, float] = field(default_factory=dict)
-    """Judged together with others (`evaluate(drawn=...)`): the GPU-hours this workload draws from
-    each `Projected` budget that covers it, by name."""
+    draws: dict[str, Draw] = field(default_factory=dict)
+    """Judged together with others (`evaluate(drawn=...)`): what this workload draws from each
+    `Projected` budget that covers it, by name."""
 
     @property
     def all_violations(self) -> list[Violation]:
         return [*self.violations, *self.warnings, *self.audit]
+
+
+@dataclass(frozen=True)
+class Draw:
+    """What one workload judged together with others draws from a `Projected` budget at worst."""
+
+    held: float
+    """GPU-hours of the GPUs its pods hold on their own, from now to its `expires_at` (or the
+    period's end)."""
+    claims: Mapping[str, float]
+    """The GPUs of each ResourceClaim it shares with others (by name), held as long as any sharer."""
+    hours: float
+    """The hours it may run this period."""
+
+
+@dataclass(frozen=True)
+class Drawn:
+    """What the workloads judged before one draw from a `Projected` budget, together."""
+
+    gpu_hours: float = 0.0
+    claims: Mapping[str, float] = field(default_factory=dict)
+    """The longest a sharer holds each shared ResourceClaim so far, in hours: one that runs longer
+    draws only the claim's extra hours, one that ends sooner nothing more."""
+
+    def add(self, draw: Draw) -> Drawn:
+        claims = dict(self.claims)
+        gpu_hours = self.gpu_hours + draw.held
+        for name, gpus in draw.claims.items():
+            longest = claims.get(name, 0.0)
+            gpu_hours += gpus * max(draw.hours - longest, 0.0)
+            claims[name] = max(longest, draw.hours)
+        return Drawn(gpu_hours, claims)
+
+    def before(self, shared: Mapping[str, float], hours: float) -> float:
+        """The GPU-hours drawn before a workload that shares the `shared` claims (GPUs by name) for
+        `hours`, less what it counts itself: the hours of its shared claims others already drew."""
+        counted = sum(gpus * min(hours, self.claims[name]) for name, gpus in shared.items()
+                      if name in self.claims)
+        return max(self.gpu_hours - counted, 0.0)
 
 
 @dataclass(frozen=True)

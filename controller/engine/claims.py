@@ -27,7 +27,7 @@ from controller.engine.accelerators import (
     claim_refs,
     generated_claims,
 )
-from controller.engine.api import Decision, Snapshot, Violation
+from controller.engine.api import Decision, Drawn, Snapshot, Violation
 from controller.engine.evaluation import GPU_COUNT, evaluate
 from controller.engine.messages import gpus_text, render_fix
 from controller.engine.view import workload_gpus
@@ -150,11 +150,11 @@ def _together(waiting: list[Mapping[str, Any]], snapshot: Snapshot, now: datetim
     what remains after what the pods before it draw (a template gives every pod of a Job its own
     devices, and each alone may fit where all of them do not)."""
     decisions: list[Decision] = []
-    drawn: dict[str, float] = {}
+    drawn: dict[str, Drawn] = {}
     for pod in waiting:
         decision = evaluate(pod, snapshot=snapshot, now=now, mutate=False, namespace=ns, drawn=dict(drawn))
-        for budget, hours in decision.draws.items():
-            drawn[budget] = drawn.get(budget, 0.0) + hours
+        for budget, draw in decision.draws.items():
+            drawn[budget] = drawn.get(budget, Drawn()).add(draw)
         decisions.append(decision)
     return decisions
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from controller.constants import BUDGET_GATE, DEFAULT_GPU_RESOURCES
 from controller.engine import queueing
-from controller.engine.api import Decision, Enforcement, Snapshot, Violation
+from controller.engine.api import Decision, Drawn, Enforcement, Snapshot, Violation
 from controller.engine.expiry import projection_key
 from controller.engine.matching import namespace_labels_of, placement_matches
 from controller.engine.models import RULE_FAMILIES
@@ -50,7 +50,7 @@ def evaluate(
     namespace: str | None = None,
     old_object: Mapping[str, Any] | None = None,
     gates_owned: frozenset[str] | None = None,
-    drawn: Mapping[str, float] | None = None,
+    drawn: Mapping[str, Drawn] | None = None,
 ) -> Decision:
     """Judge one workload.
 

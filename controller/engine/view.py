@@ -127,6 +127,15 @@ class WorkloadView:
         ResourceClaim its pods share counts once."""
         return (self._gpus.get(resources) or self._count_gpus(resources))[1]
 
+    def shared_gpus(self, resources: tuple[str, ...]) -> dict[str, float]:
+        """GPU-equivalents of each ResourceClaim the workload's pods share (by name): held once."""
+        counts = resource_filter(resources)
+        shared: dict[str, float] = {}
+        for asked in self.asks():
+            for claim in asked.shared:
+                shared[claim] = max(shared.get(claim, 0.0), asked.shared_total(claim, counts))
+        return shared
+
     def held_gpus(self, resources: tuple[str, ...]) -> float:
         """GPU-equivalents the workload's pods hold each on their own (per-pod x pods): without the
         named ResourceClaims they share, which another workload naming them holds as well."""

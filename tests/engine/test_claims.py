@@ -192,6 +192,31 @@ def test_a_claim_pods_share_counts_once_for_all_of_them():
     assert not judged(lab.resource_claim("shared", NS, gpus(5)), *pods, items=(room_for(4),)).allowed
 
 
+@pytest.mark.parametrize("oldest", ["long", "short"])
+def test_a_shared_claim_is_held_as_long_as_its_longest_sharer_whatever_the_order(oldest):
+    """Pod `long` (100 h) holds only the shared claim, pod `short` (10 h) 8 GPUs of its own too. The
+    claim's 8 GPUs are held for 100 h: 800 + 80 GPU-hours do not fit 800, whichever pod is older."""
+    from datetime import timedelta
+
+    from controller.engine.expiry import format_annotation
+
+    def sharer(name: str, hours: int, own: int, created: str) -> dict:
+        pod = waiting(name)
+        if own:
+            pod["spec"]["containers"][0]["resources"]["limits"] = {"nvidia.com/gpu": str(own)}
+        pod["metadata"]["annotations"] = {"expires_at": format_annotation(NOW + timedelta(hours=hours))}
+        pod["metadata"]["creationTimestamp"] = created
+        return pod
+
+    first, second = "2026-11-22T10:00:00Z", "2026-11-22T10:00:01Z"
+    pods = [sharer("long", 100, 0, first if oldest == "long" else second),
+            sharer("short", 10, 8, first if oldest == "short" else second)]
+    room = budget("team-nlp", used=0, period_end=END, selector={"matchLabels": NLP}, gpuHours=800,
+                  period="Monthly", admission="Projected")
+    assert not judged(lab.resource_claim("shared", NS, gpus(8)), *pods, items=(room,)).allowed
+    assert judged(lab.resource_claim("shared", NS, gpus(7)), *pods, items=(room,)).allowed  # 7 x 100 + 8 x 10
+
+
 def test_an_instance_type_a_pod_had_is_not_the_doing_of_a_claim_that_adds_gpus():
     """The pod pins an instance type the policy stopped allowing after it was admitted: a claim of
     2 GPUs, within its limit, does not change where it runs, and is admitted."""

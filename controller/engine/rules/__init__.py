@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from controller.engine.api import Drawn
+
 
 @dataclass(slots=True)
 class Context:
@@ -25,8 +27,8 @@ class Context:
     passed the old object."""
     expiry_key: str = "expires_at"
     """The `expires_at` key of the matching policies (budgets project up to it)."""
-    drawn: Mapping[str, float] | None = None
-    """GPU-hours other workloads judged together with this one already draw from each `Projected`
+    drawn: Mapping[str, Drawn] | None = None
+    """What other workloads judged together with this one already draw from each `Projected`
     budget (by name), before this one: a claim created for several waiting pods
     (controller.engine.claims). None: judged alone."""
 

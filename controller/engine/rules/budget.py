@@ -20,7 +20,7 @@ import math
 from datetime import datetime, timedelta
 from typing import Any
 
-from controller.engine.api import Violation
+from controller.engine.api import Draw, Violation
 from controller.engine.budgets import current_usage, hours_left, max_gpus_for
 from controller.engine.expiry import format_annotation, format_label
 from controller.engine.messages import fix_fields, gpus_text
@@ -78,7 +78,8 @@ def validate(budget: Any, view: Any, ctx: Context) -> list[Violation]:
         ]
     if not projected:
         return []
-    drawn = ctx.drawn.get(budget.name, 0.0) if ctx.drawn else 0.0
+    together = ctx.drawn.get(budget.name) if ctx.drawn else None
+    drawn = together.before(view.shared_gpus(spec.resource_tuple), hours) if together else 0.0
     remaining = max(remaining - drawn, 0.0)
     needed = added * hours + extended
     if needed <= remaining + 1e-9:
@@ -98,13 +99,14 @@ def validate(budget: Any, view: Any, ctx: Context) -> list[Violation]:
     ]
 
 
-def draw(budget: Any, view: Any, ctx: Context) -> float:
-    """The GPU-hours a workload a `Projected` budget covers draws from it at worst, as one judged
-    together with others (`Context.drawn`) counts them: the GPUs its pods hold on their own, from
-    now until its `expires_at` or the period's end. A ResourceClaim pods share is left out: each
-    pod naming it counts it in its own judgment."""
+def draw(budget: Any, view: Any, ctx: Context) -> Draw:
+    """What a workload a `Projected` budget covers draws from it at worst, as one judged together
+    with others (`Context.drawn`) counts it: the GPUs its pods hold on their own and those of the
+    ResourceClaims they share, from now until its `expires_at` or the period's end."""
     _, period_end = current_usage(budget, ctx.now)
-    return float(view.held_gpus(budget.spec.resource_tuple) * _hours_left(view, ctx, period_end))
+    hours = _hours_left(view, ctx, period_end)
+    resources = budget.spec.resource_tuple
+    return Draw(float(view.held_gpus(resources) * hours), view.shared_gpus(resources), hours)
 
 
 def _hours_left(view: Any, ctx: Context, period_end: datetime) -> float:
