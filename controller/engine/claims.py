@@ -83,19 +83,17 @@ def judge_claim(
             # the pod broke already further past (a spent budget, a limit per pod): that is the
             # claim's doing too. More of other devices (a NIC, GPUs the rule does not count) is
             # not, nor is an instance type it had.
-            seen = {(v.policy, v.rule, v.key) for v in old.violations}
-            violations += [
-                (pod_name, v)
-                for v in new.violations
-                if (v.policy, v.rule, v.key) not in seen
-                or (v.key != "instanceType" and grows(counted.get((v.rule, v.policy))))
-            ]
-            noted = {(v.policy, v.key, v.message) for v in old.warnings}
-            warnings += [
-                (pod_name, v)
-                for v in new.warnings
-                if v.policy != GPU_COUNT and (v.policy, v.key, v.message) not in noted
-            ]
+            # Warnings alike (a Warn budget's numbers change with what the pods before it draw).
+            for mine, was, now_ in ((violations, old.violations, new.violations),
+                                    (warnings, old.warnings, new.warnings)):
+                seen = {(v.policy, v.rule, v.key) for v in was}
+                mine += [
+                    (pod_name, v)
+                    for v in now_
+                    if v.policy != GPU_COUNT
+                    and ((v.policy, v.rule, v.key) not in seen
+                         or (v.key != "instanceType" and grows(counted.get((v.rule, v.policy)))))
+                ]
             team = team or new.team
         return violations, warnings, team
 
