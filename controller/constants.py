@@ -33,6 +33,9 @@ CLAIM_CONTROLLER_USERS = (
     "system:serviceaccount:kube-system:resource-claim-controller",
     "system:kube-controller-manager",
 )
+# On a ResourceClaim whose controller is a Pod: the pod's `resourceClaims` entry it is for. The resource
+# claim controller takes such a claim as the one made from the entry's template, whoever created it.
+POD_CLAIM_ANNOTATION = "resource.kubernetes.io/pod-claim-name"
 
 DEFAULT_EXPIRY_KEY = "expires_at"
 # `*`: every accelerator the GPU-equivalence table knows (controller.engine.accelerators); a list of

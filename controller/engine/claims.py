@@ -17,7 +17,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from controller.constants import CLAIM_CONTROLLER_USERS
+from controller.constants import CLAIM_CONTROLLER_USERS, POD_CLAIM_ANNOTATION
 from controller.engine.accelerators import (
     DEFAULT_EQUIVALENCE,
     ClaimIndex,
@@ -41,11 +41,13 @@ def judge_claim(
     snapshot: Snapshot,
     now: datetime,
     namespace: str | None = None,
+    old: Mapping[str, Any] | None = None,
 ) -> Decision:
     """Judge the creation of `claim` (a ResourceClaim or ResourceClaimTemplate) by what it adds to
     the `pods` of its namespace that still wait for the scheduler and whose devices it decides
     (`_taken`; others are skipped: the caller may pass every pod of the namespace). `namespace`
-    overrides `metadata.namespace`."""
+    overrides `metadata.namespace`. With `old`, an update (`claim_update_judged`): judged only for
+    the pods whose devices the claim decides now and did not decide as `old`."""
     metadata = claim.get("metadata")
     metadata = metadata if isinstance(metadata, Mapping) else {}
     ns = namespace or metadata.get("namespace") or ""
@@ -54,11 +56,10 @@ def judge_claim(
     decision = Decision(resource=f"{claim.get('kind', '')}/{ns}/{name}", allowed=True)
     if key is None or ns in snapshot.excluded_namespaces:
         return decision
-    _, kind, name = key
-    matched = [(pod, taken) for pod in pods if (taken := _taken(pod, claim, kind, name)) is not None]
+    matched = _matched(claim, pods, key, old)
     if not matched:
         return decision
-    matched.sort(key=lambda pair: _age(pair[0]))
+    _, kind, name = key
     waiting = [pod for pod, _ in matched]
     taking = [taken for _, taken in matched]
     before = _together(waiting, snapshot, now, ns)
@@ -112,6 +113,37 @@ def judge_claim(
             listed.append(_others(others, kind, name))
     decision.allowed = not decision.violations
     return decision
+
+
+def waiting_on(
+    claim: Mapping[str, Any],
+    pods: Iterable[Mapping[str, Any]],
+    *,
+    namespace: str | None = None,
+    old: Mapping[str, Any] | None = None,
+) -> list[Mapping[str, Any]]:
+    """The `pods` `judge_claim` judges `claim` for (those waiting whose devices it decides), oldest
+    first: a caller with none to pass has nothing to judge, and need not wait for a judge."""
+    metadata = claim.get("metadata")
+    ns = namespace or (metadata.get("namespace") if isinstance(metadata, Mapping) else None) or ""
+    key = _key(claim, ns)
+    return [pod for pod, _ in _matched(claim, pods, key, old)] if key is not None else []
+
+
+def _matched(
+    claim: Mapping[str, Any], pods: Iterable[Mapping[str, Any]], key: ClaimKey, old: Mapping[str, Any] | None
+) -> list[tuple[Mapping[str, Any], Mapping[str, Any]]]:
+    """Each waiting pod whose devices the claim decides (and did not decide as `old`), oldest first,
+    with the pod as it is judged with the claim (`_taken`)."""
+    _, kind, name = key
+    matched = [
+        (pod, taken)
+        for pod in pods
+        if (taken := _taken(pod, claim, kind, name)) is not None
+        and (old is None or _taken(pod, old, kind, name) != taken)
+    ]
+    matched.sort(key=lambda pair: _age(pair[0]))
+    return matched
 
 
 MAX_NAMED_PODS = 10
@@ -243,16 +275,17 @@ the review must answer within the webhook's timeout."""
 def made_by_the_claim_controller(claim: Mapping[str, Any], username: str) -> bool:
     """A ResourceClaim the resource claim controller made for one pod from its template: the
     template was judged with the pod, and no pod names the claim it makes (it is found through the
-    pod's status), so judging it would only list pods for nothing. A Pod ownerReference alone does
-    not make one: anyone may write it on a claim they create for a pod that names it."""
-    if username not in CLAIM_CONTROLLER_USERS:
-        return False
-    metadata = claim.get("metadata")
-    owners = metadata.get("ownerReferences") if isinstance(metadata, Mapping) else None
-    return isinstance(owners, list) and any(
-        isinstance(owner, Mapping) and owner.get("kind") == "Pod" and owner.get("apiVersion") == "v1"
-        for owner in owners
-    )
+    pod's status), so judging it would only list pods for nothing. A Pod owner alone does not make
+    one: anyone may write it on a claim they create for a pod that names it."""
+    return username in CLAIM_CONTROLLER_USERS and _pod_owner(claim) is not None
+
+
+def claim_update_judged(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    """Whether an update of a ResourceClaim may change what a waiting pod holds: its spec cannot
+    change, but an owner and an annotation written on it later make it the claim the resource
+    claim controller takes for a pod's template entry (`_pod_entry`), as if created so."""
+    entry = _pod_entry(new)
+    return new.get("kind") == "ResourceClaim" and entry is not None and entry != _pod_entry(old or {})
 
 
 def waiting_for(pod: Mapping[str, Any], kind: str, name: str) -> bool:
@@ -274,11 +307,6 @@ def _waiting(pod: Mapping[str, Any]) -> bool:
 def _refs(pod: Mapping[str, Any]) -> list[ClaimRef]:
     spec = pod.get("spec")
     return list(claim_refs(spec.get("resourceClaims"))) if isinstance(spec, Mapping) else []
-
-
-POD_CLAIM_ANNOTATION = "resource.kubernetes.io/pod-claim-name"
-"""On a ResourceClaim owned by a pod: the pod's `resourceClaims` entry it is for. The resource claim
-controller takes such a claim as the one made from the entry's template, whoever created it."""
 
 
 def _taken(
@@ -323,25 +351,36 @@ def _with_statuses(
 
 
 def _entry_claimed(claim: Mapping[str, Any], pod: Mapping[str, Any]) -> str | None:
-    """The pod's entry the claim is for (POD_CLAIM_ANNOTATION), when its controller is the pod."""
-    metadata, pod_metadata = claim.get("metadata"), pod.get("metadata")
-    if not isinstance(metadata, Mapping) or not isinstance(pod_metadata, Mapping):
-        return None
-    annotations = metadata.get("annotations")
+    """The pod's entry the claim is for, when the claim is the pod's by `_pod_entry`."""
+    entry = _pod_entry(claim)
+    metadata = pod.get("metadata")
+    uid = metadata.get("uid") if isinstance(metadata, Mapping) else None
+    return entry[1] if entry is not None and uid and entry[0] == uid else None
+
+
+def _pod_entry(claim: Mapping[str, Any]) -> tuple[str, str] | None:
+    """`(pod uid, entry)`: the pod whose template entry the resource claim controller takes the
+    claim for instead of making one, and that entry (POD_CLAIM_ANNOTATION). It finds such claims
+    by their controller Pod's uid alone, whatever name the reference gives."""
+    metadata = claim.get("metadata")
+    annotations = metadata.get("annotations") if isinstance(metadata, Mapping) else None
     entry = annotations.get(POD_CLAIM_ANNOTATION) if isinstance(annotations, Mapping) else None
-    owners = metadata.get("ownerReferences")
-    if not isinstance(entry, str) or not isinstance(owners, list):
-        return None
-    for owner in owners:
+    owner = _pod_owner(claim)
+    return (owner, entry) if isinstance(entry, str) and owner else None
+
+
+def _pod_owner(claim: Mapping[str, Any]) -> str | None:
+    """The uid of the claim's controller, when that is a Pod (the API allows one controller)."""
+    metadata = claim.get("metadata")
+    owners = metadata.get("ownerReferences") if isinstance(metadata, Mapping) else None
+    for owner in owners if isinstance(owners, list) else ():
         if (
             isinstance(owner, Mapping)
             and owner.get("controller") is True
             and owner.get("apiVersion") == "v1"
             and owner.get("kind") == "Pod"
-            and owner.get("name") == pod_metadata.get("name")
-            and (not pod_metadata.get("uid") or owner.get("uid") == pod_metadata.get("uid"))
         ):
-            return entry
+            return str(owner.get("uid") or "")
     return None
 
 

@@ -11,7 +11,13 @@ import pytest
 
 from controller.engine import evaluate
 from controller.engine.accelerators import ClaimIndex, generated_claims, pod_gpus
-from controller.engine.claims import judge_claim, made_by_the_claim_controller, waiting_for
+from controller.engine.claims import (
+    claim_update_judged,
+    judge_claim,
+    made_by_the_claim_controller,
+    waiting_for,
+    waiting_on,
+)
 from controller.engine.messages import render_denial
 from e2e import accelerators as lab
 from tests.engine.engine_cases import NOW, apply_fix, budget, policy, snapshot
@@ -29,6 +35,7 @@ def gpus(count: int) -> list[dict]:
 def waiting(name: str = "trainer", *, claim: str = "shared", template: bool = False, **extra) -> dict:
     source = {"resourceClaimTemplateName": claim} if template else {"resourceClaimName": claim}
     manifest = lab.pod(name, NS, claims={"gpus": source}, labels=NLP)
+    manifest["metadata"]["uid"] = f"uid-{name}"  # as the API server lists it
     manifest["spec"].update(extra)
     return manifest
 
@@ -93,13 +100,15 @@ def test_only_the_resource_claim_controller_makes_claims_for_one_pod():
     assert [v.key for v in decision.violations] == ["maxGPUsPerPod"]
 
 
-def claim_for_entry(name: str, count: int, *, pod: str = "trainer", entry: str = "gpus") -> dict:
+def claim_for_entry(
+    name: str, count: int, *, uid: str = "uid-trainer", owner: str = "trainer", entry: str = "gpus"
+) -> dict:
     """A claim anyone may create for a pod's template entry: the resource claim controller takes a
     claim whose controller is the pod and whose annotation names the entry, instead of making one."""
     made = lab.resource_claim(name, NS, gpus(count))
     made["metadata"]["annotations"] = {"resource.kubernetes.io/pod-claim-name": entry}
     made["metadata"]["ownerReferences"] = [
-        {"apiVersion": "v1", "kind": "Pod", "name": pod, "uid": "u", "controller": True}
+        {"apiVersion": "v1", "kind": "Pod", "name": owner, "uid": uid, "controller": True}
     ]
     return made
 
@@ -109,8 +118,57 @@ def test_a_claim_made_by_hand_for_a_pods_template_entry_is_judged_for_the_pod():
     pod = waiting(claim="per-pod", template=True)
     assert [v.key for v in judged(claim_for_entry("mine", 8), pod).violations] == ["maxGPUsPerPod"]
     assert judged(claim_for_entry("mine", 4), pod).allowed
-    assert judged(claim_for_entry("mine", 8, pod="another"), pod).allowed  # not its claim
     assert judged(claim_for_entry("mine", 8, entry="other"), pod).allowed  # no such entry
+
+
+def test_the_pod_a_claim_is_made_for_is_the_one_its_owner_uid_names_whatever_the_name():
+    """The resource claim controller finds a pod's claims by its uid alone (an index of controller
+    references by uid): a reference with the pod's uid and another name is the pod's claim; one
+    with the pod's name and another uid (a pod of that name deleted and created again) is not."""
+    pod = waiting(claim="per-pod", template=True)
+    assert not judged(claim_for_entry("mine", 8, owner="someone-else"), pod).allowed
+    assert judged(claim_for_entry("mine", 8, uid="uid-of-an-older-trainer"), pod).allowed
+    controlled = claim_for_entry("mine", 8)
+    controlled["metadata"]["ownerReferences"][0]["controller"] = False  # not its controller
+    assert judged(controlled, pod).allowed
+
+
+def test_a_claim_updated_to_be_a_pods_is_judged_for_it_as_if_created_so():
+    """The spec of a claim cannot change, but an owner and the annotation written on it later make
+    it the claim the resource claim controller takes for the pod's entry: judged then. An update
+    that changes nothing a pod holds is not judged, nor is the claim judged again for a pod it was
+    the pod's before."""
+    pod = waiting(claim="per-pod", template=True)
+    plain = lab.resource_claim("mine", NS, gpus(8))
+    owned = claim_for_entry("mine", 8)
+    assert claim_update_judged(plain, owned)
+    assert not claim_update_judged(owned, owned) and not claim_update_judged(owned, plain)
+    labelled = copy.deepcopy(owned)
+    labelled["metadata"]["labels"] = {"reviewed": "yes"}
+    assert not claim_update_judged(owned, labelled)
+    assert claim_update_judged(owned, claim_for_entry("mine", 8, entry="other"))
+    assert not claim_update_judged(None, lab.claim_template("per-pod", NS, gpus(8)))
+    known = replace(snapshot(MAX_FOUR), claims=ClaimIndex())
+    assert [v.key for v in judge_claim(owned, [pod], snapshot=known, now=NOW, old=plain).violations] == [
+        "maxGPUsPerPod"
+    ]
+    assert judge_claim(labelled, [pod], snapshot=known, now=NOW, old=owned).allowed
+    assert waiting_on(owned, [pod], old=plain) == [pod] and waiting_on(labelled, [pod], old=owned) == []
+
+
+def test_a_warning_the_pod_had_is_the_claims_only_when_it_takes_the_pod_further():
+    """Under a Warn policy the 6 container GPUs of the pod were warned of at its admission: a claim
+    of a NIC does not repeat the warning, one of 8 GPUs more does, naming the pod."""
+    warn = policy("max-four", enforcement="Warn", gpu={"maxGPUsPerPod": 4})
+    pod = waiting()
+    pod["spec"]["containers"][0]["resources"]["limits"] = {"nvidia.com/gpu": "6"}
+    nic = judged(lab.resource_claim("shared", NS, [lab.device_request("nic", "rdma.example.com")]), pod,
+                 items=(warn,))
+    assert nic.allowed and not nic.warnings
+    eight = judged(lab.resource_claim("shared", NS, gpus(8)), pod, items=(warn,))
+    assert eight.allowed and not eight.violations
+    assert [w.message.split(":")[0] for w in eight.warnings] == ["pod trainer"]
+    assert "14 GPUs per pod" in eight.warnings[0].message
 
 
 def test_a_claim_made_again_by_hand_under_the_name_the_pods_status_records_is_judged():
