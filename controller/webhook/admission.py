@@ -17,6 +17,7 @@ import asyncio
 import functools
 import json
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -39,7 +40,10 @@ CLAIM_BUSY = "the webhook is busy judging other claims"
 CLAIMS_UNREAD = "could not read the DRA claims this workload names"
 MAX_CLAIM_JUDGES = 2
 """Claim reviews judged at once, each in its own thread of a pool of this size (a late one keeps its
-thread until done): more are answered by the failure mode at once, never queued behind them."""
+thread until done): another waits JUDGE_WAIT_SECONDS at most for one to be free, then is answered by
+the failure mode, never queued behind judgments that run late. A claim no pod waits for needs none."""
+JUDGE_WAIT_SECONDS = 1.0
+JUDGE_POLL_SECONDS = 0.01
 SCALE_UNJUDGED_WARNING = f"comptroller: {SCALE_UNREAD}; admitted unjudged"
 CLAIM_UNJUDGED_WARNING = f"comptroller: {CLAIM_UNREAD}; admitted unjudged"
 _SKIPPED_OPERATIONS = frozenset({"DELETE", "CONNECT"})
@@ -97,9 +101,11 @@ class Admission:
         fetch_claim: FetchClaim | None = None,
     ) -> None:
         from controller.engine.claims import (
+            claim_update_judged,
             judge_claim,
             made_by_the_claim_controller,
             unresolved_claims,
+            waiting_on,
             with_claims,
         )
         from controller.engine.fixing import explain
@@ -115,6 +121,8 @@ class Admission:
         self.fetch_claim = fetch_claim
         self._judge_claim = judge_claim
         self._made_by_the_claim_controller = made_by_the_claim_controller
+        self._claim_update_judged = claim_update_judged
+        self._waiting_on = waiting_on
         self._unresolved_claims = unresolved_claims
         self._with_claims = with_claims
         self._excluded = settings.excluded_namespaces
@@ -122,7 +130,8 @@ class Admission:
         self._explain_denial = explain
         self._render_warning = render_warning
         self._judges = ThreadPoolExecutor(MAX_CLAIM_JUDGES, thread_name_prefix="comptroller-claim-judge")
-        self._judging = 0
+        self._judging = 0  # judges taken: counted from the loop and the judges' own threads
+        self._judging_lock = threading.Lock()
 
     # -- the endpoints -------------------------------------------------------------------------
 
@@ -198,15 +207,16 @@ class Admission:
         )
 
     async def claim(self, body: bytes) -> Reply:
-        """A DRA ResourceClaim or ResourceClaimTemplate created: the pods of its namespace not yet
-        bound to a node are listed from the API server (off the event loop, with a deadline), and
-        the engine judges what the claim adds to those that name it."""
+        """A DRA ResourceClaim or ResourceClaimTemplate created, or a ResourceClaim updated to be a
+        pod's (`claim_update_judged`): the pods of its namespace not yet bound to a node are listed
+        from the API server (off the event loop, with a deadline), and the engine judges what the
+        claim adds to those whose devices it decides."""
         return await self._answer_with_read(
             body,
             "claim",
-            read=self._unscheduled,
+            read=self._waiting_for_claim,
             wanted=lambda r: not self._passes_untouched(r)
-            and r.operation == "CREATE"
+            and (r.operation == "CREATE" or self._claim_update_judged(r.old_object, r.object))
             and not self._made_by_the_claim_controller(r.object, r.username),
             unread=CLAIM_UNREAD,
             review=self._claim,
@@ -263,15 +273,13 @@ class Admission:
             except Exception as error:  # API server away or slow: the failure mode decides
                 return self._unjudged(request, webhook, started, unread, error)
         judge = functools.partial(self._decide, request, webhook, lambda r: review(r, found))
-        if not off_loop or found is None:
+        if not off_loop or not found:  # nothing read, or nothing to judge: answered on the loop
             content, decision = judge()
-        elif self._judging >= MAX_CLAIM_JUDGES:
+        elif not await self._a_judge(started):
             return self._unjudged(request, webhook, started, CLAIM_BUSY, RuntimeError("all judges busy"))
         else:
             left = REVIEW_DEADLINE_SECONDS - (time.perf_counter() - started)
-            self._judging += 1
-            judged = asyncio.get_running_loop().run_in_executor(self._judges, judge)
-            judged.add_done_callback(self._judged)
+            judged = asyncio.get_running_loop().run_in_executor(self._judges, self._judged, judge)
             try:
                 content, decision = await asyncio.wait_for(asyncio.shield(judged), max(left, 0.0))
             except TimeoutError as error:
@@ -279,8 +287,26 @@ class Admission:
         self._count(request, decision, webhook, started)
         return 200, content
 
-    def _judged(self, _: Any) -> None:
-        self._judging -= 1  # on the loop: a done callback
+    async def _a_judge(self, started: float) -> bool:
+        """Take a judge when one is free, or frees up within JUDGE_WAIT_SECONDS of the review's
+        start (looked at every JUDGE_POLL_SECONDS: most judgments take milliseconds), leaving the
+        rest of the deadline to the judgment; False when none did."""
+        while True:
+            with self._judging_lock:
+                if self._judging < MAX_CLAIM_JUDGES:
+                    self._judging += 1
+                    return True
+            if time.perf_counter() - started >= JUDGE_WAIT_SECONDS:
+                return False
+            await asyncio.sleep(JUDGE_POLL_SECONDS)
+
+    def _judged(self, judge: Callable[[], tuple[bytes, str]]) -> tuple[bytes, str]:
+        """`judge` in a judge's thread, which frees the judge when done (late or not)."""
+        try:
+            return judge()
+        finally:
+            with self._judging_lock:
+                self._judging -= 1
 
     def _unjudged(
         self, request: AdmissionRequest, webhook: str, started: float, what: str, error: Exception
@@ -358,7 +384,7 @@ class Admission:
             "now": self.clock(),
             "operation": request.operation,
             "namespace": request.namespace or None,
-            "old_object": request.old_object if request.operation == "UPDATE" else None,
+            "old_object": self._old(request),
         }
         how["gates_owned"] = self.settings.gates_owned(request.username)
         decision = self.evaluate(request.object, mutate=mutate, **how)
@@ -407,13 +433,21 @@ class Admission:
         group, version, plural = request.resource
         return self.fetch_workload(group, version, plural, request.namespace, request.name)
 
-    def _unscheduled(self, request: AdmissionRequest) -> list[Mapping[str, Any]]:
+    def _waiting_for_claim(self, request: AdmissionRequest) -> list[Mapping[str, Any]]:
+        """The unscheduled pods whose devices the claim decides: most claims are created before
+        their pods, none waits, and they are answered at once without taking a judge."""
         if self.list_unscheduled is None:
             raise NoApiAccess("no API access to list pods (webhook serving policy files)")
-        return self.list_unscheduled(request.namespace)
+        pods = self.list_unscheduled(request.namespace)
+        namespace = request.namespace or None
+        return self._waiting_on(request.object, pods, namespace=namespace, old=self._old(request))
+
+    @staticmethod
+    def _old(request: AdmissionRequest) -> Mapping[str, Any] | None:
+        return request.old_object if request.operation == "UPDATE" else None
 
     def _claim(self, request: AdmissionRequest, pods: list[Mapping[str, Any]] | None) -> tuple[bytes, str]:
-        if pods is None:  # not a creation, or a claim made for one pod from its template
+        if pods is None:  # nothing a pod may hold changed, or a claim made for one pod from its template
             return response_body(request.uid, allowed=True), "skipped"
         if not self.view.ready():
             raise NotReady("policy view not synced with the API server yet")
@@ -423,6 +457,7 @@ class Admission:
             snapshot=self.view.snapshot(),
             now=self.clock(),
             namespace=request.namespace or None,
+            old=self._old(request),
         )
         return self._render(request, decision)
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from controller import constants
-from controller.constants import IGNORE_NAMESPACE_LABEL
+from controller.constants import IGNORE_NAMESPACE_LABEL, POD_CLAIM_ANNOTATION
 from controller.engine.mutation_scope import CONDITION_NAME
 from controller.webhook.settings import DEFAULT_NAMESPACE
 
@@ -49,21 +49,42 @@ SCALE_RESOURCES: Mapping[str, tuple[str, ...]] = {
 }
 
 # The DRA objects `/claim` judges at their creation: a pod may name one before it exists, admitted
-# counting it as 1 GPU, and what it then holds is decided by the claim
-# (docs/crds.md#dra-claims-created-after-their-pods).
+# counting it as 1 GPU, and what it then holds is decided by the claim; and the ResourceClaim updates
+# that make a claim a pod's (docs/crds.md#dra-claims-created-after-their-pods).
 CLAIM_RESOURCES: Mapping[str, tuple[str, ...]] = {
     "resource.k8s.io": ("resourceclaims", "resourceclaimtemplates"),
 }
-CLAIM_CONDITION = (
-    "!(request.userInfo.username in ["
-    + ", ".join(f"'{user}'" for user in constants.CLAIM_CONTROLLER_USERS)
-    + "] && has(object.metadata.ownerReferences) && "
-    "object.metadata.ownerReferences.exists(r, r.apiVersion == 'v1' && r.kind == 'Pod'))"
+CLAIM_UPDATE_RESOURCES: Mapping[str, tuple[str, ...]] = {"resource.k8s.io": ("resourceclaims",)}
+_POD_CONTROLLER = (
+    "has({o}.metadata.ownerReferences) && {o}.metadata.ownerReferences.exists(r, r.apiVersion == 'v1'"
+    " && r.kind == 'Pod' && has(r.controller) && r.controller)"
 )
-"""The claims `/claim` is called for: not those the resource claim controller makes for one pod
-from its template (the template was judged with the pod, and no pod names the claim it makes). A Pod
-ownerReference alone is not enough: anyone may write one. The webhook checks the same itself."""
-
+_ENTRY = f"'{POD_CLAIM_ANNOTATION}'"
+CLAIM_CONDITIONS: tuple[tuple[str, str], ...] = (
+    (
+        "not-made-by-the-claim-controller",
+        "!(request.userInfo.username in ["
+        + ", ".join(f"'{user}'" for user in constants.CLAIM_CONTROLLER_USERS)
+        + "] && "
+        + _POD_CONTROLLER.format(o="object")
+        + ")",
+    ),
+    (
+        "created-or-made-a-pods",
+        "request.operation == 'CREATE' || ("
+        f"has(object.metadata.annotations) && {_ENTRY} in object.metadata.annotations && "
+        + _POD_CONTROLLER.format(o="object")
+        + f" && !(has(oldObject.metadata.annotations) && {_ENTRY} in oldObject.metadata.annotations"
+        f" && oldObject.metadata.annotations[{_ENTRY}] == object.metadata.annotations[{_ENTRY}]"
+        " && has(oldObject.metadata.ownerReferences)"
+        " && oldObject.metadata.ownerReferences == object.metadata.ownerReferences))",
+    ),
+)
+"""When the API server calls `/claim` (the webhook checks the same itself): not for the claims the
+resource claim controller makes for one pod from its template (the template was judged with the
+pod, and no pod names the claim it makes; a Pod owner alone is not enough: anyone may write one),
+and for an update only when it gives the claim a Pod controller and the annotation naming its entry
+(the scheduler updates every claim it allocates: those are not sent)."""
 
 def webhook_rules(
     resources: Mapping[str, Iterable[str]] = WORKLOAD_RESOURCES,
@@ -157,10 +178,9 @@ def webhook_configurations(
                 "name": CLAIM_NAME,
                 "clientConfig": client_config("/claim"),
                 **common,
-                "rules": webhook_rules(CLAIM_RESOURCES, ("CREATE",)),
-                "matchConditions": [
-                    {"name": "not-made-by-the-claim-controller", "expression": CLAIM_CONDITION}
-                ],
+                "rules": webhook_rules(CLAIM_RESOURCES, ("CREATE",))
+                + webhook_rules(CLAIM_UPDATE_RESOURCES, ("UPDATE",)),
+                "matchConditions": [{"name": name, "expression": cel} for name, cel in CLAIM_CONDITIONS],
             },
         ],
     }

@@ -122,18 +122,18 @@ def test_the_validating_configuration_judges_workloads_and_their_scale_subresour
 
 
 def test_the_claim_webhook_is_the_one_registration_renders():
-    """The chart and `make up` register the same claim rules and condition, and the webhook may
+    """The chart and `make up` register the same claim rules and conditions, and the webhook may
     list the pods a claim is judged for."""
-    from controller.webhook.registration import CLAIM_CONDITION, CLAIM_RESOURCES
+    from controller.webhook.registration import CLAIM_CONDITIONS, CLAIM_RESOURCES, CLAIM_UPDATE_RESOURCES
 
     objects = rendered()
     claim = next(w for w in every_webhook(objects) if w["name"].startswith("claim."))
     assert [(r["apiGroups"], r["resources"], r["operations"]) for r in claim["rules"]] == [
-        (list(group), list(resources), ["CREATE"]) for group, resources in [
-            ((g,), r) for g, r in CLAIM_RESOURCES.items()]
+        ([group], list(resources), [operation])
+        for registered, operation in ((CLAIM_RESOURCES, "CREATE"), (CLAIM_UPDATE_RESOURCES, "UPDATE"))
+        for group, resources in registered.items()
     ]
-    condition = {"name": "not-made-by-the-claim-controller", "expression": CLAIM_CONDITION}
-    assert claim["matchConditions"] == [condition]
+    assert claim["matchConditions"] == [{"name": name, "expression": cel} for name, cel in CLAIM_CONDITIONS]
     rules = one(objects, "ClusterRole", "comptroller-webhook")["rules"]
     assert {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]} in rules
 

@@ -88,7 +88,11 @@ def test_a_slow_api_server_admits_after_the_deadline(monkeypatch):
     assert response["allowed"] is True and response["warnings"] == [CLAIM_UNJUDGED_WARNING]
 
 
-OWNED = {"ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": "trainer", "uid": "u"}]}
+OWNED = {
+    "ownerReferences": [
+        {"apiVersion": "v1", "kind": "Pod", "name": "trainer", "uid": "u", "controller": True}
+    ]
+}
 CLAIM_CONTROLLER = "system:serviceaccount:kube-system:resource-claim-controller"
 
 
@@ -137,13 +141,14 @@ def test_judging_the_waiting_pods_runs_off_the_loop_and_answers_by_the_deadline(
         ]
 
 
-def test_claims_past_the_judges_at_work_are_answered_at_once_by_the_failure_mode(monkeypatch):
-    """Judgments past their deadline keep their threads until done: while every judge is busy, the
-    next claim is not queued behind them."""
+def test_claims_past_the_judges_at_work_are_answered_by_the_failure_mode_when_none_frees_up(monkeypatch):
+    """Judgments past their deadline keep their threads until done: while every judge stays busy,
+    the next claim waits JUDGE_WAIT_SECONDS at most, and is not queued behind them."""
     from controller.engine import claims
     from controller.webhook import admission
 
     monkeypatch.setattr(admission, "REVIEW_DEADLINE_SECONDS", 0.05)
+    monkeypatch.setattr(admission, "JUDGE_WAIT_SECONDS", 0.1)
     release = threading.Event()
     judge = claims.judge_claim
 
@@ -158,10 +163,71 @@ def test_claims_past_the_judges_at_work_are_answered_at_once_by_the_failure_mode
         for _ in range(admission.MAX_CLAIM_JUDGES):
             assert answer(client, claim(8))["warnings"] == [late]
         busy = answer(client, claim(8))
+        unwaited = answer(client, claim(8, name="no-pod-names-it"))
     finally:
         release.set()
     assert busy["allowed"] is True
     assert busy["warnings"] == ["comptroller: the webhook is busy judging other claims; admitted unjudged"]
+    # No pod waits for this one: nothing to judge, answered at once without a judge.
+    assert unwaited["allowed"] is True and "warnings" not in unwaited
+
+
+def test_a_claim_waits_for_a_judge_that_frees_up_and_is_judged(monkeypatch):
+    """One judgment runs late; the next claim arrives while it still runs and gets the judge once
+    it is done, within JUDGE_WAIT_SECONDS: judged (denied), not waved through as busy."""
+    from controller.engine import claims
+    from controller.webhook import admission
+
+    monkeypatch.setattr(admission, "MAX_CLAIM_JUDGES", 1)
+    monkeypatch.setattr(admission, "REVIEW_DEADLINE_SECONDS", 0.5)
+    release = threading.Event()
+    judge = claims.judge_claim
+    calls: list[int] = []
+
+    def first_stuck(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            release.wait(5)
+        return judge(*args, **kwargs)
+
+    monkeypatch.setattr(claims, "judge_claim", first_stuck)
+    client = make_client(MAX_FOUR, list_unscheduled=Pods(waiting_pod()))
+    threading.Timer(0.6, release.set).start()
+    try:
+        assert answer(client, claim(1))["warnings"] == [
+            "comptroller: could not judge the pods waiting for this claim in time; admitted unjudged"
+        ]
+        waited = answer(client, claim(8))
+    finally:
+        release.set()
+    assert waited["allowed"] is False, waited
+    assert "pod trainer: 8 GPUs per pod" in waited["status"]["message"]
+
+
+def entry_pod() -> dict:
+    """A pod whose claim is made from a template for its entry `gpus`, as the API server lists it."""
+    template = {"gpus": {"resourceClaimTemplateName": "per-pod"}}
+    pod = lab.pod("trainer", NS, claims=template, labels={"team": "nlp"})
+    pod["metadata"]["uid"] = "u"
+    return pod
+
+
+def test_a_claim_updated_to_be_a_waiting_pods_is_judged():
+    """Created plain (no pod waits for it), then given the pod as controller and the annotation
+    naming its entry: the resource claim controller would take it instead of making one from the
+    template. The update is judged as the creation would have been."""
+    plain = claim(8, name="mine")
+    owned = claim(8, name="mine", annotations={"resource.kubernetes.io/pod-claim-name": "gpus"}, **OWNED)
+    pods = Pods(entry_pod())
+    client = make_client(MAX_FOUR, list_unscheduled=pods)
+    assert "warnings" not in answer(client, plain)  # no pod waits for it: admitted
+    response = answer(client, owned, operation="UPDATE", old=plain)
+    assert response["allowed"] is False
+    assert "pod trainer: 8 GPUs per pod; at most 4 per pod allowed" in response["status"]["message"]
+    relabelled = {**owned, "metadata": {**owned["metadata"], "labels": {"reviewed": "yes"}}}
+    asked = len(pods.asked)
+    assert answer(client, relabelled, operation="UPDATE", old=owned)["allowed"] is True
+    assert len(pods.asked) == asked  # nothing a pod holds changed: no pods listed
 
 
 @pytest.mark.parametrize(

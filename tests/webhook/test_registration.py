@@ -123,7 +123,9 @@ def test_the_claim_webhook_judges_claims_and_templates_at_creation_but_not_those
     claim = next(h for h in validating["webhooks"] if h["name"] == "claim.finops.comptroller.dev")
     assert claim["clientConfig"]["url"] == "https://127.0.0.1:8443/claim"
     assert [(r["apiGroups"], r["resources"], r["operations"]) for r in claim["rules"]] == [
-        (["resource.k8s.io"], ["resourceclaims", "resourceclaimtemplates"], ["CREATE"])
+        (["resource.k8s.io"], ["resourceclaims", "resourceclaimtemplates"], ["CREATE"]),
+        (["resource.k8s.io"], ["resourceclaims"], ["UPDATE"]),  # updated to be a pod's
     ]
-    [condition] = claim["matchConditions"]
-    assert "ownerReferences" in condition["expression"] and "'Pod'" in condition["expression"]
+    made, updated = claim["matchConditions"]
+    assert "ownerReferences" in made["expression"] and "'Pod'" in made["expression"]
+    assert "oldObject.metadata.ownerReferences" in updated["expression"]

@@ -160,14 +160,19 @@ controller/webhook/registration.py SCALE_RESOURCES. */}}
 {{- end }}
 {{- end }}
 
-{{/* The DRA objects the claim webhook judges when they are created
-(docs/crds.md#dra-claims-created-after-their-pods). Keep in step with
-controller/webhook/registration.py CLAIM_RESOURCES. */}}
+{{/* The DRA objects the claim webhook judges when they are created, and the ResourceClaim
+updates it judges (docs/crds.md#dra-claims-created-after-their-pods). Keep in step with
+controller/webhook/registration.py CLAIM_RESOURCES and CLAIM_UPDATE_RESOURCES. */}}
 {{- define "comptroller.webhook.claimRules" -}}
 - apiGroups: ["resource.k8s.io"]
   apiVersions: ["*"]
   resources: ["resourceclaims", "resourceclaimtemplates"]
   operations: ["CREATE"]
+  scope: Namespaced
+- apiGroups: ["resource.k8s.io"]
+  apiVersions: ["*"]
+  resources: ["resourceclaims"]
+  operations: ["UPDATE"]
   scope: Namespaced
 {{- end }}
 
