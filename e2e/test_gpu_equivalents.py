@@ -18,6 +18,7 @@ operator and webhook (chart RBAC) count them:
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -206,9 +207,15 @@ def test_claims_that_look_smaller_than_what_the_scheduler_gives_are_counted_as_g
         # No budget: the scheduler gives the fallback alternative, two whole GPUs.
         free = acc.template_pod("free", namespace, "fallback",
                                 labels={**COMPLIANT_LABELS, "team": f"{team}-x"})
+        updates = admissions_answered(stack, "ResourceClaim", "UPDATE")
         assert apply(cluster, free).returncode == 0
         wait_until(lambda: scheduled_at(cluster, namespace, "free"), timeout=60, what="the fallback to run")
         claims = get_json(cluster, "resourceclaims", "-n", namespace)["items"]
+        # The scheduler updates the claim it allocates (its finalizer): the claim webhook's
+        # matchCondition keeps those off the webhook, as every claim scheduled would be.
+        protected = ["resource.kubernetes.io/delete-protection"]
+        assert [c["metadata"].get("finalizers") for c in claims] == [protected]
+        assert admissions_answered(stack, "ResourceClaim", "UPDATE") == updates
         results = [r for c in claims for r in ((c.get("status") or {}).get("allocation") or {})
                    .get("devices", {}).get("results", [])]
         assert [r["request"] for r in results] == ["gpus/real", "gpus/real"], results
@@ -385,23 +392,48 @@ def test_a_pod_owner_written_on_a_claim_does_not_skip_its_judgment(stack, cluste
         assert apply(cluster, per_pod).returncode == 0
         pod_uid = get_json(cluster, "pod", "waits-for-template", "-n", namespace)["metadata"]["uid"]
 
-        def for_entry(name: str, count: int) -> dict:
+        def for_entry(name: str, count: int, owner_name: str = "waits-for-template") -> dict:
             asked = [acc.device_request("gpus", acc.GPU_CLASS, count=count)]
             made = acc.resource_claim(name, namespace, asked)
             made["metadata"]["annotations"] = {"resource.kubernetes.io/pod-claim-name": "gpus"}
-            owner = {"apiVersion": "v1", "kind": "Pod", "name": "waits-for-template", "uid": pod_uid}
+            owner = {"apiVersion": "v1", "kind": "Pod", "name": owner_name, "uid": pod_uid}
             made["metadata"]["ownerReferences"] = [{**owner, "controller": True}]
             return made
 
-        refused = apply(cluster, for_entry("by-hand", 16))
-        assert refused.returncode != 0
-        assert "pod waits-for-template: worst case 16 GPUs" in refused.stderr, refused.stderr
+        # The controller finds a pod's claims by its uid alone: another name changes nothing.
+        for claim in (for_entry("by-hand", 16), for_entry("by-hand", 16, owner_name="someone-else")):
+            refused = apply(cluster, claim)
+            assert refused.returncode != 0
+            assert "pod waits-for-template: worst case 16 GPUs" in refused.stderr, refused.stderr
+
+        # Created plain, no pod waits for it; patched then to be the pod's, it would be taken as
+        # made from the template: the update is judged as the creation would have been. Other
+        # updates (this label) never reach the webhook: the matchCondition sends only those that
+        # make a claim a pod's.
+        sixteen = [acc.device_request("gpus", acc.GPU_CLASS, count=16)]
+        plain = acc.resource_claim("patched", namespace, sixteen)
+        assert apply(cluster, plain).returncode == 0
+        made_the_pods = {"metadata": for_entry("patched", 16)["metadata"]}
+        patched = cluster.kubectl("patch", "resourceclaim", "patched", "-n", namespace, "--type=merge",
+                                  "-p", json.dumps(made_the_pods), check=False)
+        assert patched.returncode != 0
+        assert 'admission webhook "claim.finops.comptroller.dev" denied the request' in patched.stderr
+        assert "pod waits-for-template: worst case 16 GPUs" in patched.stderr, patched.stderr
+        reviewed = admissions_answered(stack, "ResourceClaim", "UPDATE")
+        labelled = cluster.kubectl("label", "resourceclaim", "patched", "-n", namespace, "reviewed=yes",
+                                   check=False)
+        assert labelled.returncode == 0, labelled.stderr
+        assert admissions_answered(stack, "ResourceClaim", "UPDATE") == reviewed
+        assert not (get_json(cluster, "resourceclaim", "patched", "-n", namespace) or {}).get(
+            "metadata", {}).get("ownerReferences")
+        cluster.kubectl("delete", "resourceclaim", "patched", "-n", namespace, check=False)
         assert apply(cluster, for_entry("by-hand", 8)).returncode == 0
         taken = wait_until(
             lambda: [s for s in (get_json(cluster, "pod", "waits-for-template", "-n", namespace) or {})
                      .get("status", {}).get("resourceClaimStatuses") or () if s.get("resourceClaimName")],
             timeout=30, what="the resource claim controller taking the claim made by hand")
         assert taken == [{"name": "gpus", "resourceClaimName": "by-hand"}]
+        assert admissions_answered(stack, "ResourceClaim", "UPDATE") == reviewed
     finally:
         cluster.kubectl("delete", "pods,resourceclaims", "--all", "-n", namespace, "--wait=false",
                         check=False)
