@@ -459,16 +459,16 @@ def pod_gpus(
             value = units * _unit(name, weight, table, facts)
         if value > 0:
             per_pod[name] = per_pod.get(name, 0.0) + value
-    notes: list[str] = []
     if fraction and annotations is not None:
         share = _kai(annotations, table, facts)
         if share > 0:
             per_pod["nvidia.com/gpu"] = per_pod.get("nvidia.com/gpu", 0.0) + share
+    if not dra:  # the GPU pods admission sees most: devices asked as resources, nothing to note
+        return PodGPUs(per_pod, {}, unknown)
+    notes: list[str] = []
     shared: dict[str, dict[str, float]] = {}
-    unresolved = 0.0
     choices: list[tuple[str, Choice]] = []
-    if dra:
-        unresolved = _claims(dra, namespace, table, claims, per_pod, shared, notes, choices, generated)
+    unresolved = _claims(dra, namespace, table, claims, per_pod, shared, notes, choices, generated)
     return PodGPUs(per_pod, shared, unknown, unresolved, tuple(notes), tuple(choices))
 
 

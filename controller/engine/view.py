@@ -149,17 +149,21 @@ class WorkloadView:
         """Each template's GPUs, by what they are asked as (resource or DeviceClass), and the notes
         of what had to be assumed."""
         if self._asks is None:
-            self._asks = [
-                pod_gpus(
-                    t.spec,
-                    _annotations(t.template),
-                    table=self.table,
-                    namespace=self.namespace,
-                    claims=self.claims,
-                    generated=generated_claims(self.manifest) if self.is_pod else None,
+            asks: list[PodGPUs] = []
+            for t in self.templates:  # a loop, not a comprehension: no frame of its own
+                # The claims a pod's status says were made for it matter only to the claims it names.
+                named = self.is_pod and t.spec.get("resourceClaims")
+                asks.append(
+                    pod_gpus(
+                        t.spec,
+                        _annotations(t.template),
+                        table=self.table,
+                        namespace=self.namespace,
+                        claims=self.claims,
+                        generated=generated_claims(self.manifest) if named else None,
+                    )
                 )
-                for t in self.templates
-            ]
+            self._asks = asks
         return self._asks
 
     def gpu_notes(self) -> list[str]:
@@ -173,20 +177,21 @@ class WorkloadView:
 
     def _count_gpus(self, resources: tuple[str, ...]) -> tuple[list[float], float]:
         asks = self.asks()
-        if all(asked is NO_GPUS for asked in asks):  # most pods: nothing to count, whatever counts
-            counted = self._gpus[resources] = ([0.0] * len(asks), 0.0)
-            return counted
         counts = resource_filter(resources)
         per_pod: list[float] = []
         total = 0.0
         shared: dict[str, float] = {}
         for template, asked in zip(self.templates, asks, strict=True):
+            if asked is NO_GPUS:  # most pods: nothing to count, whatever counts
+                per_pod.append(0.0)
+                continue
             own = asked.total(counts, shared=False)
             per_pod.append(asked.total(counts) if asked.shared else own)
             total += own * template.replicas
             for claim in asked.shared:
                 shared[claim] = asked.shared_total(claim, counts)
-        total += sum(shared.values())
+        if shared:
+            total += sum(shared.values())
         counted = self._gpus[resources] = (per_pod, total)
         return counted
 
