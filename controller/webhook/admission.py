@@ -392,7 +392,8 @@ class Admission:
             # The joint fix (docs/fix-hints.md). On any failure each violation keeps its own fix:
             # a denial must never turn into an error.
             try:
-                self._explain_denial(decision, request.object, **how)
+                # A review is parsed JSON: no map in it appears twice (as a YAML alias can).
+                self._explain_denial(decision, request.object, aliases=False, **how)
             except Exception:
                 log.exception("joint fix for %s/%s failed", request.namespace, request.name)
         return decision

@@ -5,8 +5,10 @@ what the plain version does: the joint fix's copies that share what no edit touc
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
+import pytest
 import yaml
 from engine_cases import NOW
 from hypothesis import given, settings
@@ -126,3 +128,25 @@ def test_resource_filter_is_built_once_per_list_and_answers_as_before():
     assert resource_filter(["*"]) is None
     counts = resource_filter(["nvidia.com/mig-*"])
     assert counts is not None and counts("nvidia.com/mig-1g.10gb") and not counts("nvidia.com/gpu")
+
+
+@pytest.mark.parametrize("folder", ["default", "examples"])
+def test_a_review_parsed_from_json_gets_the_same_joint_fix_without_the_alias_walk(folder, monkeypatch):
+    """The webhook says its manifests are JSON (`aliases=False`): the fix is the one the walk would
+    have allowed, for every denied policy test case, and the walk is not done."""
+    from controller.check import namespace_labels_from, read_documents
+    from controller.engine import fixing
+
+    docs = read_documents([POLICIES / folder / "tests"]).documents
+    snap, errors = load_snapshot([POLICIES / folder], namespace_labels=namespace_labels_from(docs))
+    assert not errors
+    denied = [json.loads(json.dumps(doc.body)) for doc in docs
+              if not evaluate(doc.body, snapshot=snap, now=NOW).allowed]
+    assert len(denied) >= 4
+    walked = [joint_fix(manifest, snapshot=snap, now=NOW) for manifest in denied]
+
+    def walk(_document):
+        raise AssertionError("the alias walk ran for a manifest said to be JSON")
+
+    monkeypatch.setattr(fixing, "_aliased", walk)
+    assert [joint_fix(manifest, snapshot=snap, now=NOW, aliases=False) for manifest in denied] == walked

@@ -112,6 +112,18 @@ def test_every_violation_is_in_one_message(client):
         assert word in message
 
 
+def test_a_denial_gets_its_joint_fix_without_walking_the_review_for_yaml_aliases(client, monkeypatch):
+    """A review is parsed JSON, a tree: the webhook says so, and the engine skips the walk."""
+    from controller.engine import fixing
+
+    def walk(_document):
+        raise AssertionError("the alias walk ran on a review")
+
+    monkeypatch.setattr(fixing, "_aliased", walk)
+    message = _response(client.post("/validate", json=review(pod(labels={}))))["status"]["message"]
+    assert "fix (admitted with it)" in message
+
+
 def test_a_pod_created_by_a_controller_is_judged_too(client):
     owner = {
         "apiVersion": "apps/v1",
