@@ -48,10 +48,9 @@ def judge_claim(
     (`_taken`; others are skipped: the caller may pass every pod of the namespace). `namespace`
     overrides `metadata.namespace`. With `old`, an update (`claim_update_judged`): judged only for
     the pods whose devices the claim decides now and did not decide as `old`."""
+    ns, key = _namespace_and_key(claim, namespace)
     metadata = claim.get("metadata")
     metadata = metadata if isinstance(metadata, Mapping) else {}
-    ns = namespace or metadata.get("namespace") or ""
-    key = _key(claim, ns)
     name = str(metadata.get("name") or metadata.get("generateName") or "")
     decision = Decision(resource=f"{claim.get('kind', '')}/{ns}/{name}", allowed=True)
     if key is None or ns in snapshot.excluded_namespaces:
@@ -124,10 +123,15 @@ def waiting_on(
 ) -> list[Mapping[str, Any]]:
     """The `pods` `judge_claim` judges `claim` for (those waiting whose devices it decides), oldest
     first: a caller with none to pass has nothing to judge, and need not wait for a judge."""
+    _, key = _namespace_and_key(claim, namespace)
+    return [pod for pod, _ in _matched(claim, pods, key, old)] if key is not None else []
+
+
+def _namespace_and_key(claim: Mapping[str, Any], namespace: str | None) -> tuple[str, ClaimKey | None]:
+    """The claim's namespace (`namespace` overrides its metadata's) and its key (None: not a claim)."""
     metadata = claim.get("metadata")
     ns = namespace or (metadata.get("namespace") if isinstance(metadata, Mapping) else None) or ""
-    key = _key(claim, ns)
-    return [pod for pod, _ in _matched(claim, pods, key, old)] if key is not None else []
+    return ns, _key(claim, ns)
 
 
 def _matched(
