@@ -279,7 +279,11 @@ class Admission:
             return self._unjudged(request, webhook, started, CLAIM_BUSY, RuntimeError("all judges busy"))
         else:
             left = REVIEW_DEADLINE_SECONDS - (time.perf_counter() - started)
-            judged = asyncio.get_running_loop().run_in_executor(self._judges, self._judged, judge)
+            try:
+                judged = asyncio.get_running_loop().run_in_executor(self._judges, self._judged, judge)
+            except Exception as error:  # no judge's thread took it (a pool shut down): free it here
+                self._free_a_judge()
+                return self._unjudged(request, webhook, started, off_loop, error)
             try:
                 content, decision = await asyncio.wait_for(asyncio.shield(judged), max(left, 0.0))
             except TimeoutError as error:
@@ -305,8 +309,11 @@ class Admission:
         try:
             return judge()
         finally:
-            with self._judging_lock:
-                self._judging -= 1
+            self._free_a_judge()
+
+    def _free_a_judge(self) -> None:
+        with self._judging_lock:
+            self._judging -= 1
 
     def _unjudged(
         self, request: AdmissionRequest, webhook: str, started: float, what: str, error: Exception
@@ -450,6 +457,8 @@ class Admission:
     def _claim(self, request: AdmissionRequest, pods: list[Mapping[str, Any]] | None) -> tuple[bytes, str]:
         if pods is None:  # nothing a pod may hold changed, or a claim made for one pod from its template
             return response_body(request.uid, allowed=True), "skipped"
+        if not pods:  # no pod waits for it (the claim came first): nothing to judge, synced or not
+            return response_body(request.uid, allowed=True), "allowed"
         if not self.view.ready():
             raise NotReady("policy view not synced with the API server yet")
         decision = self._judge_claim(

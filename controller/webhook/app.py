@@ -83,6 +83,7 @@ def create_app(
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.metrics = metrics
+    app.state.admission = admission  # what answers the admission paths, to look into when debugging
     app.state.settings = settings
     app.add_middleware(
         AdmissionEndpoints,

@@ -170,6 +170,55 @@ def test_claims_past_the_judges_at_work_are_answered_by_the_failure_mode_when_no
     assert busy["warnings"] == ["comptroller: the webhook is busy judging other claims; admitted unjudged"]
     # No pod waits for this one: nothing to judge, answered at once without a judge.
     assert unwaited["allowed"] is True and "warnings" not in unwaited
+    # The late judgments free their judges when they end, though nobody waits for them any more.
+    assert _judges_free(client.app.state.admission)
+
+
+def _judges_free(admission_, timeout: float = 5.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while admission_._judging and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return admission_._judging == 0
+
+
+def test_a_claim_no_judge_could_take_is_answered_by_the_failure_mode_and_frees_its_judge():
+    """A judges' pool that takes no more work (shut down) answers as a late judgment does."""
+    client = make_client(MAX_FOUR, list_unscheduled=Pods(waiting_pod()))
+    admission_ = client.app.state.admission
+    admission_._judges.shutdown()
+    response = answer(client, claim(8))
+    assert response["allowed"] is True
+    assert response["warnings"] == [
+        "comptroller: could not judge the pods waiting for this claim in time; admitted unjudged"
+    ]
+    assert admission_._judging == 0
+
+
+@pytest.mark.parametrize(("pods", "allowed"), [((), True), ((waiting_pod(),), False)])
+def test_while_the_policies_sync_only_a_claim_some_pod_waits_for_meets_the_failure_mode(pods, allowed):
+    """Under `--failure-mode deny` a webhook not yet synced refuses what it must judge; a claim no
+    pod waits for (the usual order: claim, then pod) has nothing to judge, and is admitted."""
+    from fastapi.testclient import TestClient
+    from webhook_fixtures import NOW
+
+    from controller.webhook.app import create_app
+    from controller.webhook.settings import WebhookSettings
+
+    class Syncing:
+        def ready(self) -> bool:
+            return False
+
+        def snapshot(self):
+            raise AssertionError("a view that is not ready must not be read")
+
+    app = create_app(view=Syncing(), settings=WebhookSettings(failure_mode="deny"), clock=lambda: NOW,
+                     list_unscheduled=Pods(*pods))
+    response = answer(TestClient(app), claim(8))
+    assert response["allowed"] is allowed, response
+    if not allowed:
+        assert response["status"]["code"] == 500
 
 
 def test_a_claim_waits_for_a_judge_that_frees_up_and_is_judged(monkeypatch):
