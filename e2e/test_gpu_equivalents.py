@@ -419,6 +419,24 @@ def test_a_pod_owner_written_on_a_claim_does_not_skip_its_judgment(stack, cluste
         assert patched.returncode != 0
         assert 'admission webhook "claim.finops.comptroller.dev" denied the request' in patched.stderr
         assert "pod waits-for-template: worst case 16 GPUs" in patched.stderr, patched.stderr
+
+        # The other updates that make a claim the pod's reach the webhook too: its Pod reference
+        # becoming the controller, and its annotation coming to name the pod's entry. Created so,
+        # neither is the pod's yet: admitted, as plain ones are.
+        half = for_entry("half-made", 16)
+        half["metadata"]["ownerReferences"][0]["controller"] = False
+        other = for_entry("other-entry", 16)
+        other["metadata"]["annotations"] = {"resource.kubernetes.io/pod-claim-name": "other"}
+        for made in (half, other):
+            name = made["metadata"]["name"]
+            created = apply(cluster, made)
+            assert created.returncode == 0, created.stderr
+            patch = {"metadata": for_entry(name, 16)["metadata"]}
+            patched = cluster.kubectl("patch", "resourceclaim", name, "-n", namespace, "--type=merge",
+                                      "-p", json.dumps(patch), check=False)
+            assert patched.returncode != 0, f"{name}: {patched.stdout}"
+            assert "pod waits-for-template: worst case 16 GPUs" in patched.stderr, patched.stderr
+            cluster.kubectl("delete", "resourceclaim", name, "-n", namespace, check=False)
         reviewed = admissions_answered(stack, "ResourceClaim", "UPDATE")
         labelled = cluster.kubectl("label", "resourceclaim", "patched", "-n", namespace, "reviewed=yes",
                                    check=False)
