@@ -37,6 +37,7 @@ SCALE_UNREAD = "could not read the workload being scaled"
 CLAIM_UNREAD = "could not list the pods waiting for this claim"
 CLAIM_UNJUDGED = "could not judge the pods waiting for this claim in time"
 CLAIM_BUSY = "the webhook is busy judging other claims"
+CLAIM_NO_JUDGE = "could not start judging the pods waiting for this claim"
 CLAIMS_UNREAD = "could not read the DRA claims this workload names"
 MAX_CLAIM_JUDGES = 2
 """Claim reviews judged at once, each in its own thread of a pool of this size (a late one keeps its
@@ -279,11 +280,14 @@ class Admission:
             return self._unjudged(request, webhook, started, CLAIM_BUSY, RuntimeError("all judges busy"))
         else:
             left = REVIEW_DEADLINE_SECONDS - (time.perf_counter() - started)
+            # The judge is freed once: by the thread that judges, or here when none could be handed
+            # the judgment (a pool shut down, or no thread to start; a queued one may still run).
+            free = _Once(self._free_a_judge)
             try:
-                judged = asyncio.get_running_loop().run_in_executor(self._judges, self._judged, judge)
-            except Exception as error:  # no judge's thread took it (a pool shut down): free it here
-                self._free_a_judge()
-                return self._unjudged(request, webhook, started, off_loop, error)
+                judged = asyncio.get_running_loop().run_in_executor(self._judges, self._judged, judge, free)
+            except Exception as error:
+                free()
+                return self._unjudged(request, webhook, started, CLAIM_NO_JUDGE, error)
             try:
                 content, decision = await asyncio.wait_for(asyncio.shield(judged), max(left, 0.0))
             except TimeoutError as error:
@@ -304,12 +308,13 @@ class Admission:
                 return False
             await asyncio.sleep(JUDGE_POLL_SECONDS)
 
-    def _judged(self, judge: Callable[[], tuple[bytes, str]]) -> tuple[bytes, str]:
+    @staticmethod
+    def _judged(judge: Callable[[], tuple[bytes, str]], free: Callable[[], None]) -> tuple[bytes, str]:
         """`judge` in a judge's thread, which frees the judge when done (late or not)."""
         try:
             return judge()
         finally:
-            self._free_a_judge()
+            free()
 
     def _free_a_judge(self) -> None:
         with self._judging_lock:
@@ -494,6 +499,22 @@ class Admission:
             old_object=before,
         )
         return self._render(request, decision)
+
+
+class _Once:
+    """`action` done the first time this is called, from whichever thread, and never again."""
+
+    __slots__ = ("_action", "_lock")
+
+    def __init__(self, action: Callable[[], None]) -> None:
+        self._action: Callable[[], None] | None = action
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            action, self._action = self._action, None
+        if action is not None:
+            action()
 
 
 def _replicas(scale: Mapping[str, Any] | None) -> Any:

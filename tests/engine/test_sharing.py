@@ -144,9 +144,13 @@ def test_a_review_parsed_from_json_gets_the_same_joint_fix_without_the_alias_wal
               if not evaluate(doc.body, snapshot=snap, now=NOW).allowed]
     assert len(denied) >= 4
     walked = [joint_fix(manifest, snapshot=snap, now=NOW) for manifest in denied]
+    # As if the walk had found an alias: every copy judged is a deep one, shared with nothing.
+    monkeypatch.setattr(fixing, "_aliased", lambda _document: True)
+    deep = [joint_fix(manifest, snapshot=snap, now=NOW) for manifest in denied]
+    assert deep == walked
 
     def walk(_document):
         raise AssertionError("the alias walk ran for a manifest said to be JSON")
 
     monkeypatch.setattr(fixing, "_aliased", walk)
-    assert [joint_fix(manifest, snapshot=snap, now=NOW, aliases=False) for manifest in denied] == walked
+    assert [joint_fix(manifest, snapshot=snap, now=NOW, aliases=False) for manifest in denied] == deep

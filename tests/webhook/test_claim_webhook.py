@@ -183,16 +183,41 @@ def _judges_free(admission_, timeout: float = 5.0) -> bool:
     return admission_._judging == 0
 
 
+NO_JUDGE = "comptroller: could not start judging the pods waiting for this claim; admitted unjudged"
+
+
 def test_a_claim_no_judge_could_take_is_answered_by_the_failure_mode_and_frees_its_judge():
-    """A judges' pool that takes no more work (shut down) answers as a late judgment does."""
+    """A judges' pool that takes no more work (shut down) is answered by the failure mode."""
     client = make_client(MAX_FOUR, list_unscheduled=Pods(waiting_pod()))
     admission_ = client.app.state.admission
     admission_._judges.shutdown()
     response = answer(client, claim(8))
     assert response["allowed"] is True
-    assert response["warnings"] == [
-        "comptroller: could not judge the pods waiting for this claim in time; admitted unjudged"
-    ]
+    assert response["warnings"] == [NO_JUDGE]
+    assert admission_._judging == 0
+
+
+def test_a_judgment_queued_by_a_pool_that_then_failed_frees_its_judge_once():
+    """A pool may queue the judgment and then fail to start a thread for it (a process short of
+    threads); a thread it already has runs it later. Answered by the failure mode, and the judge is
+    freed once, not again by that thread: the count never goes below zero."""
+    client = make_client(MAX_FOUR, list_unscheduled=Pods(waiting_pod()))
+    admission_ = client.app.state.admission
+    ran = threading.Event()
+
+    class QueuedThenFailed:
+        def submit(self, fn, *args):
+            def later():
+                fn(*args)
+                ran.set()
+
+            threading.Timer(0.05, later).start()
+            raise RuntimeError("can't start new thread")
+
+    admission_._judges = QueuedThenFailed()
+    response = answer(client, claim(8))
+    assert response["warnings"] == [NO_JUDGE]
+    assert ran.wait(5)
     assert admission_._judging == 0
 
 
