@@ -682,22 +682,10 @@ def ceiling(peer: Comptroller, bodies: dict[str, Path], script: Path) -> dict:
 
 def cprofile_review(body: bytes, *, allowed: bool, count: int = 2000) -> dict:
     """The /validate handler alone (no TLS, no HTTP), in this process, `count` times the review."""
-    from datetime import UTC, datetime
-    from functools import partial
-
-    from controller.engine import evaluate
-    from controller.webhook.admission import Admission
-    from controller.webhook.metrics import WebhookMetrics
-    from controller.webhook.settings import WebhookSettings
-    from controller.webhook.views import view_from_path
-
     with tempfile.TemporaryDirectory() as tmp:
         for name in ("labels.yaml", "gpu.yaml"):
             shutil.copy(REPO / "policies" / "default" / name, Path(tmp) / name)
-        settings = WebhookSettings()
-        view = view_from_path(Path(tmp), excluded_namespaces=settings.excluded_namespaces)
-    admission = Admission(view=view, settings=settings, metrics=WebhookMetrics(), evaluate=evaluate,
-                          clock=partial(datetime.now, UTC))
+        admission = wb.in_process_admission(Path(tmp))
     status, reply = admission.validate(body)
     if status != 200 or json.loads(reply)["response"]["allowed"] != allowed:
         raise RuntimeError(f"the review is not judged as expected in-process: {reply[:300]!r}")
