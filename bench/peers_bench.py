@@ -689,16 +689,8 @@ def cprofile_review(body: bytes, *, allowed: bool, count: int = 2000) -> dict:
     status, reply = admission.validate(body)
     if status != 200 or json.loads(reply)["response"]["allowed"] != allowed:
         raise RuntimeError(f"the review is not judged as expected in-process: {reply[:300]!r}")
-    for _ in range(200):
-        admission.validate(body)
-    started = time.perf_counter()
-    for _ in range(count):
-        admission.validate(body)
-    plain_us = (time.perf_counter() - started) / count * 1e6
-    started = time.perf_counter()
-    for _ in range(count):
-        admission.noop(body)
-    noop_us = (time.perf_counter() - started) / count * 1e6
+    plain_us = wb.per_call(lambda: admission.validate(body), count)
+    noop_us = wb.per_call(lambda: admission.noop(body), count)
     profiler = cProfile.Profile()
     profiler.enable()
     for _ in range(count):

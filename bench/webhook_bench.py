@@ -404,9 +404,7 @@ def run(*, policies: Path | None = None, duration: float = DURATION_S) -> dict:
         finally:
             server.stop()
     results["webhook.in_process_us"] = {
-        name: where_the_time_goes(bodies_read, policies)
-        for name, bodies_read in (("pod", json.dumps(reviews["pod"]).encode()),
-                                  ("denied", json.dumps(reviews["denied"]).encode()))
+        name: where_the_time_goes(json.dumps(reviews[name]).encode(), policies) for name in ("pod", "denied")
     }
     return results
 
@@ -453,10 +451,11 @@ def where_the_time_goes(body: bytes, policies: Path, *, count: int = 3000) -> di
         "evaluate": judged,
         "validate": lambda: admission.validate(body),
     }
-    return {name: _per_call(call, count) for name, call in parts.items()}
+    return {name: per_call(call, count) for name, call in parts.items()}
 
 
-def _per_call(call, count: int) -> float:
+def per_call(call, count: int) -> float:
+    """Microseconds per call of `call`, warm (a tenth as many calls first), `count` calls timed."""
     for _ in range(count // 10):
         call()
     started = time.perf_counter()

@@ -226,19 +226,12 @@ def test_while_the_policies_sync_only_a_claim_some_pod_waits_for_meets_the_failu
     """Under `--failure-mode deny` a webhook not yet synced refuses what it must judge; a claim no
     pod waits for (the usual order: claim, then pod) has nothing to judge, and is admitted."""
     from fastapi.testclient import TestClient
-    from webhook_fixtures import NOW
+    from webhook_fixtures import NOW, NeverReady
 
     from controller.webhook.app import create_app
     from controller.webhook.settings import WebhookSettings
 
-    class Syncing:
-        def ready(self) -> bool:
-            return False
-
-        def snapshot(self):
-            raise AssertionError("a view that is not ready must not be read")
-
-    app = create_app(view=Syncing(), settings=WebhookSettings(failure_mode="deny"), clock=lambda: NOW,
+    app = create_app(view=NeverReady(), settings=WebhookSettings(failure_mode="deny"), clock=lambda: NOW,
                      list_unscheduled=Pods(*pods))
     response = answer(TestClient(app), claim(8))
     assert response["allowed"] is allowed, response

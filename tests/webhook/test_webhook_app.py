@@ -15,6 +15,7 @@ from webhook_fixtures import (
     LABELS,
     ML_PLATFORM,
     NOW,
+    NeverReady,
     deployment,
     make_client,
     pod,
@@ -48,14 +49,6 @@ class Exploding:
     def __call__(self, *args, **kwargs):
         self.calls += 1
         raise RuntimeError("engine exploded")
-
-
-class NeverReady:
-    def snapshot(self):
-        raise AssertionError("a view that is not ready must not be read")
-
-    def ready(self) -> bool:
-        return False
 
 
 # -- verdicts ---------------------------------------------------------------------------------

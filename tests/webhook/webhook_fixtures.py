@@ -152,6 +152,16 @@ def review(
     return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
 
 
+class NeverReady:
+    """A policy view still syncing with the API server: nothing may be read from it."""
+
+    def snapshot(self):
+        raise AssertionError("a view that is not ready must not be read")
+
+    def ready(self) -> bool:
+        return False
+
+
 def make_client(
     *policies: dict[str, Any],
     settings: WebhookSettings | None = None,
