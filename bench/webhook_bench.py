@@ -5,7 +5,8 @@ policies; `wrk` (C, epoll, keep-alive; Debian package) drives it from another pr
 same load for `/noop` (a constant allowed review: TLS + HTTP + framework + body read) and for
 `/validate` with realistic Pod and Deployment AdmissionReviews as the API server sends them, and
 with a pod missing three required labels (denied, with the joint fix to paste in the message).
-A last run paces requests to about 1,000 per second and reports the latency there.
+A last run paces requests to about 1,000 per second and reports the latency there. Then a second
+server, with no policies at all, gives the floor: `/validate` against `/noop` before any rule runs.
 
     python -m bench.webhook_bench          # prints JSON; `make bench` includes it
 """
@@ -403,10 +404,40 @@ def run(*, policies: Path | None = None, duration: float = DURATION_S) -> dict:
             )
         finally:
             server.stop()
+        results["webhook.floor"] = floor(workdir, bodies["pod"], script=script, duration=duration)
     results["webhook.in_process_us"] = {
         name: where_the_time_goes(json.dumps(reviews[name]).encode(), policies) for name in ("pod", "denied")
     }
     return results
+
+
+def floor(workdir: Path, body: Path, *, script: Path, duration: float) -> dict:
+    """`/validate` against `/noop` on a server with no policies at all: what the webhook costs
+    before any rule runs (the review's envelope, the engine finding nothing to judge, the
+    decision's bookkeeping), the ceiling of `webhook.validate_vs_noop` for any policy set."""
+    empty, own = workdir / "no-policies", workdir / "floor"
+    empty.mkdir()
+    own.mkdir()
+    server = Server(own, empty)
+    try:
+        verdict = server.post("/validate", body.read_bytes())["response"]
+        if verdict != {"uid": verdict["uid"], "allowed": True}:
+            raise RuntimeError(f"with no policies the review is not simply admitted: {verdict}")
+        wrk(server.url + "/noop", body, script=script, connections=CONNECTIONS, duration=1)
+        samples: dict[str, list[dict]] = {"noop": [], "validate": []}
+        for _ in range(ROUNDS):
+            for path, measured in samples.items():
+                url = f"{server.url}/{path}"
+                measured.append(wrk(url, body, script=script, connections=CONNECTIONS, duration=duration))
+    finally:
+        server.stop()
+    noop, validate = _median(samples["noop"]), _median(samples["validate"])
+    return {
+        "noop_rps": noop["rps"],
+        "validate_rps": validate["rps"],
+        "validate_vs_noop": round(validate["rps"] / noop["rps"], 3),
+        "rounds_rps": {"noop": noop["rounds_rps"], "validate": validate["rounds_rps"]},
+    }
 
 
 def in_process_admission(policies: Path):
