@@ -31,7 +31,7 @@ import argparse
 import json
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +44,8 @@ from controller.engine.accelerators import ClaimIndex
 from controller.engine.loading import snapshot_from_objects
 from controller.engine.messages import dotted, render_joint_fix, render_warning, snippet
 from controller.engine.timestamps import parse_time
+from controller.engine.unjudged import Unjudged
+from controller.engine.unjudged import unjudged as find_unjudged
 from controller.engine.workloads import BUILTIN_KINDS, KindRegistry, KindSpec
 
 
@@ -473,16 +475,23 @@ def check_documents(
     namespace: str = "default",
     errors: list[str] | None = None,
     explain: bool = False,
+    unjudged: list[Unjudged] | None = None,
 ) -> list[Decision]:
     """A Decision for every supported workload among `documents` (others skipped). A workload with
     a field of the wrong type (`workload_problem`), or one the engine fails on, is named in
     `errors` (when given; else ValueError is raised) and skipped, so the others are still checked.
-    `explain`: each denial carries its joint fix (`Decision.fix`), as the webhook's message does."""
+    `explain`: each denial carries its joint fix (`Decision.fix`), as the webhook's message does.
+    `unjudged`, when given, gets the objects of other kinds that hold pod templates or ask for
+    accelerators (`controller.engine.unjudged`): not judged, and not to be passed over in silence."""
     kinds = snapshot.kinds or BUILTIN_KINDS
     decisions = []
     for doc in documents:
         kind = kinds.lookup(doc.body)
         if kind is None:
+            if unjudged is not None:
+                found = find_unjudged(doc.body, kinds=kinds, table=snapshot.equivalence, namespace=namespace)
+                if found is not None:
+                    unjudged.append(found)
             continue
         problem = workload_problem(doc.body, kind)
         if problem is None:
@@ -530,16 +539,31 @@ def fix_json(fix: Any) -> dict[str, Any] | None:
     }
 
 
-def render_json(decisions: list[Decision]) -> str:
+def render_json(decisions: list[Decision], unjudged: Sequence[Unjudged] = ()) -> str:
     """`{"results": [...]}` with one result per line: greppable, and written by json's C encoder
-    (an indented dump goes through its pure-Python one, the slowest part of a 10k check)."""
-    if not decisions:
-        return '{"results": []}\n'
+    (an indented dump goes through its pure-Python one, the slowest part of a 10k check). Objects
+    of kinds the engine does not know that look like workloads follow under `unjudged`."""
     rows = ",\n  ".join(json.dumps(result_json(d)) for d in decisions)
-    return f'{{"results": [\n  {rows}\n]}}\n'
+    text = f'{{"results": [\n  {rows}\n]' if decisions else '{"results": []'
+    if unjudged:
+        skipped = ",\n  ".join(json.dumps(unjudged_json(u)) for u in unjudged)
+        text += f', "unjudged": [\n  {skipped}\n]'
+    return text + "}\n"
 
 
-def render_text(decisions: list[Decision]) -> str:
+def unjudged_json(found: Unjudged) -> dict[str, Any]:
+    """One entry of `check -o json`'s `unjudged`: the object, what it asks for, and the `--kinds`
+    entry that would judge it (null where it holds no pod template)."""
+    return {
+        "resource": found.resource,
+        "apiVersion": found.api_version,
+        "accelerators": [{"path": path, "resource": name} for path, name in found.accelerators],
+        "podTemplates": [path for path, _ in found.templates],
+        "kindsEntry": found.kinds_entry(),
+    }
+
+
+def render_text(decisions: list[Decision], unjudged: Sequence[Unjudged] = ()) -> str:
     lines = []
     for decision in decisions:
         if decision.allowed:
@@ -556,9 +580,38 @@ def render_text(decisions: list[Decision]) -> str:
         if decision.fix is not None:
             lines.extend(f"      {line}" for line in render_joint_fix(decision.fix))
         lines.extend(f"      warning: {render_warning(v)}" for v in decision.warnings)
+    for found in unjudged:
+        lines.extend(render_unjudged(found))
     denied = sum(not d.allowed for d in decisions)
-    lines.append(f"{len(decisions)} resources checked: {len(decisions) - denied} admitted, {denied} denied")
+    summary = f"{len(decisions)} resources checked: {len(decisions) - denied} admitted, {denied} denied"
+    if unjudged:
+        summary += f"; {len(unjudged)} not judged (a kind Comptroller does not know)"
+    lines.append(summary)
     return "\n".join(lines)
+
+
+def render_unjudged(found: Unjudged) -> list[str]:
+    """`SKIP` and why, what it asks for, and the `--kinds` entry to paste where there is one."""
+    asks = ""
+    if found.accelerators:
+        names = ", ".join(found.resource_names())
+        asks = f"; it asks for {names}"
+        if not found.templates:
+            asks += f" at {', '.join(dict.fromkeys(path for path, _ in found.accelerators))}"
+    lines = [
+        f"SKIP  {found.resource}: not judged, Comptroller does not know kind {found.kind} "
+        f"({found.api_version}){asks}"
+    ]
+    entry = found.kinds_entry()
+    if entry is None:
+        lines.append("      it holds no pod template, so no --kinds entry can judge it here")
+    else:
+        lines.append("      if it is a workload, pass --kinds FILE to judge it here, FILE holding:")
+        text = yaml.safe_dump({"kinds": [entry]}, default_flow_style=False, sort_keys=False)
+        lines.extend(f"        {line}" for line in text.splitlines())
+    lines.append("      at admission, the pods (or Jobs, JobSets) its controller creates are judged instead,")
+    lines.append("      and a denial goes to that controller, not to you")
+    return lines
 
 
 # -- policy test cases -----------------------------------------------------------------------------
@@ -722,6 +775,7 @@ def run(args: argparse.Namespace) -> int:
         if fix_paths(args) == 2:
             return 2
     errors: list[str] = []
+    unjudged: list[Unjudged] = []
     inputs = read_documents(args.paths)
     errors += inputs.errors
     snapshot = policy_snapshot(args, inputs.documents, errors)
@@ -732,13 +786,14 @@ def run(args: argparse.Namespace) -> int:
         namespace=args.namespace,
         errors=errors,
         explain=True,
+        unjudged=unjudged,
     )
     for error in errors:
         print(f"error: {error}", file=sys.stderr)
     if args.output == "json":
-        sys.stdout.write(render_json(decisions))
+        sys.stdout.write(render_json(decisions, unjudged))
     else:
-        print(render_text(decisions))
+        print(render_text(decisions, unjudged))
     if errors:
         return 2
     return 1 if any(not d.allowed for d in decisions) else 0

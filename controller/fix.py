@@ -37,6 +37,7 @@ from controller.check import (
 from controller.engine import Snapshot, evaluate
 from controller.engine.fixing import JointFix, joint_fix, set_value
 from controller.engine.messages import scalar
+from controller.engine.unjudged import unjudged as find_unjudged
 from controller.engine.workloads import BUILTIN_KINDS
 
 
@@ -67,6 +68,8 @@ class Outcome:
     """Placeholders written, as `Kind/namespace/name: key`."""
     denied: list[str] = field(default_factory=list)
     """Workloads still denied with their fix applied, with what no paste can fix."""
+    unjudged: list[str] = field(default_factory=list)
+    """Objects of a kind the engine does not know that hold pod templates or ask for accelerators."""
 
 
 def fix_paths(args: argparse.Namespace) -> int:
@@ -105,6 +108,9 @@ def fix_paths(args: argparse.Namespace) -> int:
             print(f"you choose {outcome.source}: {item} (a placeholder is written)", file=sys.stderr)
         for item in outcome.denied:
             print(f"still denied {outcome.source}: {item}", file=sys.stderr)
+        for item in outcome.unjudged:
+            print(f"not judged {outcome.source}: {item} (a kind Comptroller does not know; "
+                  "`comptroller check` says how to judge it)", file=sys.stderr)
     if errors:
         return 2
     return 1 if any(o.choose or o.denied for o in outcomes) else 0
@@ -126,11 +132,14 @@ def fix_text(
             body = load_yaml(chunk)
         except Exception:  # `check` reports what does not parse; nothing to fix in it
             continue
-        if (
-            not isinstance(body, dict)
-            or kinds.lookup(body) is None
-            or workload_problem(body, kinds.lookup(body))
-        ):
+        if not isinstance(body, dict):
+            continue
+        if kinds.lookup(body) is None:
+            found = find_unjudged(body, kinds=kinds, table=snapshot.equivalence, namespace=namespace)
+            if found is not None:
+                outcome.unjudged.append(found.resource)
+            continue
+        if workload_problem(body, kinds.lookup(body)):
             continue
         ns = (body.get("metadata") or {}).get("namespace") or namespace
         decision = evaluate(body, snapshot=snapshot, now=now, namespace=ns)

@@ -217,6 +217,9 @@ def test_now_decides_expiry(tmp_path, policies, capsys):
     assert check(capsys, "-p", policies, manifests, "--now", "2026-11-23T12:00:00Z")[0] == 1
 
 
+NOT_JUDGED = "not judged (a kind Comptroller does not know)"
+
+
 def test_extra_kinds_by_configuration(tmp_path, policies, capsys):
     notebook = {
         "apiVersion": "kubeflow.org/v1",
@@ -225,13 +228,62 @@ def test_extra_kinds_by_configuration(tmp_path, policies, capsys):
         "spec": {"template": {"metadata": {"labels": {"team": "sales"}}, "spec": {"containers": []}}},
     }
     manifests = write(tmp_path / "m.yaml", notebook)
-    assert check(capsys, "-p", policies, manifests, *NOW)[1].startswith("0 resources")
-    kinds = write(
-        tmp_path / "kinds.yaml",
-        {"kinds": [{"group": "kubeflow.org", "kind": "Notebook", "templates": [{"path": "/spec/template"}]}]},
+    code, out, _ = check(capsys, "-p", policies, manifests, *NOW)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == (
+        "SKIP  Notebook/ml/nb: not judged, Comptroller does not know kind Notebook (kubeflow.org/v1)"
     )
-    code, out, _ = check(capsys, "-p", policies, "--kinds", kinds, manifests, *NOW)
-    assert code == 1 and "FAIL  Notebook/ml/nb" in out
+    assert lines[-1] == f"0 resources checked: 0 admitted, 0 denied; 1 {NOT_JUDGED}"
+    # The --kinds file it prints, pasted as printed, makes the kind judged.
+    printed = [line[8:] for line in out.splitlines() if line.startswith("        ")]
+    assert yaml.safe_load("\n".join(printed)) == {
+        "kinds": [{"group": "kubeflow.org", "kind": "Notebook", "templates": [{"path": "/spec/template"}]}]
+    }
+    kinds = tmp_path / "kinds.yaml"
+    kinds.write_text("\n".join(printed))
+    code, out, _ = check(capsys, "-p", policies, "--kinds", str(kinds), manifests, *NOW)
+    assert code == 1 and "FAIL  Notebook/ml/nb" in out and "SKIP" not in out
+
+
+TRAINJOB = {  # Kubeflow Trainer v2: GPUs per node, the pods' templates in a runtime elsewhere
+    "apiVersion": "trainer.kubeflow.org/v1alpha1",
+    "kind": "TrainJob",
+    "metadata": {"name": "llm", "namespace": "ml"},
+    "spec": {
+        "runtimeRef": {"name": "torch-distributed"},
+        "trainer": {"numNodes": 4, "resourcesPerNode": {"limits": {"nvidia.com/gpu": 8}}},
+    },
+}
+
+
+def test_a_kind_it_does_not_know_asking_for_gpus_is_named_not_passed_over(tmp_path, policies, capsys):
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}, "spec": {"ports": []}}
+    manifests = write(tmp_path / "m.yaml", TRAINJOB, service, GOOD)
+    code, out, _ = check(capsys, "-p", policies, manifests, *NOW)
+    assert code == 0  # nothing judged was denied: the exit status stays the judged workloads'
+    lines = out.splitlines()
+    assert lines[0] == "PASS  Pod/ml/good"
+    assert lines[1] == (
+        "SKIP  TrainJob/ml/llm: not judged, Comptroller does not know kind TrainJob "
+        "(trainer.kubeflow.org/v1alpha1); it asks for nvidia.com/gpu at /spec/trainer/resourcesPerNode"
+    )
+    assert "no --kinds entry can judge it here" in lines[2]
+    assert "Service" not in out
+    assert lines[-1] == f"1 resources checked: 1 admitted, 0 denied; 1 {NOT_JUDGED}"
+
+    code, out, _ = check(capsys, "-p", policies, "-o", "json", manifests, *NOW)
+    result = json.loads(out)
+    assert [r["resource"] for r in result["results"]] == ["Pod/ml/good"]
+    assert result["unjudged"] == [
+        {
+            "resource": "TrainJob/ml/llm",
+            "apiVersion": "trainer.kubeflow.org/v1alpha1",
+            "accelerators": [{"path": "/spec/trainer/resourcesPerNode", "resource": "nvidia.com/gpu"}],
+            "podTemplates": [],
+            "kindsEntry": None,
+        }
+    ]
 
 
 def test_no_policies_is_bad_input(tmp_path, capsys, monkeypatch):

@@ -36,6 +36,7 @@ from controller.engine.accelerators import ClaimIndex
 from controller.engine.claims import judge_claim, waiting_for
 from controller.engine.fixing import joint_fix
 from controller.engine.messages import render_denial, render_warning
+from controller.engine.unjudged import unjudged
 from controller.engine.view import workload_gpus
 from controller.engine.workloads import BUILTIN_KINDS, pod_templates_of, pod_units, workload_units
 
@@ -268,6 +269,36 @@ def test_kinds_the_engine_does_not_know_are_left_alone(
     assert workload_units(body, NVIDIA_GPU) == 0
     decision = evaluate(body, snapshot=snapshot("default"), now=NOW, namespace=_namespace(body))
     assert decision.allowed and not decision.all_violations and not decision.patch
+
+
+ASKS_IN_ITS_OWN_WORDS = {"VLLMRuntime"}
+"""Kinds whose GPU ask is a field of their own (`gpu: "1"`), which `unjudged` cannot recognise."""
+
+
+@pytest.mark.parametrize(("entry", "index", "doc"), [
+    pytest.param(entry, index, doc, id=_doc_id(entry, index)) for entry, index, doc in _documents()
+])
+def test_check_names_every_document_that_embeds_pods_of_a_kind_it_does_not_know(
+    entry: dict[str, Any], index: int, doc: dict[str, Any]
+) -> None:
+    """Reported as not judged exactly where a person marked a kind the engine does not know that
+    embeds pods, and nowhere else (no Service, ConfigMap, DeviceClass or Kueue queue)."""
+    body = _body(entry, index)
+    found = unjudged(body, namespace=_namespace(body))
+    expected = doc.get("builtin_kind") is False and doc["kind"] not in ASKS_IN_ITS_OWN_WORDS
+    assert (found is not None) == expected, found
+    if found is None:
+        return
+    # The --kinds entry it prints makes the engine judge the kind, counting the GPUs a person counted.
+    entry_ = found.kinds_entry()
+    assert entry_ is not None
+    kinds = BUILTIN_KINDS.with_extra([entry_])
+    assert workload_units(body, NVIDIA_GPU, kinds) == doc["unjudged_gpus"]
+    assert [t.pointer for t in pod_templates_of(body, kinds.lookup(body))] == [p for p, _ in found.templates]
+    assert ("nvidia.com/gpu" in found.resource_names()) == (doc["unjudged_gpus"] > 0)
+    decision = evaluate(body, snapshot=dataclasses.replace(snapshot("default"), kinds=kinds), now=NOW,
+                        namespace=_namespace(body))
+    assert not decision.allowed  # upstream examples carry no FinOps labels
 
 
 # -- what the engine decides ------------------------------------------------------------------------

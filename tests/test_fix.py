@@ -117,3 +117,28 @@ spec:
     fixed = path.read_text()
     assert [line for line in js.splitlines() if line not in fixed.splitlines()] == []
     assert main(["check", str(path), *NOW]) == 0
+
+
+TRAINJOB = """\
+apiVersion: trainer.kubeflow.org/v1alpha1
+kind: TrainJob
+metadata: {name: llm, namespace: ml}
+spec:
+  runtimeRef: {name: torch-distributed}
+  trainer:
+    numNodes: 4
+    resourcesPerNode:
+      limits: {nvidia.com/gpu: 8}
+"""
+
+
+def test_a_kind_it_does_not_know_is_named_and_left_as_it_is(tmp_path, capsys):
+    path = tmp_path / "trainjob.yaml"
+    path.write_text(TRAINJOB)
+    assert main(["fix", str(path), *NOW]) == 0
+    assert path.read_text() == TRAINJOB
+    err = capsys.readouterr().err
+    assert err == (
+        f"not judged {path}: TrainJob/ml/llm (a kind Comptroller does not know; "
+        "`comptroller check` says how to judge it)\n"
+    )

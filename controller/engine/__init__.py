@@ -13,6 +13,7 @@ operator's expiry and idle loops ask `matching_policies` which policies select a
     matching.py    label selectors, namespace globs, policy matching
     expiry.py      the expires_at formats; budgets.py  periods and usage
     messages.py    denial text, warnings, fix snippets; view.py  the workload being mutated
+    unjudged.py    what an object of a kind the engine does not know holds (for `check`)
 """
 
 from controller.engine.api import BudgetState, Decision, Snapshot, Violation
