@@ -542,13 +542,15 @@ def fix_json(fix: Any) -> dict[str, Any] | None:
 def render_json(decisions: list[Decision], unjudged: Sequence[Unjudged] = ()) -> str:
     """`{"results": [...]}` with one result per line: greppable, and written by json's C encoder
     (an indented dump goes through its pure-Python one, the slowest part of a 10k check). Objects
-    of kinds the engine does not know that look like workloads follow under `unjudged`."""
-    rows = ",\n  ".join(json.dumps(result_json(d)) for d in decisions)
-    text = f'{{"results": [\n  {rows}\n]' if decisions else '{"results": []'
-    if unjudged:
-        skipped = ",\n  ".join(json.dumps(unjudged_json(u)) for u in unjudged)
-        text += f', "unjudged": [\n  {skipped}\n]'
-    return text + "}\n"
+    of kinds the engine does not know that look like workloads follow under `unjudged` (`[]`)."""
+    results, skipped = _json_rows(map(result_json, decisions)), _json_rows(map(unjudged_json, unjudged))
+    return f'{{"results": {results}, "unjudged": {skipped}}}\n'
+
+
+def _json_rows(rows: Iterable[dict[str, Any]]) -> str:
+    """A JSON list with one item per line, or `[]`."""
+    joined = ",\n  ".join(json.dumps(row) for row in rows)
+    return f"[\n  {joined}\n]" if joined else "[]"
 
 
 def unjudged_json(found: Unjudged) -> dict[str, Any]:
@@ -558,7 +560,7 @@ def unjudged_json(found: Unjudged) -> dict[str, Any]:
         "resource": found.resource,
         "apiVersion": found.api_version,
         "accelerators": [{"path": path, "resource": name} for path, name in found.accelerators],
-        "podTemplates": [path for path, _ in found.templates],
+        "podTemplates": list(found.templates),
         "kindsEntry": found.kinds_entry(),
     }
 

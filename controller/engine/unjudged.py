@@ -5,7 +5,7 @@ passed over, which is right for a ConfigMap and wrong to do in silence for a JAX
 8 GPUs or a Kubeflow Trainer `TrainJob` asking for them per node: `comptroller check` would report
 it as nothing to check. This says what such an object holds that the engine would have judged
 (pod templates, accelerator requests) and, where it holds pod templates, the `--kinds` entry that
-makes the engine judge it (README.md, "Supported workloads").
+makes the engine judge its kind (README.md, "Supported workloads").
 """
 
 from __future__ import annotations
@@ -17,11 +17,25 @@ from typing import Any
 from controller.engine.accelerators import DEFAULT_EQUIVALENCE, Equivalence
 from controller.engine.workloads import BUILTIN_KINDS, KindRegistry, escape, is_map
 
+Path = tuple[str | int, ...]
+
 _SKIPPED = frozenset(("metadata", "status"))
 """Top-level fields read for nothing: labels and annotations are no workload, status is not asked."""
 
-MAX_DEPTH = 40
-"""Deeper than any pod template sits in a real object; a YAML alias may also make a loop."""
+NOT_WORKLOADS: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("", "PodTemplate"),  # a template kept for others to use; it runs nothing itself
+        ("kyverno.io", "*"),  # policies: their patterns and patches look like pods
+        ("policies.kyverno.io", "*"),
+        ("templates.gatekeeper.sh", "*"),
+        ("mutations.gatekeeper.sh", "*"),
+        ("karpenter.sh", "*"),  # node pools: `limits` caps the GPUs of the nodes, asks for none
+        ("karpenter.k8s.aws", "*"),
+        ("kueue.x-k8s.io", "Workload"),  # Kueue's record of a job it admits; the job is judged
+    }
+)
+"""`(group, kind)` (`*`: every kind of the group) of objects known to hold pod-like maps or GPU
+limits without running pods: not reported."""
 
 
 @dataclass(frozen=True)
@@ -32,29 +46,34 @@ class Unjudged:
     """`Kind/namespace/name`, as a Decision names its workload."""
     api_version: str
     kind: str
-    templates: tuple[tuple[str, str | None], ...]
-    """Each pod template's JSON pointer, with the pointer of the `replicas` beside it (None: none)."""
+    templates: tuple[str, ...]
+    """Each pod template's JSON pointer in this object."""
     accelerators: tuple[tuple[str, str], ...]
     """Each accelerator request: the JSON pointer of the map that asks (`.../resources`,
     `/spec/trainer/resourcesPerNode`) and the resource it names, as Kubernetes writes requests
     (`requests` or `limits` maps). A custom resource that asks in its own words (the vLLM
     production stack's `resources: {gpu: "1", gpuType: nvidia.com/gpu}`) is not recognised: a
     field merely naming a GPU resource is as often a quota, a DeviceClass or a toleration."""
-
-    def kinds_entry(self) -> dict[str, Any] | None:
-        """The `--kinds` entry that makes the engine judge this kind by the templates found here
-        (None: it holds no pod template, so no entry can)."""
-        if not self.templates:
-            return None
-        templates = [
-            {"path": path, **({"replicas": [replicas]} if replicas else {})}
-            for path, replicas in self.templates
-        ]
-        return {"group": self.group, "kind": self.kind, "templates": templates}
+    kind_templates: tuple[tuple[str, str | None], ...] = ()
+    """The templates as the kind holds them, each with the `replicas` beside it (None: none): `*`
+    for every item of a list, and for every value of a map of roles, each holding its template
+    (Kubeflow's `Master` and `Worker`), so that the entry also judges the roles this object leaves
+    out."""
 
     @property
     def group(self) -> str:
         return self.api_version.rpartition("/")[0]
+
+    def kinds_entry(self) -> dict[str, Any] | None:
+        """The `--kinds` entry that makes the engine judge this kind by its templates (None: it
+        holds no pod template, so no entry can)."""
+        if not self.kind_templates:
+            return None
+        templates = [
+            {"path": path, **({"replicas": [replicas]} if replicas else {})}
+            for path, replicas in self.kind_templates
+        ]
+        return {"group": self.group, "kind": self.kind, "templates": templates}
 
     def resource_names(self) -> list[str]:
         return list(dict.fromkeys(name for _, name in self.accelerators))
@@ -68,48 +87,48 @@ def unjudged(
     namespace: str = "",
 ) -> Unjudged | None:
     """What `manifest` holds that a workload would, when the engine does not know its kind (None:
-    a kind it knows, not an object with `apiVersion` and `kind`, or nothing a workload holds)."""
+    a kind it knows, one of NOT_WORKLOADS, not an object with `apiVersion` and `kind`, or nothing a
+    workload holds). Every map and list is read once (a YAML alias may repeat one, or loop): a
+    template two aliases share is reported where it is met first."""
     kind, api_version = manifest.get("kind"), manifest.get("apiVersion")
     if not isinstance(kind, str) or not isinstance(api_version, str):
         return None
+    group = api_version.rpartition("/")[0]
+    if (group, kind) in NOT_WORKLOADS or (group, "*") in NOT_WORKLOADS:
+        return None
     if (kinds or BUILTIN_KINDS).lookup(manifest) is not None:
         return None
-    templates: list[tuple[str, str | None]] = []
-    accelerators: list[tuple[str, str]] = []
     weigh = (table or DEFAULT_EQUIVALENCE).weight
-
-    def accelerator(name: Any) -> bool:
-        return isinstance(name, str) and "/" in name and weigh(name) is not None
-
-    def ask(pointer: str, name: str) -> None:
-        if (pointer, name) not in accelerators:
-            accelerators.append((pointer, name))
-
-    def walk(node: Any, pointer: str, depth: int) -> None:
-        if depth > MAX_DEPTH:
-            return
+    templates: list[Path] = []
+    asks: dict[tuple[str, str], None] = {}
+    seen: set[int] = set()
+    stack: list[tuple[Any, Path]] = [(manifest, ())]
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        children: list[tuple[Any, Path]] = []
         if is_map(node):
-            spec = node.get("spec")
-            if is_map(spec) and isinstance(spec.get("containers"), list):
-                templates.append((pointer, None))
+            if _is_template(node):
+                templates.append(path)
             for part in ("requests", "limits"):
-                asks = node.get(part)
-                if is_map(asks):
-                    for name in asks:
-                        if accelerator(name):
-                            ask(pointer, name)
-            for key, value in node.items():
-                if depth == 0 and key in _SKIPPED:
-                    continue
-                if isinstance(value, Mapping | list):
-                    walk(value, f"{pointer}/{escape(key)}", depth + 1)
+                requested = node.get(part)
+                if is_map(requested):
+                    for name in requested:
+                        if isinstance(name, str) and "/" in name and weigh(name) is not None:
+                            asks[(_pointer(path), name)] = None
+            # A key YAML reads as another type (`on:`, `1:`) is no field an API server would keep.
+            children = [
+                (value, (*path, key))
+                for key, value in node.items()
+                if isinstance(key, str) and not (not path and key in _SKIPPED)
+            ]
         elif isinstance(node, list):
-            for index, item in enumerate(node):
-                if isinstance(item, Mapping | list):
-                    walk(item, f"{pointer}/{index}", depth + 1)
-
-    walk(manifest, "", 0)
-    if not templates and not accelerators:
+            children = [(item, (*path, index)) for index, item in enumerate(node)]
+        # Reversed onto the stack: read in document order, so templates are listed as written.
+        stack.extend(child for child in reversed(children) if isinstance(child[0], Mapping | list))
+    if not templates and not asks:
         return None
     metadata = manifest.get("metadata")
     metadata = metadata if is_map(metadata) else {}
@@ -119,22 +138,50 @@ def unjudged(
         resource=f"{kind}/{ns}/{name}",
         api_version=api_version,
         kind=kind,
-        templates=tuple((path, _replicas_beside(manifest, path)) for path, _ in templates),
-        accelerators=tuple(accelerators),
+        templates=tuple(_pointer(path) for path in templates),
+        accelerators=tuple(asks),
+        kind_templates=_of_the_kind(manifest, templates),
     )
 
 
-def _replicas_beside(manifest: Mapping[str, Any], pointer: str) -> str | None:
-    """The pointer of an integer `replicas` next to the template (Kubeflow's `Worker: {replicas,
-    template}`, a Deployment-like `spec: {replicas, template}`), which the pod count multiplies by."""
-    parent_pointer, _, _ = pointer.rpartition("/")
-    node: Any = manifest
-    for token in parent_pointer.split("/")[1:]:
-        key: str | int = token.replace("~1", "/").replace("~0", "~")
-        if isinstance(node, list):
-            key = int(key)
-        node = node[key]
-    replicas = node.get("replicas") if is_map(node) else None
-    if isinstance(replicas, int) and not isinstance(replicas, bool):
-        return f"{parent_pointer}/replicas"
-    return None
+def _is_template(node: Mapping[str, Any]) -> bool:
+    spec = node.get("spec")
+    return is_map(spec) and isinstance(spec.get("containers"), list)
+
+
+def _pointer(path: Path) -> str:
+    return "".join(f"/{escape(part)}" for part in path)
+
+
+def _of_the_kind(manifest: Mapping[str, Any], templates: list[Path]) -> tuple[tuple[str, str | None], ...]:
+    """Each template's path with `*` where the kind varies (see `Unjudged.kind_templates`), once."""
+    found: dict[str, str | None] = {}
+    for path in templates:
+        general: list[str] = []
+        node: Any = manifest
+        for depth, part in enumerate(path):
+            rest = path[depth + 1:]
+            roles = is_map(node) and depth > 0 and len(rest) == 1
+            if isinstance(node, list) or (roles and all(_holds(value, rest[0]) for value in node.values())):
+                general.append("*")
+            else:
+                general.append(escape(part))
+            node = node[part]
+        parent = _at(manifest, path[:-1])
+        replicas = parent.get("replicas") if path and is_map(parent) else None
+        counted = isinstance(replicas, int | str) and not isinstance(replicas, bool)
+        beside = "".join(f"/{part}" for part in general[:-1]) + "/replicas"
+        found.setdefault("".join(f"/{part}" for part in general), beside if counted else None)
+    return tuple(found.items())
+
+
+def _holds(role: Any, key: str | int) -> bool:
+    """Whether a role's map holds a pod template under `key`, as the role met first does."""
+    template = role.get(key) if is_map(role) and isinstance(key, str) else None
+    return is_map(template) and _is_template(template)
+
+
+def _at(node: Any, path: Path) -> Any:
+    for part in path:
+        node = node[part]
+    return node

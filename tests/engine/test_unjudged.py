@@ -55,10 +55,21 @@ def test_templates_with_their_replicas_and_the_kinds_entry_that_judges_them():
     assert found is not None
     assert found.resource == "PaddleJob/ml/p"
     assert found.templates == (
-        ("/spec/paddleReplicaSpecs/Master/template", "/spec/paddleReplicaSpecs/Master/replicas"),
-        ("/spec/paddleReplicaSpecs/Worker/template", "/spec/paddleReplicaSpecs/Worker/replicas"),
+        "/spec/paddleReplicaSpecs/Master/template",
+        "/spec/paddleReplicaSpecs/Worker/template",
     )
     assert found.resource_names() == ["nvidia.com/gpu"]
+    # The kind's roles, not this object's: one entry for every role, with the replicas beside each.
+    assert found.kinds_entry() == {
+        "group": "kubeflow.org",
+        "kind": "PaddleJob",
+        "templates": [
+            {
+                "path": "/spec/paddleReplicaSpecs/*/template",
+                "replicas": ["/spec/paddleReplicaSpecs/*/replicas"],
+            }
+        ],
+    }
     kinds = BUILTIN_KINDS.with_extra([found.kinds_entry()])
     templates = pod_templates_of(REPLICA_SPECS, kinds.lookup(REPLICA_SPECS))
     assert [(t.pointer, t.replicas) for t in templates] == [
@@ -69,8 +80,14 @@ def test_templates_with_their_replicas_and_the_kinds_entry_that_judges_them():
     assert not errors
     decision = evaluate(REPLICA_SPECS, snapshot=snapshot, now=NOW, mutate=False)
     assert [v.key for v in decision.violations] == ["team"]
-    # Now known, it is no longer unjudged.
+    # Now known, it is no longer unjudged; and the entry an object with one role printed also
+    # judges a role that object left out.
     assert unjudged(REPLICA_SPECS, kinds=kinds) is None
+    worker_only = copy.deepcopy(REPLICA_SPECS)
+    del worker_only["spec"]["paddleReplicaSpecs"]["Master"]
+    entry = unjudged(worker_only).kinds_entry()
+    roles = pod_templates_of(REPLICA_SPECS, BUILTIN_KINDS.with_extra([entry]).lookup(REPLICA_SPECS))
+    assert [t.replicas for t in roles] == [1, 3]
 
 
 def test_gpus_asked_outside_any_template_and_in_list_items_with_escaped_keys():
@@ -93,8 +110,10 @@ def test_gpus_asked_outside_any_template_and_in_list_items_with_escaped_keys():
         "spec": {"groups": [{"a/b": {"template": {"spec": POD_SPEC}}}]},
     }
     found = unjudged(nested)
-    assert found is not None and found.templates == (("/spec/groups/0/a~1b/template", None),)
-    assert pod_templates_of(nested, BUILTIN_KINDS.with_extra([found.kinds_entry()]).lookup(nested))
+    assert found is not None and found.templates == ("/spec/groups/0/a~1b/template",)
+    assert found.kind_templates == (("/spec/groups/*/*/template", None),)
+    templates = pod_templates_of(nested, BUILTIN_KINDS.with_extra([found.kinds_entry()]).lookup(nested))
+    assert [t.pointer for t in templates] == ["/spec/groups/0/a~1b/template"]
 
 
 def test_an_accelerator_the_table_does_not_know_is_not_one_and_the_table_decides():
@@ -107,6 +126,38 @@ def test_an_accelerator_the_table_does_not_know_is_not_one_and_the_table_decides
     assert unjudged(custom) is None
     found = unjudged(custom, table=Equivalence(resources={"example.com/npu": 1.0}))
     assert found is not None and found.resource_names() == ["example.com/npu"]
+
+
+def test_objects_known_to_run_no_pods_are_not_reported():
+    kyverno = {  # its pattern is shaped like a pod
+        "apiVersion": "kyverno.io/v1",
+        "kind": "ClusterPolicy",
+        "metadata": {"name": "require-team"},
+        "spec": {"rules": [{"validate": {"pattern": {"spec": {"containers": [{"name": "*"}]}}}}]},
+    }
+    node_pool = {  # `limits` caps the GPUs of the nodes it makes
+        "apiVersion": "karpenter.sh/v1",
+        "kind": "NodePool",
+        "metadata": {"name": "gpu"},
+        "spec": {"limits": {"nvidia.com/gpu": 16}},
+    }
+    template = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}}
+    template["template"] = {"spec": POD_SPEC}
+    for obj in (kyverno, node_pool, template):
+        assert unjudged(obj) is None, obj["kind"]
+    kyverno["apiVersion"] = "example.com/v1"  # the same shape under another group is reported
+    assert unjudged(kyverno) is not None
+
+
+def test_keys_yaml_reads_as_other_types_are_not_fields():
+    # `on:` is True and `2:` is 2 to a YAML 1.1 reader; no API server keeps such keys.
+    odd = {
+        "apiVersion": "example.com/v1",
+        "kind": "Odd",
+        "metadata": {"name": "o"},
+        "spec": {True: {"template": {"spec": POD_SPEC}}, 2: {"template": {"spec": POD_SPEC}}},
+    }
+    assert unjudged(odd) is None
 
 
 def test_metadata_status_and_loops_are_not_walked():
@@ -122,3 +173,16 @@ def test_metadata_status_and_loops_are_not_walked():
     node["self"] = node  # a YAML alias can make one
     looped["spec"] = node
     assert unjudged(looped) is None
+
+
+def test_a_map_repeated_by_aliases_is_read_once():
+    # `spec: &a {x: *a, y: *a}`, or a billion laughs: each map is read once, not once per path.
+    node: dict = {}
+    node["x"] = node["y"] = node
+    laughs: dict = {"template": {"spec": POD_SPEC}}
+    for _ in range(60):
+        laughs = {"a": laughs, "b": laughs}
+    for spec in (node, laughs):
+        laughing = {"apiVersion": "example.com/v1", "kind": "Laughs", "metadata": {"name": "l"}, "spec": spec}
+        found = unjudged(laughing)
+        assert found is None or len(found.templates) == 1
