@@ -25,6 +25,8 @@ _SKIPPED = frozenset(("metadata", "status"))
 NOT_WORKLOADS: frozenset[tuple[str, str]] = frozenset(
     {
         ("", "PodTemplate"),  # a template kept for others to use; it runs nothing itself
+        ("trainer.kubeflow.org", "ClusterTrainingRuntime"),  # the same, for Kubeflow Trainer's TrainJobs
+        ("trainer.kubeflow.org", "TrainingRuntime"),
         ("kyverno.io", "*"),  # policies: their patterns and patches look like pods
         ("policies.kyverno.io", "*"),
         ("templates.gatekeeper.sh", "*"),
@@ -36,6 +38,21 @@ NOT_WORKLOADS: frozenset[tuple[str, str]] = frozenset(
 )
 """`(group, kind)` (`*`: every kind of the group) of objects known to hold pod-like maps or GPU
 limits without running pods: not reported."""
+
+MAKES_PODS: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("trainer.kubeflow.org", "TrainJob"),  # Kubeflow Trainer: pods from the runtime it names
+        ("serving.kserve.io", "InferenceService"),
+        ("serving.kserve.io", "LLMInferenceService"),
+        ("production-stack.vllm.ai", "VLLMRuntime"),
+        ("sparkoperator.k8s.io", "SparkApplication"),
+        ("sparkoperator.k8s.io", "ScheduledSparkApplication"),
+    }
+)
+"""`(group, kind)` of objects known to make pods from fields of their own, with no pod template
+to read (`numNodes` and `resourcesPerNode`, `gpu: "1"`): reported even when they ask for no
+accelerator the way Kubernetes writes it, since their pods must still carry what policies
+require."""
 
 
 @dataclass(frozen=True)
@@ -52,8 +69,9 @@ class Unjudged:
     """Each accelerator request: the JSON pointer of the map that asks (`.../resources`,
     `/spec/trainer/resourcesPerNode`) and the resource it names, as Kubernetes writes requests
     (`requests` or `limits` maps). A custom resource that asks in its own words (the vLLM
-    production stack's `resources: {gpu: "1", gpuType: nvidia.com/gpu}`) is not recognised: a
-    field merely naming a GPU resource is as often a quota, a DeviceClass or a toleration."""
+    production stack's `resources: {gpu: "1", gpuType: nvidia.com/gpu}`) is not read: a field
+    merely naming a GPU resource is as often a quota, a DeviceClass or a toleration. Such kinds
+    are reported when they are among MAKES_PODS."""
     kind_templates: tuple[tuple[str, str | None], ...] = ()
     """The templates as the kind holds them, each with the `replicas` beside it (None: none): `*`
     for every item of a list, and for every value of a map of roles, each holding its template
@@ -87,9 +105,9 @@ def unjudged(
     namespace: str = "",
 ) -> Unjudged | None:
     """What `manifest` holds that a workload would, when the engine does not know its kind (None:
-    a kind it knows, one of NOT_WORKLOADS, not an object with `apiVersion` and `kind`, or nothing a
-    workload holds). Every map and list is read once (a YAML alias may repeat one, or loop): a
-    template two aliases share is reported where it is met first."""
+    a kind it knows, one of NOT_WORKLOADS, not an object with `apiVersion` and `kind`, or nothing
+    a workload holds and not one of MAKES_PODS). Every map and list is read once (a YAML alias
+    may repeat one, or loop): a template two aliases share is reported where it is met first."""
     kind, api_version = manifest.get("kind"), manifest.get("apiVersion")
     if not isinstance(kind, str) or not isinstance(api_version, str):
         return None
@@ -128,7 +146,7 @@ def unjudged(
             children = [(item, (*path, index)) for index, item in enumerate(node)]
         # Reversed onto the stack: read in document order, so templates are listed as written.
         stack.extend(child for child in reversed(children) if isinstance(child[0], Mapping | list))
-    if not templates and not asks:
+    if not templates and not asks and (group, kind) not in MAKES_PODS:
         return None
     metadata = manifest.get("metadata")
     metadata = metadata if is_map(metadata) else {}

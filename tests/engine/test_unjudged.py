@@ -116,6 +116,20 @@ def test_gpus_asked_outside_any_template_and_in_list_items_with_escaped_keys():
     assert [t.pointer for t in templates] == ["/spec/groups/0/a~1b/template"]
 
 
+def test_kinds_known_to_make_pods_are_named_asking_for_nothing_kubernetes_writes():
+    # A CPU-only TrainJob: its pods must still carry the labels policies require.
+    trainjob = {
+        "apiVersion": "trainer.kubeflow.org/v1alpha1",
+        "kind": "TrainJob",
+        "metadata": {"name": "t", "namespace": "ml"},
+        "spec": {"runtimeRef": {"name": "torch-distributed"}, "trainer": {"numNodes": 2}},
+    }
+    found = unjudged(trainjob)
+    assert found is not None and found.accelerators == () and found.kinds_entry() is None
+    trainjob["apiVersion"] = "example.com/v1"  # the same fields under a kind nobody said makes pods
+    assert unjudged(trainjob) is None
+
+
 def test_an_accelerator_the_table_does_not_know_is_not_one_and_the_table_decides():
     custom = {
         "apiVersion": "example.com/v1",
@@ -143,7 +157,14 @@ def test_objects_known_to_run_no_pods_are_not_reported():
     }
     template = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}}
     template["template"] = {"spec": POD_SPEC}
-    for obj in (kyverno, node_pool, template):
+    runtime = {  # a Kubeflow Trainer runtime: the JobSet TrainJobs are made from
+        "apiVersion": "trainer.kubeflow.org/v1alpha1",
+        "kind": "ClusterTrainingRuntime",
+        "metadata": {"name": "torch-distributed"},
+    }
+    job = {"template": {"spec": {"template": {"spec": POD_SPEC}}}}
+    runtime["spec"] = {"template": {"spec": {"replicatedJobs": [job]}}}
+    for obj in (kyverno, node_pool, template, runtime):
         assert unjudged(obj) is None, obj["kind"]
     kyverno["apiVersion"] = "example.com/v1"  # the same shape under another group is reported
     assert unjudged(kyverno) is not None
