@@ -142,3 +142,42 @@ def test_a_kind_it_does_not_know_is_named_and_left_as_it_is(tmp_path, capsys):
         f"not judged {path}: TrainJob/ml/llm (a kind Comptroller does not know; "
         "`comptroller check` says how to judge it)\n"
     )
+
+
+VOLCANO = """\
+apiVersion: batch.volcano.sh/v1alpha1
+kind: Job
+metadata: {name: vj, namespace: ml}
+spec:
+  tasks:
+  - name: ps
+    replicas: 1
+    template:
+      spec:
+        containers: [{name: c, image: i}]
+  - name: worker
+    replicas: 4
+    template:
+      metadata: {labels: {team: nlp}}
+      spec:
+        containers: [{name: c, image: i, resources: {limits: {nvidia.com/gpu: 8}}}]
+"""
+
+
+def test_a_kinds_entry_naming_list_items_by_index_is_fixed_in_those_items(tmp_path, capsys):
+    # `--kinds` written by hand with literal indexes, not `*`: the fix goes into those list items,
+    # not into a map keyed "1" that `fix` could not write (it used to fail: "cannot set").
+    kinds = tmp_path / "kinds.yaml"
+    kinds.write_text(
+        "kinds:\n- group: batch.volcano.sh\n  kind: Job\n  templates:\n"
+        "  - {path: /spec/tasks/0/template, replicas: [/spec/tasks/0/replicas]}\n"
+        "  - {path: /spec/tasks/1/template, replicas: [/spec/tasks/1/replicas]}\n"
+    )
+    path = tmp_path / "vj.yaml"
+    path.write_text(VOLCANO)
+    assert main(["fix", str(path), "--kinds", str(kinds), *NOW]) == 1  # placeholders to choose
+    assert "cannot" not in capsys.readouterr().err
+    filled = path.read_text().replace("set-me", "nlp").replace("cc-000", "cc-101")
+    path.write_text(filled)
+    assert main(["check", str(path), "--kinds", str(kinds), *NOW]) == 0
+    assert "PASS  Job/ml/vj" in capsys.readouterr().out

@@ -49,9 +49,12 @@ class TemplateSpec:
     the manifest and the keys the template path's `*` bound (instead of `replicas`)."""
     _segments: tuple[str, ...] = field(init=False, repr=False, compare=False)
     _replica_segments: tuple[tuple[str, ...], ...] = field(init=False, repr=False, compare=False)
+    _indexed: bool = field(init=False, repr=False, compare=False)
+    """Whether a segment may index a list (`/spec/tasks/0/template`, from configuration)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_segments", _split(self.path))
+        object.__setattr__(self, "_indexed", any(segment.isdecimal() for segment in self._segments))
         object.__setattr__(self, "_replica_segments", tuple(_split(p) for p in self.replicas))
         wildcards = self._segments.count("*")
         for pointer, segments in zip(self.replicas, self._replica_segments, strict=True):
@@ -307,6 +310,20 @@ def _count(value: Any, missing: int = 1) -> int:
     return missing
 
 
+def _indexed_path(node: Any, segments: Sequence[str]) -> tuple[str | int, ...]:
+    """`segments` with those that index a list as ints, as fixes address list items."""
+    path: list[str | int] = []
+    for segment in segments:
+        if isinstance(node, list) and segment.isdecimal():
+            index = int(segment)
+            path.append(index)
+            node = node[index] if index < len(node) else None
+        else:
+            path.append(segment)
+            node = node.get(segment) if is_map(node) else None
+    return tuple(path)
+
+
 def pod_templates_of(manifest: Mapping[str, Any], spec: KindSpec) -> list[PodTemplate]:
     """Every pod template of a manifest whose kind spec is already known."""
     found: list[PodTemplate] = []
@@ -323,7 +340,8 @@ def pod_templates_of(manifest: Mapping[str, Any], spec: KindSpec) -> list[PodTem
                     replicas = 1
                     for segments in tspec._replica_segments:
                         replicas *= _count(_get(manifest, segments, ()))
-                found.append(PodTemplate(tspec.path, tspec._segments, template, replicas))
+                path = _indexed_path(manifest, tspec._segments) if tspec._indexed else tspec._segments
+                found.append(PodTemplate(tspec.path, path, template, replicas))
             continue
         for path, template, bound in _walk(manifest, tspec._segments, (), ()):
             if not is_map(template):

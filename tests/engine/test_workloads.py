@@ -8,6 +8,7 @@ from controller.engine.workloads import (
     effective_labels,
     pinned_terms,
     pod_templates,
+    pod_templates_of,
     pod_units,
     quantity,
     workload_units,
@@ -285,6 +286,26 @@ def test_kinds_are_addable_by_configuration():
     assert [p for p, _ in pod_templates(notebook, registry)] == ["/spec/template"]
     assert effective_labels(notebook, registry) == {"team": "nlp"}
     assert registry.get("apps", "Deployment") is not None  # built-ins stay
+
+
+def test_a_configured_path_indexing_a_list_gives_the_index_as_an_int():
+    # Fixes address list items by int: a "0" string would name a map key nobody has.
+    job = {
+        "apiVersion": "batch.volcano.sh/v1alpha1",
+        "kind": "Job",
+        "spec": {"tasks": [{"template": {"spec": {"containers": [gpu(1)]}}}], "0": {"template": {}}},
+    }
+    registry = BUILTIN_KINDS.with_extra(
+        [{"group": "batch.volcano.sh", "kind": "Job", "templates": [{"path": "/spec/tasks/0/template"}]}]
+    )
+    [template] = pod_templates_of(job, registry.lookup(job))
+    assert template.path == ("spec", "tasks", 0, "template")
+    assert template.pointer == "/spec/tasks/0/template"
+    # A decimal key of a map stays a key.
+    registry = BUILTIN_KINDS.with_extra(
+        [{"group": "batch.volcano.sh", "kind": "Job", "templates": [{"path": "/spec/0/template"}]}]
+    )
+    assert [t.path for t in pod_templates_of(job, registry.lookup(job))] == [("spec", "0", "template")]
 
 
 def test_replica_paths_cannot_have_more_wildcards_than_the_template():
