@@ -286,10 +286,14 @@ def _dump_fix(chunk: str, fix: JointFix) -> str:
         if not set_value(document, edit.path, edit.value, new_map=_new_map):
             raise ValueError(f"cannot set {'.'.join(map(str, edit.path))}")
         if edit.choose:
+            # A comment cannot sit inside `{a: 1, b: 2}`, nor a block map inside a flow one: the
+            # maps and lists down to the placeholder are written in block style.
             parent = document
             for part in edit.path[:-1]:
+                if parent.fa.flow_style():
+                    parent.fa.set_block_style()
                 parent = parent[part]
-            if parent.fa.flow_style():  # a comment cannot sit inside `{a: 1, b: 2}`
+            if parent.fa.flow_style():
                 parent.fa.set_block_style()
             parent.yaml_add_eol_comment(f"# {edit.choose}", edit.path[-1])
     out = io.StringIO()

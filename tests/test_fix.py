@@ -181,3 +181,19 @@ def test_a_kinds_entry_naming_list_items_by_index_is_fixed_in_those_items(tmp_pa
     path.write_text(filled)
     assert main(["check", str(path), "--kinds", str(kinds), *NOW]) == 0
     assert "PASS  Job/ml/vj" in capsys.readouterr().out
+
+
+def test_placeholders_in_flow_style_maps_are_written_in_block_style(tmp_path):
+    # A comment cannot sit inside `{a: 1}`: every flow map down to a placeholder turns block, and
+    # only those (the containers' flow list stays as written).
+    path = tmp_path / "pod.yaml"
+    path.write_text(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: ml, labels: {project: chat}}\n"
+        "spec:\n  containers: [{name: c, image: i}]\n"
+    )
+    assert main(["fix", str(path), *NOW]) == 1
+    text = path.read_text()
+    assert "\nmetadata:\n  name: p\n  namespace: ml\n  labels:\n    project: chat\n" in text
+    assert "    team: set-me  # you choose: the team that owns and pays for the workload\n" in text
+    assert "  containers: [{name: c, image: i}]\n" in text
+    assert not any(line.lstrip().startswith(",") for line in text.splitlines())
