@@ -156,6 +156,10 @@ def fix_text(
         except Exception as exc:  # a layout the round trip cannot keep: say so, leave the file alone
             errors.append(f"{source}: {decision.resource}: cannot write the fix: {type(exc).__name__}: {exc}")
             continue
+        if start and text[start - 1] != "\n" and fixed[:1] not in (" ", "\t", "\n"):
+            # The document began on its `---` line (`--- {apiVersion: v1, ...}`) and was written
+            # anew: it starts on the next line, or `---apiVersion` would join the two.
+            fixed = "\n" + fixed
         pieces += [text[last:start], fixed]
         last = end
         outcome.fixed.append(decision.resource)

@@ -4,6 +4,7 @@ changing only what the fix names."""
 from pathlib import Path
 
 import pytest
+import yaml
 
 from controller.cli import main
 
@@ -197,3 +198,17 @@ def test_placeholders_in_flow_style_maps_are_written_in_block_style(tmp_path):
     assert "    team: set-me  # you choose: the team that owns and pays for the workload\n" in text
     assert "  containers: [{name: c, image: i}]\n" in text
     assert not any(line.lstrip().startswith(",") for line in text.splitlines())
+
+
+def test_a_document_begun_on_its_separator_line_keeps_the_separator_apart(tmp_path):
+    # `--- {...}`: written anew in block style, the document must not run into the `---`.
+    path = tmp_path / "two.yaml"
+    config = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm}\n"
+    pod = "{apiVersion: v1, kind: Pod, metadata: {name: p, namespace: ml}, spec: {containers: []}}"
+    path.write_text(f"{config}--- {pod}\n")
+    assert main(["fix", str(path), *NOW]) == 1
+    text = path.read_text()
+    assert text.startswith(config + "---\napiVersion: v1\nkind: Pod\n")
+    first, second = yaml.safe_load_all(text)
+    assert first["kind"] == "ConfigMap" and second["kind"] == "Pod"
+    assert second["metadata"]["labels"]["team"] == "set-me"

@@ -27,6 +27,8 @@ NOT_WORKLOADS: frozenset[tuple[str, str]] = frozenset(
         ("", "PodTemplate"),  # a template kept for others to use; it runs nothing itself
         ("trainer.kubeflow.org", "ClusterTrainingRuntime"),  # the same, for Kubeflow Trainer's TrainJobs
         ("trainer.kubeflow.org", "TrainingRuntime"),
+        ("serving.kserve.io", "ServingRuntime"),  # and for KServe's InferenceServices
+        ("serving.kserve.io", "ClusterServingRuntime"),
         ("kyverno.io", "*"),  # policies: their patterns and patches look like pods
         ("policies.kyverno.io", "*"),
         ("templates.gatekeeper.sh", "*"),
