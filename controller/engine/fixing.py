@@ -25,7 +25,7 @@ from typing import Any
 from controller.engine.api import Decision, Edit, Snapshot, Violation
 from controller.engine.evaluation import evaluate, matching_policies
 from controller.engine.view import WorkloadView, defaulted_labels
-from controller.engine.workloads import BUILTIN_KINDS, is_map
+from controller.engine.workloads import BUILTIN_KINDS, is_map, pointer_of
 
 MAX_ROUNDS = 6
 MAX_CANDIDATES = 24
@@ -396,16 +396,12 @@ def json_patch(manifest: Mapping[str, Any], edits: tuple[Edit, ...]) -> list[dic
                 break
             depth -= 1
         if depth == len(path):
-            ops.append({"op": "add", "path": _pointer(path), "value": edit.value})
+            ops.append({"op": "add", "path": pointer_of(path), "value": edit.value})
             continue
         top = path[:depth]
         value = made.get(top)
         if value is None:
             value = made[top] = {}
-            ops.append({"op": "add", "path": _pointer(top), "value": value})
+            ops.append({"op": "add", "path": pointer_of(top), "value": value})
         set_value(value, path[depth:], edit.value, new_map=dict)
     return ops
-
-
-def _pointer(path: Path) -> str:
-    return "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in path)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.engine.accelerators import DEFAULT_EQUIVALENCE, Equivalence
-from controller.engine.workloads import BUILTIN_KINDS, KindRegistry, escape, is_map
+from controller.engine.workloads import BUILTIN_KINDS, KindRegistry, escape, is_map, pointer_of
 
 Path = tuple[str | int, ...]
 
@@ -137,7 +137,7 @@ def unjudged(
                 if is_map(requested):
                     for name in requested:
                         if isinstance(name, str) and "/" in name and weigh(name) is not None:
-                            asks[(_pointer(path), name)] = None
+                            asks[(pointer_of(path), name)] = None
             # A key YAML reads as another type (`on:`, `1:`) is no field an API server would keep.
             children = [
                 (value, (*path, key))
@@ -158,7 +158,7 @@ def unjudged(
         resource=f"{kind}/{ns}/{name}",
         api_version=api_version,
         kind=kind,
-        templates=tuple(_pointer(path) for path in templates),
+        templates=tuple(pointer_of(path) for path in templates),
         accelerators=tuple(asks),
         kind_templates=_of_the_kind(manifest, templates),
     )
@@ -169,16 +169,13 @@ def _is_template(node: Mapping[str, Any]) -> bool:
     return is_map(spec) and isinstance(spec.get("containers"), list)
 
 
-def _pointer(path: Path) -> str:
-    return "".join(f"/{escape(part)}" for part in path)
-
-
 def _of_the_kind(manifest: Mapping[str, Any], templates: list[Path]) -> tuple[tuple[str, str | None], ...]:
     """Each template's path with `*` where the kind varies (see `Unjudged.kind_templates`), once."""
     found: dict[str, str | None] = {}
     for path in templates:
         general: list[str] = []
         node: Any = manifest
+        parent: Any = None  # what holds the template: its `replicas` counts its pods
         for depth, part in enumerate(path):
             rest = path[depth + 1:]
             roles = is_map(node) and depth > 0 and len(rest) == 1
@@ -186,9 +183,8 @@ def _of_the_kind(manifest: Mapping[str, Any], templates: list[Path]) -> tuple[tu
                 general.append("*")
             else:
                 general.append(escape(part))
-            node = node[part]
-        parent = _at(manifest, path[:-1])
-        replicas = parent.get("replicas") if path and is_map(parent) else None
+            parent, node = node, node[part]
+        replicas = parent.get("replicas") if is_map(parent) else None
         counted = isinstance(replicas, int | str) and not isinstance(replicas, bool)
         beside = "".join(f"/{part}" for part in general[:-1]) + "/replicas"
         found.setdefault("".join(f"/{part}" for part in general), beside if counted else None)
@@ -199,9 +195,3 @@ def _holds(role: Any, key: str | int) -> bool:
     """Whether a role's map holds a pod template under `key`, as the role met first does."""
     template = role.get(key) if is_map(role) and isinstance(key, str) else None
     return is_map(template) and _is_template(template)
-
-
-def _at(node: Any, path: Path) -> Any:
-    for part in path:
-        node = node[part]
-    return node

@@ -26,6 +26,11 @@ def escape(segment: str | int) -> str:
     return str(segment).replace("~", "~0").replace("/", "~1")
 
 
+def pointer_of(path: Sequence[str | int]) -> Pointer:
+    """The JSON pointer (RFC 6901) of a path of keys and list indexes: `("a/b", 0)` -> `/a~1b/0`."""
+    return "".join(f"/{escape(part)}" for part in path)
+
+
 def _split(pointer: str) -> tuple[str, ...]:
     if pointer in ("", "/"):
         return ()
@@ -352,8 +357,7 @@ def pod_templates_of(manifest: Mapping[str, Any], spec: KindSpec) -> list[PodTem
                 replicas = 1
                 for segments in tspec._replica_segments:
                     replicas *= _count(_get(manifest, segments, bound))
-            pointer = "".join(f"/{escape(p)}" for p in path)
-            found.append(PodTemplate(pointer, path, template, replicas))
+            found.append(PodTemplate(pointer_of(path), path, template, replicas))
     return found
 
 
