@@ -134,12 +134,13 @@ def fix_text(
             continue
         if not isinstance(body, dict):
             continue
-        if kinds.lookup(body) is None:
+        kind = kinds.lookup(body)
+        if kind is None:
             found = find_unjudged(body, kinds=kinds, table=snapshot.equivalence, namespace=namespace)
             if found is not None:
                 outcome.unjudged.append(found.resource)
             continue
-        if workload_problem(body, kinds.lookup(body)):
+        if workload_problem(body, kind):
             continue
         ns = (body.get("metadata") or {}).get("namespace") or namespace
         decision = evaluate(body, snapshot=snapshot, now=now, namespace=ns)
