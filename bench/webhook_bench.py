@@ -379,23 +379,13 @@ def run(*, policies: Path | None = None, duration: float = DURATION_S) -> dict:
                     raise RuntimeError(f"the {name} review is judged otherwise than meant: {verdict}")
             if "fix (admitted with it)" not in verdict["status"]["message"]:
                 raise RuntimeError(f"the denial carries no joint fix: {verdict['status']['message']}")
-            # Interleaved rounds, median per endpoint: the machine is shared, and a burst of other
-            # work should not land on one endpoint only.
             runs = {
-                "webhook.noop": ("/noop", "pod"),
-                "webhook.validate": ("/validate", "pod"),
-                "webhook.validate_deployment": ("/validate", "deployment"),
-                "webhook.validate_denied": ("/validate", "denied"),
+                "webhook.noop": ("/noop", bodies["pod"]),
+                "webhook.validate": ("/validate", bodies["pod"]),
+                "webhook.validate_deployment": ("/validate", bodies["deployment"]),
+                "webhook.validate_denied": ("/validate", bodies["denied"]),
             }
-            wrk(server.url + "/noop", bodies["pod"], script=script, connections=CONNECTIONS, duration=1)
-            samples: dict[str, list[dict]] = {name: [] for name in runs}
-            for _ in range(ROUNDS):
-                for name, (path, body) in runs.items():
-                    url = server.url + path
-                    samples[name].append(
-                        wrk(url, bodies[body], script=script, connections=CONNECTIONS, duration=duration)
-                    )
-            results: dict = {name: _median(measured) for name, measured in samples.items()}
+            results: dict = interleaved(server, runs, script=script, duration=duration)
             results["webhook.validate_vs_noop"] = round(
                 results["webhook.validate"]["rps"] / results["webhook.noop"]["rps"], 3
             )
@@ -423,15 +413,11 @@ def floor(workdir: Path, body: Path, *, script: Path, duration: float) -> dict:
         verdict = server.post("/validate", body.read_bytes())["response"]
         if verdict != {"uid": verdict["uid"], "allowed": True}:
             raise RuntimeError(f"with no policies the review is not simply admitted: {verdict}")
-        wrk(server.url + "/noop", body, script=script, connections=CONNECTIONS, duration=1)
-        samples: dict[str, list[dict]] = {"noop": [], "validate": []}
-        for _ in range(ROUNDS):
-            for path, measured in samples.items():
-                url = f"{server.url}/{path}"
-                measured.append(wrk(url, body, script=script, connections=CONNECTIONS, duration=duration))
+        runs = {"noop": ("/noop", body), "validate": ("/validate", body)}
+        measured = interleaved(server, runs, script=script, duration=duration)
     finally:
         server.stop()
-    noop, validate = _median(samples["noop"]), _median(samples["validate"])
+    noop, validate = measured["noop"], measured["validate"]
     return {
         "noop_rps": noop["rps"],
         "validate_rps": validate["rps"],
@@ -493,6 +479,21 @@ def per_call(call, count: int) -> float:
     for _ in range(count):
         call()
     return round((time.perf_counter() - started) / count * 1e6, 1)
+
+
+def interleaved(server: Server, runs: dict[str, tuple[str, Path]], *, script: Path, duration: float) -> dict:
+    """`{name: median run}` of each `(path, body)` in `runs`, after a warm-up of the server: ROUNDS
+    interleaved rounds, since the machine is shared and a burst of other work should not land on
+    one endpoint only."""
+    first_path, first_body = next(iter(runs.values()))
+    wrk(server.url + first_path, first_body, script=script, connections=CONNECTIONS, duration=1)
+    samples: dict[str, list[dict]] = {name: [] for name in runs}
+    for _ in range(ROUNDS):
+        for name, (path, body) in runs.items():
+            samples[name].append(
+                wrk(server.url + path, body, script=script, connections=CONNECTIONS, duration=duration)
+            )
+    return {name: _median(measured) for name, measured in samples.items()}
 
 
 def _median(runs: list[dict]) -> dict:
